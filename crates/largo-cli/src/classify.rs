@@ -1,0 +1,79 @@
+use anyhow::Result;
+use largo::data::image::{load_digit, Invert};
+use largo::models::store::{load_mlp, resolve_model_dir};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InvertArg {
+    Auto,
+    Yes,
+    No,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model directory, or a run directory (uses its best/ model).
+    #[arg(long)]
+    model: PathBuf,
+    /// PNG or JPEG images of single digits.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// MNIST digits are light on dark; `auto` inverts images with a light border.
+    #[arg(long, value_enum, default_value = "auto")]
+    invert: InvertArg,
+    /// One JSON object per image.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dir = resolve_model_dir(&a.model)?;
+    let (mut model, info) = load_mlp(&dir)?;
+    let side = (model.config.input as f64).sqrt() as u32;
+    if (side * side) as usize != model.config.input {
+        anyhow::bail!("model input {} is not a square image", model.config.input);
+    }
+    let invert = match a.invert {
+        InvertArg::Auto => Invert::Auto,
+        InvertArg::Yes => Invert::Yes,
+        InvertArg::No => Invert::No,
+    };
+    // Decode every image first: a bad file fails before anything is printed.
+    let inputs: Vec<Vec<f32>> = a
+        .images
+        .iter()
+        .map(|p| load_digit(p, side, invert, &info.normalization))
+        .collect::<Result<_, _>>()?;
+    let classes = model.config.classes;
+    for (path, x) in a.images.iter().zip(inputs) {
+        let logits = model.forward(&x, 1, false, 0);
+        let probs = softmax(logits);
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        order.truncate(a.top_k.clamp(1, classes));
+        if a.json {
+            let top: Vec<_> = order
+                .iter()
+                .map(|&c| serde_json::json!({"class": c, "probability": probs[c]}))
+                .collect();
+            println!("{}", serde_json::json!({"image": path, "top": top}));
+        } else {
+            let top: Vec<String> = order
+                .iter()
+                .map(|&c| format!("{c} ({:.1}%)", 100.0 * probs[c]))
+                .collect();
+            println!("{}: {}", path.display(), top.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn softmax(z: &[f32]) -> Vec<f32> {
+    let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let e: Vec<f32> = z.iter().map(|&v| (v - max).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}

@@ -1,0 +1,63 @@
+//! `largo`: a thin command line over the largo library.
+
+mod bench;
+mod classify;
+mod eval;
+mod train;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "largo",
+    version,
+    about = "Build, train, evaluate and serve neural networks"
+)]
+struct Cli {
+    /// Threads for every kernel (one pool); default: all cores.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a TOML config (default: the MNIST MLP on the bundled digits).
+    Train(train::Args),
+    /// Evaluate a trained classifier: accuracy, per-class precision/recall/F1, confusion.
+    Eval(eval::Args),
+    /// Classify digit images (PNG/JPEG) with a trained MLP.
+    Classify(classify::Args),
+    /// Measure speed: `gemm` or `mlp`.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LARGO_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = largo::init_threads(cli.threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let res = match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Classify(a) => classify::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+use anyhow::{Context, Result};
+use largo::config::Config;
+use largo::train::{train, TrainOptions};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config; keys not given keep their defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.epochs=5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = match &a.resume {
+        Some(dir) => {
+            let saved = dir.join("config.toml");
+            if !saved.is_file() {
+                anyhow::bail!("{}: not a run directory (no config.toml)", dir.display());
+            }
+            let mut cfg = Config::load(Some(&saved), &a.overrides)?;
+            // The run lives where it was found, whatever out_dir said when it started.
+            cfg.run.out_dir = dir
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| ".".into());
+            cfg.run.name = dir
+                .file_name()
+                .context("run directory has no name")?
+                .to_string_lossy()
+                .into_owned();
+            cfg
+        }
+        None => Config::load(a.config.as_deref(), &a.overrides)?,
+    };
+    let progress = !a.no_progress && std::io::stderr().is_terminal();
+    eprintln!(
+        "training {} ({} parameters) on {}  →  {}",
+        cfg.model.arch,
+        largo::models::Mlp::new(cfg.mlp.clone())
+            .map(|m| largo::nn::Module::num_params(&m))
+            .unwrap_or(0),
+        cfg.data.path,
+        largo::train::trainer::run_dir(&cfg).display()
+    );
+    let out = train(
+        &cfg,
+        &TrainOptions {
+            resume: a.resume.is_some(),
+            progress,
+        },
+    )?;
+    let run = out.run_dir.display();
+    println!(
+        "done: {} steps, {} epochs this session; last validation loss {:.4}, accuracy {:.2}%",
+        out.steps,
+        out.epochs_run,
+        out.last_val_loss,
+        100.0 * out.last_val_accuracy
+    );
+    if let (Some(m), Some(e)) = (out.best_metric, out.best_epoch) {
+        println!(
+            "best {} = {m:.4} at epoch {}  →  {run}/best",
+            cfg.train.metric,
+            e + 1
+        );
+    }
+    if out.stopped_early {
+        println!("stopped early (patience {})", cfg.train.patience);
+    }
+    println!("metrics: {run}/metrics.jsonl   curves: {run}/curves.png");
+    println!(
+        "next: largo eval --model {run} --data {} --split val",
+        cfg.data.path
+    );
+    Ok(())
+}

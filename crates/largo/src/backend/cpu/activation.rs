@@ -1,0 +1,67 @@
+//! Element-wise activations: ReLU and GELU (tanh approximation and exact erf form).
+
+use rayon::prelude::*;
+
+const CHUNK: usize = 16 * 1024;
+
+fn map_forward(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+}
+
+/// dx = dy · f'(x), written over `dx` (which may be a different buffer from dy).
+fn map_backward(x: &[f32], dy: &[f32], dx: &mut [f32], df: impl Fn(f32) -> f32 + Sync) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                *dx = dy * df(x);
+            }
+        });
+}
+
+pub fn relu_forward(x: &[f32], y: &mut [f32]) {
+    map_forward(x, y, |x| x.max(0.0));
+}
+
+/// The gradient at 0 is 0, as in PyTorch.
+pub fn relu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_backward(x, dy, dx, |x| if x > 0.0 { 1.0 } else { 0.0 });
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_tanh_forward(x: &[f32], y: &mut [f32]) {
+    map_forward(x, y, |x| {
+        let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
+        0.5 * x * (1.0 + t)
+    });
+}
+
+pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_backward(x, dy, dx, |x| {
+        let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
+        // d/dx of the inner argument, times sech² = 1 − t².
+        let dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner
+    });
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π): the standard normal density's constant.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU, exact: x·Φ(x) = 0.5·x·(1 + erf(x/√2)).
+pub fn gelu_erf_forward(x: &[f32], y: &mut [f32]) {
+    map_forward(x, y, |x| 0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2)));
+}
+
+pub fn gelu_erf_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+    map_backward(x, dy, dx, |x| {
+        0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+    });
+}

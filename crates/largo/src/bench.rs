@@ -1,0 +1,131 @@
+//! Benchmarks behind `largo bench`: GEMM GFLOP/s and MLP training throughput.
+//! Numbers are medians of many timed repetitions after a warm-up.
+
+use crate::backend::{cross_entropy_backward, cross_entropy_forward, gemm_provider, matmul, Trans};
+use crate::models::{Mlp, MlpConfig};
+use crate::nn::Module;
+use crate::rng::Rng;
+use crate::train::optim::{OptimConfig, Optimizer};
+use crate::Result;
+use std::time::Instant;
+
+/// The shapes `tools/bench_gemm.py` measures too: (label, m, n, k).
+pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("square 512", 512, 512, 512),
+    ("square 1024", 1024, 1024, 1024),
+    ("square 2048", 2048, 2048, 2048),
+    ("mlp fc1 fwd", 64, 128, 784),
+    ("mlp fc1 dW", 128, 784, 64),
+    ("gpt qkv", 2048, 768, 256),
+    ("gpt mlp up", 2048, 1024, 256),
+    ("gpt mlp down", 2048, 256, 1024),
+    ("gpt lm-head", 2048, 73, 256),
+];
+
+pub struct GemmResult {
+    pub label: &'static str,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub gflops: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
+    xs[xs.len() / 2]
+}
+
+/// Times `f` repeatedly for about `budget_s` seconds (at least `min_reps`), returns the median.
+fn time_median(budget_s: f64, min_reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_reps || start.elapsed().as_secs_f64() < budget_s {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() > 100_000 {
+            break;
+        }
+    }
+    median(times)
+}
+
+pub fn bench_gemm() -> Vec<GemmResult> {
+    let mut rng = Rng::new(0);
+    GEMM_SHAPES
+        .iter()
+        .map(|&(label, m, n, k)| {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let mut c = vec![0f32; m * n];
+            let secs = time_median(0.3, 10, || {
+                matmul(Trans::N, Trans::N, m, n, k, &a, &b, &mut c, false)
+            });
+            GemmResult {
+                label,
+                m,
+                n,
+                k,
+                gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
+            }
+        })
+        .collect()
+}
+
+pub fn render_gemm(results: &[GemmResult]) -> String {
+    let mut s = format!(
+        "largo gemm f32, provider {}, {} threads\nshape              m     n     k   GFLOP/s\n",
+        gemm_provider(),
+        rayon::current_num_threads()
+    );
+    for r in results {
+        s += &format!(
+            "{:<14} {:>5} {:>5} {:>5}  {:>8.1}\n",
+            r.label, r.m, r.n, r.k, r.gflops
+        );
+    }
+    s
+}
+
+/// Training samples/s of the seed's MLP (784-128-10, AdamW) on random data, batch `batch`.
+pub fn bench_mlp(batch: usize, steps: usize) -> Result<f64> {
+    let cfg = MlpConfig::default();
+    let mut model = Mlp::new(cfg.clone())?;
+    let mut rng = Rng::new(1);
+    model.init(&mut rng);
+    let mut opt = Optimizer::new(OptimConfig::default());
+    let batches = 100;
+    let x: Vec<f32> = (0..batches * batch * cfg.input)
+        .map(|_| rng.normal())
+        .collect();
+    let y: Vec<i64> = (0..batches * batch)
+        .map(|_| rng.below(cfg.classes) as i64)
+        .collect();
+    let mut losses = vec![0f32; batch];
+    let mut dlogits = vec![0f32; batch * cfg.classes];
+    let mut times = Vec::with_capacity(steps);
+    for s in 0..steps + 20 {
+        let b = s % batches;
+        let xb = &x[b * batch * cfg.input..(b + 1) * batch * cfg.input];
+        let yb = &y[b * batch..(b + 1) * batch];
+        let t = Instant::now();
+        model.zero_grad();
+        let logits = model.forward(xb, batch, true, s as u64);
+        cross_entropy_forward(logits, yb, cfg.classes, -100, 0.0, &mut losses)?;
+        cross_entropy_backward(logits, yb, cfg.classes, -100, 0.0, 1.0, &mut dlogits)?;
+        model.backward(&dlogits, true);
+        opt.step(model.params_mut(), 1e-3);
+        if s >= 20 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(batch as f64 / median(times))
+}
+
+/// Threads in the pool the kernels run on.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

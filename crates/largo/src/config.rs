@@ -1,0 +1,382 @@
+//! Run configuration: TOML with every key checked against the defaults.
+//!
+//! The defaults, serialised, are the schema: a user file or `--set key=value` may only name keys
+//! the defaults have, with values of the same type. Unknown keys are rejected with the nearest
+//! valid name; then the merged table is deserialised into `Config`.
+
+use crate::models::MlpConfig;
+use crate::train::optim::OptimConfig;
+use crate::train::schedule::ScheduleConfig;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use toml::Value;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub mlp: MlpConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+    pub schedule: ScheduleConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The run is written to `<out_dir>/<name>/`.
+    pub name: String,
+    pub out_dir: String,
+    /// Seeds initialisation, split, shuffling and dropout (separate streams).
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    /// Dataset kind: "mnist" (IDX files in `path`).
+    pub kind: String,
+    pub path: String,
+    /// Fraction of samples held out for validation.
+    pub val_fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// "mlp"; its settings live in the section of the same name.
+    pub arch: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Micro-batch size; an optimiser step sums `grad_accum` micro-batches.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Global-norm gradient clipping; 0 disables.
+    pub clip_grad_norm: f64,
+    pub label_smoothing: f64,
+    /// Stop after this many optimiser steps (0: run all epochs); a checkpoint is written there.
+    pub max_steps: u64,
+    /// Write a metrics line every N optimiser steps.
+    pub log_every: u64,
+    /// Also checkpoint every N steps (0: only at the end of each epoch).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Validation metric for `best/` and early stopping: "val_accuracy" or "val_loss".
+    pub metric: String,
+    /// Epochs without improvement by more than `min_delta` before stopping; 0 disables.
+    pub patience: usize,
+    pub min_delta: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            run: RunConfig {
+                name: "mnist-mlp".into(),
+                out_dir: "runs".into(),
+                seed: 1337,
+            },
+            data: DataConfig {
+                kind: "mnist".into(),
+                path: "data/mnist-1k".into(),
+                val_fraction: 0.1,
+            },
+            model: ModelConfig { arch: "mlp".into() },
+            mlp: MlpConfig::default(),
+            train: TrainConfig {
+                epochs: 10,
+                batch_size: 64,
+                grad_accum: 1,
+                clip_grad_norm: 0.0,
+                label_smoothing: 0.0,
+                max_steps: 0,
+                log_every: 10,
+                checkpoint_every: 0,
+                keep_checkpoints: 2,
+                metric: "val_accuracy".into(),
+                patience: 0,
+                min_delta: 0.0,
+            },
+            optim: OptimConfig::default(),
+            schedule: ScheduleConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then each `key=value` override, all type-checked.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut table = schema();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let user: toml::Table = toml::from_str(&text)
+                .map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?;
+            merge(&mut table, user, "")
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        }
+        for kv in overrides {
+            apply_override(&mut table, kv)?;
+        }
+        Self::from_table(table)
+    }
+
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        let cfg: Config = Value::Table(table)
+            .try_into()
+            .map_err(|e| Error::Config(format!("{e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(Error::Config(m));
+        if self.model.arch != "mlp" {
+            return err(format!(
+                "model.arch = {:?} is not supported by this trainer: expected \"mlp\"",
+                self.model.arch
+            ));
+        }
+        if self.data.kind != "mnist" {
+            return err(format!(
+                "data.kind = {:?}: expected \"mnist\"",
+                self.data.kind
+            ));
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return err(format!(
+                "data.val_fraction = {} must be in [0, 1)",
+                self.data.val_fraction
+            ));
+        }
+        if self.train.batch_size == 0 || self.train.grad_accum == 0 || self.train.epochs == 0 {
+            return err("train.batch_size, train.grad_accum and train.epochs must be ≥ 1".into());
+        }
+        if !["val_accuracy", "val_loss"].contains(&self.train.metric.as_str()) {
+            return err(format!(
+                "train.metric = {:?}: expected \"val_accuracy\" or \"val_loss\"",
+                self.train.metric
+            ));
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".."
+        {
+            return err(format!(
+                "run.name = {:?} must be a plain directory name",
+                self.run.name
+            ));
+        }
+        self.mlp.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        Ok(())
+    }
+}
+
+/// The default configuration as a TOML table: the schema every input is checked against.
+pub fn schema() -> toml::Table {
+    match Value::try_from(Config::default()).expect("defaults serialise") {
+        Value::Table(t) => t,
+        _ => unreachable!("a struct serialises to a table"),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// Returns `new` converted to the type of `old`, or an error naming `key`.
+fn check_type(key: &str, old: &Value, new: Value) -> std::result::Result<Value, String> {
+    match (old, new) {
+        (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
+        (Value::Integer(_), Value::Integer(i)) if i < 0 => {
+            Err(format!("`{key}` must not be negative, got {i}"))
+        }
+        (Value::Array(o), Value::Array(n)) => {
+            let Some(first) = o.first() else {
+                return Ok(Value::Array(n));
+            };
+            n.into_iter()
+                .enumerate()
+                .map(|(i, v)| check_type(&format!("{key}[{i}]"), first, v))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
+        (o, n) if std::mem::discriminant(o) == std::mem::discriminant(&n) => Ok(n),
+        (o, n) => Err(format!(
+            "`{key}` expects {}, got {} ({n})",
+            type_name(o),
+            type_name(&n)
+        )),
+    }
+}
+
+fn merge(
+    base: &mut toml::Table,
+    user: toml::Table,
+    prefix: &str,
+) -> std::result::Result<(), String> {
+    for (k, v) in user {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let Some(old) = base.get_mut(&k) else {
+            return Err(unknown_key(&key, base));
+        };
+        match (old, v) {
+            (Value::Table(bt), Value::Table(ut)) => merge(bt, ut, &key)?,
+            (old, v) => *old = check_type(&key, old, v)?,
+        }
+    }
+    Ok(())
+}
+
+fn unknown_key(key: &str, siblings: &toml::Table) -> String {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let nearest = siblings
+        .keys()
+        .min_by_key(|k| edit_distance(k, leaf))
+        .map(|k| match key.rsplit_once('.') {
+            Some((parent, _)) => format!("{parent}.{k}"),
+            None => k.clone(),
+        });
+    match nearest {
+        Some(n) => format!("unknown key `{key}` (did you mean `{n}`?)"),
+        None => format!("unknown key `{key}`"),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `section.key=value`: the value is parsed as TOML, or taken as a string when it isn't TOML.
+pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
+    let Some((key, raw)) = kv.split_once('=') else {
+        return Err(Error::Config(format!(
+            "--set {kv:?}: expected key=value, e.g. train.epochs=5"
+        )));
+    };
+    let key = key.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => Value::String(raw.to_string()),
+    };
+    let mut node = &mut *table;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut path = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(part);
+        if !node.contains_key(*part) {
+            return Err(Error::Config(format!(
+                "--set: {}",
+                unknown_key(&path, node)
+            )));
+        }
+        if i + 1 == parts.len() {
+            let old = node.get_mut(*part).expect("checked");
+            if old.is_table() {
+                return Err(Error::Config(format!(
+                    "--set: `{path}` is a section; name one of its keys"
+                )));
+            }
+            *old =
+                check_type(&path, old, value).map_err(|e| Error::Config(format!("--set: {e}")))?;
+            return Ok(());
+        }
+        node = match node.get_mut(*part) {
+            Some(Value::Table(t)) => t,
+            _ => return Err(Error::Config(format!("--set: `{path}` is not a section"))),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c, Config::default());
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_key_names_it_and_suggests_the_nearest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[train]\nepoch = 3\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `train.epoch`"), "{e}");
+        assert!(e.contains("did you mean `train.epochs`"), "{e}");
+        std::fs::write(&p, "[trian]\nepochs = 3\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("did you mean `train`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_are_type_checked() {
+        let c = Config::load(None, &["train.epochs=3".into(), "optim.lr=0.5".into()]).unwrap();
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.optim.lr, 0.5);
+        let c = Config::load(None, &["mlp.hidden=[32, 16]".into(), "run.name=x".into()]).unwrap();
+        assert_eq!(c.mlp.hidden, vec![32, 16]);
+        assert_eq!(c.run.name, "x");
+        let e = Config::load(None, &["train.epochs=ten".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`train.epochs` expects an integer, got a string"),
+            "{e}"
+        );
+        let e = Config::load(None, &["train.epochs=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not be negative"), "{e}");
+        let e = Config::load(None, &["optim.lrr=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `optim.lr`"), "{e}");
+        let e = Config::load(None, &["mlp.hidden=[1.5]".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mlp.hidden[0]"), "{e}");
+        assert!(Config::load(None, &["novalue".into()]).is_err());
+        let e = Config::load(None, &["mlp.dropout=1.5".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dropout"), "{e}");
+    }
+}

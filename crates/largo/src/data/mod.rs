@@ -1,0 +1,5 @@
+//! Data: readers, cleaning, splits and batches.
+
+pub mod idx;
+pub mod image;
+pub mod mnist;

@@ -1,0 +1,27 @@
+//! largo: build, train, evaluate, explain and serve neural networks on its own engine.
+//!
+//! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
+//! `models` → `train` → `eval`; `config` and `io` serve them all.
+
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod models;
+pub mod nn;
+pub mod rng;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// Sizes the one rayon pool that every kernel (GEMM included) runs on. 0 means all cores.
+pub fn init_threads(threads: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::Invalid(format!("cannot set up {threads} threads: {e}")))
+}

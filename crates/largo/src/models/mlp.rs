@@ -1,0 +1,175 @@
+//! The seed's MLP classifier: fc1 (784→128) → ReLU → fc2 (128→10), any depth and width.
+//!
+//! `y = W⁽ᴸ⁾·σ(…σ(W⁽¹⁾·x + b⁽¹⁾)…) + b⁽ᴸ⁾`, returning logits; the loss applies the softmax.
+//! Parameter names are PyTorch's: `fc1.weight`, `fc1.bias`, `fc2.weight`, …
+
+use crate::backend::{dropout_backward, dropout_forward};
+use crate::nn::{prefixed, Activation, Linear, Module, Param};
+use crate::rng::Rng;
+use crate::tensor::ensure_len;
+use crate::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    pub input: usize,
+    /// Width of each hidden layer; its length is the number of hidden layers.
+    pub hidden: Vec<usize>,
+    pub classes: usize,
+    /// Dropout after each hidden activation (training only).
+    pub dropout: f32,
+    pub activation: Activation,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            input: 784,
+            hidden: vec![128],
+            classes: 10,
+            dropout: 0.0,
+            activation: Activation::Relu,
+        }
+    }
+}
+
+impl MlpConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.input == 0 || self.classes < 2 || self.hidden.contains(&0) {
+            bail!("model: input and hidden sizes must be ≥ 1 and classes ≥ 2, got {self:?}");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("model.dropout must be in [0, 1), got {}", self.dropout);
+        }
+        Ok(())
+    }
+}
+
+/// Buffers kept between forward and backward, sized for the current batch.
+#[derive(Default, Debug, Clone)]
+struct Activations {
+    batch: usize,
+    input: Vec<f32>,
+    /// Pre-activation of each hidden layer (what the activation's backward needs).
+    pre: Vec<Vec<f32>>,
+    /// Output of each hidden layer after activation and dropout (the next layer's input).
+    out: Vec<Vec<f32>>,
+    logits: Vec<f32>,
+    grad_a: Vec<f32>,
+    grad_b: Vec<f32>,
+    dropout_seed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub config: MlpConfig,
+    /// fc1 … fcL; the last one maps to the classes.
+    pub layers: Vec<Linear>,
+    acts: Activations,
+}
+
+impl Mlp {
+    pub fn new(config: MlpConfig) -> Result<Self> {
+        config.validate()?;
+        let mut sizes = vec![config.input];
+        sizes.extend(&config.hidden);
+        sizes.push(config.classes);
+        let layers = sizes
+            .windows(2)
+            .map(|w| Linear::new(w[0], w[1], true))
+            .collect();
+        Ok(Mlp {
+            config,
+            layers,
+            acts: Activations::default(),
+        })
+    }
+
+    /// PyTorch's default init, drawn in parameter order fc1.weight, fc1.bias, fc2.weight, …
+    pub fn init(&mut self, rng: &mut Rng) {
+        for l in &mut self.layers {
+            l.init_pytorch(rng);
+        }
+    }
+
+    /// x: [batch, input] → logits: [batch, classes]. With `train`, dropout uses `dropout_seed`.
+    pub fn forward(&mut self, x: &[f32], batch: usize, train: bool, dropout_seed: u64) -> &[f32] {
+        let cfg = &self.config;
+        let a = &mut self.acts;
+        let n_hidden = cfg.hidden.len();
+        a.batch = batch;
+        a.dropout_seed = dropout_seed;
+        ensure_len(&mut a.input, batch * cfg.input);
+        a.input.copy_from_slice(&x[..batch * cfg.input]);
+        a.pre.resize(n_hidden, Vec::new());
+        a.out.resize(n_hidden, Vec::new());
+        let p = if train { cfg.dropout } else { 0.0 };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let n = batch * layer.out_features;
+            let x: &[f32] = if l == 0 { &a.input } else { &a.out[l - 1] };
+            if l == n_hidden {
+                ensure_len(&mut a.logits, n);
+                layer.forward(x, batch, &mut a.logits);
+                break;
+            }
+            let mut pre = std::mem::take(&mut a.pre[l]);
+            ensure_len(&mut pre, n);
+            layer.forward(x, batch, &mut pre);
+            let out = &mut a.out[l];
+            ensure_len(out, n);
+            cfg.activation.forward(&pre, out);
+            dropout_forward(out, p, layer_seed(dropout_seed, l));
+            a.pre[l] = pre;
+        }
+        &a.logits
+    }
+
+    /// Back-propagates dlogits [batch, classes] from the last forward, adding into every grad.
+    pub fn backward(&mut self, dlogits: &[f32], train: bool) {
+        let a = &mut self.acts;
+        let batch = a.batch;
+        let n_hidden = self.config.hidden.len();
+        let p = if train { self.config.dropout } else { 0.0 };
+        ensure_len(&mut a.grad_a, dlogits.len());
+        a.grad_a.copy_from_slice(dlogits);
+        for l in (0..=n_hidden).rev() {
+            let layer = &mut self.layers[l];
+            let x: &[f32] = if l == 0 { &a.input } else { &a.out[l - 1] };
+            if l == 0 {
+                // The input needs no gradient.
+                layer.backward(x, &a.grad_a, batch, None);
+                break;
+            }
+            // grad_b = d(out of layer l-1), then through dropout and the activation in place.
+            ensure_len(&mut a.grad_b, batch * layer.in_features);
+            layer.backward(x, &a.grad_a, batch, Some(&mut a.grad_b));
+            dropout_backward(&mut a.grad_b, p, layer_seed(a.dropout_seed, l - 1));
+            ensure_len(&mut a.grad_a, a.grad_b.len());
+            self.config
+                .activation
+                .backward(&a.pre[l - 1], &a.grad_b, &mut a.grad_a);
+        }
+    }
+}
+
+fn layer_seed(seed: u64, layer: usize) -> u64 {
+    seed.wrapping_add((layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+impl Module for Mlp {
+    fn params(&self) -> Vec<(String, &Param)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&format!("fc{}", i + 1), l.params()))
+            .collect()
+    }
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&format!("fc{}", i + 1), l.params_mut()))
+            .collect()
+    }
+}

@@ -1,0 +1,76 @@
+use super::{Module, Param};
+use crate::backend::{layernorm_backward, layernorm_forward};
+use crate::tensor::ensure_len;
+
+/// Layer norm over the last dimension (weight = 1, bias = 0 at init, as PyTorch).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Param,
+    pub bias: Param,
+    pub eps: f32,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f32) -> Self {
+        let mut weight = Param::zeros(&[dim]);
+        weight.value.data.fill(1.0);
+        LayerNorm {
+            weight,
+            bias: Param::zeros(&[dim]),
+            eps,
+            mean: Vec::new(),
+            rstd: Vec::new(),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.weight.value.numel()
+    }
+
+    /// x, y: [rows, dim]. Keeps mean and 1/σ of each row for backward.
+    pub fn forward(&mut self, x: &[f32], rows: usize, y: &mut [f32]) {
+        ensure_len(&mut self.mean, rows);
+        ensure_len(&mut self.rstd, rows);
+        let c = self.dim();
+        layernorm_forward(
+            &x[..rows * c],
+            &self.weight.value.data,
+            &self.bias.value.data,
+            self.eps,
+            c,
+            &mut y[..rows * c],
+            &mut self.mean,
+            &mut self.rstd,
+        );
+    }
+
+    /// `x` is the same input that forward saw.
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
+        let c = self.dim();
+        layernorm_backward(
+            &x[..rows * c],
+            &self.weight.value.data,
+            &self.mean,
+            &self.rstd,
+            &dy[..rows * c],
+            c,
+            &mut dx[..rows * c],
+            &mut self.weight.grad,
+            &mut self.bias.grad,
+        );
+    }
+}
+
+impl Module for LayerNorm {
+    fn params(&self) -> Vec<(String, &Param)> {
+        vec![("weight".into(), &self.weight), ("bias".into(), &self.bias)]
+    }
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        vec![
+            ("weight".into(), &mut self.weight),
+            ("bias".into(), &mut self.bias),
+        ]
+    }
+}

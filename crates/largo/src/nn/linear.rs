@@ -1,0 +1,115 @@
+use super::{Module, Param};
+use crate::backend::{matmul, Trans};
+use crate::rng::Rng;
+
+/// y = x·Wᵀ + b with W: [out, in] (PyTorch's layout).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    pub fn new(in_features: usize, out_features: usize, bias: bool) -> Self {
+        Linear {
+            weight: Param::zeros(&[out_features, in_features]),
+            bias: bias.then(|| Param::zeros(&[out_features])),
+            in_features,
+            out_features,
+        }
+    }
+
+    /// PyTorch's default: weight and bias uniform in ±1/√fan_in (kaiming_uniform with a=√5).
+    pub fn init_pytorch(&mut self, rng: &mut Rng) {
+        let bound = 1.0 / (self.in_features as f32).sqrt();
+        for v in self.weight.value.data.iter_mut() {
+            *v = (2.0 * rng.uniform() - 1.0) * bound;
+        }
+        if let Some(b) = &mut self.bias {
+            for v in b.value.data.iter_mut() {
+                *v = (2.0 * rng.uniform() - 1.0) * bound;
+            }
+        }
+    }
+
+    /// x: [rows, in] → y: [rows, out].
+    pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let (i, o) = (self.in_features, self.out_features);
+        let y = &mut y[..rows * o];
+        // Start from the bias so the GEMM can accumulate into it.
+        let accumulate = match &self.bias {
+            Some(b) => {
+                y.chunks_exact_mut(o)
+                    .for_each(|r| r.copy_from_slice(&b.value.data));
+                true
+            }
+            None => false,
+        };
+        matmul(
+            Trans::N,
+            Trans::T,
+            rows,
+            o,
+            i,
+            x,
+            &self.weight.value.data,
+            y,
+            accumulate,
+        );
+    }
+
+    /// Adds dW += dyᵀ·x and db += Σ dy; writes dx = dy·W when asked.
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
+        let (i, o) = (self.in_features, self.out_features);
+        if let Some(dx) = dx {
+            matmul(
+                Trans::N,
+                Trans::N,
+                rows,
+                i,
+                o,
+                dy,
+                &self.weight.value.data,
+                dx,
+                false,
+            );
+        }
+        matmul(
+            Trans::T,
+            Trans::N,
+            o,
+            i,
+            rows,
+            dy,
+            x,
+            &mut self.weight.grad,
+            true,
+        );
+        if let Some(b) = &mut self.bias {
+            for row in dy[..rows * o].chunks_exact(o) {
+                for (g, &d) in b.grad.iter_mut().zip(row) {
+                    *g += d;
+                }
+            }
+        }
+    }
+}
+
+impl Module for Linear {
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = vec![("weight".to_string(), &self.weight)];
+        if let Some(b) = &self.bias {
+            v.push(("bias".to_string(), b));
+        }
+        v
+    }
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = vec![("weight".to_string(), &mut self.weight)];
+        if let Some(b) = &mut self.bias {
+            v.push(("bias".to_string(), b));
+        }
+        v
+    }
+}

@@ -1,0 +1,332 @@
+//! The training loop: batches → forward → loss → backward → clip → optimiser step, with
+//! validation each epoch, metrics, checkpoints that resume exactly, `best/` and early stopping.
+
+use super::checkpoint::{self, TrainState};
+use super::metrics::{MetricsLog, Record};
+use super::optim::{clip_grad_norm, grad_norm, Optimizer};
+use crate::backend::{cross_entropy_backward, cross_entropy_forward};
+use crate::config::Config;
+use crate::data::mnist::{epoch_order, gather_batch, split_indices, Mnist, Normalization};
+use crate::eval::{argmax, evaluate};
+use crate::models::store::{save_mlp, ModelInfo, SplitInfo};
+use crate::models::Mlp;
+use crate::nn::Module;
+use crate::rng::{stream, Rng};
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct TrainOptions {
+    /// Continue the run in `run_dir` from its latest checkpoint.
+    pub resume: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub epochs_run: usize,
+    pub best_metric: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub last_val_loss: f64,
+    pub last_val_accuracy: f64,
+    pub stopped_early: bool,
+}
+
+pub fn run_dir(cfg: &Config) -> PathBuf {
+    Path::new(&cfg.run.out_dir).join(&cfg.run.name)
+}
+
+/// Trains `cfg`'s model in `run_dir(cfg)`; with `resume`, continues from its latest checkpoint.
+pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
+    let run = run_dir(cfg);
+    if !opts.resume && run.join("metrics.jsonl").exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run: continue it with `largo train --resume {}`, or pick another name with --set run.name=…",
+            run.display(),
+            run.display()
+        )));
+    }
+    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+
+    let data = Mnist::load(Path::new(&cfg.data.path), cfg.mlp.classes)?;
+    if data.pixels != cfg.mlp.input {
+        return Err(Error::Config(format!(
+            "mlp.input = {} but the images in {} have {} pixels",
+            cfg.mlp.input, cfg.data.path, data.pixels
+        )));
+    }
+    let seed = cfg.run.seed;
+    let (train_idx, val_idx) = split_indices(data.len(), cfg.data.val_fraction, seed);
+    if train_idx.is_empty() {
+        return Err(Error::Config(
+            "data.val_fraction leaves no training samples".into(),
+        ));
+    }
+    let mut model = Mlp::new(cfg.mlp.clone())?;
+    let mut opt = Optimizer::new(cfg.optim.clone());
+
+    let mut state = if opts.resume {
+        let (dir, state) = checkpoint::latest(&run)?;
+        checkpoint::restore(&dir, &state, &mut model, &mut opt)?;
+        state
+    } else {
+        model.init(&mut Rng::for_stream(seed, stream::INIT));
+        TrainState {
+            step: 0,
+            epoch: 0,
+            next_batch: 0,
+            dropout_rng: Rng::for_stream(seed, stream::DROPOUT),
+            normalization: Normalization::fit(&data, &train_idx),
+            best_metric: None,
+            best_epoch: None,
+            epochs_without_improvement: 0,
+            epoch_loss_sum: 0.0,
+            epoch_correct: 0,
+            epoch_samples: 0,
+            finished: false,
+        }
+    };
+    crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut log = MetricsLog::open(
+        &run.join("metrics.jsonl"),
+        opts.resume.then_some(state.step),
+    )?;
+    let info = ModelInfo {
+        arch: "mlp".into(),
+        mlp: cfg.mlp.clone(),
+        normalization: state.normalization,
+        split: Some(SplitInfo {
+            seed,
+            val_fraction: cfg.data.val_fraction,
+        }),
+    };
+
+    let t = &cfg.train;
+    let micro_per_epoch = train_idx.len().div_ceil(t.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(t.grad_accum) as u64;
+    let total_steps = steps_per_epoch * t.epochs as u64;
+    let classes = cfg.mlp.classes;
+    let norm = state.normalization;
+
+    let bar = progress_bar(opts.progress, total_steps, state.step);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut dlogits = Vec::new();
+    let mut row_losses = Vec::new();
+    // Sums over the current logging window.
+    let (mut win_loss, mut win_correct, mut win_samples, mut win_norm, mut win_steps) =
+        (0f64, 0u64, 0u64, 0f64, 0u64);
+    let mut win_start = Instant::now();
+    let mut last_val = (f64::NAN, f64::NAN);
+    let mut stopped_early = false;
+    let mut epochs_run = 0;
+
+    'epochs: while state.epoch < t.epochs && !state.finished {
+        let order = epoch_order(train_idx.len(), seed, state.epoch);
+        let micro: Vec<&[usize]> = order.chunks(t.batch_size).collect();
+        while state.next_batch < micro.len() {
+            // One optimiser step over up to `grad_accum` micro-batches.
+            let group_end = (state.next_batch + t.grad_accum).min(micro.len());
+            let group = &micro[state.next_batch..group_end];
+            let group_samples: usize = group.iter().map(|b| b.len()).sum();
+            let mut step_loss = 0f64;
+            for positions in group {
+                let idx: Vec<usize> = positions.iter().map(|&p| train_idx[p]).collect();
+                gather_batch(&data, &norm, &idx, &mut x, &mut y);
+                let n = idx.len();
+                let dropout_seed = state.dropout_rng.next_u64();
+                let logits = model.forward(&x, n, true, dropout_seed);
+                row_losses.resize(n, 0.0);
+                let smoothing = t.label_smoothing as f32;
+                let loss =
+                    cross_entropy_forward(logits, &y, classes, -100, smoothing, &mut row_losses)?;
+                let correct = logits
+                    .chunks_exact(classes)
+                    .zip(&y)
+                    .filter(|(r, &t)| argmax(r) == t as usize)
+                    .count() as u64;
+                // Each micro-batch's mean loss is weighted by its share of the step's samples.
+                let weight = n as f32 / group_samples as f32;
+                dlogits.resize(logits.len(), 0.0);
+                cross_entropy_backward(logits, &y, classes, -100, smoothing, weight, &mut dlogits)?;
+                model.backward(&dlogits, true);
+                step_loss += loss as f64 * weight as f64;
+                win_correct += correct;
+                state.epoch_correct += correct;
+            }
+            if !step_loss.is_finite() {
+                return Err(non_finite(&run, "loss", step_loss, &state));
+            }
+            let mut params = model.params_mut();
+            let norm_before = if t.clip_grad_norm > 0.0 {
+                clip_grad_norm(&mut params, t.clip_grad_norm)
+            } else {
+                grad_norm(&params)
+            };
+            if !norm_before.is_finite() {
+                return Err(non_finite(&run, "gradient norm", norm_before, &state));
+            }
+            let lr = cfg.schedule.lr_at(cfg.optim.lr, state.step, total_steps);
+            opt.step(params, lr as f32);
+            model.zero_grad();
+            state.step += 1;
+            state.next_batch = group_end;
+            state.epoch_loss_sum += step_loss * group_samples as f64;
+            state.epoch_samples += group_samples as u64;
+            win_loss += step_loss;
+            win_norm += norm_before;
+            win_samples += group_samples as u64;
+            win_steps += 1;
+
+            if state.step % t.log_every.max(1) == 0 || state.next_batch == micro.len() {
+                let secs = win_start.elapsed().as_secs_f64().max(1e-9);
+                let r = Record::Train {
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: win_loss / win_steps as f64,
+                    accuracy: win_correct as f64 / win_samples as f64,
+                    lr,
+                    grad_norm: win_norm / win_steps as f64,
+                    samples_per_sec: win_samples as f64 / secs,
+                };
+                log.write(&r)?;
+                if let Record::Train {
+                    loss,
+                    accuracy,
+                    samples_per_sec,
+                    ..
+                } = r
+                {
+                    bar.set_message(format!(
+                        "epoch {} loss {loss:.4} acc {:.1}% {samples_per_sec:.0} samples/s",
+                        state.epoch + 1,
+                        100.0 * accuracy
+                    ));
+                }
+                (win_loss, win_correct, win_samples, win_norm, win_steps) = (0.0, 0, 0, 0.0, 0);
+                win_start = Instant::now();
+            }
+            bar.set_position(state.step);
+
+            let at_max = t.max_steps > 0 && state.step >= t.max_steps;
+            if state.next_batch < micro.len()
+                && (at_max || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0))
+            {
+                checkpoint::save(&run, &state, &model, &opt, t.keep_checkpoints)?;
+            }
+            if at_max && state.next_batch < micro.len() {
+                break 'epochs;
+            }
+        }
+
+        // End of epoch: validate, keep the best, maybe stop, checkpoint.
+        let val = evaluate(&mut model, &data, &norm, &val_idx, 256)?;
+        let train_loss = state.epoch_loss_sum / state.epoch_samples.max(1) as f64;
+        let train_acc = state.epoch_correct as f64 / state.epoch_samples.max(1) as f64;
+        log.write(&Record::Val {
+            step: state.step,
+            epoch: state.epoch,
+            train_loss,
+            train_accuracy: train_acc,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+        })?;
+        say(&bar, format!(
+            "epoch {:>3}  step {:>6}  train loss {train_loss:.4} acc {:.2}%  val loss {:.4} acc {:.2}%",
+            state.epoch + 1,
+            state.step,
+            100.0 * train_acc,
+            val.loss,
+            100.0 * val.accuracy
+        ));
+        last_val = (val.loss, val.accuracy);
+        let (metric, higher_better) = match t.metric.as_str() {
+            "val_loss" => (val.loss, false),
+            _ => (val.accuracy, true),
+        };
+        let improved = match state.best_metric {
+            None => true,
+            Some(b) if higher_better => metric > b + t.min_delta,
+            Some(b) => metric < b - t.min_delta,
+        };
+        if improved {
+            state.best_metric = Some(metric);
+            state.best_epoch = Some(state.epoch);
+            state.epochs_without_improvement = 0;
+            save_mlp(&run.join("best"), &model, &info)?;
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        epochs_run += 1;
+        state.epoch += 1;
+        state.next_batch = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_correct = 0;
+        state.epoch_samples = 0;
+        if t.patience > 0 && state.epochs_without_improvement >= t.patience {
+            say(
+                &bar,
+                format!(
+                    "early stopping: no improvement of {} in {} epochs",
+                    t.metric, t.patience
+                ),
+            );
+            stopped_early = true;
+            state.finished = true;
+        }
+        checkpoint::save(&run, &state, &model, &opt, t.keep_checkpoints)?;
+        super::plot::plot_run(&run)?;
+        if t.max_steps > 0 && state.step >= t.max_steps {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    save_mlp(&run.join("model"), &model, &info)?;
+    Ok(TrainOutcome {
+        run_dir: run,
+        steps: state.step,
+        epochs_run,
+        best_metric: state.best_metric,
+        best_epoch: state.best_epoch,
+        last_val_loss: last_val.0,
+        last_val_accuracy: last_val.1,
+        stopped_early,
+    })
+}
+
+fn non_finite(run: &Path, what: &str, value: f64, state: &TrainState) -> Error {
+    let last = checkpoint::latest(run)
+        .map(|(d, _)| format!("the last good checkpoint is kept at {}", d.display()))
+        .unwrap_or_else(|_| "no checkpoint had been written yet".into());
+    Error::NonFinite(format!(
+        "training stopped: the {what} became {value} at step {} (epoch {}); {last}. Try a lower optim.lr or set train.clip_grad_norm",
+        state.step + 1,
+        state.epoch + 1
+    ))
+}
+
+fn progress_bar(enabled: bool, total: u64, pos: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} ETA {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+/// Epoch summaries go above the bar, or straight to stderr when there is no bar.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
