@@ -109,6 +109,15 @@ mod tests {
     }
 
     #[test]
+    fn stream_matches_the_python_port_in_tools() {
+        // `python3 tools/torch_mnist_mlp.py --selftest` prints these three values.
+        let mut r = Rng::new(42);
+        assert_eq!(r.next_u64(), 15021278609987233951);
+        assert_eq!(r.next_u64(), 5881210131331364753);
+        assert_eq!(r.next_u64(), 18149643915985481100);
+    }
+
+    #[test]
     fn uniform_and_normal_have_the_right_moments() {
         let mut r = Rng::new(7);
         let n = 200_000;
