@@ -40,7 +40,24 @@ pub fn run(a: Args) -> Result<()> {
                 .into_owned();
             cfg
         }
-        None => Config::load(a.config.as_deref(), &a.overrides)?,
+        None => {
+            let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
+            // Never train over an existing run: number the new one, as Lightning's versions do.
+            let base = cfg.run.name.clone();
+            let mut n = 1;
+            while largo::train::trainer::run_dir(&cfg).exists() {
+                n += 1;
+                cfg.run.name = format!("{base}-{n}");
+            }
+            if n > 1 {
+                eprintln!(
+                    "note: {} exists; this run is {} (continue the old one with --resume)",
+                    std::path::Path::new(&cfg.run.out_dir).join(&base).display(),
+                    cfg.run.name
+                );
+            }
+            cfg
+        }
     };
     let progress = !a.no_progress && std::io::stderr().is_terminal();
     eprintln!(

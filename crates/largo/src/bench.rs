@@ -1,7 +1,9 @@
 //! Benchmarks behind `largo bench`: GEMM GFLOP/s and MLP training throughput.
 //! Numbers are medians of many timed repetitions after a warm-up.
 
-use crate::backend::{cross_entropy_backward, cross_entropy_forward, gemm_provider, matmul, Trans};
+use crate::backend::{
+    cross_entropy_backward, cross_entropy_forward, matmul_with, GemmProvider, Trans,
+};
 use crate::models::{Mlp, MlpConfig};
 use crate::nn::Module;
 use crate::rng::Rng;
@@ -23,6 +25,7 @@ pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
 ];
 
 pub struct GemmResult {
+    pub provider: GemmProvider,
     pub label: &'static str,
     pub m: usize,
     pub n: usize,
@@ -53,38 +56,45 @@ fn time_median(budget_s: f64, min_reps: usize, mut f: impl FnMut()) -> f64 {
     median(times)
 }
 
+/// GFLOP/s of every shape for every provider compiled in.
 pub fn bench_gemm() -> Vec<GemmResult> {
     let mut rng = Rng::new(0);
-    GEMM_SHAPES
-        .iter()
-        .map(|&(label, m, n, k)| {
+    let mut out = Vec::new();
+    for provider in GemmProvider::all() {
+        for &(label, m, n, k) in GEMM_SHAPES {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
             let mut c = vec![0f32; m * n];
             let secs = time_median(0.3, 10, || {
-                matmul(Trans::N, Trans::N, m, n, k, &a, &b, &mut c, false)
+                matmul_with(provider, Trans::N, Trans::N, m, n, k, &a, &b, &mut c, false)
             });
-            GemmResult {
+            out.push(GemmResult {
+                provider,
                 label,
                 m,
                 n,
                 k,
                 gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    out
 }
 
 pub fn render_gemm(results: &[GemmResult]) -> String {
     let mut s = format!(
-        "largo gemm f32, provider {}, {} threads\nshape              m     n     k   GFLOP/s\n",
-        gemm_provider(),
+        "largo gemm f32, {} threads\nprovider              shape              m     n     k   GFLOP/s\n",
         rayon::current_num_threads()
     );
     for r in results {
         s += &format!(
-            "{:<14} {:>5} {:>5} {:>5}  {:>8.1}\n",
-            r.label, r.m, r.n, r.k, r.gflops
+            "{:<21} {:<14} {:>5} {:>5} {:>5}  {:>8.1}\n",
+            r.provider.name(),
+            r.label,
+            r.m,
+            r.n,
+            r.k,
+            r.gflops
         );
     }
     s

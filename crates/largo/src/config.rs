@@ -309,6 +309,11 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
                     "--set: `{path}` is a section; name one of its keys"
                 )));
             }
+            // A string key takes the text as written: `run.name=2024` names a run "2024".
+            let value = match (&*old, value) {
+                (Value::String(_), v) if !v.is_str() => Value::String(raw.trim().to_string()),
+                (_, v) => v,
+            };
             *old =
                 check_type(&path, old, value).map_err(|e| Error::Config(format!("--set: {e}")))?;
             return Ok(());

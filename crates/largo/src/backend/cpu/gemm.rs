@@ -1,8 +1,8 @@
 //! The GEMM provider: `c (+)= op(a) · op(b)`, row-major f32.
 //!
 //! Default: the pure-Rust `gemm` crate built with `x86-v4` (AVX-512 kernels on stable Rust).
-//! With the `mkl` cargo feature, MKL's `cblas_sgemm` (sequential layer: largo's rayon pool is the
-//! only thread pool, MKL threads would fight it on small machines).
+//! With the `mkl` cargo feature, MKL's `cblas_sgemm` from its sequential layer. Either way the
+//! work is split over largo's one rayon pool here, so no library starts threads of its own.
 
 /// Whether an operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,13 +11,41 @@ pub enum Trans {
     T,
 }
 
+/// A library that multiplies one block on one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmProvider {
+    GemmCrate,
+    #[cfg(feature = "mkl")]
+    Mkl,
+}
+
+impl GemmProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmProvider::GemmCrate => "gemm-crate (x86-v4)",
+            #[cfg(feature = "mkl")]
+            GemmProvider::Mkl => "mkl",
+        }
+    }
+
+    /// Every provider compiled into this build, the default first.
+    pub fn all() -> Vec<GemmProvider> {
+        #[allow(unused_mut)]
+        let mut v = vec![GemmProvider::GemmCrate];
+        #[cfg(feature = "mkl")]
+        v.insert(0, GemmProvider::Mkl);
+        v
+    }
+}
+
+/// The provider `matmul` uses: MKL when compiled in, else the gemm crate.
+pub fn default_provider() -> GemmProvider {
+    GemmProvider::all()[0]
+}
+
 /// Which library computes GEMMs in this build.
 pub fn gemm_provider() -> &'static str {
-    if cfg!(feature = "mkl") {
-        "mkl"
-    } else {
-        "gemm-crate (x86-v4)"
-    }
+    default_provider().name()
 }
 
 /// `c[m,n] = op(a)[m,k] · op(b)[k,n]`, or `c += …` when `accumulate`.
@@ -25,6 +53,39 @@ pub fn gemm_provider() -> &'static str {
 /// `a` is stored `[m,k]` (`Trans::N`) or `[k,m]` (`Trans::T`); likewise `b` is `[k,n]` or `[n,k]`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    matmul_with(default_provider(), ta, tb, m, n, k, a, b, c, accumulate);
+}
+
+/// Below this many multiply-adds one thread is faster than splitting the work.
+const PARALLEL_MIN_MACS: usize = 48 * 48 * 48;
+
+/// An operand block: pointer to its first element and its (column, row) strides.
+#[derive(Clone, Copy)]
+struct Block {
+    ptr: usize,
+    cs: isize,
+    rs: isize,
+    /// How the full operand is stored (strides alone are ambiguous when a dimension is 1).
+    #[cfg_attr(not(feature = "mkl"), allow(dead_code))]
+    trans: Trans,
+}
+
+/// `matmul` with a chosen provider. C is split into one block of rows (or of columns, when C is
+/// wide) per thread and each block is a single-threaded GEMM: on this 2-core machine that
+/// scales as well as the libraries' own threading, and keeps one thread pool.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    provider: GemmProvider,
     ta: Trans,
     tb: Trans,
     m: usize,
@@ -47,109 +108,117 @@ pub fn matmul(
         }
         return;
     }
-    provider::matmul(ta, tb, m, n, k, a, b, c, accumulate);
-}
-
-#[cfg(not(feature = "mkl"))]
-mod provider {
-    use super::Trans;
-    use gemm::Parallelism;
-
-    /// Below this many multiply-adds one thread is faster than splitting the work.
-    const PARALLEL_MIN_MACS: usize = 48 * 48 * 48;
-
-    /// Splits C into one block of rows (or columns, when C is wide) per thread and runs a
-    /// single-threaded GEMM on each: on this 2-core machine that scales better than the
-    /// crate's own parallel loop (measured with `largo bench gemm`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul(
-        ta: Trans,
-        tb: Trans,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
-        accumulate: bool,
-    ) {
-        // Row-major strides (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
-        let (a_cs, a_rs) = match ta {
-            Trans::N => (1, k as isize),
-            Trans::T => (m as isize, 1),
-        };
-        let (b_cs, b_rs) = match tb {
-            Trans::N => (1, n as isize),
-            Trans::T => (k as isize, 1),
-        };
-        let threads = rayon::current_num_threads();
-        let parts = if m * n * k < PARALLEL_MIN_MACS {
-            1
+    // Row-major strides (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
+    let (a_cs, a_rs) = match ta {
+        Trans::N => (1, k as isize),
+        Trans::T => (m as isize, 1),
+    };
+    let (b_cs, b_rs) = match tb {
+        Trans::N => (1, n as isize),
+        Trans::T => (k as isize, 1),
+    };
+    let threads = rayon::current_num_threads();
+    let parts = if m * n * k < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads
+    };
+    let split_rows = m >= n;
+    let len = if split_rows { m } else { n };
+    // Block edges rounded to 16 so every block keeps whole SIMD panels.
+    let block = len.div_ceil(parts).next_multiple_of(16).min(len);
+    let (a_ptr, b_ptr, c_ptr) = (
+        a.as_ptr() as usize,
+        b.as_ptr() as usize,
+        c.as_mut_ptr() as usize,
+    );
+    let run = |start: usize| {
+        let size = block.min(len - start);
+        let (mm, nn) = if split_rows { (size, n) } else { (m, size) };
+        // Offsets (in elements) of the block's first element in a (rows) or b (columns), and c.
+        let (a_off, b_off, c_off) = if split_rows {
+            (start as isize * a_rs, 0, start * n)
         } else {
-            threads
+            (0, start as isize * b_cs, start)
         };
-        let split_rows = m >= n;
-        let len = if split_rows { m } else { n };
-        // Block edges rounded to 16 so every block keeps whole SIMD panels.
-        let block = len.div_ceil(parts).next_multiple_of(16).min(len);
-        let (a_ptr, b_ptr, c_ptr) = (
-            a.as_ptr() as usize,
-            b.as_ptr() as usize,
-            c.as_mut_ptr() as usize,
-        );
-        let run = |start: usize| {
-            let size = block.min(len - start);
-            let (mm, nn) = if split_rows { (size, n) } else { (m, size) };
-            // Offsets of the block's first element in a (rows) or b (columns), and in c.
-            let (a_off, b_off, c_off) = if split_rows {
-                (start as isize * a_rs, 0, start * n)
-            } else {
-                (0, start as isize * b_cs, start)
-            };
-            // SAFETY: `matmul` checked that a, b, c hold m*k, k*n and m*n elements; each block
-            // addresses a sub-range of those extents with the full strides, and distinct
-            // blocks write disjoint elements of c (different rows or different columns).
-            // a and b are only read. The pointers outlive the scope below.
-            unsafe {
-                gemm::gemm(
-                    mm,
-                    nn,
-                    k,
-                    (c_ptr as *mut f32).add(c_off),
-                    1,
-                    n as isize,
-                    accumulate,
-                    (a_ptr as *const f32).offset(a_off),
-                    a_cs,
-                    a_rs,
-                    (b_ptr as *const f32).offset(b_off),
-                    b_cs,
-                    b_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+        let at = |base: usize, off: isize| (base as isize + off * 4) as usize;
+        let a_blk = Block {
+            ptr: at(a_ptr, a_off),
+            cs: a_cs,
+            rs: a_rs,
+            trans: ta,
         };
-        if block >= len {
-            run(0);
-        } else {
-            rayon::scope(|s| {
-                for start in (block..len).step_by(block) {
-                    s.spawn(move |_| run(start));
+        let b_blk = Block {
+            ptr: at(b_ptr, b_off),
+            cs: b_cs,
+            rs: b_rs,
+            trans: tb,
+        };
+        let c_blk = at(c_ptr, c_off as isize);
+        // SAFETY (for both providers): `matmul_with` checked that a, b, c hold m*k, k*n and m*n
+        // elements; each block addresses a sub-range of those extents with the full strides;
+        // distinct blocks write disjoint elements of c (different rows or different columns),
+        // and a and b are only read. The buffers outlive the rayon scope below.
+        unsafe {
+            match provider {
+                GemmProvider::GemmCrate => {
+                    gemm_crate_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate)
                 }
-                run(0);
-            });
+                #[cfg(feature = "mkl")]
+                GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
+            }
         }
+    };
+    if block >= len {
+        run(0);
+    } else {
+        rayon::scope(|s| {
+            for start in (block..len).step_by(block) {
+                s.spawn(move |_| run(start));
+            }
+            run(0);
+        });
     }
 }
 
+/// One block on the calling thread with the `gemm` crate. Caller guarantees the extents.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate_block(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Block,
+    b: Block,
+    c: usize,
+    ldc: usize,
+    accumulate: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c as *mut f32,
+        1,
+        ldc as isize,
+        accumulate,
+        a.ptr as *const f32,
+        a.cs,
+        a.rs,
+        b.ptr as *const f32,
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
 #[cfg(feature = "mkl")]
-mod provider {
-    use super::Trans;
+mod mkl {
+    use super::{Block, Trans};
 
     const CBLAS_ROW_MAJOR: i32 = 101;
     const CBLAS_NO_TRANS: i32 = 111;
@@ -174,47 +243,45 @@ mod provider {
         );
     }
 
+    /// CBLAS flag and leading dimension (the stored row length) of an operand.
+    fn trans_ld(x: Block) -> (i32, i32) {
+        match x.trans {
+            Trans::N => (CBLAS_NO_TRANS, x.rs as i32),
+            Trans::T => (CBLAS_TRANS, x.cs as i32),
+        }
+    }
+
+    /// One block with MKL's sequential sgemm. Caller guarantees the extents.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul(
-        ta: Trans,
-        tb: Trans,
+    pub unsafe fn block(
         m: usize,
         n: usize,
         k: usize,
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
+        a: Block,
+        b: Block,
+        c: usize,
+        ldc: usize,
         accumulate: bool,
     ) {
-        let (ta_flag, lda) = match ta {
-            Trans::N => (CBLAS_NO_TRANS, k),
-            Trans::T => (CBLAS_TRANS, m),
-        };
-        let (tb_flag, ldb) = match tb {
-            Trans::N => (CBLAS_NO_TRANS, n),
-            Trans::T => (CBLAS_TRANS, k),
-        };
+        let (ta, lda) = trans_ld(a);
+        let (tb, ldb) = trans_ld(b);
         let beta = if accumulate { 1.0 } else { 0.0 };
-        // SAFETY: lengths were checked by the caller; leading dimensions describe the same
-        // row-major extents; MKL reads a and b and writes only c[..m*n].
-        unsafe {
-            cblas_sgemm(
-                CBLAS_ROW_MAJOR,
-                ta_flag,
-                tb_flag,
-                m as i32,
-                n as i32,
-                k as i32,
-                1.0,
-                a.as_ptr(),
-                lda as i32,
-                b.as_ptr(),
-                ldb as i32,
-                beta,
-                c.as_mut_ptr(),
-                n as i32,
-            );
-        }
+        cblas_sgemm(
+            CBLAS_ROW_MAJOR,
+            ta,
+            tb,
+            m as i32,
+            n as i32,
+            k as i32,
+            1.0,
+            a.ptr as *const f32,
+            lda,
+            b.ptr as *const f32,
+            ldb,
+            beta,
+            c as *mut f32,
+            ldc as i32,
+        );
     }
 }
 
@@ -250,20 +317,28 @@ mod tests {
     #[test]
     fn matmul_matches_naive_for_every_transpose_and_accumulates() {
         let mut rng = Rng::new(1);
-        for &(m, n, k) in &[(3, 5, 7), (70, 65, 80), (1, 9, 4)] {
+        for &(m, n, k) in &[
+            (3, 5, 7),
+            (70, 65, 80),
+            (1, 9, 4),
+            (130, 40, 90),
+            (40, 130, 90),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
             for ta in [Trans::N, Trans::T] {
                 for tb in [Trans::N, Trans::T] {
                     let want = naive(ta, tb, m, n, k, &a, &b);
-                    let mut c = vec![1f32; m * n];
-                    matmul(ta, tb, m, n, k, &a, &b, &mut c, false);
-                    for (x, y) in c.iter().zip(&want) {
-                        assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
-                    }
-                    matmul(ta, tb, m, n, k, &a, &b, &mut c, true);
-                    for (x, y) in c.iter().zip(&want) {
-                        assert!((x - 2.0 * y).abs() < 2e-4 * (1.0 + y.abs()));
+                    for p in GemmProvider::all() {
+                        let mut c = vec![1f32; m * n];
+                        matmul_with(p, ta, tb, m, n, k, &a, &b, &mut c, false);
+                        for (x, y) in c.iter().zip(&want) {
+                            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{p:?}: {x} vs {y}");
+                        }
+                        matmul_with(p, ta, tb, m, n, k, &a, &b, &mut c, true);
+                        for (x, y) in c.iter().zip(&want) {
+                            assert!((x - 2.0 * y).abs() < 2e-4 * (1.0 + y.abs()), "{p:?}");
+                        }
                     }
                 }
             }

@@ -1,0 +1,484 @@
+//! Drives the real `largo` binary: train → resume → eval → classify, and every bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bundled_mnist() -> PathBuf {
+    repo().join("data/mnist-1k")
+}
+
+fn largo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_largo"))
+        .current_dir(dir)
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run largo")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "largo failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, and stderr containing `needle`.
+#[track_caller]
+fn fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr lacks {needle:?}:\n{stderr}"
+    );
+}
+
+fn train_args<'a>(data: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "train".into(),
+        "--set".into(),
+        format!("data.path={data}"),
+        "--set".into(),
+        format!("run.name={name}"),
+        "--set".into(),
+        "train.epochs=2".into(),
+    ];
+    for e in extra {
+        v.push("--set".into());
+        v.push(e.to_string());
+    }
+    v
+}
+
+fn run_train(dir: &Path, name: &str, extra: &[&str]) -> Output {
+    let data = bundled_mnist();
+    let args = train_args(data.to_str().unwrap(), name, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    largo(dir, &refs)
+}
+
+/// No leftovers of atomic writes anywhere under `dir`.
+fn assert_no_temp_files(dir: &Path) {
+    for e in walk(dir) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(".tmp"),
+            "temporary file left behind: {}",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn train_writes_a_complete_run_and_eval_and_classify_use_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&run_train(tmp.path(), "r", &["train.log_every=5"]));
+    assert!(out.contains("best val_accuracy"), "{out}");
+    let run = tmp.path().join("runs/r");
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "curves.png",
+        "best/model.safetensors",
+        "best/config.json",
+        "model/model.safetensors",
+        "checkpoints/latest.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let png = image::open(run.join("curves.png")).expect("curves.png decodes");
+    assert!(png.width() > 500);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let vals: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let val_lines: Vec<_> = vals.iter().filter(|v| v["kind"] == "val").collect();
+    assert_eq!(val_lines.len(), 2);
+    let train0 = vals.iter().find(|v| v["kind"] == "train").unwrap();
+    for k in ["step", "loss", "lr", "grad_norm", "samples_per_sec"] {
+        assert!(train0[k].is_number(), "train record lacks {k}: {train0}");
+    }
+    // Learns: well above chance after two epochs on 900 digits.
+    let acc = val_lines[1]["val_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.6, "validation accuracy {acc}");
+    assert_no_temp_files(&run);
+
+    let data = bundled_mnist();
+    let ev = ok(&largo(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            "runs/r",
+            "--data",
+            data.to_str().unwrap(),
+            "--split",
+            "val",
+        ],
+    ));
+    assert!(ev.contains("samples 100"), "{ev}");
+    assert!(ev.contains("confusion matrix"), "{ev}");
+    let js = ok(&largo(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            "runs/r/best",
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let e: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(e["samples"], 1000);
+    assert_eq!(e["confusion"].as_array().unwrap().len(), 10);
+    assert_eq!(e["per_class"].as_array().unwrap().len(), 10);
+
+    // Classify digits written as PNG (white on black, and inverted like ink on paper).
+    let (img, label) = first_digit(&data);
+    let p1 = tmp.path().join("digit.png");
+    image::GrayImage::from_raw(28, 28, img.clone())
+        .unwrap()
+        .save(&p1)
+        .unwrap();
+    let p2 = tmp.path().join("paper.png");
+    let inv: Vec<u8> = img.iter().map(|p| 255 - p).collect();
+    image::GrayImage::from_raw(28, 28, inv)
+        .unwrap()
+        .save(&p2)
+        .unwrap();
+    let c = ok(&largo(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            "runs/r",
+            "--top-k",
+            "2",
+            "--json",
+            p1.to_str().unwrap(),
+            p2.to_str().unwrap(),
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = c
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["top"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        lines[0]["top"][0]["class"], lines[1]["top"][0]["class"],
+        "auto-invert"
+    );
+    let p: f64 = lines[0]["top"][0]["probability"].as_f64().unwrap();
+    assert!(p > 0.0 && p <= 1.0);
+    let _ = label;
+
+    // Training again under the same name never overwrites the run: it gets the next number.
+    let again = run_train(tmp.path(), "r", &["train.epochs=1"]);
+    ok(&again);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("this run is r-2"));
+    assert!(tmp.path().join("runs/r-2/model/model.safetensors").is_file());
+    assert!(run.join("metrics.jsonl").exists());
+}
+
+fn first_digit(dir: &Path) -> (Vec<u8>, u8) {
+    use std::io::Read;
+    let mut imgs = Vec::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(dir.join("train-images-idx3-ubyte.gz")).unwrap(),
+    )
+    .read_to_end(&mut imgs)
+    .unwrap();
+    let mut lbls = Vec::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(dir.join("train-labels-idx1-ubyte.gz")).unwrap(),
+    )
+    .read_to_end(&mut lbls)
+    .unwrap();
+    (imgs[16..16 + 784].to_vec(), lbls[8])
+}
+
+#[test]
+fn interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Dropout and accumulation on, so RNG state and data position both matter.
+    let extra = [
+        "mlp.dropout=0.2",
+        "train.grad_accum=2",
+        "train.batch_size=32",
+    ];
+    ok(&run_train(tmp.path(), "whole", &extra));
+    let mut stop = extra.to_vec();
+    stop.push("train.max_steps=11");
+    ok(&run_train(tmp.path(), "split", &stop));
+    let latest =
+        std::fs::read_to_string(tmp.path().join("runs/split/checkpoints/latest.json")).unwrap();
+    assert!(latest.contains("\"step\":11"), "{latest}");
+    ok(&largo(
+        tmp.path(),
+        &[
+            "train",
+            "--resume",
+            "runs/split",
+            "--set",
+            "train.max_steps=0",
+        ],
+    ));
+    let a = std::fs::read(tmp.path().join("runs/whole/model/model.safetensors")).unwrap();
+    let b = std::fs::read(tmp.path().join("runs/split/model/model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed parameters differ from the uninterrupted run"
+    );
+    // The metrics history has each step once.
+    let m = std::fs::read_to_string(tmp.path().join("runs/split/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = m
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    let mut sorted = steps.clone();
+    sorted.dedup();
+    assert_eq!(steps, sorted, "duplicated metrics after resume");
+}
+
+#[test]
+fn early_stopping_stops_when_validation_stalls() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A zero learning rate never improves after the first epoch.
+    let out = ok(&run_train(
+        tmp.path(),
+        "es",
+        &[
+            "train.epochs=10",
+            "train.patience=2",
+            "optim.lr=0",
+            "train.metric=val_loss",
+        ],
+    ));
+    assert!(out.contains("stopped early"), "{out}");
+    let m = std::fs::read_to_string(tmp.path().join("runs/es/metrics.jsonl")).unwrap();
+    assert_eq!(
+        m.lines().filter(|l| l.contains("\"kind\":\"val\"")).count(),
+        3
+    );
+}
+
+fn write_gz(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap();
+}
+
+fn idx(magic_type: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, magic_type, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend(data);
+    b
+}
+
+/// Writes a tiny MNIST-shaped dataset, then lets `edit` break it.
+fn dataset(dir: &Path, n: u32, labels: &[u8]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write_gz(
+        &dir.join("train-images-idx3-ubyte.gz"),
+        &idx(8, &[n, 28, 28], &vec![7u8; n as usize * 784]),
+    );
+    write_gz(
+        &dir.join("train-labels-idx1-ubyte.gz"),
+        &idx(8, &[labels.len() as u32], labels),
+    );
+    dir.to_path_buf()
+}
+
+fn train_on(tmp: &Path, data: &Path) -> Output {
+    largo(
+        tmp,
+        &[
+            "train",
+            "--set",
+            &format!("data.path={}", data.display()),
+            "--set",
+            "run.name=bad",
+        ],
+    )
+}
+
+#[test]
+fn bad_data_gives_clear_errors_and_leaves_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    fails_with(&train_on(t, &t.join("nowhere")), "nowhere");
+
+    let d = dataset(&t.join("mismatch"), 10, &[1; 9]);
+    fails_with(&train_on(t, &d), "9 labels but");
+
+    let d = dataset(&t.join("range"), 3, &[1, 12, 3]);
+    fails_with(
+        &train_on(t, &d),
+        "label 12 at index 1 is out of range 0..10",
+    );
+
+    let d = dataset(&t.join("magic"), 3, &[1, 2, 3]);
+    std::fs::write(
+        d.join("train-labels-idx1-ubyte.gz"),
+        idx(0x0d, &[3], &[1, 2, 3]),
+    )
+    .unwrap();
+    fails_with(&train_on(t, &d), "0x0d");
+    std::fs::write(
+        d.join("train-labels-idx1-ubyte.gz"),
+        [1u8, 2, 3, 4, 5, 6, 7, 8],
+    )
+    .unwrap();
+    fails_with(&train_on(t, &d), "bad IDX magic");
+
+    let d = dataset(&t.join("trunc"), 3, &[1, 2, 3]);
+    let gz = std::fs::read(d.join("train-images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(d.join("train-images-idx3-ubyte.gz"), &gz[..gz.len() / 2]).unwrap();
+    fails_with(&train_on(t, &d), "truncated gzip");
+
+    let d = dataset(&t.join("short"), 3, &[1, 2, 3]);
+    write_gz(
+        &d.join("train-images-idx3-ubyte.gz"),
+        &idx(8, &[3, 28, 28], &[0; 100]),
+    );
+    fails_with(&train_on(t, &d), "need 2352 data bytes, file has 100");
+
+    let d = t.join("missing");
+    std::fs::create_dir_all(&d).unwrap();
+    fails_with(&train_on(t, &d), "missing train-images-idx3-ubyte.gz");
+    assert_no_temp_files(t);
+}
+
+#[test]
+fn bad_config_is_rejected_with_the_key_and_a_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[optim]\nlearning_rate = 0.1\n").unwrap();
+    fails_with(
+        &largo(tmp.path(), &["train", "--config", cfg.to_str().unwrap()]),
+        "unknown key `optim.learning_rate`",
+    );
+    fails_with(
+        &largo(tmp.path(), &["train", "--set", "train.epochs=ten"]),
+        "`train.epochs` expects an integer",
+    );
+    fails_with(
+        &largo(tmp.path(), &["train", "--set", "mlp.hiden=[3]"]),
+        "did you mean `mlp.hidden`",
+    );
+    std::fs::write(&cfg, "[train\n").unwrap();
+    fails_with(
+        &largo(tmp.path(), &["train", "--config", cfg.to_str().unwrap()]),
+        "invalid TOML",
+    );
+    assert!(
+        !tmp.path().join("runs").exists(),
+        "a rejected config must not create a run"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_train(
+        tmp.path(),
+        "nan",
+        &[
+            "optim.kind=sgd",
+            "optim.lr=1e30",
+            "train.checkpoint_every=1",
+        ],
+    );
+    fails_with(&out, "at step 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("last good checkpoint"), "{stderr}");
+    let latest =
+        std::fs::read_to_string(tmp.path().join("runs/nan/checkpoints/latest.json")).unwrap();
+    assert!(latest.contains("\"step\":1"), "{latest}");
+    assert_no_temp_files(&tmp.path().join("runs"));
+}
+
+#[test]
+fn a_model_whose_weights_do_not_match_its_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&run_train(tmp.path(), "m", &["train.epochs=1"]));
+    let cfg_path = tmp.path().join("runs/m/best/config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("128", "64");
+    std::fs::write(&cfg_path, text).unwrap();
+    let data = bundled_mnist();
+    fails_with(
+        &largo(
+            tmp.path(),
+            &[
+                "eval",
+                "--model",
+                "runs/m/best",
+                "--data",
+                data.to_str().unwrap(),
+            ],
+        ),
+        "tensor fc1.weight has shape [128, 784], the model expects [64, 784]",
+    );
+    fails_with(
+        &largo(
+            tmp.path(),
+            &[
+                "eval",
+                "--model",
+                "runs/none",
+                "--data",
+                data.to_str().unwrap(),
+            ],
+        ),
+        "runs/none",
+    );
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    fails_with(
+        &largo(
+            tmp.path(),
+            &["classify", "--model", "runs/m/model", bad.to_str().unwrap()],
+        ),
+        "cannot decode image",
+    );
+}
