@@ -206,7 +206,10 @@ fn train_writes_a_complete_run_and_eval_and_classify_use_it() {
     let again = run_train(tmp.path(), "r", &["train.epochs=1"]);
     ok(&again);
     assert!(String::from_utf8_lossy(&again.stderr).contains("this run is r-2"));
-    assert!(tmp.path().join("runs/r-2/model/model.safetensors").is_file());
+    assert!(tmp
+        .path()
+        .join("runs/r-2/model/model.safetensors")
+        .is_file());
     assert!(run.join("metrics.jsonl").exists());
 }
 

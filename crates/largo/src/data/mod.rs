@@ -3,3 +3,4 @@
 pub mod idx;
 pub mod image;
 pub mod mnist;
+pub mod text;

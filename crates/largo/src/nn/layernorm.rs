@@ -46,6 +46,22 @@ impl LayerNorm {
         );
     }
 
+    /// Inference: the same result as `forward`, keeping nothing for backward.
+    pub fn infer(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let c = self.dim();
+        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+        layernorm_forward(
+            &x[..rows * c],
+            &self.weight.value.data,
+            &self.bias.value.data,
+            self.eps,
+            c,
+            &mut y[..rows * c],
+            &mut mean,
+            &mut rstd,
+        );
+    }
+
     /// `x` is the same input that forward saw.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
         let c = self.dim();

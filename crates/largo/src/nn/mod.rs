@@ -3,10 +3,14 @@
 //! A model is a tree of these. Its `forward` stores what `backward` needs in buffers it owns,
 //! `backward` adds into each parameter's `grad`, and the optimiser walks `params_mut()`. No tape.
 
+mod attention;
+mod block;
 mod embedding;
 mod layernorm;
 mod linear;
 
+pub use attention::{KvCache, MultiHeadAttention};
+pub use block::{Block, BlockStyle};
 pub use embedding::Embedding;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;

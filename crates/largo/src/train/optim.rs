@@ -19,6 +19,8 @@ pub struct OptimConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Skip weight decay for 1-D parameters (biases, norms), as nanoGPT and Hugging Face do.
+    pub no_decay_1d: bool,
 }
 
 impl Default for OptimConfig {
@@ -33,6 +35,7 @@ impl Default for OptimConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            no_decay_1d: false,
         }
     }
 }
@@ -107,6 +110,11 @@ impl Optimizer {
         let c = &self.config;
         let first = self.step == 1;
         for ((_, p), slot) in params.into_iter().zip(&mut self.slots) {
+            let wd = if c.no_decay_1d && p.value.shape.len() < 2 {
+                0.0
+            } else {
+                c.weight_decay as f32
+            };
             let w = &mut p.value.data;
             let g = &p.grad;
             if c.kind == "adamw" {
@@ -115,7 +123,7 @@ impl Optimizer {
                 let bc2 = 1.0 - c.beta2.powi(self.step as i32);
                 let step_size = (lr as f64 / bc1) as f32;
                 let bc2_sqrt = bc2.sqrt() as f32;
-                let decay = 1.0 - lr * c.weight_decay as f32;
+                let decay = 1.0 - lr * wd;
                 let eps = c.eps as f32;
                 w.par_chunks_mut(CHUNK)
                     .zip(g.par_chunks(CHUNK))
@@ -134,7 +142,7 @@ impl Optimizer {
                         }
                     });
             } else {
-                let (mu, damp, wd) = (c.momentum as f32, c.dampening as f32, c.weight_decay as f32);
+                let (mu, damp) = (c.momentum as f32, c.dampening as f32);
                 let nesterov = c.nesterov;
                 w.par_chunks_mut(CHUNK)
                     .zip(g.par_chunks(CHUNK))

@@ -66,6 +66,23 @@ pub fn matmul(
     matmul_with(default_provider(), ta, tb, m, n, k, a, b, c, accumulate);
 }
 
+/// `matmul` on the calling thread only: for kernels that already run one task per thread
+/// (attention heads, for instance).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, accumulate);
+}
+
 /// Below this many multiply-adds one thread is faster than splitting the work.
 const PARALLEL_MIN_MACS: usize = 48 * 48 * 48;
 
@@ -86,6 +103,24 @@ struct Block {
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
     provider: GemmProvider,
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    let threads = rayon::current_num_threads();
+    matmul_impl(provider, threads, ta, tb, m, n, k, a, b, c, accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_impl(
+    provider: GemmProvider,
+    threads: usize,
     ta: Trans,
     tb: Trans,
     m: usize,
@@ -117,7 +152,6 @@ pub fn matmul_with(
         Trans::N => (1, n as isize),
         Trans::T => (k as isize, 1),
     };
-    let threads = rayon::current_num_threads();
     let parts = if m * n * k < PARALLEL_MIN_MACS {
         1
     } else {

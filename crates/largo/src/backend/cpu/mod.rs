@@ -1,6 +1,7 @@
 //! CPU kernels: each op's forward and backward side by side (llm.c's layout).
 
 pub mod activation;
+pub mod attention;
 pub mod dropout;
 pub mod embedding;
 pub mod gemm;
@@ -8,6 +9,7 @@ pub mod layernorm;
 pub mod loss;
 
 pub use activation::*;
+pub use attention::*;
 pub use dropout::*;
 pub use embedding::*;
 pub use gemm::*;

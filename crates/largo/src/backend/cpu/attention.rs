@@ -1,0 +1,272 @@
+//! Scaled dot-product attention, `softmax(Q·Kᵀ/√D + mask)·V`, per (batch, head), with causal and
+//! key-padding masks; plus the head permutations around it and rotary position embeddings.
+//!
+//! Layouts: fused `qkv` [B,T,3C] as a `Linear(C,3C)` writes it (q | k | v, head h at channels
+//! h·D..(h+1)·D of each); per-head `q`, `k`, `v`, `o` [B,H,T,D]; probabilities `att` [B,H,T,T].
+//! This first version keeps the T×T probabilities for backward (memory quadratic in T); the
+//! numbers it must reproduce are pinned by the PyTorch fixtures.
+
+use super::gemm::{matmul_serial, Trans};
+use rayon::prelude::*;
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub heads: usize,
+    /// Query positions.
+    pub t: usize,
+    /// Key positions (= t in training; the cache length when decoding).
+    pub tk: usize,
+    pub head_dim: usize,
+    /// Distance between heads in k and v: tk·D, or the cache capacity·D when decoding.
+    pub kv_head_stride: usize,
+}
+
+impl AttnShape {
+    /// Self-attention over `t` positions with contiguous k and v.
+    pub fn new(batch: usize, heads: usize, t: usize, head_dim: usize) -> Self {
+        AttnShape {
+            batch,
+            heads,
+            t,
+            tk: t,
+            head_dim,
+            kv_head_stride: t * head_dim,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// [B,T,3C] → q, k, v [B,H,T,D].
+pub fn split_qkv_heads(qkv: &[f32], s: AttnShape, q: &mut [f32], k: &mut [f32], v: &mut [f32]) {
+    let (c, d, t) = (s.channels(), s.head_dim, s.t);
+    let per_batch = s.heads * t * d;
+    q.par_chunks_mut(per_batch)
+        .zip(k.par_chunks_mut(per_batch))
+        .zip(v.par_chunks_mut(per_batch))
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each(|(((q, k), v), x)| {
+            for (ti, row) in x.chunks_exact(3 * c).enumerate() {
+                for h in 0..s.heads {
+                    let dst = (h * t + ti) * d;
+                    q[dst..dst + d].copy_from_slice(&row[h * d..(h + 1) * d]);
+                    k[dst..dst + d].copy_from_slice(&row[c + h * d..c + (h + 1) * d]);
+                    v[dst..dst + d].copy_from_slice(&row[2 * c + h * d..2 * c + (h + 1) * d]);
+                }
+            }
+        });
+}
+
+/// The inverse permutation, for gradients: dq, dk, dv [B,H,T,D] → dqkv [B,T,3C].
+pub fn merge_qkv_heads(dq: &[f32], dk: &[f32], dv: &[f32], s: AttnShape, dqkv: &mut [f32]) {
+    let (c, d, t) = (s.channels(), s.head_dim, s.t);
+    let per_batch = s.heads * t * d;
+    dqkv.par_chunks_mut(t * 3 * c)
+        .zip(dq.par_chunks(per_batch))
+        .zip(dk.par_chunks(per_batch))
+        .zip(dv.par_chunks(per_batch))
+        .for_each(|(((x, q), k), v)| {
+            for (ti, row) in x.chunks_exact_mut(3 * c).enumerate() {
+                for h in 0..s.heads {
+                    let src = (h * t + ti) * d;
+                    row[h * d..(h + 1) * d].copy_from_slice(&q[src..src + d]);
+                    row[c + h * d..c + (h + 1) * d].copy_from_slice(&k[src..src + d]);
+                    row[2 * c + h * d..2 * c + (h + 1) * d].copy_from_slice(&v[src..src + d]);
+                }
+            }
+        });
+}
+
+/// o [B,H,T,D] → y [B,T,C] (heads side by side), or back with `to_heads`.
+pub fn merge_heads(o: &[f32], s: AttnShape, y: &mut [f32]) {
+    permute_heads(o, s, y, false);
+}
+
+pub fn split_heads(y: &[f32], s: AttnShape, o: &mut [f32]) {
+    permute_heads(y, s, o, true);
+}
+
+fn permute_heads(src: &[f32], s: AttnShape, dst: &mut [f32], to_heads: bool) {
+    let (c, d, t) = (s.channels(), s.head_dim, s.t);
+    dst.par_chunks_mut(t * c)
+        .zip(src.par_chunks(t * c))
+        .for_each(|(dst, src)| {
+            for h in 0..s.heads {
+                for ti in 0..t {
+                    let (heads_at, merged_at) = ((h * t + ti) * d, ti * c + h * d);
+                    if to_heads {
+                        dst[heads_at..heads_at + d].copy_from_slice(&src[merged_at..merged_at + d]);
+                    } else {
+                        dst[merged_at..merged_at + d].copy_from_slice(&src[heads_at..heads_at + d]);
+                    }
+                }
+            }
+        });
+}
+
+/// Whether query i may look at key j. `offset` is the query's absolute position minus i
+/// (non-zero when decoding with a cache), `padded` marks keys to ignore.
+fn visible(i: usize, j: usize, offset: usize, causal: bool, padded: Option<&[u8]>) -> bool {
+    !(causal && j > i + offset) && padded.is_none_or(|p| p[j] == 0)
+}
+
+/// Forward. q [B,H,T,D], k and v [B,H,Tk,D]; writes att [B,H,T,Tk] and o [B,H,T,D].
+/// `key_padding` [B,Tk]: non-zero marks a padded key. A row whose keys are all masked gets
+/// zero output (PyTorch would give NaN).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    causal: bool,
+    key_padding: Option<&[u8]>,
+    att: &mut [f32],
+    o: &mut [f32],
+) {
+    let (t, tk, d) = (s.t, s.tk, s.head_dim);
+    let scale = 1.0 / (d as f32).sqrt();
+    let offset = tk - t;
+    att.par_chunks_mut(t * tk)
+        .zip(o.par_chunks_mut(t * d))
+        .enumerate()
+        .for_each(|(bh, (att, o))| {
+            let b = bh / s.heads;
+            let kv = bh * s.kv_head_stride;
+            let (qh, kh, vh) = (&q[bh * t * d..], &k[kv..kv + tk * d], &v[kv..kv + tk * d]);
+            let pad = key_padding.map(|p| &p[b * tk..(b + 1) * tk]);
+            // Scores S = Q·Kᵀ [T,Tk], then a masked, scaled softmax per row, in place.
+            matmul_serial(Trans::N, Trans::T, t, tk, d, qh, kh, att, false);
+            for (i, row) in att.chunks_exact_mut(tk).enumerate() {
+                let mut max = f32::NEG_INFINITY;
+                for (j, x) in row.iter_mut().enumerate() {
+                    if visible(i, j, offset, causal, pad) {
+                        *x *= scale;
+                        max = max.max(*x);
+                    }
+                }
+                let mut sum = 0.0;
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = if visible(i, j, offset, causal, pad) {
+                        (*x - max).exp()
+                    } else {
+                        0.0
+                    };
+                    sum += *x;
+                }
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            // O = P·V [T,D].
+            matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);
+        });
+}
+
+/// Backward of `attention_forward` (training: Tk = T). `datt` [B,H,T,T] is scratch.
+/// dP = dO·Vᵀ, dV = Pᵀ·dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS·K/√D, dK = dSᵀ·Q/√D.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    att: &[f32],
+    dout: &[f32],
+    s: AttnShape,
+    datt: &mut [f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (t, d) = (s.t, s.head_dim);
+    let scale = 1.0 / (d as f32).sqrt();
+    datt.par_chunks_mut(t * t)
+        .zip(dq.par_chunks_mut(t * d))
+        .zip(dk.par_chunks_mut(t * d).zip(dv.par_chunks_mut(t * d)))
+        .enumerate()
+        .for_each(|(bh, ((ds, dq), (dk, dv)))| {
+            let at = bh * t * d;
+            let (qh, kh, vh, doh) = (
+                &q[at..at + t * d],
+                &k[at..at + t * d],
+                &v[at..at + t * d],
+                &dout[at..at + t * d],
+            );
+            let p = &att[bh * t * t..(bh + 1) * t * t];
+            matmul_serial(Trans::N, Trans::T, t, t, d, doh, vh, ds, false);
+            matmul_serial(Trans::T, Trans::N, t, d, t, p, doh, dv, false);
+            // Softmax backward, row by row; the 1/√D of the scores folds in here.
+            for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (x, &pv) in ds.iter_mut().zip(p) {
+                    *x = pv * (*x - dot) * scale;
+                }
+            }
+            matmul_serial(Trans::N, Trans::N, t, d, t, ds, kh, dq, false);
+            matmul_serial(Trans::T, Trans::N, t, d, t, ds, qh, dk, false);
+        });
+}
+
+/// cos and sin tables [T,D/2] for rotary embeddings at positions start..start+T.
+pub fn rope_tables(start: usize, t: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = d / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for pos in start..start + t {
+        for i in 0..half {
+            let inv_freq = 1.0 / (base as f64).powf(2.0 * i as f64 / d as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotary embedding (rotate-half convention, as Hugging Face's Llama), in place on x [B,H,T,D]:
+/// (x₁, x₂) → (x₁·cos − x₂·sin, x₂·cos + x₁·sin) for the two halves of each head.
+pub fn rope_forward(x: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    rope_rotate(x, t, d, cos, sin, 1.0);
+}
+
+/// The rotation's transpose (rotation by the opposite angle), in place on dx.
+pub fn rope_backward(dx: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    rope_rotate(dx, t, d, cos, sin, -1.0);
+}
+
+fn rope_rotate(x: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32], sign: f32) {
+    let half = d / 2;
+    x.par_chunks_mut(t * d).for_each(|head| {
+        for (ti, row) in head.chunks_exact_mut(d).enumerate() {
+            let (c, s) = (
+                &cos[ti * half..(ti + 1) * half],
+                &sin[ti * half..(ti + 1) * half],
+            );
+            let (x1, x2) = row.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] - sign * b * s[i];
+                x2[i] = b * c[i] + sign * a * s[i];
+            }
+        }
+    });
+}
+
+/// The sinusoidal position table of "Attention Is All You Need" [max_len, d]:
+/// even channels sin(pos·ω), odd channels cos(pos·ω), ω = 10000^(−2i/d).
+pub fn sinusoidal_table(max_len: usize, d: usize) -> Vec<f32> {
+    let mut pe = vec![0.0; max_len * d];
+    for pos in 0..max_len {
+        for i in (0..d).step_by(2) {
+            let w = (-(i as f64) * (10000f64).ln() / d as f64).exp();
+            pe[pos * d + i] = (pos as f64 * w).sin() as f32;
+            if i + 1 < d {
+                pe[pos * d + i + 1] = (pos as f64 * w).cos() as f32;
+            }
+        }
+    }
+    pe
+}

@@ -1,0 +1,559 @@
+//! Transformer language models on one skeleton: token embedding → positions → blocks →
+//! (final norm) → head over the vocabulary. Two configurations:
+//!
+//! * `GptConfig`: a GPT decoder shaped like nanoGPT's `model.py` (pre-norm, GELU, learned
+//!   positions, final `ln_f`, head tied to `wte`), with nanoGPT's parameter names.
+//! * `SeedTransformerConfig`: the seed's LM done right — embedding ×√d + sinusoidal encoding,
+//!   `nlayers` post-norm ReLU `nn.TransformerEncoderLayer`s, optional causal mask, linear head
+//!   `decoder`, with PyTorch's names (`transformer_encoder.layers.0.self_attn.in_proj_weight`, …).
+
+use crate::backend::{dropout_backward, dropout_forward, sinusoidal_table};
+use crate::nn::{
+    prefixed, Activation, Block, BlockStyle, Embedding, KvCache, LayerNorm, Linear, Module, Param,
+};
+use crate::rng::Rng;
+use crate::tensor::ensure_len;
+use crate::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// A trained table `wpe` [block_size, C] added to the embeddings.
+    Learned,
+    /// The fixed sin/cos table of "Attention Is All You Need", added to the embeddings.
+    Sinusoidal,
+    /// Rotary embeddings applied to queries and keys in every layer.
+    Rotary,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// 0: taken from the tokenizer of the data.
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// MLP hidden width (nanoGPT: 4·n_embd).
+    pub ff: usize,
+    pub dropout: f32,
+    pub positions: Positions,
+    pub activation: Activation,
+    pub tie_weights: bool,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        GptConfig {
+            vocab_size: 0,
+            block_size: 128,
+            n_layer: 4,
+            n_head: 8,
+            n_embd: 256,
+            ff: 1024,
+            dropout: 0.0,
+            positions: Positions::Learned,
+            activation: Activation::Gelu,
+            tie_weights: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTransformerConfig {
+    /// 0: taken from the tokenizer of the data.
+    pub ntoken: usize,
+    pub d_model: usize,
+    pub nhead: usize,
+    /// `dim_feedforward` of each encoder layer.
+    pub d_hid: usize,
+    pub nlayers: usize,
+    pub dropout: f32,
+    /// Longest sequence (size of the sinusoidal table and of training windows).
+    pub max_len: usize,
+    /// Mask future positions (a language model needs it).
+    pub causal: bool,
+}
+
+impl Default for SeedTransformerConfig {
+    fn default() -> Self {
+        SeedTransformerConfig {
+            ntoken: 0,
+            d_model: 256,
+            nhead: 8,
+            d_hid: 1024,
+            nlayers: 4,
+            dropout: 0.1,
+            max_len: 128,
+            causal: true,
+        }
+    }
+}
+
+/// The skeleton's settings, derived from either config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmSpec {
+    pub style_gpt: bool,
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub ff: usize,
+    pub dropout: f32,
+    pub positions: Positions,
+    pub activation: Activation,
+    pub norm_first: bool,
+    pub final_norm: bool,
+    pub tie_weights: bool,
+    pub embed_scale: bool,
+    pub causal: bool,
+}
+
+impl GptConfig {
+    pub fn spec(&self) -> LmSpec {
+        LmSpec {
+            style_gpt: true,
+            vocab_size: self.vocab_size,
+            block_size: self.block_size,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_embd: self.n_embd,
+            ff: self.ff,
+            dropout: self.dropout,
+            positions: self.positions,
+            activation: self.activation,
+            norm_first: true,
+            final_norm: true,
+            tie_weights: self.tie_weights,
+            embed_scale: false,
+            causal: true,
+        }
+    }
+}
+
+impl SeedTransformerConfig {
+    pub fn spec(&self) -> LmSpec {
+        LmSpec {
+            style_gpt: false,
+            vocab_size: self.ntoken,
+            block_size: self.max_len,
+            n_layer: self.nlayers,
+            n_head: self.nhead,
+            n_embd: self.d_model,
+            ff: self.d_hid,
+            dropout: self.dropout,
+            positions: Positions::Sinusoidal,
+            activation: Activation::Relu,
+            norm_first: false,
+            final_norm: false,
+            tie_weights: false,
+            embed_scale: true,
+            causal: self.causal,
+        }
+    }
+}
+
+impl LmSpec {
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab_size == 0 || self.block_size == 0 || self.n_layer == 0 || self.n_head == 0 {
+            bail!("model: vocabulary, block size, layers and heads must be ≥ 1 ({self:?})");
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail!(
+                "model: n_embd {} is not divisible by n_head {}",
+                self.n_embd,
+                self.n_head
+            );
+        }
+        if self.positions == Positions::Rotary && (self.n_embd / self.n_head) % 2 != 0 {
+            bail!(
+                "model: rotary positions need an even head size, got {}",
+                self.n_embd / self.n_head
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("model: dropout must be in [0, 1), got {}", self.dropout);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Saved {
+    b: usize,
+    t: usize,
+    ids: Vec<u32>,
+    /// Residual stream at each block boundary: x[0] embeddings … x[L] last block's output.
+    xs: Vec<Vec<f32>>,
+    normed: Vec<f32>,
+    logits: Vec<f32>,
+    dropout_seed: u64,
+    train: bool,
+    g_a: Vec<f32>,
+    g_b: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransformerLm {
+    pub spec: LmSpec,
+    pub wte: Embedding,
+    pub wpe: Option<Embedding>,
+    /// Fixed sinusoidal table [block_size, C] (not a parameter).
+    pe: Vec<f32>,
+    pub blocks: Vec<Block>,
+    pub ln_f: Option<LayerNorm>,
+    /// Present when the head is not tied to `wte`.
+    pub head: Option<Linear>,
+    s: Saved,
+}
+
+impl TransformerLm {
+    pub fn new(spec: LmSpec) -> Result<Self> {
+        spec.validate()?;
+        let (c, v) = (spec.n_embd, spec.vocab_size);
+        let style = if spec.style_gpt {
+            BlockStyle::Gpt
+        } else {
+            BlockStyle::TorchEncoder
+        };
+        let blocks = (0..spec.n_layer)
+            .map(|_| {
+                let mut b = Block::new(
+                    c,
+                    spec.n_head,
+                    spec.ff,
+                    spec.causal,
+                    spec.positions == Positions::Rotary,
+                    spec.norm_first,
+                    style,
+                );
+                b.activation = spec.activation;
+                b.dropout = spec.dropout;
+                b
+            })
+            .collect();
+        Ok(TransformerLm {
+            wte: Embedding::new(v, c),
+            wpe: (spec.positions == Positions::Learned).then(|| Embedding::new(spec.block_size, c)),
+            pe: if spec.positions == Positions::Sinusoidal {
+                sinusoidal_table(spec.block_size, c)
+            } else {
+                Vec::new()
+            },
+            blocks,
+            ln_f: spec.final_norm.then(|| LayerNorm::new(c, 1e-5)),
+            head: (!spec.tie_weights).then(|| Linear::new(c, v, !spec.style_gpt)),
+            spec,
+            s: Saved::default(),
+        })
+    }
+
+    /// nanoGPT's init: N(0, 0.02) for weights and embeddings, zero biases, residual projections
+    /// scaled by 1/√(2·n_layer); layer norms start at (1, 0).
+    pub fn init(&mut self, rng: &mut Rng) {
+        let resid_std = 0.02 / ((2 * self.spec.n_layer) as f32).sqrt();
+        for (name, p) in self.params_mut() {
+            let is_norm = name.contains("ln_") || name.contains("norm");
+            if is_norm {
+                continue;
+            }
+            if name.ends_with("bias") {
+                p.value.data.fill(0.0);
+                continue;
+            }
+            let std = if name.ends_with("c_proj.weight")
+                || name.ends_with("out_proj.weight")
+                || name.ends_with("linear2.weight")
+            {
+                resid_std
+            } else {
+                0.02
+            };
+            p.value
+                .data
+                .iter_mut()
+                .for_each(|v| *v = rng.normal() * std);
+        }
+    }
+
+    fn embed(&self, ids: &[u32], t: usize, start: usize, x: &mut [f32]) -> Result<()> {
+        let c = self.spec.n_embd;
+        self.wte.forward(ids, x)?;
+        let scale = if self.spec.embed_scale {
+            (c as f32).sqrt()
+        } else {
+            1.0
+        };
+        for (i, row) in x.chunks_exact_mut(c).enumerate() {
+            let pos = start + i % t;
+            let table: Option<&[f32]> = match (&self.wpe, self.pe.is_empty()) {
+                (Some(wpe), _) => Some(&wpe.weight.value.data[pos * c..(pos + 1) * c]),
+                (None, false) => Some(&self.pe[pos * c..(pos + 1) * c]),
+                _ => None,
+            };
+            match table {
+                Some(p) => row
+                    .iter_mut()
+                    .zip(p)
+                    .for_each(|(x, &p)| *x = *x * scale + p),
+                None => row.iter_mut().for_each(|x| *x *= scale),
+            }
+        }
+        Ok(())
+    }
+
+    fn head_forward(&self, x: &[f32], rows: usize, logits: &mut [f32]) {
+        match &self.head {
+            Some(h) => h.forward(x, rows, logits),
+            None => {
+                let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
+                crate::backend::matmul(
+                    crate::backend::Trans::N,
+                    crate::backend::Trans::T,
+                    rows,
+                    v,
+                    c,
+                    x,
+                    &self.wte.weight.value.data,
+                    logits,
+                    false,
+                );
+            }
+        }
+    }
+
+    /// ids [B,T] → logits [B,T,V]. `key_padding` [B,T] marks padded positions (non-zero).
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        key_padding: Option<&[u8]>,
+        train: bool,
+        dropout_seed: u64,
+    ) -> Result<&[f32]> {
+        if t > self.spec.block_size {
+            bail!(
+                "sequence of {t} tokens is longer than the model's block size {}",
+                self.spec.block_size
+            );
+        }
+        let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
+        let n = b * t * c;
+        let mut s = std::mem::take(&mut self.s);
+        s.b = b;
+        s.t = t;
+        s.train = train;
+        s.dropout_seed = dropout_seed;
+        s.ids.clear();
+        s.ids.extend_from_slice(&ids[..b * t]);
+        s.xs.resize(self.blocks.len() + 1, Vec::new());
+        for x in s.xs.iter_mut() {
+            ensure_len(x, n);
+        }
+        if let Err(e) = self.embed(&s.ids, t, 0, &mut s.xs[0]) {
+            self.s = s;
+            return Err(e);
+        }
+        let p = if train { self.spec.dropout } else { 0.0 };
+        dropout_forward(&mut s.xs[0], p, dropout_seed);
+        for (l, block) in self.blocks.iter_mut().enumerate() {
+            let (before, after) = s.xs.split_at_mut(l + 1);
+            let seed =
+                dropout_seed.wrapping_add((l as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            block.forward(&before[l], b, t, key_padding, train, seed, &mut after[0]);
+        }
+        ensure_len(&mut s.normed, n);
+        ensure_len(&mut s.logits, b * t * v);
+        let last = &s.xs[self.blocks.len()];
+        let head_in: &[f32] = match &mut self.ln_f {
+            Some(ln) => {
+                ln.forward(last, b * t, &mut s.normed);
+                &s.normed
+            }
+            None => last,
+        };
+        self.head_forward(head_in, b * t, &mut s.logits);
+        self.s = s;
+        Ok(&self.s.logits)
+    }
+
+    /// dlogits [B,T,V] from the last forward → gradients of every parameter.
+    pub fn backward(&mut self, dlogits: &[f32]) {
+        let mut s = std::mem::take(&mut self.s);
+        let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
+        let rows = s.b * s.t;
+        let n = rows * c;
+        ensure_len(&mut s.g_a, n);
+        ensure_len(&mut s.g_b, n);
+        let last = &s.xs[self.blocks.len()];
+        let head_in: &[f32] = if self.ln_f.is_some() { &s.normed } else { last };
+        // Head: d(head input) into g_a.
+        match &mut self.head {
+            Some(h) => h.backward(head_in, dlogits, rows, Some(&mut s.g_a)),
+            None => {
+                use crate::backend::{matmul, Trans};
+                matmul(
+                    Trans::N,
+                    Trans::N,
+                    rows,
+                    c,
+                    v,
+                    dlogits,
+                    &self.wte.weight.value.data,
+                    &mut s.g_a,
+                    false,
+                );
+                matmul(
+                    Trans::T,
+                    Trans::N,
+                    v,
+                    c,
+                    rows,
+                    dlogits,
+                    head_in,
+                    &mut self.wte.weight.grad,
+                    true,
+                );
+            }
+        }
+        if let Some(ln) = &mut self.ln_f {
+            ln.backward(last, &s.g_a, rows, &mut s.g_b);
+            std::mem::swap(&mut s.g_a, &mut s.g_b);
+        }
+        for block in self.blocks.iter_mut().rev() {
+            block.backward(&s.g_a, &mut s.g_b);
+            std::mem::swap(&mut s.g_a, &mut s.g_b);
+        }
+        let p = if s.train { self.spec.dropout } else { 0.0 };
+        dropout_backward(&mut s.g_a, p, s.dropout_seed);
+        if let Some(wpe) = &mut self.wpe {
+            for (i, row) in s.g_a.chunks_exact(c).enumerate() {
+                let pos = i % s.t;
+                for (g, &d) in wpe.weight.grad[pos * c..(pos + 1) * c].iter_mut().zip(row) {
+                    *g += d;
+                }
+            }
+        }
+        if self.spec.embed_scale {
+            let scale = (c as f32).sqrt();
+            s.g_a.iter_mut().for_each(|g| *g *= scale);
+        }
+        self.wte.backward(&s.ids, &s.g_a);
+        self.s = s;
+    }
+
+    /// New caches for one sequence, one per layer.
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        let d = self.spec.n_embd / self.spec.n_head;
+        (0..self.spec.n_layer)
+            .map(|_| KvCache::new(self.spec.n_head, self.spec.block_size, d))
+            .collect()
+    }
+
+    /// Feeds `ids` (one sequence) after the cached positions; returns the logits of the last one.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut [KvCache]) -> Result<Vec<f32>> {
+        let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
+        let start = cache[0].len;
+        let tn = ids.len();
+        if start + tn > self.spec.block_size {
+            bail!(
+                "KV cache of {} positions cannot take {tn} more",
+                self.spec.block_size
+            );
+        }
+        let mut x = vec![0.0; tn * c];
+        self.embed(ids, tn, start, &mut x)?;
+        let mut y = vec![0.0; tn * c];
+        for (block, kv) in self.blocks.iter().zip(cache.iter_mut()) {
+            block.forward_cached(&x, tn, kv, &mut y);
+            std::mem::swap(&mut x, &mut y);
+        }
+        let last = &x[(tn - 1) * c..];
+        let mut normed = vec![0.0; c];
+        let head_in: &[f32] = match &self.ln_f {
+            Some(ln) => {
+                ln.infer(last, 1, &mut normed);
+                &normed
+            }
+            None => last,
+        };
+        let mut logits = vec![0.0; v];
+        self.head_forward(head_in, 1, &mut logits);
+        Ok(logits)
+    }
+}
+
+impl Module for TransformerLm {
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = Vec::new();
+        if self.spec.style_gpt {
+            v.extend(prefixed("transformer.wte", self.wte.params()));
+            if let Some(wpe) = &self.wpe {
+                v.extend(prefixed("transformer.wpe", wpe.params()));
+            }
+            for (i, b) in self.blocks.iter().enumerate() {
+                v.extend(prefixed(&format!("transformer.h.{i}"), b.params()));
+            }
+            if let Some(ln) = &self.ln_f {
+                v.extend(prefixed("transformer.ln_f", ln.params()));
+            }
+            if let Some(h) = &self.head {
+                v.extend(prefixed("lm_head", h.params()));
+            }
+        } else {
+            v.extend(prefixed("embedding", self.wte.params()));
+            if let Some(wpe) = &self.wpe {
+                v.extend(prefixed("pos_embedding", wpe.params()));
+            }
+            for (i, b) in self.blocks.iter().enumerate() {
+                v.extend(prefixed(
+                    &format!("transformer_encoder.layers.{i}"),
+                    b.params(),
+                ));
+            }
+            if let Some(h) = &self.head {
+                v.extend(prefixed("decoder", h.params()));
+            }
+        }
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = Vec::new();
+        let gpt = self.spec.style_gpt;
+        let (emb, pos, layers, head) = if gpt {
+            (
+                "transformer.wte",
+                "transformer.wpe",
+                "transformer.h",
+                "lm_head",
+            )
+        } else {
+            (
+                "embedding",
+                "pos_embedding",
+                "transformer_encoder.layers",
+                "decoder",
+            )
+        };
+        v.extend(prefixed(emb, self.wte.params_mut()));
+        if let Some(wpe) = &mut self.wpe {
+            v.extend(prefixed(pos, wpe.params_mut()));
+        }
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            v.extend(prefixed(&format!("{layers}.{i}"), b.params_mut()));
+        }
+        if let Some(ln) = &mut self.ln_f {
+            v.extend(prefixed("transformer.ln_f", ln.params_mut()));
+        }
+        if let Some(h) = &mut self.head {
+            v.extend(prefixed(head, h.params_mut()));
+        }
+        v
+    }
+}

@@ -1,0 +1,227 @@
+use super::{Linear, Module, Param};
+use crate::backend::{
+    attention_backward, attention_forward, merge_heads, merge_qkv_heads, rope_backward,
+    rope_forward, rope_tables, split_heads, split_qkv_heads, AttnShape,
+};
+use crate::tensor::ensure_len;
+
+/// Multi-head self-attention with a fused QKV projection: `Concat(head₁…head_h)·Wᴼ`.
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention {
+    /// x → [q | k | v]: `Linear(C, 3C)`.
+    pub qkv: Linear,
+    /// Concatenated heads → output: `Linear(C, C)`.
+    pub proj: Linear,
+    pub heads: usize,
+    pub causal: bool,
+    /// Rotary position embeddings applied to q and k.
+    pub rotary: bool,
+    saved: Saved,
+}
+
+/// Activations from forward, and gradient scratch, sized for the current batch.
+#[derive(Clone, Debug, Default)]
+struct Saved {
+    shape: Option<AttnShape>,
+    padding: Option<Vec<u8>>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    merged: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    // backward scratch
+    d_merged: Vec<f32>,
+    d_o: Vec<f32>,
+    d_att: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    d_qkv: Vec<f32>,
+}
+
+impl MultiHeadAttention {
+    pub fn new(channels: usize, heads: usize, causal: bool, rotary: bool) -> Self {
+        MultiHeadAttention {
+            qkv: Linear::new(channels, 3 * channels, true),
+            proj: Linear::new(channels, channels, true),
+            heads,
+            causal,
+            rotary,
+            saved: Saved::default(),
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.proj.out_features
+    }
+
+    /// x [B,T,C] → out [B,T,C]. `key_padding` [B,T]: non-zero marks padding to ignore.
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        key_padding: Option<&[u8]>,
+        out: &mut [f32],
+    ) {
+        let c = self.channels();
+        let shape = AttnShape::new(b, self.heads, t, c / self.heads);
+        let s = &mut self.saved;
+        let n = b * t * c;
+        for buf in [&mut s.q, &mut s.k, &mut s.v, &mut s.o, &mut s.merged] {
+            ensure_len(buf, n);
+        }
+        ensure_len(&mut s.qkv, 3 * n);
+        ensure_len(&mut s.att, b * self.heads * t * t);
+        self.qkv.forward(x, b * t, &mut s.qkv);
+        split_qkv_heads(&s.qkv, shape, &mut s.q, &mut s.k, &mut s.v);
+        if self.rotary {
+            (s.cos, s.sin) = rope_tables(0, t, shape.head_dim, 10_000.0);
+            rope_forward(&mut s.q, t, shape.head_dim, &s.cos, &s.sin);
+            rope_forward(&mut s.k, t, shape.head_dim, &s.cos, &s.sin);
+        }
+        attention_forward(
+            &s.q,
+            &s.k,
+            &s.v,
+            shape,
+            self.causal,
+            key_padding,
+            &mut s.att,
+            &mut s.o,
+        );
+        merge_heads(&s.o, shape, &mut s.merged);
+        self.proj.forward(&s.merged, b * t, out);
+        s.shape = Some(shape);
+        s.padding = key_padding.map(|p| p.to_vec());
+    }
+
+    /// Adds parameter gradients; writes dx [B,T,C]. `x` is forward's input.
+    pub fn backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32]) {
+        let s = &mut self.saved;
+        let shape = s.shape.expect("attention backward before forward");
+        let (rows, d) = (shape.batch * shape.t, shape.head_dim);
+        let n = rows * shape.channels();
+        for buf in [&mut s.d_merged, &mut s.d_o, &mut s.dq, &mut s.dk, &mut s.dv] {
+            ensure_len(buf, n);
+        }
+        ensure_len(&mut s.d_qkv, 3 * n);
+        ensure_len(&mut s.d_att, s.att.len());
+        self.proj
+            .backward(&s.merged, dout, rows, Some(&mut s.d_merged));
+        split_heads(&s.d_merged, shape, &mut s.d_o);
+        attention_backward(
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.att,
+            &s.d_o,
+            shape,
+            &mut s.d_att,
+            &mut s.dq,
+            &mut s.dk,
+            &mut s.dv,
+        );
+        if self.rotary {
+            rope_backward(&mut s.dq, shape.t, d, &s.cos, &s.sin);
+            rope_backward(&mut s.dk, shape.t, d, &s.cos, &s.sin);
+        }
+        merge_qkv_heads(&s.dq, &s.dk, &s.dv, shape, &mut s.d_qkv);
+        self.qkv.backward(x, &s.d_qkv, rows, Some(dx));
+    }
+
+    /// Inference for new positions of one sequence, reading and extending a KV cache.
+    /// x [Tn,C] → out [Tn,C]; `cache` holds keys and values of earlier positions.
+    pub fn forward_cached(&self, x: &[f32], tn: usize, cache: &mut KvCache, out: &mut [f32]) {
+        let c = self.channels();
+        let h = self.heads;
+        let d = c / h;
+        let start = cache.len;
+        assert!(start + tn <= cache.capacity, "KV cache overflow");
+        let shape_new = AttnShape::new(1, h, tn, d);
+        let mut qkv = vec![0.0; 3 * tn * c];
+        self.qkv.forward(x, tn, &mut qkv);
+        let (mut q, mut k, mut v) = (vec![0.0; tn * c], vec![0.0; tn * c], vec![0.0; tn * c]);
+        split_qkv_heads(&qkv, shape_new, &mut q, &mut k, &mut v);
+        if self.rotary {
+            let (cos, sin) = rope_tables(start, tn, d, 10_000.0);
+            rope_forward(&mut q, tn, d, &cos, &sin);
+            rope_forward(&mut k, tn, d, &cos, &sin);
+        }
+        // Append the new keys and values, head by head, after the cached ones.
+        for head in 0..h {
+            let dst = (head * cache.capacity + start) * d;
+            cache.k[dst..dst + tn * d].copy_from_slice(&k[head * tn * d..(head + 1) * tn * d]);
+            cache.v[dst..dst + tn * d].copy_from_slice(&v[head * tn * d..(head + 1) * tn * d]);
+        }
+        cache.len += tn;
+        let shape = AttnShape {
+            batch: 1,
+            heads: h,
+            t: tn,
+            tk: cache.len,
+            head_dim: d,
+            kv_head_stride: cache.capacity * d,
+        };
+        let mut att = vec![0.0; h * tn * cache.len];
+        let mut o = vec![0.0; tn * c];
+        attention_forward(
+            &q,
+            &cache.k,
+            &cache.v,
+            shape,
+            self.causal,
+            None,
+            &mut att,
+            &mut o,
+        );
+        let mut merged = vec![0.0; tn * c];
+        merge_heads(&o, shape_new, &mut merged);
+        self.proj.forward(&merged, tn, out);
+    }
+}
+
+/// Keys and values of one layer for one sequence: [H, capacity, D] each.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(heads: usize, capacity: usize, head_dim: usize) -> Self {
+        KvCache {
+            k: vec![0.0; heads * capacity * head_dim],
+            v: vec![0.0; heads * capacity * head_dim],
+            len: 0,
+            capacity,
+        }
+    }
+}
+
+impl MultiHeadAttention {
+    /// Parameters under the given names for (qkv weight, qkv bias, proj prefix).
+    pub fn named(&self, qkv_w: &str, qkv_b: &str, proj: &str) -> Vec<(String, &Param)> {
+        let mut v = vec![(qkv_w.to_string(), &self.qkv.weight)];
+        if let Some(b) = &self.qkv.bias {
+            v.push((qkv_b.to_string(), b));
+        }
+        v.extend(super::prefixed(proj, self.proj.params()));
+        v
+    }
+
+    pub fn named_mut(&mut self, qkv_w: &str, qkv_b: &str, proj: &str) -> Vec<(String, &mut Param)> {
+        let mut v = vec![(qkv_w.to_string(), &mut self.qkv.weight)];
+        if let Some(b) = &mut self.qkv.bias {
+            v.push((qkv_b.to_string(), b));
+        }
+        v.extend(super::prefixed(proj, self.proj.params_mut()));
+        v
+    }
+}

@@ -1,0 +1,267 @@
+//! Attention, rotary and sinusoidal positions, the GPT and the seed's Transformer LM against
+//! PyTorch (references from `tools/gen_transformer_fixtures.py`).
+
+use largo::backend::*;
+use largo::io::TensorFile;
+use largo::models::{GptConfig, Positions, SeedTransformerConfig, TransformerLm};
+use largo::nn::{Activation, Module};
+use largo::train::optim::{OptimConfig, Optimizer};
+use std::path::Path;
+
+fn fixtures() -> TensorFile {
+    TensorFile::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformer.safetensors"),
+    )
+    .unwrap()
+}
+
+fn t<'a>(f: &'a TensorFile, name: &str) -> &'a [f32] {
+    &f.get(name)
+        .unwrap_or_else(|_| panic!("fixture {name}"))
+        .data
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .fold(0f64, |m, &w| m.max(w.abs() as f64))
+        .max(1e-12);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    assert!(
+        err / scale <= tol,
+        "{what}: relative error {:.3e} > {tol:.0e}",
+        err / scale
+    );
+}
+
+#[test]
+fn attention_with_each_mask_matches_pytorch_forward_and_backward() {
+    let f = fixtures();
+    let s = AttnShape::new(2, 2, 5, 4);
+    let qkv = t(&f, "attn.qkv");
+    let pad: Vec<u8> = t(&f, "attn.key_padding").iter().map(|&v| v as u8).collect();
+    for (variant, causal, padding) in [
+        ("none", false, false),
+        ("causal", true, false),
+        ("padding", false, true),
+        ("causal_padding", true, true),
+    ] {
+        let n = 2 * 5 * 8;
+        let (mut q, mut k, mut v) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        split_qkv_heads(qkv, s, &mut q, &mut k, &mut v);
+        let mut att = vec![0.0; 2 * 2 * 25];
+        let mut o = vec![0.0; n];
+        let kp = padding.then_some(pad.as_slice());
+        attention_forward(&q, &k, &v, s, causal, kp, &mut att, &mut o);
+        let mut y = vec![0.0; n];
+        merge_heads(&o, s, &mut y);
+        assert_close(
+            &format!("attn.{variant}.y"),
+            &y,
+            t(&f, &format!("attn.{variant}.y")),
+            1e-5,
+        );
+        let mut d_o = vec![0.0; n];
+        split_heads(t(&f, "attn.dy"), s, &mut d_o);
+        let mut datt = vec![0.0; att.len()];
+        let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        attention_backward(
+            &q, &k, &v, &att, &d_o, s, &mut datt, &mut dq, &mut dk, &mut dv,
+        );
+        let mut dqkv = vec![0.0; 3 * n];
+        merge_qkv_heads(&dq, &dk, &dv, s, &mut dqkv);
+        assert_close(
+            &format!("attn.{variant}.dqkv"),
+            &dqkv,
+            t(&f, &format!("attn.{variant}.dqkv")),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn rotary_and_sinusoidal_positions_match_pytorch() {
+    let f = fixtures();
+    let (cos, sin) = rope_tables(0, 5, 4, 10_000.0);
+    let mut x = t(&f, "rope.x").to_vec();
+    rope_forward(&mut x, 5, 4, &cos, &sin);
+    assert_close("rope.y", &x, t(&f, "rope.y"), 1e-5);
+    let mut dx = t(&f, "rope.dy").to_vec();
+    rope_backward(&mut dx, 5, 4, &cos, &sin);
+    assert_close("rope.dx", &dx, t(&f, "rope.dx"), 1e-5);
+    assert_close(
+        "sinusoidal.pe",
+        &sinusoidal_table(10, 8),
+        t(&f, "sinusoidal.pe"),
+        1e-5,
+    );
+}
+
+fn tiny_gpt(f: &TensorFile) -> TransformerLm {
+    let cfg = GptConfig {
+        vocab_size: 11,
+        block_size: 8,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+        ff: 32,
+        dropout: 0.0,
+        positions: Positions::Learned,
+        activation: Activation::Gelu,
+        tie_weights: true,
+    };
+    let mut m = TransformerLm::new(cfg.spec()).unwrap();
+    for (name, p) in m.params_mut() {
+        p.value.data = t(f, &format!("gpt.param.{name}")).to_vec();
+    }
+    m
+}
+
+fn ids(f: &TensorFile, name: &str) -> Vec<u32> {
+    t(f, name).iter().map(|&v| v as u32).collect()
+}
+
+fn targets(f: &TensorFile, name: &str) -> Vec<i64> {
+    t(f, name).iter().map(|&v| v as i64).collect()
+}
+
+/// Forward, loss, backward; returns the loss.
+fn step(m: &mut TransformerLm, x: &[u32], y: &[i64], b: usize, tt: usize, v: usize) -> f32 {
+    let logits = m.forward(x, b, tt, None, true, 0).unwrap().to_vec();
+    let loss = cross_entropy_forward(&logits, y, v, -100, 0.0, &mut vec![0.0; b * tt]).unwrap();
+    let mut d = vec![0.0; logits.len()];
+    cross_entropy_backward(&logits, y, v, -100, 0.0, 1.0, &mut d).unwrap();
+    m.backward(&d);
+    loss
+}
+
+#[test]
+fn gpt_logits_loss_and_every_parameter_gradient_match_pytorch() {
+    let f = fixtures();
+    let mut m = tiny_gpt(&f);
+    let names: Vec<String> = m.params().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
+    let (x, y) = (ids(&f, "gpt.idx"), targets(&f, "gpt.targets"));
+    let logits = m.forward(&x, 2, 8, None, false, 0).unwrap().to_vec();
+    assert_close("gpt.logits", &logits, t(&f, "gpt.logits"), 1e-4);
+    let loss = step(&mut m, &x, &y, 2, 8, 11);
+    assert_close("gpt.loss", &[loss], t(&f, "gpt.loss"), 1e-4);
+    for (name, p) in m.params() {
+        assert_close(
+            &format!("grad {name}"),
+            &p.grad,
+            t(&f, &format!("gpt.grad.{name}")),
+            1e-4,
+        );
+        assert!(
+            p.grad.iter().any(|&g| g != 0.0),
+            "{name} received no gradient"
+        );
+    }
+}
+
+#[test]
+fn ten_adamw_steps_of_the_gpt_follow_pytorchs_losses() {
+    let f = fixtures();
+    let mut m = tiny_gpt(&f);
+    let (x, y) = (ids(&f, "gpt.idx"), targets(&f, "gpt.targets"));
+    let cfg = OptimConfig {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        no_decay_1d: true,
+        ..OptimConfig::default()
+    };
+    let mut opt = Optimizer::new(cfg);
+    let want = t(&f, "gpt_train.losses");
+    for (i, &w) in want.iter().enumerate() {
+        m.zero_grad();
+        let loss = step(&mut m, &x, &y, 2, 8, 11);
+        assert!(
+            ((loss - w) / w).abs() <= 1e-4,
+            "step {i}: loss {loss} vs PyTorch {w}"
+        );
+        opt.step(m.params_mut(), 1e-2);
+    }
+}
+
+#[test]
+fn seed_transformer_matches_pytorch_with_and_without_key_padding() {
+    let f = fixtures();
+    let cfg = SeedTransformerConfig {
+        ntoken: 11,
+        d_model: 8,
+        nhead: 2,
+        d_hid: 16,
+        nlayers: 2,
+        dropout: 0.0,
+        max_len: 64,
+        causal: true,
+    };
+    let mut m = TransformerLm::new(cfg.spec()).unwrap();
+    for (name, p) in m.params_mut() {
+        p.value.data = t(&f, &format!("seed.param.{name}")).to_vec();
+    }
+    let (x, y) = (ids(&f, "seed.src"), targets(&f, "seed.targets"));
+    let logits = m.forward(&x, 2, 6, None, false, 0).unwrap().to_vec();
+    assert_close("seed.logits", &logits, t(&f, "seed.logits"), 1e-4);
+    let pad: Vec<u8> = t(&f, "seed.key_padding").iter().map(|&v| v as u8).collect();
+    let padded = m.forward(&x, 2, 6, Some(&pad), false, 0).unwrap().to_vec();
+    assert_close("seed.pad.logits", &padded, t(&f, "seed.pad.logits"), 1e-4);
+    let loss = step(&mut m, &x, &y, 2, 6, 11);
+    assert_close("seed.loss", &[loss], t(&f, "seed.loss"), 1e-4);
+    for (name, p) in m.params() {
+        assert_close(
+            &format!("grad {name}"),
+            &p.grad,
+            t(&f, &format!("seed.grad.{name}")),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn kv_cache_logits_equal_full_forward_logits() {
+    let f = fixtures();
+    for positions in [Positions::Learned, Positions::Rotary] {
+        let mut m = tiny_gpt(&f);
+        if positions == Positions::Rotary {
+            let mut spec = m.spec.clone();
+            spec.positions = Positions::Rotary;
+            let params: Vec<(String, Vec<f32>)> = m
+                .params()
+                .into_iter()
+                .map(|(n, p)| (n, p.value.data.clone()))
+                .collect();
+            m = TransformerLm::new(spec).unwrap();
+            for (name, p) in m.params_mut() {
+                p.value.data = params.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+            }
+        }
+        let x = &ids(&f, "gpt.idx")[..8];
+        let full = m.forward(x, 1, 8, None, false, 0).unwrap().to_vec();
+        let mut cache = m.new_cache();
+        // A 3-token prefill, then one token at a time.
+        let mut got = m.forward_cached(&x[..3], &mut cache).unwrap();
+        assert_close("prefill", &got, &full[2 * 11..3 * 11], 1e-4);
+        for i in 3..8 {
+            got = m.forward_cached(&x[i..i + 1], &mut cache).unwrap();
+            assert_close(
+                &format!("{positions:?} position {i}"),
+                &got,
+                &full[i * 11..(i + 1) * 11],
+                1e-4,
+            );
+        }
+        assert!(
+            m.forward_cached(&x[..1], &mut cache).is_err(),
+            "cache is full at block_size"
+        );
+    }
+}
