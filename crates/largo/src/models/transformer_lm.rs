@@ -162,14 +162,14 @@ impl LmSpec {
         if self.vocab_size == 0 || self.block_size == 0 || self.n_layer == 0 || self.n_head == 0 {
             bail!("model: vocabulary, block size, layers and heads must be ≥ 1 ({self:?})");
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "model: n_embd {} is not divisible by n_head {}",
                 self.n_embd,
                 self.n_head
             );
         }
-        if self.positions == Positions::Rotary && (self.n_embd / self.n_head) % 2 != 0 {
+        if self.positions == Positions::Rotary && !(self.n_embd / self.n_head).is_multiple_of(2) {
             bail!(
                 "model: rotary positions need an even head size, got {}",
                 self.n_embd / self.n_head
