@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let dir = resolve_model_dir(&a.model)?;
-    let (mut model, info) = load_mlp(&dir)?;
+    let (mut model, _, norm) = load_mlp(&dir)?;
     let side = (model.config.input as f64).sqrt() as u32;
     if (side * side) as usize != model.config.input {
         anyhow::bail!("model input {} is not a square image", model.config.input);
@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
     let inputs: Vec<Vec<f32>> = a
         .images
         .iter()
-        .map(|p| load_digit(p, side, invert, &info.normalization))
+        .map(|p| load_digit(p, side, invert, &norm))
         .collect::<Result<_, _>>()?;
     let classes = model.config.classes;
     for (path, x) in a.images.iter().zip(inputs) {

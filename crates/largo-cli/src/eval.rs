@@ -1,7 +1,9 @@
 use anyhow::Result;
 use largo::data::mnist::{split_indices, Mnist};
+use largo::data::text::TokenData;
 use largo::eval::evaluate;
-use largo::models::store::{load_mlp, resolve_model_dir};
+use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
+use largo::train::lm::evaluate_lm;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -19,9 +21,11 @@ pub struct Args {
     /// A model directory, or a run directory (uses its best/ model).
     #[arg(long)]
     model: PathBuf,
-    /// MNIST directory with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz].
+    /// Classifier: an MNIST directory. Language model: a `largo prepare text` directory
+    /// (its validation tokens are scored).
     #[arg(long)]
     data: PathBuf,
+    /// Classifier only: which samples to score.
     #[arg(long, value_enum, default_value = "all")]
     split: Split,
     /// Print JSON instead of tables.
@@ -33,7 +37,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let dir = resolve_model_dir(&a.model)?;
-    let (mut model, info) = load_mlp(&dir)?;
+    if load_info(&dir)?.lm_spec().is_some() {
+        return eval_lm(&a, &dir);
+    }
+    let (mut model, info, norm) = load_mlp(&dir)?;
     let data = Mnist::load(&a.data, model.config.classes)?;
     if data.pixels != model.config.input {
         anyhow::bail!(
@@ -63,18 +70,54 @@ pub fn run(a: Args) -> Result<()> {
     if indices.is_empty() {
         anyhow::bail!("the chosen split of {} is empty", a.data.display());
     }
-    let e = evaluate(
-        &mut model,
-        &data,
-        &info.normalization,
-        &indices,
-        a.batch_size.max(1),
-    )?;
+    let e = evaluate(&mut model, &data, &norm, &indices, a.batch_size.max(1))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         println!("model {}", dir.display());
         print!("{}", e.render());
+    }
+    Ok(())
+}
+
+/// Validation loss and perplexity over every whole window of the prepared validation tokens.
+fn eval_lm(a: &Args, dir: &std::path::Path) -> Result<()> {
+    let (mut model, _, tokenizer) = load_lm(dir)?;
+    let data = TokenData::load(&a.data)?;
+    if data.meta.vocab_size != model.spec.vocab_size
+        || tokenizer.get_vocab_size(true) != data.meta.vocab_size
+    {
+        anyhow::bail!(
+            "{} was tokenised with {} tokens, the model has {}: prepare the data with the model's tokenizer.json",
+            a.data.display(),
+            data.meta.vocab_size,
+            model.spec.vocab_size
+        );
+    }
+    let t = model.spec.block_size;
+    if data.val.len() < t + 2 {
+        anyhow::bail!(
+            "{}: {} validation tokens, fewer than block_size + 2 = {}",
+            a.data.display(),
+            data.val.len(),
+            t + 2
+        );
+    }
+    let windows = (data.val.len() - 1) / t;
+    let batch = 16;
+    let loss = evaluate_lm(&mut model, &data.val, batch, t, windows.div_ceil(batch))?;
+    let tokens = windows.div_ceil(batch) * batch * t;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"val_loss": loss, "perplexity": loss.exp(), "tokens": tokens})
+        );
+    } else {
+        println!("model {}", dir.display());
+        println!(
+            "validation loss {loss:.4}  perplexity {:.3}  ({tokens} tokens in windows of {t})",
+            loss.exp()
+        );
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 mod bench;
 mod classify;
 mod eval;
+mod generate;
+mod prepare;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +26,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model from a TOML config (default: the MNIST MLP on the bundled digits).
+    /// Prepare data: clean, tokenise and split text.
+    #[command(subcommand)]
+    Prepare(prepare::What),
+    /// Train a model from a TOML config (default: a small GPT on the bundled Shakespeare).
     Train(train::Args),
-    /// Evaluate a trained classifier: accuracy, per-class precision/recall/F1, confusion.
+    /// Evaluate: loss and perplexity (language models); accuracy, per-class precision/recall/F1
+    /// and the confusion matrix (classifiers).
     Eval(eval::Args),
+    /// Generate text with a trained language model.
+    Generate(generate::Args),
     /// Classify digit images (PNG/JPEG) with a trained MLP.
     Classify(classify::Args),
     /// Measure speed: `gemm` or `mlp`.
@@ -48,8 +56,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let res = match cli.command {
+        Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Bench(a) => bench::run(a),
     };

@@ -61,11 +61,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let progress = !a.no_progress && std::io::stderr().is_terminal();
     eprintln!(
-        "training {} ({} parameters) on {}  →  {}",
+        "training {} on {}  →  {}",
         cfg.model.arch,
-        largo::models::Mlp::new(cfg.mlp.clone())
-            .map(|m| largo::nn::Module::num_params(&m))
-            .unwrap_or(0),
         cfg.data.path,
         largo::train::trainer::run_dir(&cfg).display()
     );
@@ -77,27 +74,75 @@ pub fn run(a: Args) -> Result<()> {
         },
     )?;
     let run = out.run_dir.display();
-    println!(
-        "done: {} steps, {} epochs this session; last validation loss {:.4}, accuracy {:.2}%",
-        out.steps,
-        out.epochs_run,
-        out.last_val_loss,
-        100.0 * out.last_val_accuracy
-    );
-    if let (Some(m), Some(e)) = (out.best_metric, out.best_epoch) {
+    if cfg.is_lm() {
         println!(
-            "best {} = {m:.4} at epoch {}  →  {run}/best",
-            cfg.train.metric,
-            e + 1
+            "done: {} steps; last validation loss {:.4} (perplexity {:.2})",
+            out.steps,
+            out.last_val_loss,
+            out.last_val_loss.exp()
         );
+        if let (Some(m), Some(step)) = (out.best_metric, out.best_epoch) {
+            println!("best val_loss = {m:.4} at step {step}  →  {run}/best");
+        }
+        print_sample(&out.run_dir)?;
+    } else {
+        println!(
+            "done: {} steps, {} epochs this session; last validation loss {:.4}, accuracy {:.2}%",
+            out.steps,
+            out.epochs_run,
+            out.last_val_loss,
+            100.0 * out.last_val_accuracy
+        );
+        if let (Some(m), Some(e)) = (out.best_metric, out.best_epoch) {
+            println!(
+                "best {} = {m:.4} at epoch {}  →  {run}/best",
+                cfg.train.metric,
+                e + 1
+            );
+        }
     }
     if out.stopped_early {
         println!("stopped early (patience {})", cfg.train.patience);
     }
     println!("metrics: {run}/metrics.jsonl   curves: {run}/curves.png");
+    if cfg.is_lm() {
+        println!(
+            "next: largo generate --model {run} --prompt \"{SAMPLE_PROMPT}\" --max-tokens 300 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7"
+        );
+        println!("      largo eval --model {run} --data {run}/data");
+    } else {
+        println!(
+            "next: largo eval --model {run} --data {} --split val",
+            cfg.data.path
+        );
+    }
+    Ok(())
+}
+
+const SAMPLE_PROMPT: &str = "ROMEO:";
+
+/// A short sample from the best model, so the run shows what it learned.
+fn print_sample(run: &std::path::Path) -> Result<()> {
+    let dir = largo::models::store::resolve_model_dir(run)?;
+    let (model, _, tokenizer) = largo::models::store::load_lm(&dir)?;
+    let sampling = largo::generate::Sampling {
+        max_tokens: 200,
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        seed: 7,
+        stop: Vec::new(),
+    };
+    // A prompt the vocabulary can spell, else the first token of the vocabulary.
+    let prompt = if largo::data::text::encode(&tokenizer, SAMPLE_PROMPT).is_ok() {
+        SAMPLE_PROMPT.to_string()
+    } else {
+        largo::data::text::decode(&tokenizer, &[0])?
+    };
+    let g = largo::generate::generate(&model, &tokenizer, &prompt, &sampling, |_| {})?;
     println!(
-        "next: largo eval --model {run} --data {} --split val",
-        cfg.data.path
+        "\nsample ({} tokens, temperature 0.8):\n{prompt}{}\n",
+        g.new_tokens, g.text
     );
     Ok(())
 }

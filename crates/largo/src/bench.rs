@@ -139,3 +139,74 @@ pub fn bench_mlp(batch: usize, steps: usize) -> Result<f64> {
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// The GPT of `tools/bench_gpt.py`: 4 layers, d 256, 8 heads, MLP 1024, exact GELU, tied head.
+pub fn bench_gpt_model(vocab: usize, block_size: usize) -> Result<crate::models::TransformerLm> {
+    let cfg = crate::models::GptConfig {
+        vocab_size: vocab,
+        block_size,
+        ..Default::default()
+    };
+    let mut m = crate::models::TransformerLm::new(cfg.spec())?;
+    m.init(&mut Rng::new(0));
+    Ok(m)
+}
+
+/// GPT training tokens/s (median of steps 3–22 of 25, batch 16 × 128, AdamW) and peak RSS (MB).
+pub fn bench_gpt_train(vocab: usize) -> Result<(f64, f64)> {
+    let (b, t) = (16, 128);
+    let mut model = bench_gpt_model(vocab, t)?;
+    let mut opt = Optimizer::new(OptimConfig {
+        lr: 3e-4,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        no_decay_1d: true,
+        ..OptimConfig::default()
+    });
+    let mut rng = Rng::new(1);
+    let mut rows = vec![0f32; b * t];
+    let mut dlogits = vec![0f32; b * t * vocab];
+    let mut times = Vec::new();
+    for step in 0..25 {
+        let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+        let y: Vec<i64> = (0..b * t).map(|_| rng.below(vocab) as i64).collect();
+        let start = Instant::now();
+        let logits = model.forward(&x, b, t, None, true, step)?;
+        cross_entropy_forward(logits, &y, vocab, -100, 0.0, &mut rows)?;
+        cross_entropy_backward(logits, &y, vocab, -100, 0.0, 1.0, &mut dlogits)?;
+        model.backward(&dlogits);
+        opt.step(model.params_mut(), 3e-4);
+        model.zero_grad();
+        if (3..23).contains(&step) {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(((b * t) as f64 / median(times), peak_rss_mb()))
+}
+
+/// Generation tokens/s: batch 1, a 1-token prompt, `n` new tokens greedily, with the KV cache.
+pub fn bench_gpt_generate(vocab: usize, n: usize) -> Result<f64> {
+    let model = bench_gpt_model(vocab, n + 56)?;
+    let mut cache = model.new_cache();
+    let start = Instant::now();
+    let mut logits = model.forward_cached(&[0], &mut cache)?;
+    for _ in 1..n {
+        let next = crate::eval::argmax(&logits) as u32;
+        logits = model.forward_cached(&[next], &mut cache)?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

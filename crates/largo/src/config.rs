@@ -4,7 +4,8 @@
 //! the defaults have, with values of the same type. Unknown keys are rejected with the nearest
 //! valid name; then the merged table is deserialised into `Config`.
 
-use crate::models::MlpConfig;
+use crate::models::{GptConfig, MlpConfig, Positions, SeedTransformerConfig};
+use crate::nn::Activation;
 use crate::train::optim::OptimConfig;
 use crate::train::schedule::ScheduleConfig;
 use crate::{Error, Result};
@@ -18,6 +19,8 @@ pub struct Config {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub mlp: MlpConfig,
+    pub gpt: GptConfig,
+    pub seed_transformer: SeedTransformerConfig,
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
@@ -34,21 +37,25 @@ pub struct RunConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
-    /// Dataset kind: "mnist" (IDX files in `path`).
+    /// "mnist" (IDX files in `path`) or "text" (a `largo prepare text` directory, or raw text
+    /// files / a directory of them, prepared into the run with `tokenizer`).
     pub kind: String,
     pub path: String,
-    /// Fraction of samples held out for validation.
+    /// Fraction held out for validation (samples for MNIST, whole documents for text).
     pub val_fraction: f64,
+    /// For raw text: "char", "bpe:<vocab size>" or a tokenizer.json path.
+    pub tokenizer: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// "mlp"; its settings live in the section of the same name.
+    /// "mlp", "gpt" or "seed_transformer"; its settings live in the section of the same name.
     pub arch: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Passes over the data (MLP). Language models run `max_steps` instead.
     pub epochs: usize,
     /// Micro-batch size; an optimiser step sums `grad_accum` micro-batches.
     pub batch_size: usize,
@@ -57,7 +64,11 @@ pub struct TrainConfig {
     pub clip_grad_norm: f64,
     pub label_smoothing: f64,
     /// Stop after this many optimiser steps (0: run all epochs); a checkpoint is written there.
+    /// For language models: the length of the run.
     pub max_steps: u64,
+    /// Language models: validate (and checkpoint) every N steps, on `eval_batches` batches.
+    pub eval_every: u64,
+    pub eval_batches: usize,
     /// Write a metrics line every N optimiser steps.
     pub log_every: u64,
     /// Also checkpoint every N steps (0: only at the end of each epoch).
@@ -66,42 +77,63 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Validation metric for `best/` and early stopping: "val_accuracy" or "val_loss".
     pub metric: String,
-    /// Epochs without improvement by more than `min_delta` before stopping; 0 disables.
+    /// Validations without improvement by more than `min_delta` before stopping; 0 disables.
     pub patience: usize,
     pub min_delta: f64,
 }
 
 impl Default for Config {
+    /// The main job: a small character-level GPT on the bundled Shakespeare.
     fn default() -> Self {
         Config {
             run: RunConfig {
-                name: "mnist-mlp".into(),
+                name: "shakespeare-gpt".into(),
                 out_dir: "runs".into(),
                 seed: 1337,
             },
             data: DataConfig {
-                kind: "mnist".into(),
-                path: "data/mnist-1k".into(),
+                kind: "text".into(),
+                path: "data/shakespeare".into(),
                 val_fraction: 0.1,
+                tokenizer: "char".into(),
             },
-            model: ModelConfig { arch: "mlp".into() },
+            model: ModelConfig { arch: "gpt".into() },
             mlp: MlpConfig::default(),
+            gpt: GptConfig {
+                positions: Positions::Learned,
+                activation: Activation::Gelu,
+                ..GptConfig::default()
+            },
+            seed_transformer: SeedTransformerConfig::default(),
             train: TrainConfig {
                 epochs: 10,
-                batch_size: 64,
+                batch_size: 16,
                 grad_accum: 1,
-                clip_grad_norm: 0.0,
+                clip_grad_norm: 1.0,
                 label_smoothing: 0.0,
-                max_steps: 0,
+                max_steps: 1500,
+                eval_every: 250,
+                eval_batches: 16,
                 log_every: 10,
                 checkpoint_every: 0,
                 keep_checkpoints: 2,
-                metric: "val_accuracy".into(),
+                metric: "val_loss".into(),
                 patience: 0,
                 min_delta: 0.0,
             },
-            optim: OptimConfig::default(),
-            schedule: ScheduleConfig::default(),
+            optim: OptimConfig {
+                lr: 1e-3,
+                beta2: 0.99,
+                weight_decay: 0.1,
+                no_decay_1d: true,
+                ..OptimConfig::default()
+            },
+            schedule: ScheduleConfig {
+                kind: "cosine".into(),
+                warmup_steps: 100,
+                min_lr: 1e-4,
+                ..ScheduleConfig::default()
+            },
         }
     }
 }
@@ -131,23 +163,32 @@ impl Config {
         Ok(cfg)
     }
 
+    pub fn is_lm(&self) -> bool {
+        self.model.arch != "mlp"
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Config(m));
-        if self.model.arch != "mlp" {
-            return err(format!(
-                "model.arch = {:?} is not supported by this trainer: expected \"mlp\"",
-                self.model.arch
-            ));
+        let (arch, kind) = (self.model.arch.as_str(), self.data.kind.as_str());
+        match (arch, kind) {
+            ("mlp", "mnist") | ("gpt" | "seed_transformer", "text") => {}
+            ("mlp" | "gpt" | "seed_transformer", _) => {
+                return err(format!(
+                    "data.kind = {kind:?} does not suit model.arch = {arch:?}: the MLP takes \"mnist\", language models take \"text\""
+                ))
+            }
+            _ => {
+                return err(format!(
+                    "model.arch = {arch:?}: expected \"mlp\", \"gpt\" or \"seed_transformer\""
+                ))
+            }
         }
-        if self.data.kind != "mnist" {
-            return err(format!(
-                "data.kind = {:?}: expected \"mnist\"",
-                self.data.kind
-            ));
+        if self.is_lm() && self.train.max_steps == 0 {
+            return err("train.max_steps must be ≥ 1 for a language model".into());
         }
         if !(0.0..1.0).contains(&self.data.val_fraction) {
             return err(format!(
@@ -171,7 +212,9 @@ impl Config {
                 self.run.name
             ));
         }
-        self.mlp.validate()?;
+        if self.model.arch == "mlp" {
+            self.mlp.validate()?;
+        }
         self.optim.validate()?;
         self.schedule.validate()?;
         Ok(())
@@ -354,6 +397,7 @@ mod tests {
     #[test]
     fn overrides_are_type_checked() {
         let c = Config::load(None, &["train.epochs=3".into(), "optim.lr=0.5".into()]).unwrap();
+        assert_eq!(c.model.arch, "gpt");
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.optim.lr, 0.5);
         let c = Config::load(None, &["mlp.hidden=[32, 16]".into(), "run.name=x".into()]).unwrap();
@@ -379,6 +423,17 @@ mod tests {
             .to_string();
         assert!(e.contains("mlp.hidden[0]"), "{e}");
         assert!(Config::load(None, &["novalue".into()]).is_err());
+        let e = Config::load(None, &["model.arch=mlp".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not suit"), "{e}");
+        let e = Config::load(None, &["model.arch=rnn".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected \"mlp\", \"gpt\" or \"seed_transformer\""),
+            "{e}"
+        );
         let e = Config::load(None, &["mlp.dropout=1.5".into()])
             .unwrap_err()
             .to_string();

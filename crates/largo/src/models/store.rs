@@ -1,7 +1,7 @@
 //! A model directory: `config.json` (architecture, sizes, preprocessing) + `model.safetensors`
 //! with PyTorch `state_dict` names. Written atomically; loading checks every tensor's shape.
 
-use super::{Mlp, MlpConfig};
+use super::{GptConfig, LmSpec, Mlp, MlpConfig, SeedTransformerConfig, TransformerLm};
 use crate::data::mnist::Normalization;
 use crate::io::{save_safetensors, write_dir_atomic, TensorFile};
 use crate::nn::Module;
@@ -19,15 +19,37 @@ pub struct SplitInfo {
     pub val_fraction: f64,
 }
 
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const SUPPORTED: &str = "mlp, gpt, seed_transformer";
+
+/// `config.json` of a model directory: the architecture and the settings it needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
+    /// "mlp", "gpt" or "seed_transformer".
     pub arch: String,
-    pub mlp: MlpConfig,
-    /// Pixel normalisation measured on the training split.
-    pub normalization: Normalization,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<MlpConfig>,
+    /// Pixel normalisation measured on the training split (MLP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpt: Option<GptConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_transformer: Option<SeedTransformerConfig>,
+}
+
+impl ModelInfo {
+    /// The language-model skeleton this directory describes, if it is one.
+    pub fn lm_spec(&self) -> Option<LmSpec> {
+        match self.arch.as_str() {
+            "gpt" => self.gpt.as_ref().map(|c| c.spec()),
+            "seed_transformer" => self.seed_transformer.as_ref().map(|c| c.spec()),
+            _ => None,
+        }
+    }
 }
 
 /// Accepts a model directory, or a run directory (then `best/`, else `model/`).
@@ -49,10 +71,19 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     ))
 }
 
-pub fn save_mlp(dir: &Path, model: &Mlp, info: &ModelInfo) -> Result<()> {
+/// Writes config.json, model.safetensors and, for language models, tokenizer.json.
+pub fn save_model(
+    dir: &Path,
+    model: &dyn Module,
+    info: &ModelInfo,
+    tokenizer: Option<&str>,
+) -> Result<()> {
     write_dir_atomic(dir, |tmp| {
         let json = serde_json::to_string_pretty(info).expect("model info serialises");
         crate::io::write_atomic(&tmp.join(CONFIG_FILE), json.as_bytes())?;
+        if let Some(t) = tokenizer {
+            crate::io::write_atomic(&tmp.join(TOKENIZER_FILE), t.as_bytes())?;
+        }
         let params = model.params();
         let tensors: Vec<_> = params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
         save_safetensors(&tmp.join(WEIGHTS_FILE), &tensors, None)
@@ -64,28 +95,65 @@ pub fn load_info(dir: &Path) -> Result<ModelInfo> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let info: ModelInfo =
         serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("{e}")))?;
-    if info.arch != "mlp" {
-        return Err(Error::format(
+    let missing = |section: &str| {
+        Error::format(
             &path,
-            format!(
-                "architecture {:?} is not supported here: expected \"mlp\"",
-                info.arch
-            ),
-        ));
+            format!("architecture {:?} needs a \"{section}\" section", info.arch),
+        )
+    };
+    match info.arch.as_str() {
+        "mlp" => {
+            let mlp = info.mlp.as_ref().ok_or_else(|| missing("mlp"))?;
+            mlp.validate()
+                .map_err(|e| Error::format(&path, e.to_string()))?;
+            if info.normalization.is_none() {
+                return Err(missing("normalization"));
+            }
+        }
+        "gpt" | "seed_transformer" => {
+            let spec = info.lm_spec().ok_or_else(|| missing(&info.arch))?;
+            spec.validate()
+                .map_err(|e| Error::format(&path, e.to_string()))?;
+        }
+        other => {
+            return Err(Error::format(
+                &path,
+                format!("unsupported architecture {other:?}: supported are {SUPPORTED}"),
+            ))
+        }
     }
-    info.mlp
-        .validate()
-        .map_err(|e| Error::format(&path, e.to_string()))?;
     Ok(info)
 }
 
 /// Loads an MLP; every tensor must be present with the shape its config implies, and no other.
-pub fn load_mlp(dir: &Path) -> Result<(Mlp, ModelInfo)> {
+pub fn load_mlp(dir: &Path) -> Result<(Mlp, ModelInfo, Normalization)> {
     let info = load_info(dir)?;
-    let mut model = Mlp::new(info.mlp.clone())?;
+    let (Some(cfg), Some(norm)) = (info.mlp.clone(), info.normalization) else {
+        return Err(Error::format(
+            dir.join(CONFIG_FILE),
+            format!("this is a {} model, not an MLP classifier", info.arch),
+        ));
+    };
+    let mut model = Mlp::new(cfg)?;
     let mut file = TensorFile::load(&dir.join(WEIGHTS_FILE))?;
     load_params(&mut model, &mut file)?;
-    Ok((model, info))
+    Ok((model, info, norm))
+}
+
+/// Loads a language model and its tokenizer.
+pub fn load_lm(dir: &Path) -> Result<(TransformerLm, ModelInfo, tokenizers::Tokenizer)> {
+    let info = load_info(dir)?;
+    let Some(spec) = info.lm_spec() else {
+        return Err(Error::format(
+            dir.join(CONFIG_FILE),
+            format!("this is a {} model, not a language model", info.arch),
+        ));
+    };
+    let mut model = TransformerLm::new(spec)?;
+    let mut file = TensorFile::load(&dir.join(WEIGHTS_FILE))?;
+    load_params(&mut model, &mut file)?;
+    let tokenizer = crate::data::text::load_tokenizer(&dir.join(TOKENIZER_FILE))?;
+    Ok((model, info, tokenizer))
 }
 
 /// Copies tensors from `file` into the module's parameters (strict, like `load_state_dict`).

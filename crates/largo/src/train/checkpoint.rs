@@ -21,7 +21,12 @@ pub struct TrainState {
     pub epoch: usize,
     pub next_batch: usize,
     pub dropout_rng: Rng,
-    pub normalization: Normalization,
+    /// Language models: the generator that draws training windows.
+    #[serde(default)]
+    pub data_rng: Option<Rng>,
+    /// MLP: pixel normalisation fitted on the training split.
+    #[serde(default)]
+    pub normalization: Option<Normalization>,
     pub best_metric: Option<f64>,
     pub best_epoch: Option<usize>,
     pub epochs_without_improvement: usize,

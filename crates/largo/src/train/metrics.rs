@@ -27,12 +27,21 @@ pub enum Record {
         val_loss: f64,
         val_accuracy: f64,
     },
+    /// Language models, every `eval_every` steps.
+    Eval {
+        step: u64,
+        train_loss: f64,
+        val_loss: f64,
+        val_perplexity: f64,
+    },
 }
 
 impl Record {
     pub fn step(&self) -> u64 {
         match self {
-            Record::Train { step, .. } | Record::Val { step, .. } => *step,
+            Record::Train { step, .. } | Record::Val { step, .. } | Record::Eval { step, .. } => {
+                *step
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Training: optimisers, schedules, the loop, checkpoints, metrics and curves.
 
 pub mod checkpoint;
+pub mod lm;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

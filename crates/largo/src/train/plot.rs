@@ -23,6 +23,7 @@ pub fn plot_run(run: &Path) -> Result<()> {
     let records = read_records(&run.join("metrics.jsonl"))?;
     let (mut train_loss, mut val_loss, mut train_acc, mut val_acc) =
         (Series::new(), Series::new(), Series::new(), Series::new());
+    let mut perplexity = Series::new();
     for r in &records {
         match *r {
             Record::Train { step, loss, .. } => train_loss.push((step as f64, loss)),
@@ -37,11 +38,26 @@ pub fn plot_run(run: &Path) -> Result<()> {
                 val_acc.push((step as f64, 100.0 * val_accuracy));
                 train_acc.push((step as f64, 100.0 * train_accuracy));
             }
+            Record::Eval {
+                step,
+                val_loss: vl,
+                val_perplexity,
+                ..
+            } => {
+                val_loss.push((step as f64, vl));
+                perplexity.push((step as f64, val_perplexity));
+            }
         }
     }
     let out = run.join("curves.png");
     let tmp = run.join(".curves.tmp.png");
-    draw(&tmp, &train_loss, &val_loss, &train_acc, &val_acc)
+    // A language model's right panel is its validation perplexity.
+    let right = if perplexity.is_empty() {
+        ("accuracy %", "train (per epoch)", &train_acc, &val_acc)
+    } else {
+        ("validation perplexity", "", &train_acc, &perplexity)
+    };
+    draw(&tmp, &train_loss, &val_loss, right)
         .map_err(|e| Error::format(&out, format!("cannot draw curves: {e}")))?;
     let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let _ = std::fs::remove_file(&tmp);
@@ -70,17 +86,18 @@ fn range(series: &[&Series], pad_zero: bool) -> (std::ops::Range<f64>, std::ops:
     (x0.min(0.0)..x1.max(x0 + 1.0), (y0 - dy)..(y1 + dy))
 }
 
+type Panel<'a> = (&'a str, &'a str, &'a Series, &'a Series);
+
 fn draw(
     path: &Path,
     train_loss: &Series,
     val_loss: &Series,
-    train_acc: &Series,
-    val_acc: &Series,
+    right: Panel,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     ensure_font();
     let root = BitMapBackend::new(path, (1100, 420)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
+    let (left, right_area) = root.split_horizontally(550);
     let panels = [
         (
             left,
@@ -90,14 +107,7 @@ fn draw(
             "train (per log window)",
             true,
         ),
-        (
-            right,
-            "accuracy %",
-            train_acc,
-            val_acc,
-            "train (per epoch)",
-            false,
-        ),
+        (right_area, right.0, right.2, right.3, right.1, false),
     ];
     for (area, title, train, val, train_label, pad_zero) in panels {
         let (xr, yr) = range(&[train, val], pad_zero);
@@ -112,10 +122,12 @@ fn draw(
             .x_desc("step")
             .label_style(("sans-serif", 13))
             .draw()?;
-        chart
-            .draw_series(LineSeries::new(train.iter().copied(), BLUE.stroke_width(2)))?
-            .label(train_label)
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+        if !train.is_empty() {
+            chart
+                .draw_series(LineSeries::new(train.iter().copied(), BLUE.stroke_width(2)))?
+                .label(train_label)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+        }
         chart
             .draw_series(LineSeries::new(val.iter().copied(), RED.stroke_width(2)))?
             .label("validation")

@@ -8,7 +8,7 @@ use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, split_indices, Mnist, Normalization};
 use crate::eval::{argmax, evaluate};
-use crate::models::store::{save_mlp, ModelInfo, SplitInfo};
+use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::Mlp;
 use crate::nn::Module;
 use crate::rng::{stream, Rng};
@@ -50,6 +50,40 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
         )));
     }
     std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+    if cfg.is_lm() {
+        super::lm::train_lm(cfg, opts, &run)
+    } else {
+        train_classifier(cfg, opts, &run)
+    }
+}
+
+/// One optimiser step after gradients are summed: clip (or measure) the global norm, take the
+/// schedule's rate, update, zero the gradients. Returns (grad norm before clipping, lr).
+pub(crate) fn optimizer_step(
+    cfg: &Config,
+    model: &mut dyn Module,
+    opt: &mut Optimizer,
+    state: &TrainState,
+    total_steps: u64,
+    run: &Path,
+) -> Result<(f64, f64)> {
+    let mut params = model.params_mut();
+    let norm = if cfg.train.clip_grad_norm > 0.0 {
+        clip_grad_norm(&mut params, cfg.train.clip_grad_norm)
+    } else {
+        grad_norm(&params)
+    };
+    if !norm.is_finite() {
+        return Err(non_finite(run, "gradient norm", norm, state));
+    }
+    let lr = cfg.schedule.lr_at(cfg.optim.lr, state.step, total_steps);
+    opt.step(params, lr as f32);
+    model.zero_grad();
+    Ok((norm, lr))
+}
+
+fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<TrainOutcome> {
+    let run = run.to_path_buf();
 
     let data = Mnist::load(Path::new(&cfg.data.path), cfg.mlp.classes)?;
     if data.pixels != cfg.mlp.input {
@@ -79,7 +113,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
             epoch: 0,
             next_batch: 0,
             dropout_rng: Rng::for_stream(seed, stream::DROPOUT),
-            normalization: Normalization::fit(&data, &train_idx),
+            data_rng: None,
+            normalization: Some(Normalization::fit(&data, &train_idx)),
             best_metric: None,
             best_epoch: None,
             epochs_without_improvement: 0,
@@ -94,22 +129,27 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
         &run.join("metrics.jsonl"),
         opts.resume.then_some(state.step),
     )?;
+    let norm = state
+        .normalization
+        .ok_or_else(|| Error::Invalid("checkpoint lacks the pixel normalisation".into()))?;
     let info = ModelInfo {
         arch: "mlp".into(),
-        mlp: cfg.mlp.clone(),
-        normalization: state.normalization,
+        mlp: Some(cfg.mlp.clone()),
+        normalization: Some(norm),
         split: Some(SplitInfo {
             seed,
             val_fraction: cfg.data.val_fraction,
         }),
+        gpt: None,
+        seed_transformer: None,
     };
 
+    eprintln!("{} parameters", crate::nn::Module::num_params(&model));
     let t = &cfg.train;
     let micro_per_epoch = train_idx.len().div_ceil(t.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(t.grad_accum) as u64;
     let total_steps = steps_per_epoch * t.epochs as u64;
     let classes = cfg.mlp.classes;
-    let norm = state.normalization;
 
     let bar = progress_bar(opts.progress, total_steps, state.step);
     let (mut x, mut y) = (Vec::new(), Vec::new());
@@ -159,18 +199,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
             if !step_loss.is_finite() {
                 return Err(non_finite(&run, "loss", step_loss, &state));
             }
-            let mut params = model.params_mut();
-            let norm_before = if t.clip_grad_norm > 0.0 {
-                clip_grad_norm(&mut params, t.clip_grad_norm)
-            } else {
-                grad_norm(&params)
-            };
-            if !norm_before.is_finite() {
-                return Err(non_finite(&run, "gradient norm", norm_before, &state));
-            }
-            let lr = cfg.schedule.lr_at(cfg.optim.lr, state.step, total_steps);
-            opt.step(params, lr as f32);
-            model.zero_grad();
+            let (norm_before, lr) =
+                optimizer_step(cfg, &mut model, &mut opt, &state, total_steps, &run)?;
             state.step += 1;
             state.next_batch = group_end;
             state.epoch_loss_sum += step_loss * group_samples as f64;
@@ -255,7 +285,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
             state.best_metric = Some(metric);
             state.best_epoch = Some(state.epoch);
             state.epochs_without_improvement = 0;
-            save_mlp(&run.join("best"), &model, &info)?;
+            save_model(&run.join("best"), &model, &info, None)?;
         } else {
             state.epochs_without_improvement += 1;
         }
@@ -283,7 +313,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
         }
     }
     bar.finish_and_clear();
-    save_mlp(&run.join("model"), &model, &info)?;
+    save_model(&run.join("model"), &model, &info, None)?;
     Ok(TrainOutcome {
         run_dir: run,
         steps: state.step,
@@ -296,7 +326,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
     })
 }
 
-fn non_finite(run: &Path, what: &str, value: f64, state: &TrainState) -> Error {
+pub(crate) fn non_finite(run: &Path, what: &str, value: f64, state: &TrainState) -> Error {
     let last = checkpoint::latest(run)
         .map(|(d, _)| format!("the last good checkpoint is kept at {}", d.display()))
         .unwrap_or_else(|_| "no checkpoint had been written yet".into());
@@ -307,7 +337,7 @@ fn non_finite(run: &Path, what: &str, value: f64, state: &TrainState) -> Error {
     ))
 }
 
-fn progress_bar(enabled: bool, total: u64, pos: u64) -> ProgressBar {
+pub(crate) fn progress_bar(enabled: bool, total: u64, pos: u64) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -323,7 +353,7 @@ fn progress_bar(enabled: bool, total: u64, pos: u64) -> ProgressBar {
 }
 
 /// Epoch summaries go above the bar, or straight to stderr when there is no bar.
-fn say(bar: &ProgressBar, line: String) {
+pub(crate) fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
         eprintln!("{line}");
     } else {

@@ -1,0 +1,70 @@
+use anyhow::Result;
+use largo::generate::{generate, Sampling};
+use largo::models::store::{load_lm, resolve_model_dir};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A language-model directory, or a run directory (uses its best/ model).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 300)]
+    max_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens reaching this probability.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Stop when this text is generated (repeatable); it is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dir = resolve_model_dir(&a.model)?;
+    let (model, _, tokenizer) = load_lm(&dir)?;
+    let sampling = Sampling {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: a.stop.clone(),
+    };
+    sampling.validate()?;
+    let start = Instant::now();
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prompt)?;
+    let g = generate(&model, &tokenizer, &a.prompt, &sampling, |piece| {
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+    })?;
+    writeln!(out)?;
+    if g.truncated > 0 {
+        eprintln!(
+            "warning: the prompt was longer than the context of {} tokens; its first {} tokens were dropped",
+            model.spec.block_size, g.truncated
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt tokens, {} new tokens in {secs:.2} s, {:.0} tokens/s{}]",
+        g.prompt_tokens,
+        g.new_tokens,
+        g.new_tokens as f64 / secs,
+        g.stopped_by
+            .map(|s| format!(", stopped at {s:?}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Text generation with a KV cache: temperature, top-k and top-p (nucleus) sampling, stop
+//! strings, and text streamed as it is produced.
+
+use crate::data::text::{decode, encode};
+use crate::models::TransformerLm;
+use crate::rng::Rng;
+use crate::{bail, Result};
+use tokenizers::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    /// 0 means greedy (always the most likely token).
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: all).
+    pub top_p: f32,
+    pub seed: u64,
+    /// Stop (and cut the text) when one of these appears in the generated text.
+    pub stop: Vec<String>,
+}
+
+impl Sampling {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            bail!("--max-tokens must be ≥ 1");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!(
+                "--temperature must be a number ≥ 0, got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Tokens dropped from the front of a prompt longer than the context.
+    pub truncated: usize,
+    pub stopped_by: Option<String>,
+}
+
+/// Samples a token id from logits according to `s`.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    if s.temperature == 0.0 {
+        return crate::eval::argmax(logits) as u32;
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if s.top_k > 0 {
+        order.truncate(s.top_k);
+    }
+    let max = logits[order[0]];
+    let mut probs: Vec<f32> = order
+        .iter()
+        .map(|&i| ((logits[i] - max) / s.temperature).exp())
+        .collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|&p| {
+            acc += p;
+            acc >= s.top_p
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+    }
+    let u = rng.uniform();
+    let mut acc = 0.0;
+    for (p, &i) in probs.iter().zip(&order) {
+        acc += p;
+        if u < acc {
+            return i as u32;
+        }
+    }
+    order[probs.len() - 1] as u32
+}
+
+/// Generates after `prompt`, calling `on_text` with each new piece of text.
+pub fn generate(
+    model: &TransformerLm,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    s: &Sampling,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    s.validate()?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty: give at least one character");
+    }
+    let mut ids = encode(tokenizer, prompt)?;
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let context = model.spec.block_size;
+    // Keep room for at least one new token: a longer prompt loses its start.
+    let truncated = ids.len().saturating_sub(context - 1);
+    ids.drain(..truncated);
+    let prompt_tokens = ids.len();
+    let mut rng = Rng::new(s.seed);
+    let mut cache = model.new_cache();
+    let mut logits = model.forward_cached(&ids, &mut cache)?;
+    let mut generated: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let mut stopped_by = None;
+    while generated.len() < s.max_tokens {
+        let next = sample(&logits, s, &mut rng);
+        generated.push(next);
+        let full = decode(tokenizer, &generated)?;
+        // Emit only whole characters (a byte-level token may end inside one).
+        if full.len() > text.len() && !full.ends_with('\u{fffd}') {
+            let piece = &full[text.len()..];
+            if let Some(stop) = s.stop.iter().find(|st| full.contains(st.as_str())) {
+                let cut = full.find(stop.as_str()).expect("contains");
+                if cut > text.len() {
+                    on_text(&full[text.len()..cut]);
+                }
+                text = full[..cut].to_string();
+                stopped_by = Some(stop.clone());
+                break;
+            }
+            on_text(piece);
+            text = full;
+        }
+        if generated.len() == s.max_tokens {
+            break;
+        }
+        ids.push(next);
+        if cache[0].len >= context {
+            // Context full: start a new cache from the last half of the window.
+            let keep = context / 2;
+            let tail = ids[ids.len() - keep..].to_vec();
+            cache = model.new_cache();
+            logits = model.forward_cached(&tail, &mut cache)?;
+        } else {
+            logits = model.forward_cached(&[next], &mut cache)?;
+        }
+    }
+    Ok(Generation {
+        text,
+        prompt_tokens,
+        new_tokens: generated.len(),
+        truncated,
+        stopped_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(temperature: f32, top_k: usize, top_p: f32) -> Sampling {
+        Sampling {
+            max_tokens: 1,
+            temperature,
+            top_k,
+            top_p,
+            seed: 0,
+            stop: vec![],
+        }
+    }
+
+    #[test]
+    fn sampling_respects_greedy_top_k_and_top_p() {
+        let logits = [1.0, 3.0, 2.0, 0.5];
+        let mut rng = Rng::new(1);
+        assert_eq!(sample(&logits, &cfg(0.0, 0, 1.0), &mut rng), 1);
+        for _ in 0..200 {
+            let k2 = sample(&logits, &cfg(1.0, 2, 1.0), &mut rng);
+            assert!(k2 == 1 || k2 == 2);
+            // p(1) ≈ 0.61 alone reaches 0.5: nucleus of one token.
+            assert_eq!(sample(&logits, &cfg(1.0, 0, 0.5), &mut rng), 1);
+        }
+        let counts = (0..4000).fold([0usize; 4], |mut c, _| {
+            c[sample(&logits, &cfg(1.0, 0, 1.0), &mut rng) as usize] += 1;
+            c
+        });
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+        assert!(counts[1] > counts[2] && counts[2] > counts[0] && counts[0] > counts[3]);
+    }
+
+    #[test]
+    fn bad_sampling_settings_are_rejected() {
+        let mut s = cfg(0.8, 0, 0.9);
+        s.max_tokens = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-tokens"));
+        assert!(cfg(f32::NAN, 0, 1.0).validate().is_err());
+        assert!(cfg(-1.0, 0, 1.0).validate().is_err());
+        assert!(cfg(1.0, 0, 0.0).validate().is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! The language-model loop: random windows of the training tokens, AdamW with warmup and cosine,
+//! clipping and accumulation; every `eval_every` steps validation loss and perplexity, `best/`,
+//! a checkpoint, early stopping and the curves.
+
+use super::checkpoint::{self, TrainState};
+use super::metrics::{MetricsLog, Record};
+use super::optim::Optimizer;
+use super::trainer::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
+use crate::backend::{cross_entropy_backward, cross_entropy_forward};
+use crate::config::Config;
+use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};
+use crate::models::store::{save_model, ModelInfo};
+use crate::models::{LmSpec, TransformerLm};
+use crate::rng::{stream, Rng};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The model's spec with the vocabulary taken from the data when the config leaves it at 0.
+pub fn lm_spec(cfg: &Config, vocab: usize) -> Result<(LmSpec, ModelInfo)> {
+    let mut info = ModelInfo {
+        arch: cfg.model.arch.clone(),
+        mlp: None,
+        normalization: None,
+        split: None,
+        gpt: None,
+        seed_transformer: None,
+    };
+    let set = |v: &mut usize| -> Result<()> {
+        if *v == 0 {
+            *v = vocab;
+        } else if *v != vocab {
+            return Err(Error::Config(format!(
+                "the model's vocabulary is {v} but the tokenizer has {vocab} tokens"
+            )));
+        }
+        Ok(())
+    };
+    let spec = if cfg.model.arch == "gpt" {
+        let mut g = cfg.gpt.clone();
+        set(&mut g.vocab_size)?;
+        let spec = g.spec();
+        info.gpt = Some(g);
+        spec
+    } else {
+        let mut s = cfg.seed_transformer.clone();
+        set(&mut s.ntoken)?;
+        let spec = s.spec();
+        info.seed_transformer = Some(s);
+        spec
+    };
+    spec.validate()?;
+    Ok((spec, info))
+}
+
+/// A prepared directory as is; raw text is prepared into `<run>/data` first.
+pub fn load_or_prepare(cfg: &Config, run: &Path) -> Result<TokenData> {
+    let path = PathBuf::from(&cfg.data.path);
+    if path.join("meta.json").is_file() {
+        return TokenData::load(&path);
+    }
+    let prepared = run.join("data");
+    if !prepared.join("meta.json").is_file() {
+        let spec: TokenizerSpec = cfg.data.tokenizer.parse()?;
+        prepare_text(
+            &[path],
+            &spec,
+            cfg.data.val_fraction,
+            &CleanOptions::default(),
+            cfg.run.seed,
+            &prepared,
+        )?;
+    }
+    TokenData::load(&prepared)
+}
+
+/// Mean loss over `batches` fixed batches of windows spread evenly over `tokens`.
+pub fn evaluate_lm(
+    model: &mut TransformerLm,
+    tokens: &[u32],
+    batch: usize,
+    t: usize,
+    batches: usize,
+) -> Result<f64> {
+    let v = model.spec.vocab_size;
+    let last_start = tokens.len() - t - 1;
+    let n = (batches * batch).max(1);
+    let starts: Vec<usize> = (0..n)
+        .map(|i| if n == 1 { 0 } else { i * last_start / (n - 1) })
+        .collect();
+    let (mut x, mut y, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    let mut total = 0f64;
+    for chunk in starts.chunks(batch) {
+        x.clear();
+        y.clear();
+        for &i in chunk {
+            x.extend_from_slice(&tokens[i..i + t]);
+            y.extend(tokens[i + 1..i + t + 1].iter().map(|&v| v as i64));
+        }
+        let logits = model.forward(&x, chunk.len(), t, None, false, 0)?;
+        rows.resize(chunk.len() * t, 0.0);
+        total +=
+            cross_entropy_forward(logits, &y, v, -100, 0.0, &mut rows)? as f64 * chunk.len() as f64;
+    }
+    Ok(total / n as f64)
+}
+
+pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<TrainOutcome> {
+    let data = load_or_prepare(cfg, run)?;
+    let (spec, info) = lm_spec(cfg, data.meta.vocab_size)?;
+    let (t, b) = (spec.block_size, cfg.train.batch_size);
+    for (name, tokens) in [("training", &data.train), ("validation", &data.val)] {
+        if tokens.len() < t + 2 {
+            return Err(Error::Invalid(format!(
+                "the {name} split of {} has {} tokens, fewer than block_size + 2 = {}",
+                data.dir.display(),
+                tokens.len(),
+                t + 2
+            )));
+        }
+    }
+    let tokenizer_json = std::fs::read_to_string(data.dir.join("tokenizer.json"))
+        .map_err(|e| Error::io(data.dir.join("tokenizer.json"), e))?;
+    let mut model = TransformerLm::new(spec)?;
+    let mut opt = Optimizer::new(cfg.optim.clone());
+    let seed = cfg.run.seed;
+    let mut state = if opts.resume {
+        let (dir, state) = checkpoint::latest(run)?;
+        checkpoint::restore(&dir, &state, &mut model, &mut opt)?;
+        state
+    } else {
+        model.init(&mut Rng::for_stream(seed, stream::INIT));
+        TrainState {
+            step: 0,
+            epoch: 0,
+            next_batch: 0,
+            dropout_rng: Rng::for_stream(seed, stream::DROPOUT),
+            data_rng: Some(Rng::for_stream(seed, stream::SHUFFLE)),
+            normalization: None,
+            best_metric: None,
+            best_epoch: None,
+            epochs_without_improvement: 0,
+            epoch_loss_sum: 0.0,
+            epoch_correct: 0,
+            epoch_samples: 0,
+            finished: false,
+        }
+    };
+    eprintln!("{} parameters", crate::nn::Module::num_params(&model));
+    crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut log = MetricsLog::open(
+        &run.join("metrics.jsonl"),
+        opts.resume.then_some(state.step),
+    )?;
+    let tr = &cfg.train;
+    let total = tr.max_steps;
+    let v = model.spec.vocab_size;
+    let bar = progress_bar(opts.progress, total, state.step);
+    let (mut x, mut y, mut rows, mut dlogits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut win_loss, mut win_norm, mut win_steps) = (0f64, 0f64, 0u64);
+    let mut win_start = Instant::now();
+    let (mut last_val, mut stopped_early) = (f64::NAN, false);
+
+    while state.step < total && !state.finished {
+        let mut step_loss = 0f64;
+        for _ in 0..tr.grad_accum {
+            let rng = state
+                .data_rng
+                .get_or_insert_with(|| Rng::for_stream(seed, stream::SHUFFLE));
+            random_windows(&data.train, b, t, rng, &mut x, &mut y);
+            let drop_seed = state.dropout_rng.next_u64();
+            let logits = model.forward(&x, b, t, None, true, drop_seed)?;
+            rows.resize(b * t, 0.0);
+            let smoothing = tr.label_smoothing as f32;
+            let loss = cross_entropy_forward(logits, &y, v, -100, smoothing, &mut rows)?;
+            dlogits.resize(logits.len(), 0.0);
+            let scale = 1.0 / tr.grad_accum as f32;
+            cross_entropy_backward(logits, &y, v, -100, smoothing, scale, &mut dlogits)?;
+            model.backward(&dlogits);
+            step_loss += loss as f64 / tr.grad_accum as f64;
+        }
+        if !step_loss.is_finite() {
+            return Err(non_finite(run, "loss", step_loss, &state));
+        }
+        let (norm, lr) = optimizer_step(cfg, &mut model, &mut opt, &state, total, run)?;
+        state.step += 1;
+        win_loss += step_loss;
+        win_norm += norm;
+        win_steps += 1;
+        if state.step % tr.log_every.max(1) == 0 {
+            let secs = win_start.elapsed().as_secs_f64().max(1e-9);
+            let tokens_per_sec = (win_steps as usize * tr.grad_accum * b * t) as f64 / secs;
+            let loss = win_loss / win_steps as f64;
+            log.write(&Record::Train {
+                step: state.step,
+                epoch: 0,
+                loss,
+                accuracy: f64::NAN,
+                lr,
+                grad_norm: win_norm / win_steps as f64,
+                samples_per_sec: tokens_per_sec,
+            })?;
+            bar.set_message(format!("loss {loss:.4}  {tokens_per_sec:.0} tokens/s"));
+            state.epoch_loss_sum = loss;
+            (win_loss, win_norm, win_steps) = (0.0, 0.0, 0);
+            win_start = Instant::now();
+        }
+        bar.set_position(state.step);
+        let eval_now =
+            state.step == total || (tr.eval_every > 0 && state.step % tr.eval_every == 0);
+        if eval_now {
+            let val = evaluate_lm(&mut model, &data.val, b, t, tr.eval_batches.max(1))?;
+            let train_loss = state.epoch_loss_sum;
+            log.write(&Record::Eval {
+                step: state.step,
+                train_loss,
+                val_loss: val,
+                val_perplexity: val.exp(),
+            })?;
+            say(
+                &bar,
+                format!(
+                    "step {:>6}  train loss {train_loss:.4}  val loss {val:.4}  perplexity {:.2}",
+                    state.step,
+                    val.exp()
+                ),
+            );
+            last_val = val;
+            if state
+                .best_metric
+                .is_none_or(|best| val < best - tr.min_delta)
+            {
+                state.best_metric = Some(val);
+                state.best_epoch = Some(state.step as usize);
+                state.epochs_without_improvement = 0;
+                save_model(&run.join("best"), &model, &info, Some(&tokenizer_json))?;
+            } else {
+                state.epochs_without_improvement += 1;
+                if tr.patience > 0 && state.epochs_without_improvement >= tr.patience {
+                    say(
+                        &bar,
+                        format!(
+                            "early stopping: no improvement of val_loss in {} evaluations",
+                            tr.patience
+                        ),
+                    );
+                    stopped_early = true;
+                    state.finished = true;
+                }
+            }
+            checkpoint::save(run, &state, &model, &opt, tr.keep_checkpoints)?;
+            super::plot::plot_run(run)?;
+        } else if tr.checkpoint_every > 0 && state.step % tr.checkpoint_every == 0 {
+            checkpoint::save(run, &state, &model, &opt, tr.keep_checkpoints)?;
+        }
+    }
+    bar.finish_and_clear();
+    save_model(&run.join("model"), &model, &info, Some(&tokenizer_json))?;
+    Ok(TrainOutcome {
+        run_dir: run.to_path_buf(),
+        steps: state.step,
+        epochs_run: 0,
+        best_metric: state.best_metric,
+        best_epoch: state.best_epoch,
+        last_val_loss: last_val,
+        last_val_accuracy: f64::NAN,
+        stopped_early,
+    })
+}
