@@ -43,6 +43,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default SIGPIPE action before any thread starts; a closed pipe
+    // (`largo … | head`) then ends the process quietly, as other Unix tools do, instead of
+    // making every print fail.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LARGO_LOG")

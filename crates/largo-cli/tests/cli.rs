@@ -47,8 +47,11 @@ fn fails_with(out: &Output, needle: &str) {
 }
 
 fn train_args<'a>(data: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let config = repo().join("configs/mnist-mlp.toml");
     let mut v: Vec<String> = vec![
         "train".into(),
+        "--config".into(),
+        config.to_string_lossy().into_owned(),
         "--set".into(),
         format!("data.path={data}"),
         "--set".into(),
@@ -331,12 +334,16 @@ fn dataset(dir: &Path, n: u32, labels: &[u8]) -> PathBuf {
 }
 
 fn train_on(tmp: &Path, data: &Path) -> Output {
+    let config = repo().join("configs/mnist-mlp.toml");
+    let data = format!("data.path={}", data.display());
     largo(
         tmp,
         &[
             "train",
+            "--config",
+            config.to_str().unwrap(),
             "--set",
-            &format!("data.path={}", data.display()),
+            &data,
             "--set",
             "run.name=bad",
         ],
@@ -388,6 +395,10 @@ fn bad_data_gives_clear_errors_and_leaves_nothing_half_written() {
     std::fs::create_dir_all(&d).unwrap();
     fails_with(&train_on(t, &d), "missing train-images-idx3-ubyte.gz");
     assert_no_temp_files(t);
+    assert!(
+        !t.join("runs/bad").exists(),
+        "a run that failed before training leaves no directory"
+    );
 }
 
 #[test]

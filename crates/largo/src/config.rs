@@ -434,9 +434,12 @@ mod tests {
             e.contains("expected \"mlp\", \"gpt\" or \"seed_transformer\""),
             "{e}"
         );
-        let e = Config::load(None, &["mlp.dropout=1.5".into()])
-            .unwrap_err()
-            .to_string();
+        let mlp_dropout = [
+            "model.arch=mlp".into(),
+            "data.kind=mnist".into(),
+            "mlp.dropout=1.5".into(),
+        ];
+        let e = Config::load(None, &mlp_dropout).unwrap_err().to_string();
         assert!(e.contains("dropout"), "{e}");
     }
 }

@@ -38,7 +38,10 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Builds a directory under a temporary name and renames it into place when `fill` succeeded.
 /// An existing directory at `dest` is replaced only after the new one is complete.
 pub fn write_dir_atomic(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dest
         .file_name()

@@ -195,7 +195,7 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
                 step: state.step,
                 epoch: 0,
                 loss,
-                accuracy: f64::NAN,
+                accuracy: None,
                 lr,
                 grad_norm: win_norm / win_steps as f64,
                 samples_per_sec: tokens_per_sec,

@@ -13,7 +13,9 @@ pub enum Record {
         step: u64,
         epoch: usize,
         loss: f64,
-        accuracy: f64,
+        /// Classifiers only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy: Option<f64>,
         lr: f64,
         grad_norm: f64,
         samples_per_sec: f64,

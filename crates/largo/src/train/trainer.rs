@@ -49,12 +49,18 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
             run.display()
         )));
     }
+    let existed = run.exists();
     std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
-    if cfg.is_lm() {
+    let result = if cfg.is_lm() {
         super::lm::train_lm(cfg, opts, &run)
     } else {
         train_classifier(cfg, opts, &run)
+    };
+    // A run that failed before its first checkpoint leaves nothing behind.
+    if result.is_err() && !existed && !super::checkpoint::checkpoints_dir(&run).exists() {
+        let _ = std::fs::remove_dir_all(&run);
     }
+    result
 }
 
 /// One optimiser step after gradients are summed: clip (or measure) the global norm, take the
@@ -216,7 +222,7 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
                     step: state.step,
                     epoch: state.epoch,
                     loss: win_loss / win_steps as f64,
-                    accuracy: win_correct as f64 / win_samples as f64,
+                    accuracy: Some(win_correct as f64 / win_samples as f64),
                     lr,
                     grad_norm: win_norm / win_steps as f64,
                     samples_per_sec: win_samples as f64 / secs,
@@ -232,7 +238,7 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
                     bar.set_message(format!(
                         "epoch {} loss {loss:.4} acc {:.1}% {samples_per_sec:.0} samples/s",
                         state.epoch + 1,
-                        100.0 * accuracy
+                        100.0 * accuracy.unwrap_or(0.0)
                     ));
                 }
                 (win_loss, win_correct, win_samples, win_norm, win_steps) = (0.0, 0, 0, 0.0, 0);

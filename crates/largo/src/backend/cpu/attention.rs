@@ -7,6 +7,7 @@
 //! numbers it must reproduce are pinned by the PyTorch fixtures.
 
 use super::gemm::{matmul_serial, Trans};
+use super::math::exp_fast;
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -108,10 +109,38 @@ fn permute_heads(src: &[f32], s: AttnShape, dst: &mut [f32], to_heads: bool) {
         });
 }
 
-/// Whether query i may look at key j. `offset` is the query's absolute position minus i
-/// (non-zero when decoding with a cache), `padded` marks keys to ignore.
-fn visible(i: usize, j: usize, offset: usize, causal: bool, padded: Option<&[u8]>) -> bool {
-    !(causal && j > i + offset) && padded.is_none_or(|p| p[j] == 0)
+/// In place: p = softmax(scale·s) over the keys not marked in `padded`; all-masked rows give 0.
+/// The unpadded case is a plain loop the compiler vectorises.
+fn softmax_row(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
+    let mut max = f32::NEG_INFINITY;
+    match padded {
+        None => row.iter().for_each(|&x| max = max.max(x)),
+        Some(p) => row
+            .iter()
+            .zip(p)
+            .filter(|(_, &m)| m == 0)
+            .for_each(|(&x, _)| max = max.max(x)),
+    }
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = exp_fast((*x - max) * scale);
+        sum += *x;
+    }
+    if let Some(p) = padded {
+        sum = 0.0;
+        for (x, &m) in row.iter_mut().zip(p) {
+            if m != 0 {
+                *x = 0.0;
+            }
+            sum += *x;
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Forward. q [B,H,T,D], k and v [B,H,Tk,D]; writes att [B,H,T,Tk] and o [B,H,T,D].
@@ -142,24 +171,11 @@ pub fn attention_forward(
             // Scores S = Q·Kᵀ [T,Tk], then a masked, scaled softmax per row, in place.
             matmul_serial(Trans::N, Trans::T, t, tk, d, qh, kh, att, false);
             for (i, row) in att.chunks_exact_mut(tk).enumerate() {
-                let mut max = f32::NEG_INFINITY;
-                for (j, x) in row.iter_mut().enumerate() {
-                    if visible(i, j, offset, causal, pad) {
-                        *x *= scale;
-                        max = max.max(*x);
-                    }
-                }
-                let mut sum = 0.0;
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = if visible(i, j, offset, causal, pad) {
-                        (*x - max).exp()
-                    } else {
-                        0.0
-                    };
-                    sum += *x;
-                }
-                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                row.iter_mut().for_each(|x| *x *= inv);
+                // Keys past `limit` are in the future of query i.
+                let limit = if causal { (i + offset + 1).min(tk) } else { tk };
+                let (live, future) = row.split_at_mut(limit);
+                future.fill(0.0);
+                softmax_row(live, scale, pad.map(|p| &p[..limit]));
             }
             // O = P·V [T,D].
             matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);

@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod math;
 
 pub use activation::*;
 pub use attention::*;

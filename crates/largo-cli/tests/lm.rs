@@ -1,0 +1,369 @@
+//! Drives the real binary through the language-model pipeline: prepare → train → generate →
+//! eval, for the GPT and the seed's Transformer, and every bad input the issue lists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn largo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_largo"))
+        .current_dir(dir)
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run largo")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "largo failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[track_caller]
+fn fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr lacks {needle:?}:\n{stderr}"
+    );
+}
+
+/// Three small "plays" from the bundled corpus (the first 6 KB of each).
+fn corpus(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/shakespeare");
+    let out = dir.join("corpus");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in [
+        "hamlet_gut.txt",
+        "macbeth_gut.txt",
+        "lear_gut.txt",
+        "sonnets_gut.txt",
+    ] {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        let cut = text.char_indices().nth(6000).map_or(text.len(), |(i, _)| i);
+        std::fs::write(out.join(name), &text[..cut]).unwrap();
+    }
+    out
+}
+
+const TINY_GPT: &[&str] = &[
+    "gpt.n_layer=1",
+    "gpt.n_head=2",
+    "gpt.n_embd=32",
+    "gpt.ff=64",
+    "gpt.block_size=32",
+    "train.batch_size=8",
+    "train.max_steps=40",
+    "train.eval_every=20",
+    "train.eval_batches=2",
+    "schedule.warmup_steps=5",
+];
+
+fn train_tiny(dir: &Path, data: &str, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train".to_string(),
+        "--set".into(),
+        format!("data.path={data}"),
+        "--set".into(),
+        format!("run.name={name}"),
+    ];
+    for kv in TINY_GPT.iter().chain(extra) {
+        args.push("--set".into());
+        args.push(kv.to_string());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    largo(dir, &refs)
+}
+
+#[test]
+fn prepare_train_generate_eval_a_character_gpt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let c = corpus(t);
+    let out = ok(&largo(
+        t,
+        &[
+            "prepare",
+            "text",
+            "--input",
+            c.to_str().unwrap(),
+            "--tokenizer",
+            "char",
+            "--val-fraction",
+            "0.25",
+            "--out",
+            "prep",
+        ],
+    ));
+    assert!(
+        out.contains("from 3 documents") && out.contains("ids as u16"),
+        "{out}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("prep/meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["val_documents"].as_array().unwrap().len(),
+        1,
+        "one whole document held out: {meta}"
+    );
+    let vocab = meta["vocab_size"].as_u64().unwrap() as usize;
+    let train_bytes = std::fs::metadata(t.join("prep/train.bin")).unwrap().len();
+    assert_eq!(train_bytes, 2 * meta["train_tokens"].as_u64().unwrap());
+
+    let out = ok(&train_tiny(t, "prep", "g", &[]));
+    assert!(out.contains("sample (200 tokens"), "{out}");
+    assert!(out.contains("largo generate --model runs/g"), "{out}");
+    for f in [
+        "best/model.safetensors",
+        "best/tokenizer.json",
+        "model/config.json",
+        "curves.png",
+        "checkpoints/latest.json",
+    ] {
+        assert!(t.join("runs/g").join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(t.join("runs/g/metrics.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2);
+    let (first, last) = (
+        evals[0]["val_loss"].as_f64().unwrap(),
+        evals[1]["val_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        last < (vocab as f64).ln(),
+        "learns something: {first} → {last} vs uniform {}",
+        (vocab as f64).ln()
+    );
+    assert!((evals[1]["val_perplexity"].as_f64().unwrap() - last.exp()).abs() < 1e-6);
+
+    // Generation: seeded sampling repeats, greedy is deterministic, --stop cuts.
+    let gen = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            "runs/g",
+            "--prompt",
+            "The ",
+            "--max-tokens",
+            "40",
+        ];
+        a.extend_from_slice(extra);
+        largo(t, &a)
+    };
+    let a = ok(&gen(&["--seed", "3"]));
+    assert_eq!(a, ok(&gen(&["--seed", "3"])));
+    assert!(a.starts_with("The "));
+    assert_eq!(
+        ok(&gen(&["--temperature", "0"])),
+        ok(&gen(&["--temperature", "0", "--seed", "9"]))
+    );
+    let full = ok(&gen(&["--temperature", "0"]));
+    let stop_at: String = full["The ".len()..].chars().skip(5).take(2).collect();
+    let stopped = ok(&gen(&["--temperature", "0", "--stop", &stop_at]));
+    assert!(
+        stopped.len() < full.len() && !stopped["The ".len()..].contains(&stop_at),
+        "{stopped:?} vs {full:?}"
+    );
+
+    // A prompt longer than the context keeps its end, with a warning.
+    let long = "the ".repeat(20);
+    let out = largo(
+        t,
+        &[
+            "generate",
+            "--model",
+            "runs/g",
+            "--prompt",
+            &long,
+            "--max-tokens",
+            "5",
+        ],
+    );
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("first 49 tokens were dropped"));
+
+    let ev = ok(&largo(t, &["eval", "--model", "runs/g", "--data", "prep"]));
+    assert!(
+        ev.contains("validation loss") && ev.contains("perplexity"),
+        "{ev}"
+    );
+
+    // Bad input.
+    fails_with(
+        &largo(
+            t,
+            &[
+                "generate",
+                "--model",
+                "runs/g",
+                "--prompt",
+                "a",
+                "--max-tokens",
+                "0",
+            ],
+        ),
+        "--max-tokens must be ≥ 1",
+    );
+    // A checkpoint of one architecture cannot be resumed as another.
+    fails_with(
+        &largo(
+            t,
+            &[
+                "train",
+                "--resume",
+                "runs/g",
+                "--set",
+                "model.arch=seed_transformer",
+                "--set",
+                "train.max_steps=50",
+            ],
+        ),
+        "missing tensor embedding.weight",
+    );
+    fails_with(
+        &largo(
+            t,
+            &["generate", "--model", "runs/g", "--prompt", "Zebra ☃ ✓"],
+        ),
+        "the vocabulary lacks: ",
+    );
+    fails_with(&gen(&["--temperature", "NaN"]), "--temperature");
+    let cfg = t.join("runs/g/model/config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"block_size\": 32", "\"block_size\": 64");
+    std::fs::write(&cfg, text).unwrap();
+    fails_with(
+        &largo(t, &["generate", "--model", "runs/g/model", "--prompt", "a"]),
+        "tensor transformer.wpe.weight has shape [32, 32], the model expects [64, 32]",
+    );
+}
+
+#[test]
+fn the_seed_transformer_trains_and_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let c = corpus(t);
+    let extra = [
+        "model.arch=seed_transformer",
+        "seed_transformer.d_model=32",
+        "seed_transformer.nhead=2",
+        "seed_transformer.d_hid=64",
+        "seed_transformer.nlayers=1",
+        "seed_transformer.max_len=32",
+        "seed_transformer.dropout=0.1",
+    ];
+    ok(&train_tiny(t, c.to_str().unwrap(), "s", &extra));
+    assert!(
+        t.join("runs/s/data/meta.json").is_file(),
+        "raw text is prepared inside the run"
+    );
+    let names = std::fs::read(t.join("runs/s/model/model.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&names[..4096.min(names.len())]).into_owned();
+    assert!(
+        header.contains("transformer_encoder.layers.0.self_attn.in_proj_weight"),
+        "{header}"
+    );
+    ok(&largo(
+        t,
+        &[
+            "generate",
+            "--model",
+            "runs/s",
+            "--prompt",
+            "KING",
+            "--max-tokens",
+            "10",
+        ],
+    ));
+}
+
+#[test]
+fn bad_corpora_tokenizers_and_models_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::write(t.join("bad.txt"), b"fine text\n\xc3\x28 broken").unwrap();
+    fails_with(
+        &largo(t, &["prepare", "text", "--input", "bad.txt", "--out", "p"]),
+        "bad.txt: not valid UTF-8 at byte offset 10",
+    );
+    std::fs::write(t.join("empty.txt"), "  \n").unwrap();
+    fails_with(
+        &largo(
+            t,
+            &["prepare", "text", "--input", "empty.txt", "--out", "p"],
+        ),
+        "the corpus is empty",
+    );
+    std::fs::write(t.join("tok.json"), "{not json").unwrap();
+    std::fs::write(t.join("ok.txt"), "some text here\n").unwrap();
+    fails_with(
+        &largo(
+            t,
+            &[
+                "prepare",
+                "text",
+                "--input",
+                "ok.txt",
+                "--tokenizer",
+                "tok.json",
+                "--out",
+                "p",
+            ],
+        ),
+        "tok.json: not a valid tokenizer.json",
+    );
+    fails_with(
+        &largo(
+            t,
+            &[
+                "prepare",
+                "text",
+                "--input",
+                "ok.txt",
+                "--tokenizer",
+                "bpe:10",
+                "--out",
+                "p",
+            ],
+        ),
+        "bpe:<vocab size>",
+    );
+    assert!(!t.join("p").exists(), "nothing half-written");
+
+    // A classifier is not a language model.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mnist-mlp.toml");
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-1k");
+    ok(&largo(
+        t,
+        &[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("data.path={}", mnist.display()),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "run.name=m",
+        ],
+    ));
+    fails_with(
+        &largo(t, &["generate", "--model", "runs/m", "--prompt", "a"]),
+        "this is a mlp model, not a language model",
+    );
+}
