@@ -13,6 +13,7 @@ const ROUND: f32 = 12_582_912.0;
 pub fn exp_fast(x: f32) -> f32 {
     // min/max rather than clamp, and integer bit tricks rather than `as i32` (which saturates
     // and checks for NaN): both keep the loop vectorisable.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.7);
     // x = n·ln2 + r with |r| ≤ ln2/2, so e^x = 2ⁿ·e^r. Adding 1.5·2²³ rounds x·log2(e) to an
     // integer n that also sits in the low mantissa bits of `k`.
