@@ -9,6 +9,14 @@ echo "== MLP training (784-128-10, AdamW, batch 64, $T threads)"
 $L --threads "$T" bench mlp
 python3 tools/bench_mlp.py --threads "$T"
 echo
+echo "== GPT training (4 layers, d 256, 8 heads, ff 1024, batch 16 x 128, vocab 73, AdamW)"
+$L --threads "$T" bench gpt
+python3 tools/bench_gpt.py --mode train --threads "$T"
+echo
+echo "== GPT generation (batch 1, 200 tokens, KV cache)"
+$L --threads "$T" bench generate
+python3 tools/bench_gpt.py --mode generate --threads "$T"
+echo
 echo "== GEMM f32"
 $L --threads "$T" bench gemm
 python3 tools/bench_gemm.py --threads "$T"

@@ -103,20 +103,22 @@ fn eval_lm(a: &Args, dir: &std::path::Path) -> Result<()> {
             t + 2
         );
     }
-    let windows = (data.val.len() - 1) / t;
+    // Windows of `t` tokens spread evenly over the validation split, covering all of it.
     let batch = 16;
-    let loss = evaluate_lm(&mut model, &data.val, batch, t, windows.div_ceil(batch))?;
-    let tokens = windows.div_ceil(batch) * batch * t;
+    let batches = ((data.val.len() - 1) / t).div_ceil(batch);
+    let loss = evaluate_lm(&mut model, &data.val, batch, t, batches)?;
+    let windows = batches * batch;
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"val_loss": loss, "perplexity": loss.exp(), "tokens": tokens})
+            serde_json::json!({"val_loss": loss, "perplexity": loss.exp(), "windows": windows, "block_size": t})
         );
     } else {
         println!("model {}", dir.display());
         println!(
-            "validation loss {loss:.4}  perplexity {:.3}  ({tokens} tokens in windows of {t})",
-            loss.exp()
+            "validation loss {loss:.4}  perplexity {:.3}  ({windows} windows of {t} tokens over {} validation tokens)",
+            loss.exp(),
+            data.val.len()
         );
     }
     Ok(())

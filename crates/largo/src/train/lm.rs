@@ -62,14 +62,26 @@ pub fn load_or_prepare(cfg: &Config, run: &Path) -> Result<TokenData> {
     let prepared = run.join("data");
     if !prepared.join("meta.json").is_file() {
         let spec: TokenizerSpec = cfg.data.tokenizer.parse()?;
-        prepare_text(
+        let clean = CleanOptions::default();
+        let s = prepare_text(
             &[path],
             &spec,
             cfg.data.val_fraction,
-            &CleanOptions::default(),
+            &clean,
             cfg.run.seed,
             &prepared,
         )?;
+        let m = &s.meta;
+        eprintln!(
+            "prepared {} → {}: {} tokenizer, vocabulary {}, {} training tokens, {} validation tokens ({})",
+            cfg.data.path,
+            prepared.display(),
+            m.tokenizer,
+            m.vocab_size,
+            m.train_tokens,
+            m.val_tokens,
+            m.val_documents.join(", ")
+        );
     }
     TokenData::load(&prepared)
 }
