@@ -143,6 +143,10 @@ fn matmul_impl(
         }
         return;
     }
+    if m <= SMALL_M && ta == Trans::N {
+        small_m(tb, m, n, k, a, b, c, accumulate);
+        return;
+    }
     // Row-major strides (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
     let (a_cs, a_rs) = match ta {
         Trans::N => (1, k as isize),
@@ -213,6 +217,76 @@ fn matmul_impl(
             run(0);
         });
     }
+}
+
+/// At most this many rows of C go through `small_m` (decoding one token at a time).
+const SMALL_M: usize = 4;
+
+/// C for a few rows without packing: the GEMM libraries pack B on every call, which costs more
+/// than the arithmetic when A is a single row (measured with `largo bench generate`).
+#[allow(clippy::too_many_arguments)]
+fn small_m(
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    for (a_row, c_row) in a.chunks_exact(k).zip(c.chunks_exact_mut(n)).take(m) {
+        if !accumulate {
+            c_row.fill(0.0);
+        }
+        match tb {
+            // b is [n,k]: each output is a dot product of two contiguous rows.
+            Trans::T => {
+                use rayon::prelude::*;
+                // Large weight matrices are streamed by every thread, a slice of rows each.
+                let threads = rayon::current_num_threads();
+                let per = if n * k >= 1 << 16 {
+                    n.div_ceil(threads)
+                } else {
+                    n
+                };
+                c_row
+                    .par_chunks_mut(per)
+                    .zip(b[..n * k].par_chunks(per * k))
+                    .for_each(|(c_part, b_part)| {
+                        for (cv, b_row) in c_part.iter_mut().zip(b_part.chunks_exact(k)) {
+                            *cv += dot(a_row, b_row);
+                        }
+                    });
+            }
+            // b is [k,n]: accumulate a[p]·b[p,:] row by row.
+            Trans::N => {
+                for (&av, b_row) in a_row.iter().zip(b.chunks_exact(n)) {
+                    for (cv, &bv) in c_row.iter_mut().zip(b_row) {
+                        *cv += av * bv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums, so the loop vectorises.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (xs, ys) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += xs[i] * ys[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// One block on the calling thread with the `gemm` crate. Caller guarantees the extents.
