@@ -1,50 +1,10 @@
 //! Drives the real `largo` binary: train → resume → eval → classify, and every bad input.
 
+mod common;
+
+use common::{bundled_mnist, fails_with, largo, ok, repo};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn bundled_mnist() -> PathBuf {
-    repo().join("data/mnist-1k")
-}
-
-fn largo(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_largo"))
-        .current_dir(dir)
-        .args(["--threads", "2"])
-        .args(args)
-        .output()
-        .expect("run largo")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "largo failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, and stderr containing `needle`.
-#[track_caller]
-fn fails_with(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr:\n{stderr}"
-    );
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    assert!(
-        stderr.contains(needle),
-        "stderr lacks {needle:?}:\n{stderr}"
-    );
-}
+use std::process::Output;
 
 fn train_args<'a>(data: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<String> {
     let config = repo().join("configs/mnist-mlp.toml");

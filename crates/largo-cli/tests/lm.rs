@@ -1,42 +1,11 @@
 //! Drives the real binary through the language-model pipeline: prepare → train → generate →
 //! eval, for the GPT and the seed's Transformer, and every bad input the issue lists.
 
+mod common;
+
+use common::{fails_with, largo, ok};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn largo(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_largo"))
-        .current_dir(dir)
-        .args(["--threads", "2"])
-        .args(args)
-        .output()
-        .expect("run largo")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "largo failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-#[track_caller]
-fn fails_with(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1; stderr:\n{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    assert!(
-        stderr.contains(needle),
-        "stderr lacks {needle:?}:\n{stderr}"
-    );
-}
+use std::process::Output;
 
 /// Three small "plays" from the bundled corpus (the first 6 KB of each).
 fn corpus(dir: &Path) -> PathBuf {

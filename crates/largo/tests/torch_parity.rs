@@ -1,6 +1,9 @@
 //! Every kernel's forward and backward, the MLP and the optimisers against PyTorch.
 //! References come from `tools/gen_fixtures.py` (committed; CI never needs PyTorch).
 
+mod common;
+
+use common::assert_close;
 use largo::backend::*;
 use largo::io::TensorFile;
 use largo::models::{Mlp, MlpConfig};
@@ -21,25 +24,6 @@ fn fixtures(name: &str) -> TensorFile {
 
 fn t<'a>(f: &'a TensorFile, name: &str) -> &'a [f32] {
     &f.get(name).expect(name).data
-}
-
-/// max |got − want| / max |want|: the relative error over a whole tensor.
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want
-        .iter()
-        .fold(0f64, |m, &w| m.max(w.abs() as f64))
-        .max(1e-12);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    assert!(
-        err / scale <= tol,
-        "{what}: relative error {:.3e} > {tol:.0e}",
-        err / scale
-    );
 }
 
 const TOL: f64 = 1e-5;

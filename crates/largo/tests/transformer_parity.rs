@@ -1,6 +1,9 @@
 //! Attention, rotary and sinusoidal positions, the GPT and the seed's Transformer LM against
 //! PyTorch (references from `tools/gen_transformer_fixtures.py`).
 
+mod common;
+
+use common::assert_close;
 use largo::backend::*;
 use largo::io::TensorFile;
 use largo::models::{GptConfig, Positions, SeedTransformerConfig, TransformerLm};
@@ -19,24 +22,6 @@ fn t<'a>(f: &'a TensorFile, name: &str) -> &'a [f32] {
     &f.get(name)
         .unwrap_or_else(|_| panic!("fixture {name}"))
         .data
-}
-
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want
-        .iter()
-        .fold(0f64, |m, &w| m.max(w.abs() as f64))
-        .max(1e-12);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    assert!(
-        err / scale <= tol,
-        "{what}: relative error {:.3e} > {tol:.0e}",
-        err / scale
-    );
 }
 
 #[test]

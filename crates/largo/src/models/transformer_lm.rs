@@ -488,37 +488,42 @@ impl TransformerLm {
     }
 }
 
+impl TransformerLm {
+    /// Name prefixes of (embedding, learned positions, layers, head): nanoGPT's or PyTorch's.
+    fn names(&self) -> (&'static str, &'static str, &'static str, &'static str) {
+        if self.spec.style_gpt {
+            (
+                "transformer.wte",
+                "transformer.wpe",
+                "transformer.h",
+                "lm_head",
+            )
+        } else {
+            (
+                "embedding",
+                "pos_embedding",
+                "transformer_encoder.layers",
+                "decoder",
+            )
+        }
+    }
+}
+
 impl Module for TransformerLm {
     fn params(&self) -> Vec<(String, &Param)> {
-        let mut v = Vec::new();
-        if self.spec.style_gpt {
-            v.extend(prefixed("transformer.wte", self.wte.params()));
-            if let Some(wpe) = &self.wpe {
-                v.extend(prefixed("transformer.wpe", wpe.params()));
-            }
-            for (i, b) in self.blocks.iter().enumerate() {
-                v.extend(prefixed(&format!("transformer.h.{i}"), b.params()));
-            }
-            if let Some(ln) = &self.ln_f {
-                v.extend(prefixed("transformer.ln_f", ln.params()));
-            }
-            if let Some(h) = &self.head {
-                v.extend(prefixed("lm_head", h.params()));
-            }
-        } else {
-            v.extend(prefixed("embedding", self.wte.params()));
-            if let Some(wpe) = &self.wpe {
-                v.extend(prefixed("pos_embedding", wpe.params()));
-            }
-            for (i, b) in self.blocks.iter().enumerate() {
-                v.extend(prefixed(
-                    &format!("transformer_encoder.layers.{i}"),
-                    b.params(),
-                ));
-            }
-            if let Some(h) = &self.head {
-                v.extend(prefixed("decoder", h.params()));
-            }
+        let (emb, pos, layers, head) = self.names();
+        let mut v = prefixed(emb, self.wte.params());
+        if let Some(wpe) = &self.wpe {
+            v.extend(prefixed(pos, wpe.params()));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            v.extend(prefixed(&format!("{layers}.{i}"), b.params()));
+        }
+        if let Some(ln) = &self.ln_f {
+            v.extend(prefixed("transformer.ln_f", ln.params()));
+        }
+        if let Some(h) = &self.head {
+            v.extend(prefixed(head, h.params()));
         }
         v
     }

@@ -37,6 +37,27 @@ pub struct TrainState {
     pub finished: bool,
 }
 
+impl TrainState {
+    /// The state of a run that has not taken a step yet.
+    pub fn start(seed: u64, data_rng: Option<Rng>, normalization: Option<Normalization>) -> Self {
+        TrainState {
+            step: 0,
+            epoch: 0,
+            next_batch: 0,
+            dropout_rng: Rng::for_stream(seed, crate::rng::stream::DROPOUT),
+            data_rng,
+            normalization,
+            best_metric: None,
+            best_epoch: None,
+            epochs_without_improvement: 0,
+            epoch_loss_sum: 0.0,
+            epoch_correct: 0,
+            epoch_samples: 0,
+            finished: false,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Latest {
     step: u64,

@@ -142,21 +142,7 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
         state
     } else {
         model.init(&mut Rng::for_stream(seed, stream::INIT));
-        TrainState {
-            step: 0,
-            epoch: 0,
-            next_batch: 0,
-            dropout_rng: Rng::for_stream(seed, stream::DROPOUT),
-            data_rng: Some(Rng::for_stream(seed, stream::SHUFFLE)),
-            normalization: None,
-            best_metric: None,
-            best_epoch: None,
-            epochs_without_improvement: 0,
-            epoch_loss_sum: 0.0,
-            epoch_correct: 0,
-            epoch_samples: 0,
-            finished: false,
-        }
+        TrainState::start(seed, Some(Rng::for_stream(seed, stream::SHUFFLE)), None)
     };
     eprintln!("{} parameters", crate::nn::Module::num_params(&model));
     crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;

@@ -114,21 +114,7 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
         state
     } else {
         model.init(&mut Rng::for_stream(seed, stream::INIT));
-        TrainState {
-            step: 0,
-            epoch: 0,
-            next_batch: 0,
-            dropout_rng: Rng::for_stream(seed, stream::DROPOUT),
-            data_rng: None,
-            normalization: Some(Normalization::fit(&data, &train_idx)),
-            best_metric: None,
-            best_epoch: None,
-            epochs_without_improvement: 0,
-            epoch_loss_sum: 0.0,
-            epoch_correct: 0,
-            epoch_samples: 0,
-            finished: false,
-        }
+        TrainState::start(seed, None, Some(Normalization::fit(&data, &train_idx)))
     };
     crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut log = MetricsLog::open(
