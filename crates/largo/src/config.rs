@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// Stop after this many optimiser steps (0: run all epochs); a checkpoint is written there.
     /// For language models: the length of the run.
     pub max_steps: u64,
+    /// End this session at this step with a checkpoint, without changing the schedule (which
+    /// `max_steps` sets for language models); `--resume` continues. 0: off.
+    pub stop_at: u64,
     /// Language models: validate (and checkpoint) every N steps, on `eval_batches` batches.
     pub eval_every: u64,
     pub eval_batches: usize,
@@ -112,6 +115,7 @@ impl Default for Config {
                 clip_grad_norm: 1.0,
                 label_smoothing: 0.0,
                 max_steps: 1200,
+                stop_at: 0,
                 eval_every: 200,
                 eval_batches: 16,
                 log_every: 10,

@@ -248,8 +248,20 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
             }
             checkpoint::save(run, &state, &model, &opt, tr.keep_checkpoints)?;
             super::plot::plot_run(run)?;
-        } else if tr.checkpoint_every > 0 && state.step % tr.checkpoint_every == 0 {
+        } else if (tr.checkpoint_every > 0 && state.step % tr.checkpoint_every == 0)
+            || state.step == tr.stop_at
+        {
             checkpoint::save(run, &state, &model, &opt, tr.keep_checkpoints)?;
+        }
+        if state.step == tr.stop_at {
+            say(
+                &bar,
+                format!(
+                    "stopped at step {} (train.stop_at); continue with --resume",
+                    state.step
+                ),
+            );
+            break;
         }
     }
     bar.finish_and_clear();

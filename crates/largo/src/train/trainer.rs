@@ -232,7 +232,7 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
             }
             bar.set_position(state.step);
 
-            let at_max = t.max_steps > 0 && state.step >= t.max_steps;
+            let at_max = (t.max_steps > 0 && state.step >= t.max_steps) || state.step == t.stop_at;
             if state.next_batch < micro.len()
                 && (at_max || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0))
             {
@@ -300,7 +300,7 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
         }
         checkpoint::save(&run, &state, &model, &opt, t.keep_checkpoints)?;
         super::plot::plot_run(&run)?;
-        if t.max_steps > 0 && state.step >= t.max_steps {
+        if (t.max_steps > 0 && state.step >= t.max_steps) || state.step == t.stop_at {
             break;
         }
     }
