@@ -425,8 +425,8 @@ impl TransformerLm {
             ln.backward(last, &s.g_a, rows, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
         }
-        for block in self.blocks.iter_mut().rev() {
-            block.backward(&s.g_a, &mut s.g_b);
+        for (l, block) in self.blocks.iter_mut().enumerate().rev() {
+            block.backward(&s.xs[l], &s.g_a, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
         }
         let p = if s.train { self.spec.dropout } else { 0.0 };

@@ -33,7 +33,6 @@ pub struct Block {
 #[derive(Clone, Debug, Default)]
 struct Saved {
     rows: usize,
-    x: Vec<f32>,
     /// Input of attention (ln1(x) in pre-norm, x in post-norm is `x` itself).
     h1: Vec<f32>,
     attn_out: Vec<f32>,
@@ -122,7 +121,6 @@ impl Block {
         s.train = train;
         s.seeds = (seed, seed ^ 0x5851_F42D_4C95_7F2D);
         for buf in [
-            &mut s.x,
             &mut s.h1,
             &mut s.attn_out,
             &mut s.mid,
@@ -133,12 +131,11 @@ impl Block {
         ] {
             ensure_len(buf, n);
         }
-        s.x.copy_from_slice(&x[..n]);
         if self.norm_first {
-            self.ln1.forward(&s.x, rows, &mut s.h1);
+            self.ln1.forward(&x[..n], rows, &mut s.h1);
             self.attn.forward(&s.h1, b, t, key_padding, &mut s.attn_out);
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
-            add(&s.x, &s.attn_out, &mut s.mid);
+            add(&x[..n], &s.attn_out, &mut s.mid);
             self.ln2.forward(&s.mid, rows, &mut s.h2);
             self.s = s;
             let mut out = std::mem::take(&mut self.s.mlp_out);
@@ -149,9 +146,10 @@ impl Block {
             self.s.h2 = h2;
             self.s.mlp_out = out;
         } else {
-            self.attn.forward(&s.x, b, t, key_padding, &mut s.attn_out);
+            self.attn
+                .forward(&x[..n], b, t, key_padding, &mut s.attn_out);
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
-            add(&s.x, &s.attn_out, &mut s.mid);
+            add(&x[..n], &s.attn_out, &mut s.mid);
             self.ln1.forward(&s.mid, rows, &mut s.mid_norm);
             self.s = s;
             let mut out = std::mem::take(&mut self.s.mlp_out);
@@ -167,10 +165,11 @@ impl Block {
         }
     }
 
-    /// dy [B,T,C] → dx [B,T,C], adding into every parameter's grad.
-    pub fn backward(&mut self, dy: &[f32], dx: &mut [f32]) {
+    /// dy [B,T,C] → dx [B,T,C], adding into every parameter's grad. `x` is forward's input
+    /// (the model keeps the residual stream, so the block does not copy it).
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let rows = self.s.rows;
-        let n = self.s.x.len();
+        let n = self.s.mid.len();
         let p = if self.s.train { self.dropout } else { 0.0 };
         let (seed_attn, seed_mlp) = self.s.seeds;
         let mut g1 = std::mem::take(&mut self.s.g1);
@@ -196,7 +195,7 @@ impl Block {
             let mut d_h1 = std::mem::take(&mut self.s.mid_norm);
             ensure_len(&mut d_h1, n);
             self.attn.backward(&h1, &g2, &mut d_h1);
-            self.ln1.backward(&self.s.x, &d_h1, rows, &mut dx[..n]);
+            self.ln1.backward(&x[..n], &d_h1, rows, &mut dx[..n]);
             add_assign(&mut dx[..n], &g1);
             self.s.h1 = h1;
             self.s.mid_norm = d_h1;
@@ -219,10 +218,8 @@ impl Block {
             self.s.h2 = d_h;
             g2.copy_from_slice(&g1);
             dropout_backward(&mut g2, p, seed_attn);
-            let x = std::mem::take(&mut self.s.x);
-            self.attn.backward(&x, &g2, &mut dx[..n]);
+            self.attn.backward(&x[..n], &g2, &mut dx[..n]);
             add_assign(&mut dx[..n], &g1);
-            self.s.x = x;
         }
         self.s.g1 = g1;
         self.s.g2 = g2;

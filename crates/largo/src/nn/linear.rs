@@ -88,11 +88,7 @@ impl Linear {
             true,
         );
         if let Some(b) = &mut self.bias {
-            for row in dy[..rows * o].chunks_exact(o) {
-                for (g, &d) in b.grad.iter_mut().zip(row) {
-                    *g += d;
-                }
-            }
+            crate::backend::add_bias_grad(&dy[..rows * o], o, &mut b.grad);
         }
     }
 }

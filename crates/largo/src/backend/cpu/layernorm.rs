@@ -78,15 +78,19 @@ pub fn layernorm_backward(
                 }
             }
         });
-    // Parameter gradients: a serial sum over rows keeps the result deterministic.
-    for ((x, dy), (&mu, &s)) in x
-        .chunks_exact(c)
-        .zip(dy.chunks_exact(c))
-        .zip(mean.iter().zip(rstd))
-    {
-        for (((dw, db), &x), &dy) in dweight.iter_mut().zip(dbias.iter_mut()).zip(x).zip(dy) {
-            *dw += dy * (x - mu) * s;
-            *db += dy;
+    // Parameter gradients: column sums over rows (deterministic for any thread count).
+    let rows = mean.len().min(x.len() / c);
+    super::add_column_sums(dweight, c, rows, |r, cols, out| {
+        let (mu, s) = (mean[r], rstd[r]);
+        let base = r * c;
+        for (j, dw) in cols.zip(out.iter_mut()) {
+            *dw += dy[base + j] * (x[base + j] - mu) * s;
         }
-    }
+    });
+    super::add_column_sums(dbias, c, rows, |r, cols, out| {
+        let base = r * c;
+        for (j, db) in cols.zip(out.iter_mut()) {
+            *db += dy[base + j];
+        }
+    });
 }

@@ -17,6 +17,37 @@ pub use gemm::*;
 pub use layernorm::*;
 pub use loss::*;
 
+/// acc[j] += Σ_rows f(row)[j] for rows of `cols` values: each thread owns a range of columns and
+/// walks every row, so the sum order (and the result) does not depend on the thread count.
+pub(crate) fn add_column_sums(
+    acc: &mut [f32],
+    cols: usize,
+    rows: usize,
+    term: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    let per = cols.div_ceil(rayon::current_num_threads()).max(64);
+    acc[..cols]
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(part, out)| {
+            let start = part * per;
+            for r in 0..rows {
+                term(r, start..start + out.len(), out);
+            }
+        });
+}
+
+/// dbias += Σ over rows of dy [rows, cols].
+pub fn add_bias_grad(dy: &[f32], cols: usize, dbias: &mut [f32]) {
+    add_column_sums(dbias, cols, dy.len() / cols, |r, range, out| {
+        let row = &dy[r * cols..(r + 1) * cols];
+        for (g, &d) in out.iter_mut().zip(&row[range]) {
+            *g += d;
+        }
+    });
+}
+
 /// Rows per rayon task for row-wise kernels: big enough to amortise scheduling.
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     (16 * 1024 / cols.max(1)).max(1)
