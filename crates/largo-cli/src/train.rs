@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
             // Never train over an existing run: number the new one, as Lightning's versions do.
             let base = cfg.run.name.clone();
             let mut n = 1;
-            while largo::train::trainer::run_dir(&cfg).exists() {
+            while largo::train::run_dir(&cfg).exists() {
                 n += 1;
                 cfg.run.name = format!("{base}-{n}");
             }
@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         "training {} on {}  →  {}",
         cfg.model.arch,
         cfg.data.path,
-        largo::train::trainer::run_dir(&cfg).display()
+        largo::train::run_dir(&cfg).display()
     );
     let out = train(
         &cfg,

@@ -5,7 +5,7 @@
 use super::checkpoint::{self, TrainState};
 use super::metrics::{MetricsLog, Record};
 use super::optim::Optimizer;
-use super::trainer::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
+use super::session::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};

@@ -1,94 +1,26 @@
-//! The training loop: batches → forward → loss → backward → clip → optimiser step, with
-//! validation each epoch, metrics, checkpoints that resume exactly, `best/` and early stopping.
+//! The classifier loop (the MLP on MNIST): epochs of shuffled mini-batches, validation after
+//! each epoch, `best/` by the validation metric, early stopping, checkpoints that resume exactly.
 
 use super::checkpoint::{self, TrainState};
 use super::metrics::{MetricsLog, Record};
-use super::optim::{clip_grad_norm, grad_norm, Optimizer};
+use super::optim::Optimizer;
+use super::session::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, split_indices, Mnist, Normalization};
 use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::Mlp;
-use crate::nn::Module;
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-pub struct TrainOptions {
-    /// Continue the run in `run_dir` from its latest checkpoint.
-    pub resume: bool,
-    pub progress: bool,
-}
-
-#[derive(Debug)]
-pub struct TrainOutcome {
-    pub run_dir: PathBuf,
-    pub steps: u64,
-    pub epochs_run: usize,
-    pub best_metric: Option<f64>,
-    pub best_epoch: Option<usize>,
-    pub last_val_loss: f64,
-    pub last_val_accuracy: f64,
-    pub stopped_early: bool,
-}
-
-pub fn run_dir(cfg: &Config) -> PathBuf {
-    Path::new(&cfg.run.out_dir).join(&cfg.run.name)
-}
-
-/// Trains `cfg`'s model in `run_dir(cfg)`; with `resume`, continues from its latest checkpoint.
-pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
-    let run = run_dir(cfg);
-    if !opts.resume && run.join("metrics.jsonl").exists() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a run: continue it with `largo train --resume {}`, or pick another name with --set run.name=…",
-            run.display(),
-            run.display()
-        )));
-    }
-    let existed = run.exists();
-    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
-    let result = if cfg.is_lm() {
-        super::lm::train_lm(cfg, opts, &run)
-    } else {
-        train_classifier(cfg, opts, &run)
-    };
-    // A run that failed before its first checkpoint leaves nothing behind.
-    if result.is_err() && !existed && !super::checkpoint::checkpoints_dir(&run).exists() {
-        let _ = std::fs::remove_dir_all(&run);
-    }
-    result
-}
-
-/// One optimiser step after gradients are summed: clip (or measure) the global norm, take the
-/// schedule's rate, update, zero the gradients. Returns (grad norm before clipping, lr).
-pub(crate) fn optimizer_step(
+pub(crate) fn train_classifier(
     cfg: &Config,
-    model: &mut dyn Module,
-    opt: &mut Optimizer,
-    state: &TrainState,
-    total_steps: u64,
+    opts: &TrainOptions,
     run: &Path,
-) -> Result<(f64, f64)> {
-    let mut params = model.params_mut();
-    let norm = if cfg.train.clip_grad_norm > 0.0 {
-        clip_grad_norm(&mut params, cfg.train.clip_grad_norm)
-    } else {
-        grad_norm(&params)
-    };
-    if !norm.is_finite() {
-        return Err(non_finite(run, "gradient norm", norm, state));
-    }
-    let lr = cfg.schedule.lr_at(cfg.optim.lr, state.step, total_steps);
-    opt.step(params, lr as f32);
-    model.zero_grad();
-    Ok((norm, lr))
-}
-
-fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<TrainOutcome> {
+) -> Result<TrainOutcome> {
     let run = run.to_path_buf();
 
     let data = Mnist::load(Path::new(&cfg.data.path), cfg.mlp.classes)?;
@@ -316,39 +248,4 @@ fn train_classifier(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<Tra
         last_val_accuracy: last_val.1,
         stopped_early,
     })
-}
-
-pub(crate) fn non_finite(run: &Path, what: &str, value: f64, state: &TrainState) -> Error {
-    let last = checkpoint::latest(run)
-        .map(|(d, _)| format!("the last good checkpoint is kept at {}", d.display()))
-        .unwrap_or_else(|_| "no checkpoint had been written yet".into());
-    Error::NonFinite(format!(
-        "training stopped: the {what} became {value} at step {} (epoch {}); {last}. Try a lower optim.lr or set train.clip_grad_norm",
-        state.step + 1,
-        state.epoch + 1
-    ))
-}
-
-pub(crate) fn progress_bar(enabled: bool, total: u64, pos: u64) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} ETA {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(pos);
-    bar
-}
-
-/// Epoch summaries go above the bar, or straight to stderr when there is no bar.
-pub(crate) fn say(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
 }
