@@ -6,8 +6,6 @@
 
 use crate::models::{GptConfig, MlpConfig, Positions, SeedTransformerConfig};
 use crate::nn::Activation;
-use crate::train::optim::OptimConfig;
-use crate::train::schedule::ScheduleConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -221,6 +219,104 @@ impl Config {
         }
         self.optim.validate()?;
         self.schedule.validate()?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    /// "adamw" or "sgd".
+    pub kind: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Skip weight decay for 1-D parameters (biases, norms), as nanoGPT and Hugging Face do.
+    pub no_decay_1d: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            kind: "adamw".into(),
+            lr: 1e-3,
+            weight_decay: 0.01,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            no_decay_1d: false,
+        }
+    }
+}
+
+impl OptimConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !["adamw", "sgd"].contains(&self.kind.as_str()) {
+            return bad(format!(
+                "optim.kind = {:?}: expected \"adamw\" or \"sgd\"",
+                self.kind
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad(format!(
+                "optim.lr = {} must be a finite number ≥ 0",
+                self.lr
+            ));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
+        }
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return bad("optim.nesterov needs momentum > 0 and dampening = 0 (as PyTorch)".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleConfig {
+    /// "constant", "step", "linear" or "cosine".
+    pub kind: String,
+    /// Linear ramp from lr/warmup to lr over the first steps.
+    pub warmup_steps: u64,
+    /// Floor of the linear and cosine decays.
+    pub min_lr: f64,
+    /// "step": multiply by `gamma` every `step_size` steps.
+    pub step_size: u64,
+    pub gamma: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            kind: "cosine".into(),
+            warmup_steps: 0,
+            min_lr: 0.0,
+            step_size: 1000,
+            gamma: 0.1,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !["constant", "step", "linear", "cosine"].contains(&self.kind.as_str()) {
+            return Err(Error::Config(format!(
+                "schedule.kind = {:?}: expected one of constant, step, linear, cosine",
+                self.kind
+            )));
+        }
+        if self.kind == "step" && self.step_size == 0 {
+            return Err(Error::Config("schedule.step_size must be ≥ 1".into()));
+        }
         Ok(())
     }
 }

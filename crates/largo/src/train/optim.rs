@@ -1,69 +1,11 @@
 //! Optimisers with `torch.optim` semantics: SGD (momentum, dampening, Nesterov, L2 weight decay)
 //! and AdamW (decoupled weight decay, bias-corrected moments). Plus global-norm clipping.
 
+pub use crate::config::OptimConfig;
 use crate::nn::Param;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OptimConfig {
-    /// "adamw" or "sgd".
-    pub kind: String,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    pub dampening: f64,
-    pub nesterov: bool,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Skip weight decay for 1-D parameters (biases, norms), as nanoGPT and Hugging Face do.
-    pub no_decay_1d: bool,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        OptimConfig {
-            kind: "adamw".into(),
-            lr: 1e-3,
-            weight_decay: 0.01,
-            momentum: 0.0,
-            dampening: 0.0,
-            nesterov: false,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            no_decay_1d: false,
-        }
-    }
-}
-
-impl OptimConfig {
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if !["adamw", "sgd"].contains(&self.kind.as_str()) {
-            return bad(format!(
-                "optim.kind = {:?}: expected \"adamw\" or \"sgd\"",
-                self.kind
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return bad(format!(
-                "optim.lr = {} must be a finite number ≥ 0",
-                self.lr
-            ));
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
-        }
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return bad("optim.nesterov needs momentum > 0 and dampening = 0 (as PyTorch)".into());
-        }
-        Ok(())
-    }
-}
 
 /// Per-parameter state: SGD's momentum buffer in `m`; Adam's first and second moments.
 #[derive(Clone, Debug, Default)]
