@@ -10,8 +10,10 @@ pub struct Args {
     /// A language-model directory, or a run directory (uses its best/ model).
     #[arg(long)]
     model: PathBuf,
+    /// Text to continue; a prompt longer than the context keeps its end.
     #[arg(long)]
     prompt: String,
+    /// New tokens to generate.
     #[arg(long, default_value_t = 300)]
     max_tokens: usize,
     /// 0: greedy.
@@ -23,6 +25,7 @@ pub struct Args {
     /// Nucleus sampling: the smallest set of tokens reaching this probability.
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
+    /// Seeds the sampling: the same seed gives the same text.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Stop when this text is generated (repeatable); it is not printed.

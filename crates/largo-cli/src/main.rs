@@ -38,7 +38,7 @@ enum Command {
     Generate(generate::Args),
     /// Classify digit images (PNG/JPEG) with a trained MLP.
     Classify(classify::Args),
-    /// Measure speed: `gemm` or `mlp`.
+    /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
     Bench(bench::Args),
 }
 
