@@ -34,6 +34,9 @@ pub struct TrainState {
     pub epoch_loss_sum: f64,
     pub epoch_correct: u64,
     pub epoch_samples: u64,
+    /// Language models: mean training loss of the latest logging window (shown at validation).
+    #[serde(default)]
+    pub last_train_loss: Option<f64>,
     pub finished: bool,
 }
 
@@ -53,6 +56,7 @@ impl TrainState {
             epoch_loss_sum: 0.0,
             epoch_correct: 0,
             epoch_samples: 0,
+            last_train_loss: None,
             finished: false,
         }
     }

@@ -199,7 +199,7 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
                 samples_per_sec: tokens_per_sec,
             })?;
             bar.set_message(format!("loss {loss:.4}  {tokens_per_sec:.0} tokens/s"));
-            state.epoch_loss_sum = loss;
+            state.last_train_loss = Some(loss);
             (win_loss, win_norm, win_steps) = (0.0, 0.0, 0);
             win_start = Instant::now();
         }
@@ -208,7 +208,7 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
             state.step == total || (tr.eval_every > 0 && state.step % tr.eval_every == 0);
         if eval_now {
             let val = evaluate_lm(&mut model, &data.val, b, t, tr.eval_batches.max(1))?;
-            let train_loss = state.epoch_loss_sum;
+            let train_loss = state.last_train_loss.unwrap_or(step_loss);
             log.write(&Record::Eval {
                 step: state.step,
                 train_loss,
