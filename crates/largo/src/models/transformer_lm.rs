@@ -233,6 +233,7 @@ impl TransformerLm {
                 );
                 b.activation = spec.activation;
                 b.dropout = spec.dropout;
+                b.attn.dropout = spec.dropout;
                 b
             })
             .collect();

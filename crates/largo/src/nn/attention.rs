@@ -1,7 +1,7 @@
 use super::{Linear, Module, Param};
 use crate::backend::{
     attention_backward, attention_forward, merge_heads, merge_qkv_heads, rope_backward,
-    rope_forward, rope_tables, split_heads, split_qkv_heads, AttnShape,
+    rope_forward, rope_tables, split_heads, split_qkv_heads, AttnDropout, AttnShape,
 };
 use crate::tensor::ensure_len;
 
@@ -16,6 +16,8 @@ pub struct MultiHeadAttention {
     pub causal: bool,
     /// Rotary position embeddings applied to q and k.
     pub rotary: bool,
+    /// Dropout on the attention probabilities (training only).
+    pub dropout: f32,
     saved: Saved,
 }
 
@@ -23,7 +25,7 @@ pub struct MultiHeadAttention {
 #[derive(Clone, Debug, Default)]
 struct Saved {
     shape: Option<AttnShape>,
-    padding: Option<Vec<u8>>,
+    drop: Option<AttnDropout>,
     qkv: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -51,6 +53,7 @@ impl MultiHeadAttention {
             heads,
             causal,
             rotary,
+            dropout: 0.0,
             saved: Saved::default(),
         }
     }
@@ -60,14 +63,26 @@ impl MultiHeadAttention {
     }
 
     /// x [B,T,C] → out [B,T,C]. `key_padding` [B,T]: non-zero marks padding to ignore.
+    /// With `train`, attention probabilities are dropped with `self.dropout` (mask from `seed`).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         x: &[f32],
         b: usize,
         t: usize,
         key_padding: Option<&[u8]>,
+        train: bool,
+        seed: u64,
         out: &mut [f32],
     ) {
+        let drop = if train && self.dropout > 0.0 {
+            AttnDropout {
+                p: self.dropout,
+                seed,
+            }
+        } else {
+            AttnDropout::NONE
+        };
         let c = self.channels();
         let shape = AttnShape::new(b, self.heads, t, c / self.heads);
         let s = &mut self.saved;
@@ -91,13 +106,14 @@ impl MultiHeadAttention {
             shape,
             self.causal,
             key_padding,
+            drop,
             &mut s.att,
             &mut s.o,
         );
         merge_heads(&s.o, shape, &mut s.merged);
         self.proj.forward(&s.merged, b * t, out);
         s.shape = Some(shape);
-        s.padding = key_padding.map(|p| p.to_vec());
+        s.drop = Some(drop);
     }
 
     /// Adds parameter gradients; writes dx [B,T,C]. `x` is forward's input.
@@ -121,6 +137,7 @@ impl MultiHeadAttention {
             &s.att,
             &s.d_o,
             shape,
+            s.drop.unwrap_or(AttnDropout::NONE),
             &mut s.d_att,
             &mut s.dq,
             &mut s.dk,
@@ -176,6 +193,7 @@ impl MultiHeadAttention {
             shape,
             self.causal,
             None,
+            AttnDropout::NONE,
             &mut att,
             &mut o,
         );

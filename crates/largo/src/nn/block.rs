@@ -79,22 +79,34 @@ impl Block {
         }
     }
 
+    /// Dropout on the feed-forward hidden layer: `nn.TransformerEncoderLayer` has it, nanoGPT not.
+    fn hidden_dropout(&self) -> f32 {
+        match (self.style, self.s.train) {
+            (BlockStyle::TorchEncoder, true) => self.dropout,
+            _ => 0.0,
+        }
+    }
+
     fn mlp_forward(&mut self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let p = self.hidden_dropout();
         let s = &mut self.s;
         let f = self.fc.out_features;
         ensure_len(&mut s.pre_act, rows * f);
         ensure_len(&mut s.act, rows * f);
         self.fc.forward(x, rows, &mut s.pre_act);
         self.activation.forward(&s.pre_act, &mut s.act);
+        dropout_forward(&mut s.act, p, s.seeds.1 ^ HIDDEN_SEED);
         self.proj.forward(&s.act, rows, out);
     }
 
     /// Adds into parameter grads; writes dx of the MLP's input into `dx`.
     fn mlp_backward(&mut self, x: &[f32], dout: &[f32], rows: usize, dx: &mut [f32]) {
+        let p = self.hidden_dropout();
         let s = &mut self.s;
         ensure_len(&mut s.g_wide, s.act.len());
         ensure_len(&mut s.g_wide2, s.act.len());
         self.proj.backward(&s.act, dout, rows, Some(&mut s.g_wide));
+        dropout_backward(&mut s.g_wide, p, s.seeds.1 ^ HIDDEN_SEED);
         self.activation
             .backward(&s.pre_act, &s.g_wide, &mut s.g_wide2);
         self.fc.backward(x, &s.g_wide2, rows, Some(dx));
@@ -133,7 +145,15 @@ impl Block {
         }
         if self.norm_first {
             self.ln1.forward(&x[..n], rows, &mut s.h1);
-            self.attn.forward(&s.h1, b, t, key_padding, &mut s.attn_out);
+            self.attn.forward(
+                &s.h1,
+                b,
+                t,
+                key_padding,
+                train,
+                s.seeds.0 ^ ATTN_SEED,
+                &mut s.attn_out,
+            );
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
             add(&x[..n], &s.attn_out, &mut s.mid);
             self.ln2.forward(&s.mid, rows, &mut s.h2);
@@ -146,8 +166,15 @@ impl Block {
             self.s.h2 = h2;
             self.s.mlp_out = out;
         } else {
-            self.attn
-                .forward(&x[..n], b, t, key_padding, &mut s.attn_out);
+            self.attn.forward(
+                &x[..n],
+                b,
+                t,
+                key_padding,
+                train,
+                s.seeds.0 ^ ATTN_SEED,
+                &mut s.attn_out,
+            );
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
             add(&x[..n], &s.attn_out, &mut s.mid);
             self.ln1.forward(&s.mid, rows, &mut s.mid_norm);
@@ -254,6 +281,11 @@ impl Block {
         }
     }
 }
+
+/// Separates the hidden-layer mask from the residual one drawn from the same seed.
+const HIDDEN_SEED: u64 = 0x2545_F491_4F6C_DD1D;
+/// Separates the attention-probability mask from the residual one.
+const ATTN_SEED: u64 = 0x9E6C_63D0_676A_9A99;
 
 fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {

@@ -170,6 +170,7 @@ pub fn attention_forward(
     s: AttnShape,
     causal: bool,
     key_padding: Option<&[u8]>,
+    dropout: AttnDropout,
     att: &mut [f32],
     o: &mut [f32],
 ) {
@@ -193,9 +194,36 @@ pub fn attention_forward(
                 future.fill(0.0);
                 softmax_row(live, scale, pad.map(|p| &p[..limit]));
             }
-            // O = P·V [T,D].
-            matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);
+            // O = P·V [T,D], with dropout on P when training (att keeps P for backward).
+            if dropout.p > 0.0 {
+                let mut dropped = att.to_vec();
+                dropout.apply(&mut dropped, bh * t * tk);
+                matmul_serial(Trans::N, Trans::N, t, d, tk, &dropped, vh, o, false);
+            } else {
+                matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);
+            }
         });
+}
+
+/// Dropout on attention probabilities (PyTorch's `attn_dropout` / `MultiheadAttention(dropout)`),
+/// with a counter-based mask that backward regenerates.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl AttnDropout {
+    pub const NONE: AttnDropout = AttnDropout { p: 0.0, seed: 0 };
+
+    /// Scales kept entries by 1/(1−p) and zeroes the others; `offset` is the block's first index.
+    fn apply(&self, x: &mut [f32], offset: usize) {
+        let scale = 1.0 / (1.0 - self.p);
+        for (i, v) in x.iter_mut().enumerate() {
+            let keep = crate::rng::hash_uniform(self.seed, (offset + i) as u64) >= self.p;
+            *v = if keep { *v * scale } else { 0.0 };
+        }
+    }
 }
 
 /// Backward of `attention_forward` (training: Tk = T). `datt` [B,H,T,T] is scratch.
@@ -208,6 +236,7 @@ pub fn attention_backward(
     att: &[f32],
     dout: &[f32],
     s: AttnShape,
+    dropout: AttnDropout,
     datt: &mut [f32],
     dq: &mut [f32],
     dk: &mut [f32],
@@ -229,7 +258,15 @@ pub fn attention_backward(
             );
             let p = &att[bh * t * t..(bh + 1) * t * t];
             matmul_serial(Trans::N, Trans::T, t, t, d, doh, vh, ds, false);
-            matmul_serial(Trans::T, Trans::N, t, d, t, p, doh, dv, false);
+            if dropout.p > 0.0 {
+                // O used D(P): dV = D(P)ᵀ·dO, and dP = D(dP) through the same mask.
+                let mut dropped = p.to_vec();
+                dropout.apply(&mut dropped, bh * t * t);
+                matmul_serial(Trans::T, Trans::N, t, d, t, &dropped, doh, dv, false);
+                dropout.apply(ds, bh * t * t);
+            } else {
+                matmul_serial(Trans::T, Trans::N, t, d, t, p, doh, dv, false);
+            }
             // Softmax backward, row by row; the 1/√D of the scores folds in here.
             for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
                 let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
