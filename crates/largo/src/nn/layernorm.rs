@@ -31,25 +31,23 @@ impl LayerNorm {
 
     /// x, y: [rows, dim]. Keeps mean and 1/σ of each row for backward.
     pub fn forward(&mut self, x: &[f32], rows: usize, y: &mut [f32]) {
-        ensure_len(&mut self.mean, rows);
-        ensure_len(&mut self.rstd, rows);
-        let c = self.dim();
-        layernorm_forward(
-            &x[..rows * c],
-            &self.weight.value.data,
-            &self.bias.value.data,
-            self.eps,
-            c,
-            &mut y[..rows * c],
-            &mut self.mean,
-            &mut self.rstd,
+        let (mut mean, mut rstd) = (
+            std::mem::take(&mut self.mean),
+            std::mem::take(&mut self.rstd),
         );
+        ensure_len(&mut mean, rows);
+        ensure_len(&mut rstd, rows);
+        self.normalize(x, rows, y, &mut mean, &mut rstd);
+        (self.mean, self.rstd) = (mean, rstd);
     }
 
     /// Inference: the same result as `forward`, keeping nothing for backward.
     pub fn infer(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        self.normalize(x, rows, y, &mut vec![0.0; rows], &mut vec![0.0; rows]);
+    }
+
+    fn normalize(&self, x: &[f32], rows: usize, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
         let c = self.dim();
-        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
         layernorm_forward(
             &x[..rows * c],
             &self.weight.value.data,
@@ -57,8 +55,8 @@ impl LayerNorm {
             self.eps,
             c,
             &mut y[..rows * c],
-            &mut mean,
-            &mut rstd,
+            mean,
+            rstd,
         );
     }
 
