@@ -10,6 +10,8 @@ enum What {
     Gpt,
     /// GPT generation tokens/s, batch 1, 200 tokens, KV cache.
     Generate,
+    /// Sentence embeddings/s of a BERT model (--model) on sentences of 10-60 words.
+    Embed,
 }
 
 #[derive(clap::Args)]
@@ -25,6 +27,18 @@ pub struct Args {
     /// Vocabulary of the GPT benchmarks (73: the character set of the comparison corpus).
     #[arg(long, default_value_t = 73)]
     vocab: usize,
+    /// Model directory for `embed`.
+    #[arg(long, default_value = "../shared/models/all-MiniLM-L6-v2")]
+    model: std::path::PathBuf,
+    /// Folder of .txt files the `embed` sentences are cut from.
+    #[arg(long, default_value = "data/shakespeare")]
+    corpus: std::path::PathBuf,
+    /// Sentences for `embed`.
+    #[arg(long, default_value_t = 512)]
+    sentences: usize,
+    /// Batch size for `embed`.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -47,6 +61,17 @@ pub fn run(a: Args) -> Result<()> {
         What::Generate => {
             let tps = largo::bench::bench_gpt_generate(a.vocab.max(2), 200)?;
             println!("largo gpt generate: {tps:.0} tokens/s (200 tokens, batch 1, KV cache, {threads} threads)");
+        }
+        What::Embed => {
+            let encoder = largo::models::sentence::SentenceEncoder::load(&a.model)?;
+            let sentences = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
+            let sps = largo::bench::bench_embed(&encoder, &sentences, a.batch.max(1), 3)?;
+            println!(
+                "largo embed: {sps:.1} sentences/s ({} sentences of 10-60 words, batch {}, {threads} threads)",
+                sentences.len(),
+                a.batch
+            );
+            println!("peak RSS: {:.0} MB", largo::bench::peak_rss_mb());
         }
     }
     Ok(())

@@ -2,8 +2,10 @@
 
 mod bench;
 mod classify;
+mod embed;
 mod eval;
 mod generate;
+mod interop;
 mod prepare;
 mod train;
 
@@ -38,6 +40,14 @@ enum Command {
     Generate(generate::Args),
     /// Classify digit images (PNG/JPEG) with a trained MLP.
     Classify(classify::Args),
+    /// Sentence embeddings from a Hugging Face / sentence-transformers BERT model, as JSON lines.
+    Embed(embed::Args),
+    /// Convert a PyTorch state_dict (torch.save file or safetensors) into a largo model directory.
+    Import(interop::ImportArgs),
+    /// Write a model's parameters as safetensors with PyTorch state_dict names.
+    Export(interop::ExportArgs),
+    /// Describe a model directory: architecture, parameters per module, dtypes, tokenizer.
+    Inspect(interop::InspectArgs),
     /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
     Bench(bench::Args),
 }
@@ -67,6 +77,10 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Import(a) => interop::run_import(a),
+        Command::Export(a) => interop::run_export(a),
+        Command::Inspect(a) => interop::run_inspect(a),
         Command::Bench(a) => bench::run(a),
     };
     match res {

@@ -197,6 +197,55 @@ pub fn bench_gpt_generate(vocab: usize, n: usize) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The sentences of the embedding benchmark (the same recipe as `tools/bench_embed.py`): the
+/// words of `corpus` files in name order; sentence i has 10 + 37i mod 51 words starting at word
+/// 7919i mod (words − 61).
+pub fn bench_sentences(corpus: &std::path::Path, n: usize) -> Result<Vec<String>> {
+    let mut files: Vec<_> = std::fs::read_dir(corpus)
+        .map_err(|e| crate::Error::io(corpus, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    let mut text = String::new();
+    for f in &files {
+        text.push_str(&std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e))?);
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() < 200 {
+        crate::bail!(
+            "{}: too few words for the benchmark sentences",
+            corpus.display()
+        );
+    }
+    Ok((0..n)
+        .map(|i| {
+            let len = 10 + (i * 37) % 51;
+            let start = (i * 7919) % (words.len() - 61);
+            words[start..start + len].join(" ")
+        })
+        .collect())
+}
+
+/// Sentence-embedding throughput: one warm-up pass over 64 sentences, then the best of
+/// `repeat` passes over all of them, `batch` at a time. Returns sentences/s.
+pub fn bench_embed(
+    encoder: &crate::models::sentence::SentenceEncoder,
+    sentences: &[String],
+    batch: usize,
+    repeat: usize,
+) -> Result<f64> {
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    encoder.embed(&refs[..refs.len().min(64)], batch)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        encoder.embed(&refs, batch)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(refs.len() as f64 / best)
+}
+
 /// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is unavailable.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -1,5 +1,7 @@
 //! Files: atomic writes (temp file, fsync, rename) and safetensors in both directions.
 
+pub mod torch_pickle;
+
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use safetensors::{Dtype, SafeTensors};

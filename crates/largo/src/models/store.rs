@@ -142,6 +142,20 @@ pub fn load_mlp(dir: &Path) -> Result<(Mlp, ModelInfo, Normalization)> {
 
 /// Loads a language model and its tokenizer.
 pub fn load_lm(dir: &Path) -> Result<(TransformerLm, ModelInfo, tokenizers::Tokenizer)> {
+    let (model, info) = load_lm_model(dir)?;
+    let tok = dir.join(TOKENIZER_FILE);
+    if !tok.is_file() {
+        return Err(Error::format(
+            dir,
+            format!("missing {TOKENIZER_FILE}: text needs one (`largo import --tokenizer FILE` adds it to an imported model)"),
+        ));
+    }
+    let tokenizer = crate::data::text::load_tokenizer(&tok)?;
+    Ok((model, info, tokenizer))
+}
+
+/// Loads a language model's weights only (no tokenizer needed).
+pub fn load_lm_model(dir: &Path) -> Result<(TransformerLm, ModelInfo)> {
     let info = load_info(dir)?;
     let Some(spec) = info.lm_spec() else {
         return Err(Error::format(
@@ -152,8 +166,7 @@ pub fn load_lm(dir: &Path) -> Result<(TransformerLm, ModelInfo, tokenizers::Toke
     let mut model = TransformerLm::new(spec)?;
     let mut file = TensorFile::load(&dir.join(WEIGHTS_FILE))?;
     load_params(&mut model, &mut file)?;
-    let tokenizer = crate::data::text::load_tokenizer(&dir.join(TOKENIZER_FILE))?;
-    Ok((model, info, tokenizer))
+    Ok((model, info))
 }
 
 /// Copies tensors from `file` into the module's parameters (strict, like `load_state_dict`).

@@ -47,6 +47,13 @@ pub trait Module {
         }
     }
 
+    /// Frees every gradient buffer: a model loaded only for inference needs none.
+    fn drop_grads(&mut self) {
+        for (_, p) in self.params_mut() {
+            p.grad = Vec::new();
+        }
+    }
+
     fn num_params(&self) -> usize {
         self.params().iter().map(|(_, p)| p.value.numel()).sum()
     }

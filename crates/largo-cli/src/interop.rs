@@ -1,0 +1,105 @@
+//! `largo import`, `largo export` and `largo inspect`: PyTorch and Hugging Face files in and out.
+
+use anyhow::Result;
+use largo::models::inspect::inspect;
+use largo::models::interop::{export, import, ImportArch};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// seed-mlp, seed-transformer or gpt.
+    #[arg(long)]
+    arch: String,
+    /// A `torch.save(model.state_dict())` file (.pt/.pth/.bin) or a .safetensors file.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Sizes not fixed by the tensor shapes (head counts, max_len, …), as JSON or TOML.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A tokenizer.json to store with a language model (needed to generate text).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The largo model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_import(a: ImportArgs) -> Result<()> {
+    let arch = ImportArch::parse(&a.arch)?;
+    let r = import(
+        arch,
+        &a.weights,
+        a.config.as_deref(),
+        a.tokenizer.as_deref(),
+        &a.out,
+    )?;
+    println!(
+        "imported {} ({} parameters) from {} into {}",
+        r.info.arch,
+        r.params,
+        a.weights.display(),
+        a.out.display()
+    );
+    for d in &r.dropped {
+        println!("  not a parameter: {d}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A largo model directory, or a run directory (uses its best/ model).
+    #[arg(long)]
+    model: PathBuf,
+    /// The safetensors file to write, with PyTorch state_dict names.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    let dir = largo::models::store::resolve_model_dir(&a.model)?;
+    let n = export(&dir, &a.out)?;
+    println!("wrote {n} tensors to {}", a.out.display());
+    println!(
+        "load in PyTorch: model.load_state_dict(safetensors.torch.load_file({:?}))",
+        a.out.display().to_string()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// A largo model or run directory, or a Hugging Face BERT directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The whole description as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_inspect(a: InspectArgs) -> Result<()> {
+    let i = inspect(&a.model)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    println!("model:        {}", i.dir.display());
+    println!("format:       {} ({})", i.format, i.arch);
+    println!("weights:      {}", i.weights_file.display());
+    let dtypes: Vec<String> = i.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+    println!("dtypes:       {}", dtypes.join(", "));
+    match &i.tokenizer {
+        Some(t) => println!("tokenizer:    {} ({} tokens)", t.model, t.vocab_size),
+        None => println!("tokenizer:    none"),
+    }
+    if let Some(p) = &i.pooling {
+        println!("pooling:      {p}");
+    }
+    println!("config:       {}", serde_json::to_string(&i.config)?);
+    println!("parameters:   {}", i.total_params);
+    let width = i.modules.iter().map(|m| m.0.len()).max().unwrap_or(0);
+    for (m, n) in &i.modules {
+        println!("  {m:<width$}  {n:>12}");
+    }
+    Ok(())
+}

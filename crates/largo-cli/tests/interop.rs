@@ -1,0 +1,322 @@
+//! `largo import`, `export`, `inspect` and `embed` through the real binary. The .pt files are
+//! the seed's two PyTorch programs (and a nanoGPT GPT) trained a few steps by
+//! tools/gen_import_fixtures.py, with their logits in reference.safetensors.
+
+mod common;
+use common::{fails_with, largo, ok, repo};
+use largo::io::TensorFile;
+use largo::models::store::{load_lm_model, load_mlp};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/import")
+        .join(name)
+}
+
+fn reference() -> TensorFile {
+    TensorFile::load(&fixture("reference.safetensors")).unwrap()
+}
+
+#[track_caller]
+fn assert_logits(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: logits length");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(worst <= tol, "{what}: logits differ by {worst:e}");
+}
+
+/// `largo import` with fixture files (names relative to the fixture folder, or absolute paths).
+fn import_cmd(dir: &Path, arch: &str, weights: &str, config: Option<&str>, out: &str) -> Output {
+    let w = fixture(weights);
+    let mut args = vec!["import", "--arch", arch, "--weights", w.to_str().unwrap()];
+    let c = config.map(fixture);
+    if let Some(c) = &c {
+        args.extend(["--config", c.to_str().unwrap()]);
+    }
+    args.extend(["--out", out]);
+    largo(dir, &args)
+}
+
+fn import(dir: &Path, arch: &str, weights: &str, config: Option<&str>, out: &str) -> String {
+    ok(&import_cmd(dir, arch, weights, config, out))
+}
+
+fn lm_logits(dir: &Path, tokens: &largo::tensor::Tensor) -> Vec<f32> {
+    let (mut model, _) = load_lm_model(dir).unwrap();
+    let (b, t) = (tokens.shape[0], tokens.shape[1]);
+    let ids: Vec<u32> = tokens.data.iter().map(|&x| x as u32).collect();
+    model.forward(&ids, b, t, None, false, 0).unwrap().to_vec()
+}
+
+#[test]
+fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = import(tmp.path(), "seed-mlp", "seed_mlp.pt", None, "mlp");
+    assert!(out.contains("imported mlp (101770 parameters)"), "{out}");
+    let r = reference();
+    let x = r.get("mlp.input").unwrap();
+    let (mut model, info, _) = load_mlp(&tmp.path().join("mlp")).unwrap();
+    assert_eq!(info.mlp.unwrap().hidden, vec![128]);
+    let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
+    assert_logits(
+        "seed mlp",
+        &logits,
+        &r.get("mlp.logits").unwrap().data,
+        1e-5,
+    );
+
+    // bfloat16 weights are converted to f32 on the way in.
+    import(tmp.path(), "seed-mlp", "seed_mlp_bf16.pt", None, "mlp16");
+    let (mut model, _, _) = load_mlp(&tmp.path().join("mlp16")).unwrap();
+    let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
+    assert_logits(
+        "bf16 mlp",
+        &logits,
+        &r.get("mlp_bf16.logits").unwrap().data,
+        1e-5,
+    );
+}
+
+#[test]
+fn the_seed_transformer_and_a_nanogpt_checkpoint_give_pytorchs_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = import(
+        tmp.path(),
+        "seed-transformer",
+        "seed_transformer.pt",
+        Some("seed_transformer.json"),
+        "seed",
+    );
+    assert!(out.contains("pe (sinusoidal table, recomputed)"), "{out}");
+    let r = reference();
+    let logits = lm_logits(&tmp.path().join("seed"), r.get("seed.tokens").unwrap());
+    assert_logits(
+        "seed transformer",
+        &logits,
+        &r.get("seed.logits").unwrap().data,
+        1e-5,
+    );
+
+    let out = import(tmp.path(), "gpt", "gpt.pt", Some("gpt.json"), "gpt");
+    assert!(out.contains("lm_head.weight (tied"), "{out}");
+    let logits = lm_logits(&tmp.path().join("gpt"), r.get("gpt.tokens").unwrap());
+    assert_logits("gpt", &logits, &r.get("gpt.logits").unwrap().data, 1e-5);
+}
+
+#[test]
+fn export_writes_back_every_tensor_pytorch_saved_under_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (arch, weights, config) in [
+        (
+            "seed-transformer",
+            "seed_transformer.pt",
+            Some("seed_transformer.json"),
+        ),
+        ("gpt", "gpt.pt", Some("gpt.json")),
+        ("seed-mlp", "seed_mlp.pt", None),
+    ] {
+        import(tmp.path(), arch, weights, config, arch);
+        let st = tmp.path().join(format!("{arch}.safetensors"));
+        let out = ok(&largo(
+            tmp.path(),
+            &["export", "--model", arch, "--out", st.to_str().unwrap()],
+        ));
+        assert!(out.contains("wrote"), "{out}");
+        // The same names, shapes and values as the original state_dict: PyTorch's strict
+        // load_state_dict accepts the file.
+        let original = largo::io::torch_pickle::load_state_dict(&fixture(weights)).unwrap();
+        let exported = TensorFile::load(&st).unwrap();
+        let names = |m: &std::collections::BTreeMap<String, largo::tensor::Tensor>| {
+            m.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(names(&exported.tensors), names(&original.tensors), "{arch}");
+        for (name, t) in &original.tensors {
+            let e = &exported.tensors[name];
+            assert_eq!(e.shape, t.shape, "{arch} {name}");
+            assert_logits(&format!("{arch} {name}"), &e.data, &t.data, 1e-6);
+        }
+        // And it imports again (safetensors in, same model).
+        import(
+            tmp.path(),
+            arch,
+            st.to_str().unwrap(),
+            config,
+            &format!("{arch}-again"),
+        );
+    }
+}
+
+#[test]
+fn a_malicious_pickle_is_refused_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = Path::new("/tmp/largo-pwned-test");
+    let _ = std::fs::remove_file(marker);
+    let w = fixture("malicious.pt");
+    let out = largo(
+        tmp.path(),
+        &[
+            "import",
+            "--arch",
+            "seed-mlp",
+            "--weights",
+            w.to_str().unwrap(),
+            "--out",
+            "m",
+        ],
+    );
+    fails_with(&out, "os.system");
+    assert!(!marker.exists(), "the pickle's command ran");
+    assert!(!tmp.path().join("m").exists(), "nothing is written");
+}
+
+#[test]
+fn import_errors_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fails_with(
+        &import_cmd(dir, "resnet", "seed_mlp.pt", None, "m"),
+        "unsupported architecture \"resnet\": supported are seed-mlp, seed-transformer, gpt",
+    );
+    // MLP weights read as a GPT: the tensor the GPT needs is named.
+    fails_with(
+        &import_cmd(dir, "gpt", "seed_mlp.pt", None, "m"),
+        "missing tensor transformer.wte.weight",
+    );
+    // A config that disagrees with the tensors: the tensor and both shapes are named.
+    let cfg = dir.join("bad.json");
+    let cfg_name = cfg.to_str().unwrap();
+    std::fs::write(&cfg, r#"{"nhead": 2, "max_len": 32, "ntoken": 30}"#).unwrap();
+    fails_with(
+        &import_cmd(
+            dir,
+            "seed-transformer",
+            "seed_transformer.pt",
+            Some(cfg_name),
+            "m",
+        ),
+        "tensor embedding.weight has shape [24, 16], the model expects [30, 16]",
+    );
+    std::fs::write(&cfg, r#"{"nheads": 2}"#).unwrap();
+    fails_with(
+        &import_cmd(
+            dir,
+            "seed-transformer",
+            "seed_transformer.pt",
+            Some(cfg_name),
+            "m",
+        ),
+        "unknown field `nheads`",
+    );
+    let junk = dir.join("junk.pt");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    fails_with(
+        &import_cmd(dir, "seed-mlp", junk.to_str().unwrap(), None, "m"),
+        "junk.pt",
+    );
+    assert!(!dir.join("m").exists(), "nothing is written");
+}
+
+#[test]
+fn inspect_describes_largo_and_hugging_face_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    import(tmp.path(), "gpt", "gpt.pt", Some("gpt.json"), "gpt");
+    let out = ok(&largo(tmp.path(), &["inspect", "--model", "gpt"]));
+    assert!(out.contains("format:       largo (gpt)"), "{out}");
+    assert!(out.contains("transformer.h.1"), "{out}");
+    assert!(out.contains("F32 ×"), "{out}");
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/f16");
+    let out = ok(&largo(
+        tmp.path(),
+        &["inspect", "--model", bert.to_str().unwrap(), "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["arch"], "bert");
+    assert!(v["dtypes"]["F16"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(v["tokenizer"]["model"], "WordPiece");
+    let modules = v["modules"].as_array().unwrap();
+    assert!(modules.iter().any(|m| m[0] == "encoder.layer.1"), "{out}");
+    let total: u64 = modules.iter().map(|m| m[1].as_u64().unwrap()).sum();
+    assert_eq!(v["total_params"].as_u64().unwrap(), total);
+}
+
+#[test]
+fn embed_prints_one_json_line_per_input_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "\"first line\"\n{\"text\": \"a second, somewhat longer line of text\"}\n\n\"\"\n",
+    )
+    .unwrap();
+    let m = bert.to_str().unwrap();
+    let out = ok(&largo(
+        tmp.path(),
+        &[
+            "embed",
+            "--model",
+            m,
+            "--input",
+            "in.jsonl",
+            "third from the arguments",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        let e = l["embedding"].as_array().unwrap();
+        assert_eq!(e.len(), 32);
+        let norm: f64 = e
+            .iter()
+            .map(|x| x.as_f64().unwrap().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "normalised: {norm}");
+    }
+
+    std::fs::write(&input, "\"ok\"\n{\"txt\": \"typo\"}\n").unwrap();
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", m, "--input", "in.jsonl"]),
+        "in.jsonl:2: expected a string field \"text\"",
+    );
+    std::fs::write(&input, "not json\n").unwrap();
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", m, "--input", "in.jsonl"]),
+        "in.jsonl:1: not JSON",
+    );
+    // A directory missing a file: the error names it.
+    let partial = tmp.path().join("partial");
+    std::fs::create_dir(&partial).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(bert.join(f), partial.join(f)).unwrap();
+    }
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", "partial", "hi"]),
+        "missing tokenizer.json",
+    );
+    std::fs::copy(bert.join("tokenizer.json"), partial.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(partial.join("model.safetensors")).unwrap();
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", "partial", "hi"]),
+        "missing model.safetensors (or pytorch_model.bin)",
+    );
+    // An architecture other than BERT is named, with the supported ones.
+    std::fs::write(partial.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", "partial", "hi"]),
+        "unsupported architecture \"gpt2\"",
+    );
+    fails_with(
+        &largo(tmp.path(), &["embed", "--model", m]),
+        "nothing to embed",
+    );
+}

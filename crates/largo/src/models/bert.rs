@@ -1,0 +1,357 @@
+//! BERT encoder (Hugging Face `BertModel`), for inference, with the parameter names of its
+//! `state_dict` (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, …).
+//!
+//! A batch is packed, not padded: the sequences' tokens are stacked into one [N, C] matrix for
+//! every linear layer and layer norm, and attention runs per sequence over its own length. The
+//! result equals a padded batch with an attention mask, without computing the padding.
+
+use crate::backend::{attention_forward, merge_heads, split_heads, AttnDropout, AttnShape};
+use crate::nn::{prefixed, Activation, Embedding, LayerNorm, Linear, Module, Param};
+use crate::tensor::ensure_len;
+use crate::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// The fields of a Hugging Face BERT `config.json` that the computation depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        if c.vocab_size == 0 || c.hidden_size == 0 || c.num_hidden_layers == 0 {
+            bail!("vocab_size, hidden_size and num_hidden_layers must be ≥ 1");
+        }
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+            bail!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                c.hidden_size,
+                c.num_attention_heads
+            );
+        }
+        self.activation()?;
+        match c.position_embedding_type.as_deref() {
+            None | Some("absolute") => Ok(()),
+            Some(other) => {
+                bail!("position_embedding_type {other:?} is not supported (expected \"absolute\")")
+            }
+        }
+    }
+
+    /// HF's `hidden_act` names: "gelu" is the exact (erf) GELU.
+    pub fn activation(&self) -> Result<Activation> {
+        Ok(match self.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => bail!(
+                "hidden_act {other:?} is not supported (expected gelu, gelu_new, gelu_pytorch_tanh or relu)"
+            ),
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// One post-norm encoder layer: attention, add & norm, feed-forward, add & norm.
+#[derive(Clone, Debug)]
+pub struct BertLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub out_norm: LayerNorm,
+}
+
+impl BertLayer {
+    fn new(cfg: &BertConfig) -> Self {
+        let (c, f, eps) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.layer_norm_eps as f32,
+        );
+        BertLayer {
+            query: Linear::new(c, c, true),
+            key: Linear::new(c, c, true),
+            value: Linear::new(c, c, true),
+            attn_out: Linear::new(c, c, true),
+            attn_norm: LayerNorm::new(c, eps),
+            intermediate: Linear::new(c, f, true),
+            output: Linear::new(f, c, true),
+            out_norm: LayerNorm::new(c, eps),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Bert {
+    pub cfg: BertConfig,
+    pub word: Embedding,
+    pub position: Embedding,
+    pub token_type: Embedding,
+    pub emb_norm: LayerNorm,
+    pub layers: Vec<BertLayer>,
+    act: Activation,
+}
+
+/// Buffers for one forward pass, reused across batches (grow-only).
+#[derive(Default, Debug)]
+pub struct BertScratch {
+    x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    merged: Vec<f32>,
+    sum: Vec<f32>,
+    hidden: Vec<f32>,
+    act: Vec<f32>,
+    // one sequence's heads: [H,T,D] and probabilities [H,T,T]
+    qh: Vec<f32>,
+    kh: Vec<f32>,
+    vh: Vec<f32>,
+    oh: Vec<f32>,
+    att: Vec<f32>,
+}
+
+/// Attention probabilities kept for inspection: per layer, per sequence, [H, T, T].
+pub type AttentionMaps = Vec<Vec<Vec<f32>>>;
+
+impl Bert {
+    pub fn new(cfg: BertConfig) -> Result<Self> {
+        cfg.validate()?;
+        let c = cfg.hidden_size;
+        Ok(Bert {
+            word: Embedding::new(cfg.vocab_size, c),
+            position: Embedding::new(cfg.max_position_embeddings, c),
+            token_type: Embedding::new(cfg.type_vocab_size, c),
+            emb_norm: LayerNorm::new(c, cfg.layer_norm_eps as f32),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| BertLayer::new(&cfg))
+                .collect(),
+            act: cfg.activation()?,
+            cfg,
+        })
+    }
+
+    /// Last hidden states of each sequence, packed: `seqs` [Σ Tᵢ tokens] → [Σ Tᵢ, C] in `s.x`
+    /// (returned). Sequences are single segments (token type 0). With `maps`, the attention
+    /// probabilities of every layer are kept.
+    pub fn forward<'s>(
+        &self,
+        seqs: &[&[u32]],
+        s: &'s mut BertScratch,
+        mut maps: Option<&mut AttentionMaps>,
+    ) -> Result<&'s [f32]> {
+        let c = self.cfg.hidden_size;
+        let n: usize = seqs.iter().map(|t| t.len()).sum();
+        let max_t = seqs.iter().map(|t| t.len()).max().unwrap_or(0);
+        if max_t > self.cfg.max_position_embeddings {
+            bail!(
+                "a sequence of {max_t} tokens is longer than max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let f = self.cfg.intermediate_size;
+        for buf in [
+            &mut s.x,
+            &mut s.q,
+            &mut s.k,
+            &mut s.v,
+            &mut s.merged,
+            &mut s.sum,
+        ] {
+            ensure_len(buf, n * c);
+        }
+        ensure_len(&mut s.hidden, n * f);
+        ensure_len(&mut s.act, n * f);
+
+        // Embeddings: word + position + token type 0, then layer norm. [N, C]
+        let ids: Vec<u32> = seqs.iter().flat_map(|t| t.iter().copied()).collect();
+        self.word.forward(&ids, &mut s.sum)?;
+        let pos = &self.position.weight.value.data;
+        let type0 = &self.token_type.weight.value.data[..c];
+        let mut rows = s.sum.chunks_exact_mut(c);
+        for seq in seqs {
+            for (t, row) in (0..seq.len()).zip(&mut rows) {
+                let p = &pos[t * c..(t + 1) * c];
+                row.iter_mut()
+                    .zip(p.iter().zip(type0))
+                    .for_each(|(x, (p, ty))| *x += p + ty);
+            }
+        }
+        self.emb_norm.infer(&s.sum, n, &mut s.x);
+
+        for layer in &self.layers {
+            let layer_maps = maps.as_deref_mut().map(|m| {
+                m.push(Vec::with_capacity(seqs.len()));
+                m.last_mut().expect("just pushed")
+            });
+            self.attention(layer, seqs, s, layer_maps);
+            // x = LayerNorm(x + Attention(x))
+            layer.attn_out.forward(&s.merged, n, &mut s.sum);
+            add_in_place(&mut s.sum[..n * c], &s.x[..n * c]);
+            layer.attn_norm.infer(&s.sum, n, &mut s.x);
+            // x = LayerNorm(x + W₂·act(W₁·x))   [N,C] → [N,F] → [N,C]
+            layer.intermediate.forward(&s.x, n, &mut s.hidden);
+            self.act.forward(&s.hidden[..n * f], &mut s.act[..n * f]);
+            layer.output.forward(&s.act, n, &mut s.sum);
+            add_in_place(&mut s.sum[..n * c], &s.x[..n * c]);
+            layer.out_norm.infer(&s.sum, n, &mut s.x);
+        }
+        Ok(&s.x[..n * c])
+    }
+
+    /// Self-attention of each sequence over its own tokens: s.x → s.merged [N, C].
+    fn attention(
+        &self,
+        layer: &BertLayer,
+        seqs: &[&[u32]],
+        s: &mut BertScratch,
+        mut maps: Option<&mut Vec<Vec<f32>>>,
+    ) {
+        let n: usize = seqs.iter().map(|t| t.len()).sum();
+        let (c, h, d) = (
+            self.cfg.hidden_size,
+            self.cfg.num_attention_heads,
+            self.cfg.head_dim(),
+        );
+        layer.query.forward(&s.x, n, &mut s.q);
+        layer.key.forward(&s.x, n, &mut s.k);
+        layer.value.forward(&s.x, n, &mut s.v);
+        let mut row = 0;
+        for seq in seqs {
+            let t = seq.len();
+            let shape = AttnShape::new(1, h, t, d);
+            let span = row * c..(row + t) * c;
+            for buf in [&mut s.qh, &mut s.kh, &mut s.vh, &mut s.oh] {
+                ensure_len(buf, t * c);
+            }
+            ensure_len(&mut s.att, h * t * t);
+            // [T, C] → [H, T, D] for each of q, k, v.
+            split_heads(&s.q[span.clone()], shape, &mut s.qh);
+            split_heads(&s.k[span.clone()], shape, &mut s.kh);
+            split_heads(&s.v[span.clone()], shape, &mut s.vh);
+            attention_forward(
+                &s.qh,
+                &s.kh,
+                &s.vh,
+                shape,
+                false,
+                None,
+                AttnDropout::NONE,
+                &mut s.att,
+                &mut s.oh,
+            );
+            if let Some(m) = maps.as_deref_mut() {
+                m.push(s.att[..h * t * t].to_vec());
+            }
+            merge_heads(&s.oh, shape, &mut s.merged[span]);
+            row += t;
+        }
+    }
+}
+
+fn add_in_place(y: &mut [f32], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
+}
+
+impl Module for BertLayer {
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = prefixed("attention.self.query", self.query.params());
+        v.extend(prefixed("attention.self.key", self.key.params()));
+        v.extend(prefixed("attention.self.value", self.value.params()));
+        v.extend(prefixed("attention.output.dense", self.attn_out.params()));
+        v.extend(prefixed(
+            "attention.output.LayerNorm",
+            self.attn_norm.params(),
+        ));
+        v.extend(prefixed("intermediate.dense", self.intermediate.params()));
+        v.extend(prefixed("output.dense", self.output.params()));
+        v.extend(prefixed("output.LayerNorm", self.out_norm.params()));
+        v
+    }
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = prefixed("attention.self.query", self.query.params_mut());
+        v.extend(prefixed("attention.self.key", self.key.params_mut()));
+        v.extend(prefixed("attention.self.value", self.value.params_mut()));
+        v.extend(prefixed(
+            "attention.output.dense",
+            self.attn_out.params_mut(),
+        ));
+        v.extend(prefixed(
+            "attention.output.LayerNorm",
+            self.attn_norm.params_mut(),
+        ));
+        v.extend(prefixed(
+            "intermediate.dense",
+            self.intermediate.params_mut(),
+        ));
+        v.extend(prefixed("output.dense", self.output.params_mut()));
+        v.extend(prefixed("output.LayerNorm", self.out_norm.params_mut()));
+        v
+    }
+}
+
+impl Module for Bert {
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = prefixed("embeddings.word_embeddings", self.word.params());
+        v.extend(prefixed(
+            "embeddings.position_embeddings",
+            self.position.params(),
+        ));
+        v.extend(prefixed(
+            "embeddings.token_type_embeddings",
+            self.token_type.params(),
+        ));
+        v.extend(prefixed("embeddings.LayerNorm", self.emb_norm.params()));
+        for (i, l) in self.layers.iter().enumerate() {
+            v.extend(prefixed(&format!("encoder.layer.{i}"), l.params()));
+        }
+        v
+    }
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = prefixed("embeddings.word_embeddings", self.word.params_mut());
+        v.extend(prefixed(
+            "embeddings.position_embeddings",
+            self.position.params_mut(),
+        ));
+        v.extend(prefixed(
+            "embeddings.token_type_embeddings",
+            self.token_type.params_mut(),
+        ));
+        v.extend(prefixed("embeddings.LayerNorm", self.emb_norm.params_mut()));
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            v.extend(prefixed(&format!("encoder.layer.{i}"), l.params_mut()));
+        }
+        v
+    }
+}

@@ -1,0 +1,375 @@
+//! PyTorch interop: `import` turns a `state_dict` (a `torch.save` file or safetensors) of the
+//! seed's MLP, the seed's Transformer LM or a nanoGPT GPT into a largo model directory;
+//! `export` writes a model's parameters back as safetensors under PyTorch's names, including
+//! what PyTorch's strict `load_state_dict` expects beyond largo's parameters (tied `lm_head`,
+//! the seed's `pe` buffer).
+
+use super::store::{load_info, load_mlp, load_params, save_model, ModelInfo};
+use super::{GptConfig, Mlp, MlpConfig, SeedTransformerConfig, TransformerLm};
+use crate::backend::sinusoidal_table;
+use crate::data::mnist::Normalization;
+use crate::io::{save_safetensors, TensorFile};
+use crate::nn::Module;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+
+/// The architectures `largo import` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportArch {
+    SeedMlp,
+    SeedTransformer,
+    Gpt,
+}
+
+impl ImportArch {
+    pub const NAMES: &'static str = "seed-mlp, seed-transformer, gpt";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "seed-mlp" | "mlp" => ImportArch::SeedMlp,
+            "seed-transformer" | "seed_transformer" => ImportArch::SeedTransformer,
+            "gpt" => ImportArch::Gpt,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unsupported architecture {other:?}: supported are {}",
+                    Self::NAMES
+                )))
+            }
+        })
+    }
+}
+
+/// A weights file: a `torch.save` zip (.pt/.pth/.bin; read without running any pickle code)
+/// or safetensors, told apart by content rather than by name.
+pub fn read_weights(path: &Path) -> Result<TensorFile> {
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+        if n < 4 {
+            return Err(Error::format(path, "file too short to hold weights"));
+        }
+    }
+    let mut file = if &magic == b"PK\x03\x04" {
+        let sd = crate::io::torch_pickle::load_state_dict(path)?;
+        TensorFile {
+            path: path.to_path_buf(),
+            tensors: sd.tensors,
+            metadata: Default::default(),
+        }
+    } else {
+        TensorFile::load(path)?
+    };
+    // Prefixes added by torch.compile and DistributedDataParallel wrappers.
+    let names: Vec<String> = file.tensors.keys().cloned().collect();
+    for name in names {
+        let mut new = name.as_str();
+        for prefix in ["_orig_mod.", "module."] {
+            new = new.strip_prefix(prefix).unwrap_or(new);
+        }
+        if new != name {
+            let t = file.tensors.remove(&name).expect("listed");
+            file.tensors.insert(new.to_string(), t);
+        }
+    }
+    Ok(file)
+}
+
+/// A config from a JSON or TOML file: either the fields themselves or a largo training config
+/// with a `[section]`; fields it leaves out take their defaults, unknown fields are errors.
+fn read_config<T: Serialize + DeserializeOwned + Default>(
+    path: Option<&Path>,
+    section: &str,
+) -> Result<T> {
+    let mut value = serde_json::to_value(T::default()).expect("config serialises");
+    let Some(path) = path else {
+        return serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let given: serde_json::Value = if path.extension().is_some_and(|x| x == "toml") {
+        let t: toml::Value =
+            toml::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?;
+        serde_json::to_value(t).map_err(|e| Error::format(path, format!("{e}")))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?
+    };
+    let mut given = match given {
+        serde_json::Value::Object(mut o) => match o.remove(section) {
+            Some(serde_json::Value::Object(inner)) => inner,
+            _ => o,
+        },
+        _ => return Err(Error::format(path, "expected a JSON object or TOML table")),
+    };
+    // nanoGPT's `bias` switch: largo's GPT always has biases.
+    if section == "gpt" {
+        match given.remove("bias") {
+            None | Some(serde_json::Value::Bool(true)) => {}
+            Some(other) => {
+                return Err(Error::format(
+                    path,
+                    format!("bias = {other}: largo's GPT has biases in every linear layer and layer norm (nanoGPT bias = true)"),
+                ))
+            }
+        }
+    }
+    let obj = value
+        .as_object_mut()
+        .expect("a struct serialises to an object");
+    for (k, v) in given {
+        obj.insert(k, v);
+    }
+    serde_json::from_value(value).map_err(|e| Error::format(path, format!("{e}")))
+}
+
+fn shape_of(file: &TensorFile, name: &str) -> Result<Vec<usize>> {
+    Ok(file.get(name)?.shape.clone())
+}
+
+/// What `import` wrote.
+#[derive(Debug)]
+pub struct ImportReport {
+    pub info: ModelInfo,
+    pub params: usize,
+    /// Tensors of the file that are not parameters and were checked or dropped, with why.
+    pub dropped: Vec<String>,
+}
+
+/// Reads `weights` as `arch` (sizes from `config`, else inferred from the tensor shapes where
+/// they determine them) and writes a largo model directory to `out`.
+pub fn import(
+    arch: ImportArch,
+    weights: &Path,
+    config: Option<&Path>,
+    tokenizer: Option<&Path>,
+    out: &Path,
+) -> Result<ImportReport> {
+    let mut file = read_weights(weights)?;
+    let mut dropped = Vec::new();
+    let tokenizer_json = match tokenizer {
+        Some(p) => {
+            crate::data::text::load_tokenizer(p)?;
+            Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?)
+        }
+        None => None,
+    };
+    let (model, info): (Box<dyn Module>, ModelInfo) = match arch {
+        ImportArch::SeedMlp => {
+            let mut cfg: MlpConfig = read_config(config, "mlp")?;
+            // fc1 … fcK: the chain of linear layers fixes every size.
+            let mut widths = Vec::new();
+            while let Ok(shape) = shape_of(&file, &format!("fc{}.weight", widths.len() + 1)) {
+                if widths.is_empty() {
+                    cfg.input = shape[1];
+                }
+                widths.push(shape[0]);
+            }
+            if widths.len() < 2 {
+                return Err(Error::format(
+                    weights,
+                    "expected linear layers fc1.weight, fc2.weight, … (the seed MLP's names)",
+                ));
+            }
+            cfg.classes = widths.pop().expect("≥ 2 layers");
+            cfg.hidden = widths;
+            let mut model = Mlp::new(cfg.clone())?;
+            load_params(&mut model, &mut file)?;
+            let norm = read_normalization(config)?;
+            let info = ModelInfo {
+                arch: "mlp".into(),
+                mlp: Some(cfg),
+                normalization: Some(norm),
+                split: None,
+                gpt: None,
+                seed_transformer: None,
+            };
+            (Box::new(model), info)
+        }
+        ImportArch::SeedTransformer => {
+            let mut cfg: SeedTransformerConfig = read_config(config, "seed_transformer")?;
+            let emb = shape_of(&file, "embedding.weight")?;
+            if cfg.ntoken == 0 {
+                cfg.ntoken = emb[0];
+            }
+            cfg.d_model = emb[1];
+            cfg.nlayers = (0..)
+                .take_while(|i| {
+                    file.tensors.contains_key(&format!(
+                        "transformer_encoder.layers.{i}.self_attn.in_proj_weight"
+                    ))
+                })
+                .count();
+            if let Ok(w) = shape_of(&file, "transformer_encoder.layers.0.linear1.weight") {
+                cfg.d_hid = w[0];
+            }
+            // The positional table is a buffer: it must be the sinusoidal one largo computes.
+            for name in ["pe", "pos_encoder.pe"] {
+                if let Some(pe) = file.tensors.remove(name) {
+                    check_sinusoidal(weights, name, &pe, cfg.d_model)?;
+                    let rows = pe.numel() / cfg.d_model;
+                    if config.is_none() {
+                        cfg.max_len = rows;
+                    }
+                    dropped.push(format!("{name} (sinusoidal table, recomputed)"));
+                }
+            }
+            let model = TransformerLm::new(cfg.spec())?;
+            let (model, info) = finish_lm(model, &mut file, "seed_transformer", None, Some(cfg))?;
+            (model, info)
+        }
+        ImportArch::Gpt => {
+            let mut cfg: GptConfig = read_config(config, "gpt")?;
+            let wte = shape_of(&file, "transformer.wte.weight")?;
+            if cfg.vocab_size == 0 {
+                cfg.vocab_size = wte[0];
+            }
+            cfg.n_embd = wte[1];
+            cfg.n_layer = (0..)
+                .take_while(|i| {
+                    file.tensors
+                        .contains_key(&format!("transformer.h.{i}.ln_1.weight"))
+                })
+                .count();
+            if let Ok(w) = shape_of(&file, "transformer.h.0.mlp.c_fc.weight") {
+                cfg.ff = w[0];
+            }
+            // nanoGPT's causal-mask buffers (older versions) are not parameters.
+            let buffers: Vec<String> = file
+                .tensors
+                .keys()
+                .filter(|n| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"))
+                .cloned()
+                .collect();
+            for n in buffers {
+                file.tensors.remove(&n);
+                dropped.push(format!("{n} (causal-mask buffer)"));
+            }
+            // A tied head is stored twice by torch.save (one storage); largo keeps one copy.
+            if cfg.tie_weights {
+                if let Some(head) = file.tensors.remove("lm_head.weight") {
+                    if Some(&head) != file.tensors.get("transformer.wte.weight") {
+                        return Err(Error::format(
+                            weights,
+                            "lm_head.weight differs from transformer.wte.weight, but the config \
+                             ties them (tie_weights = true); set tie_weights = false",
+                        ));
+                    }
+                    dropped.push("lm_head.weight (tied to transformer.wte.weight)".into());
+                }
+            }
+            let model = TransformerLm::new(cfg.spec())?;
+            let (model, info) = finish_lm(model, &mut file, "gpt", Some(cfg), None)?;
+            (model, info)
+        }
+    };
+    let params = model.num_params();
+    save_model(out, model.as_ref(), &info, tokenizer_json.as_deref())?;
+    Ok(ImportReport {
+        info,
+        params,
+        dropped,
+    })
+}
+
+fn finish_lm(
+    mut model: TransformerLm,
+    file: &mut TensorFile,
+    arch: &str,
+    gpt: Option<GptConfig>,
+    seed: Option<SeedTransformerConfig>,
+) -> Result<(Box<dyn Module>, ModelInfo)> {
+    load_params(&mut model, file)?;
+    let info = ModelInfo {
+        arch: arch.into(),
+        mlp: None,
+        normalization: None,
+        split: None,
+        gpt,
+        seed_transformer: seed,
+    };
+    Ok((Box::new(model), info))
+}
+
+fn check_sinusoidal(path: &Path, name: &str, pe: &Tensor, d: usize) -> Result<()> {
+    if !pe.numel().is_multiple_of(d) || pe.shape.last() != Some(&d) {
+        return Err(Error::format(
+            path,
+            format!("{name} has shape {:?}, expected [max_len, {d}]", pe.shape),
+        ));
+    }
+    let table = sinusoidal_table(pe.numel() / d, d);
+    let worst = table
+        .iter()
+        .zip(&pe.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if worst > 1e-4 {
+        return Err(Error::format(
+            path,
+            format!("{name} is not the sinusoidal table of \"Attention Is All You Need\" (differs by {worst})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Pixel normalisation of an imported MLP: `"normalization": {"mean": …, "std": …}` in the
+/// config; without it, pixels in [0, 1] as torchvision's `ToTensor()` gives them.
+fn read_normalization(config: Option<&Path>) -> Result<Normalization> {
+    let identity = Normalization {
+        mean: 0.0,
+        std: 1.0,
+    };
+    let Some(path) = config else {
+        return Ok(identity);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = if path.extension().is_some_and(|x| x == "toml") {
+        let t: toml::Value =
+            toml::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?;
+        serde_json::to_value(t).map_err(|e| Error::format(path, format!("{e}")))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?
+    };
+    match v.get("normalization") {
+        None => Ok(identity),
+        Some(n) => serde_json::from_value(n.clone())
+            .map_err(|e| Error::format(path, format!("normalization: {e}"))),
+    }
+}
+
+/// Writes every parameter of the model in `dir` to `out` (safetensors, PyTorch names), plus the
+/// tensors PyTorch's strict loading needs. Returns the number of tensors written.
+pub fn export(dir: &Path, out: &Path) -> Result<usize> {
+    let info = load_info(dir)?;
+    let mut extra: Vec<(String, Tensor)> = Vec::new();
+    let model: Box<dyn Module> = match info.arch.as_str() {
+        "mlp" => Box::new(load_mlp(dir)?.0),
+        _ => {
+            let (model, _) = super::store::load_lm_model(dir)?;
+            if let Some(g) = &info.gpt {
+                if g.tie_weights {
+                    extra.push(("lm_head.weight".into(), model.wte.weight.value.clone()));
+                }
+            }
+            if let Some(s) = &info.seed_transformer {
+                let data = sinusoidal_table(s.max_len, s.d_model);
+                extra.push((
+                    "pe".into(),
+                    Tensor::from_vec(&[s.max_len, s.d_model], data)?,
+                ));
+            }
+            Box::new(model)
+        }
+    };
+    let params = model.params();
+    let mut tensors: Vec<(String, &Tensor)> =
+        params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
+    tensors.extend(extra.iter().map(|(n, t)| (n.clone(), t)));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    save_safetensors(out, &tensors, Some(meta))?;
+    Ok(tensors.len())
+}

@@ -1,0 +1,263 @@
+"""Generate PyTorch checkpoints for `largo import` tests.
+
+Writes crates/largo-cli/tests/fixtures/import/:
+    seed_mlp.pt            torch.save(state_dict) of the seed MLP (fc1 784->128, ReLU, fc2 128->10),
+                           after 5 AdamW steps; keys fc1.weight, fc1.bias, fc2.weight, fc2.bias (F32)
+    seed_mlp_bf16.pt       the same state_dict converted to bfloat16
+    seed_mlp.json          {"input":784,"hidden":[128],"classes":10}
+    seed_transformer.pt    state_dict of the seed Transformer LM (SeedLM below: embedding,
+                           sinusoidal PE buffer "pe", post-norm ReLU nn.TransformerEncoder,
+                           decoder Linear, causal mask), after 5 AdamW steps
+    seed_transformer.json  its config
+    gpt.pt                 tiny nanoGPT state_dict (nanoGPT's names, lm_head.weight tied to
+                           transformer.wte.weight: one shared storage, two keys)
+    gpt.json               its config (nanoGPT GPTConfig keys + largo's [gpt] keys)
+    malicious.pt           zip laid out like a torch.save file (archive/data.pkl, archive/version,
+                           archive/byteorder) whose data.pkl, if unpickled, calls
+                           os.system("touch /tmp/largo-pwned-test"); built from raw opcodes
+    reference.safetensors  F32 references, computed in eval mode:
+        mlp.input [3,784]  mlp.logits [3,10]  mlp_bf16.logits [3,10] (bf16 weights cast to f32)
+        seed.tokens [2,10] (token ids as f32)  seed.logits [2,10,24] (causal mask)
+        gpt.tokens [2,16]  (token ids as f32)   gpt.logits [2,16,24]
+
+Note: torch.save names the zip's top folder after the file (seed_mlp/data.pkl, ...), while
+malicious.pt uses archive/ (what torch.save writes for file objects) - a reader must accept any.
+
+Run from the repository root:
+    python3 tools/gen_import_fixtures.py
+"""
+import io
+import json
+import math
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+OUT = Path("crates/largo-cli/tests/fixtures/import")
+
+
+# ---- seed program (a): the MLP ----
+
+class SeedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+# ---- seed program (b): the Transformer LM (as tools/gen_transformer_fixtures.py, with dropout) ----
+
+def sinusoidal(max_len, d):
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
+    pe = torch.zeros(max_len, d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class SeedLM(nn.Module):
+    def __init__(self, V, d, nhead, d_hid, nlayers, max_len=64, dropout=0.1):
+        super().__init__()
+        self.d = d
+        self.embedding = nn.Embedding(V, d)
+        self.register_buffer("pe", sinusoidal(max_len, d).float())
+        layer = nn.TransformerEncoderLayer(d, nhead, d_hid, dropout=dropout, batch_first=True)
+        self.transformer_encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
+        self.decoder = nn.Linear(d, V)
+
+    def forward(self, src, key_padding=None):
+        T = src.shape[1]
+        x = self.embedding(src) * math.sqrt(self.d) + self.pe[:T]
+        mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)
+        x = self.transformer_encoder(x, mask=mask, src_key_padding_mask=key_padding)
+        return self.decoder(x)
+
+
+SEED_CFG = {"ntoken": 24, "d_model": 16, "nhead": 2, "d_hid": 32, "nlayers": 2,
+            "dropout": 0.1, "max_len": 32, "causal": True}
+MLP_CFG = {"input": 784, "hidden": [128], "classes": 10}
+
+
+# ---- tiny nanoGPT (names and math as gpt_init/gpt_forward in gen_transformer_fixtures.py) ----
+
+GPT_CFG = {"vocab_size": 24, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16,
+           "bias": True, "dropout": 0.0,
+           "ff": 64, "activation": "gelu", "positions": "learned", "tie_weights": True}
+
+
+def gpt_init(V, block, n_layer, C):
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (block, C)}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+                       p + "attn.c_attn.weight": (3 * C, C), p + "attn.c_attn.bias": (3 * C,),
+                       p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+                       p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+                       p + "mlp.c_fc.weight": (4 * C, C), p + "mlp.c_fc.bias": (4 * C,),
+                       p + "mlp.c_proj.weight": (C, 4 * C), p + "mlp.c_proj.bias": (C,)})
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    P = {}
+    for name, shape in shapes.items():  # 0.3*randn, LayerNorm weights 1 + 0.1*randn
+        is_ln_weight = name.endswith(".weight") and "ln_" in name
+        P[name] = (1 + 0.1 * torch.randn(*shape)) if is_ln_weight else 0.3 * torch.randn(*shape)
+    return P
+
+
+def attention(qkv, n_head):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    D = C // n_head
+    q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in qkv.split(C, dim=2))
+    att = q @ k.transpose(-2, -1) / math.sqrt(D)
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+
+
+def gpt_forward(P, idx, n_layer, n_head):
+    T = idx.shape[1]
+    C = P["transformer.wte.weight"].shape[1]
+    x = F.embedding(idx, P["transformer.wte.weight"]) + P["transformer.wpe.weight"][:T]
+    ln = lambda x, n: F.layer_norm(x, (C,), P[n + ".weight"], P[n + ".bias"], eps=1e-5)  # noqa: E731
+    lin = lambda x, n: F.linear(x, P[n + ".weight"], P[n + ".bias"])  # noqa: E731
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        x = x + lin(attention(lin(ln(x, p + "ln_1"), p + "attn.c_attn"), n_head), p + "attn.c_proj")
+        x = x + lin(F.gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
+    x = ln(x, "transformer.ln_f")
+    return F.linear(x, P["transformer.wte.weight"])  # tied lm_head
+
+
+# ---- builders ----
+
+def train_mlp():
+    torch.manual_seed(0)
+    model = SeedMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 784), torch.randint(0, 10, (8,))
+    model.train()
+    for _ in range(5):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def train_seed():
+    torch.manual_seed(0)
+    c = SEED_CFG
+    model = SeedLM(c["ntoken"], c["d_model"], c["nhead"], c["d_hid"], c["nlayers"],
+                   max_len=c["max_len"], dropout=c["dropout"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.randint(0, c["ntoken"], (4, 12))
+    model.train()
+    for _ in range(5):
+        opt.zero_grad()
+        logits = model(data[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, c["ntoken"]), data[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def malicious_pickle():
+    """{'fc1.weight': os.system('touch /tmp/largo-pwned-test')} as protocol-2 opcodes."""
+    def unicode(s):
+        b = s.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    return (b"\x80\x02"                     # PROTO 2
+            + b"}"                          # EMPTY_DICT
+            + unicode("fc1.weight")         # key
+            + b"cos\nsystem\n"              # GLOBAL os.system
+            + unicode("touch /tmp/largo-pwned-test")
+            + b"\x85"                       # TUPLE1
+            + b"R"                          # REDUCE -> os.system(...)
+            + b"s"                          # SETITEM
+            + b".")                         # STOP
+
+
+def write_malicious(path):
+    pkl = malicious_pickle()
+    out = io.StringIO()
+    pickletools.dis(pkl, out=out)  # disassembles only; nothing is executed
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+def main():
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    ref = {}
+
+    # (a) MLP, f32 and bf16
+    mlp = train_mlp()
+    torch.manual_seed(1)
+    x = torch.randn(3, 784)
+    with torch.no_grad():
+        ref["mlp.input"], ref["mlp.logits"] = x, mlp(x)
+    sd = mlp.state_dict()
+    torch.save(sd, OUT / "seed_mlp.pt")
+    sd_bf16 = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    torch.save(sd_bf16, OUT / "seed_mlp_bf16.pt")
+    mlp16 = SeedMLP().eval()
+    mlp16.load_state_dict({k: v.float() for k, v in sd_bf16.items()})
+    with torch.no_grad():
+        ref["mlp_bf16.logits"] = mlp16(x)
+    (OUT / "seed_mlp.json").write_text(json.dumps(MLP_CFG) + "\n")
+
+    # (b) seed Transformer LM
+    seed = train_seed()
+    torch.manual_seed(2)
+    tokens = torch.randint(0, SEED_CFG["ntoken"], (2, 10))
+    with torch.no_grad():
+        ref["seed.tokens"], ref["seed.logits"] = tokens.float(), seed(tokens)
+    torch.save(seed.state_dict(), OUT / "seed_transformer.pt")
+    (OUT / "seed_transformer.json").write_text(json.dumps(SEED_CFG) + "\n")
+
+    # (c) tiny nanoGPT, tied head
+    torch.manual_seed(3)
+    g = GPT_CFG
+    P = gpt_init(g["vocab_size"], g["block_size"], g["n_layer"], g["n_embd"])
+    gtok = torch.randint(0, g["vocab_size"], (2, g["block_size"]))
+    with torch.no_grad():
+        ref["gpt.tokens"], ref["gpt.logits"] = gtok.float(), gpt_forward(P, gtok, g["n_layer"], g["n_head"])
+        P64 = {k: v.double() for k, v in P.items()}
+        err = (gpt_forward(P64, gtok, g["n_layer"], g["n_head"]) - ref["gpt.logits"].double()).abs().max()
+    gsd = dict(P)
+    gsd["lm_head.weight"] = P["transformer.wte.weight"]  # nanoGPT: tied, saved under both names
+    torch.save(gsd, OUT / "gpt.pt")
+    (OUT / "gpt.json").write_text(json.dumps(GPT_CFG) + "\n")
+
+    save_file({k: v.contiguous().float() for k, v in ref.items()}, str(OUT / "reference.safetensors"))
+
+    dis = write_malicious(OUT / "malicious.pt")
+
+    print(f"gpt f32 vs f64 logits max |diff| = {err:.2e}")
+    print("malicious.pt data.pkl:\n" + dis)
+    for name, t in sorted(ref.items()):
+        print(f"  reference {name:18s} {list(t.shape)}")
+    print("seed_transformer.pt keys:", ", ".join(seed.state_dict().keys()))
+    total = 0
+    for p in sorted(OUT.iterdir()):
+        total += p.stat().st_size
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+    print(f"total {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
