@@ -22,6 +22,9 @@ pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("gpt mlp up", 2048, 1024, 256),
     ("gpt mlp down", 2048, 256, 1024),
     ("gpt lm-head", 2048, 73, 256),
+    ("bert q/k/v", 1700, 384, 384),
+    ("bert ffn up", 1700, 1536, 384),
+    ("bert ffn down", 1700, 384, 1536),
 ];
 
 pub struct GemmResult {

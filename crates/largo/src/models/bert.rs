@@ -5,10 +5,11 @@
 //! every linear layer and layer norm, and attention runs per sequence over its own length. The
 //! result equals a padded batch with an attention mask, without computing the padding.
 
-use crate::backend::{attention_forward, merge_heads, split_heads, AttnDropout, AttnShape};
+use crate::backend::attention_packed_forward;
 use crate::nn::{prefixed, Activation, Embedding, LayerNorm, Linear, Module, Param};
 use crate::tensor::ensure_len;
 use crate::{bail, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The fields of a Hugging Face BERT `config.json` that the computation depends on.
@@ -134,12 +135,6 @@ pub struct BertScratch {
     sum: Vec<f32>,
     hidden: Vec<f32>,
     act: Vec<f32>,
-    // one sequence's heads: [H,T,D] and probabilities [H,T,T]
-    qh: Vec<f32>,
-    kh: Vec<f32>,
-    vh: Vec<f32>,
-    oh: Vec<f32>,
-    att: Vec<f32>,
 }
 
 /// Attention probabilities kept for inspection: per layer, per sequence, [H, T, T].
@@ -236,52 +231,33 @@ impl Bert {
         layer: &BertLayer,
         seqs: &[&[u32]],
         s: &mut BertScratch,
-        mut maps: Option<&mut Vec<Vec<f32>>>,
+        maps: Option<&mut Vec<Vec<f32>>>,
     ) {
-        let n: usize = seqs.iter().map(|t| t.len()).sum();
-        let (c, h, d) = (
-            self.cfg.hidden_size,
-            self.cfg.num_attention_heads,
-            self.cfg.head_dim(),
-        );
+        let lens: Vec<usize> = seqs.iter().map(|t| t.len()).collect();
+        let n: usize = lens.iter().sum();
+        let c = self.cfg.hidden_size;
         layer.query.forward(&s.x, n, &mut s.q);
         layer.key.forward(&s.x, n, &mut s.k);
         layer.value.forward(&s.x, n, &mut s.v);
-        let mut row = 0;
-        for seq in seqs {
-            let t = seq.len();
-            let shape = AttnShape::new(1, h, t, d);
-            let span = row * c..(row + t) * c;
-            for buf in [&mut s.qh, &mut s.kh, &mut s.vh, &mut s.oh] {
-                ensure_len(buf, t * c);
-            }
-            ensure_len(&mut s.att, h * t * t);
-            // [T, C] → [H, T, D] for each of q, k, v.
-            split_heads(&s.q[span.clone()], shape, &mut s.qh);
-            split_heads(&s.k[span.clone()], shape, &mut s.kh);
-            split_heads(&s.v[span.clone()], shape, &mut s.vh);
-            attention_forward(
-                &s.qh,
-                &s.kh,
-                &s.vh,
-                shape,
-                false,
-                None,
-                AttnDropout::NONE,
-                &mut s.att,
-                &mut s.oh,
-            );
-            if let Some(m) = maps.as_deref_mut() {
-                m.push(s.att[..h * t * t].to_vec());
-            }
-            merge_heads(&s.oh, shape, &mut s.merged[span]);
-            row += t;
+        let probs = attention_packed_forward(
+            &s.q[..n * c],
+            &s.k[..n * c],
+            &s.v[..n * c],
+            &lens,
+            self.cfg.num_attention_heads,
+            &mut s.merged[..n * c],
+            maps.is_some(),
+        );
+        if let Some(m) = maps {
+            *m = probs;
         }
     }
 }
 
 fn add_in_place(y: &mut [f32], x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
 }
 
 impl Module for BertLayer {

@@ -128,35 +128,61 @@ fn softmax_row_avx512(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
 
 #[inline(always)]
 fn softmax_row_plain(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
-    let mut max = f32::NEG_INFINITY;
-    match padded {
-        None => row.iter().for_each(|&x| max = max.max(x)),
+    let max = match padded {
+        None => max_of(row),
         Some(p) => row
             .iter()
             .zip(p)
             .filter(|(_, &m)| m == 0)
-            .for_each(|(&x, _)| max = max.max(x)),
-    }
+            .fold(f32::NEG_INFINITY, |a, (&x, _)| a.max(x)),
+    };
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = exp_fast((*x - max) * scale);
-        sum += *x;
-    }
+    row.iter_mut()
+        .for_each(|x| *x = exp_fast((*x - max) * scale));
     if let Some(p) = padded {
-        sum = 0.0;
-        for (x, &m) in row.iter_mut().zip(p) {
-            if m != 0 {
-                *x = 0.0;
-            }
-            sum += *x;
-        }
+        row.iter_mut()
+            .zip(p)
+            .filter(|(_, &m)| m != 0)
+            .for_each(|(x, _)| *x = 0.0);
     }
+    let sum = sum_of(row);
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// Reductions keep 16 partial results (one AVX-512 register): a single running value would
+/// be a serial dependency chain the compiler may not reorder, leaving the loop scalar.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    tail.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x))
+}
+
+#[inline(always)]
+fn sum_of(row: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    tail.iter().chain(&acc).sum()
 }
 
 /// Forward. q [B,H,T,D], k and v [B,H,Tk,D]; writes att [B,H,T,Tk] and o [B,H,T,D].
@@ -203,6 +229,75 @@ pub fn attention_forward(
                 matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);
             }
         });
+}
+
+/// Inference over packed sequences of different lengths, none padded: `q`, `k`, `v` and `o` are
+/// [N, C] with sequence i at the rows after those of sequences 0..i (`lens[i]` rows), head h at
+/// columns h·D..(h+1)·D. No mask: each sequence attends to all of its own tokens and nothing
+/// else. One task per sequence (all its heads), so threads never split a small GEMM. With
+/// `keep_probs`, returns each sequence's probabilities [H, T, T].
+pub fn attention_packed_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lens: &[usize],
+    heads: usize,
+    o: &mut [f32],
+    keep_probs: bool,
+) -> Vec<Vec<f32>> {
+    let c = o.len() / lens.iter().sum::<usize>().max(1);
+    let d = c / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    // (first row, this sequence's output rows)
+    let mut spans = Vec::with_capacity(lens.len());
+    let (mut rest, mut row) = (o, 0);
+    for &t in lens {
+        let (span, tail) = rest.split_at_mut(t * c);
+        spans.push((row, span));
+        (rest, row) = (tail, row + t);
+    }
+    #[derive(Default)]
+    struct Scratch {
+        qh: Vec<f32>,
+        kh: Vec<f32>,
+        vh: Vec<f32>,
+        oh: Vec<f32>,
+        att: Vec<f32>,
+    }
+    // Head h of rows [row, row+t) of x [N,C] → dst [t, D].
+    let gather = |x: &[f32], row: usize, t: usize, h: usize, dst: &mut Vec<f32>| {
+        dst.clear();
+        for r in x[row * c..(row + t) * c].chunks_exact(c) {
+            dst.extend_from_slice(&r[h * d..(h + 1) * d]);
+        }
+    };
+    spans
+        .into_par_iter()
+        .map_init(Scratch::default, |s, (row, out)| {
+            let t = out.len() / c;
+            let mut probs = Vec::new();
+            for h in 0..heads {
+                gather(q, row, t, h, &mut s.qh);
+                gather(k, row, t, h, &mut s.kh);
+                gather(v, row, t, h, &mut s.vh);
+                s.att.resize(t * t, 0.0);
+                s.oh.resize(t * d, 0.0);
+                // P = softmax(Q·Kᵀ/√D) [T,T]; O = P·V [T,D].
+                matmul_serial(Trans::N, Trans::T, t, t, d, &s.qh, &s.kh, &mut s.att, false);
+                s.att
+                    .chunks_exact_mut(t)
+                    .for_each(|r| softmax_row(r, scale, None));
+                matmul_serial(Trans::N, Trans::N, t, d, t, &s.att, &s.vh, &mut s.oh, false);
+                for (dst, src) in out.chunks_exact_mut(c).zip(s.oh.chunks_exact(d)) {
+                    dst[h * d..(h + 1) * d].copy_from_slice(src);
+                }
+                if keep_probs {
+                    probs.extend_from_slice(&s.att);
+                }
+            }
+            probs
+        })
+        .collect()
 }
 
 /// Dropout on attention probabilities (PyTorch's `attn_dropout` / `MultiheadAttention(dropout)`),

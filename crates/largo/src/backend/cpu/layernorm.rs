@@ -20,23 +20,78 @@ pub fn layernorm_forward(
         .zip(x.par_chunks(c * rows))
         .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
         .for_each(|((y, x), (mean, rstd))| {
-            for (((y, x), m), r) in y
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(mean.iter_mut())
-                .zip(rstd.iter_mut())
-            {
-                let mu = x.iter().sum::<f32>() / c as f32;
-                // Biased variance, as PyTorch's layer_norm.
-                let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-                let s = 1.0 / (var + eps).sqrt();
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *y = (x - mu) * s * w + b;
-                }
-                *m = mu;
-                *r = s;
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
+                return unsafe { forward_rows_avx512(x, weight, bias, eps, c, y, mean, rstd) };
             }
+            forward_rows(x, weight, bias, eps, c, y, mean, rstd)
         });
+}
+
+/// The rows of one task. Reductions keep 16 partial sums (one AVX-512 register): a single
+/// running sum is a serial chain the compiler must not reorder, which leaves the loop scalar.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_rows(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    c: usize,
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    for (((y, x), m), r) in y
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(mean.iter_mut())
+        .zip(rstd.iter_mut())
+    {
+        let mu = lanes_sum(x, |x| x) / c as f32;
+        // Biased variance, as PyTorch's layer_norm.
+        let var = lanes_sum(x, |v| (v - mu) * (v - mu)) / c as f32;
+        let s = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+            *y = (x - mu) * s * w + b;
+        }
+        *m = mu;
+        *r = s;
+    }
+}
+
+/// Σ f(x), accumulated in 16 lanes.
+#[inline(always)]
+fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v);
+        }
+    }
+    tail + acc.iter().sum::<f32>()
+}
+
+/// Σ f(a, b), accumulated in 16 lanes.
+#[inline(always)]
+fn lanes_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&a, &b)| f(a, b))
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += f(a, b);
+        }
+    }
+    tail + acc.iter().sum::<f32>()
 }
 
 /// dx = (1/σ)·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dy·w; dweight += Σ dy·x̂, dbias += Σ dy.
@@ -57,26 +112,12 @@ pub fn layernorm_backward(
         .zip(x.par_chunks(c * rows).zip(dy.par_chunks(c * rows)))
         .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
         .for_each(|((dx, (x, dy)), (mean, rstd))| {
-            for ((((dx, x), dy), &mu), &s) in dx
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(dy.chunks_exact(c))
-                .zip(mean)
-                .zip(rstd)
-            {
-                let (mut g_mean, mut gx_mean) = (0f32, 0f32);
-                for ((&x, &dy), &w) in x.iter().zip(dy).zip(weight) {
-                    let g = dy * w;
-                    g_mean += g;
-                    gx_mean += g * (x - mu) * s;
-                }
-                g_mean /= c as f32;
-                gx_mean /= c as f32;
-                for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(weight) {
-                    let xhat = (x - mu) * s;
-                    *dx = s * (dy * w - g_mean - xhat * gx_mean);
-                }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
+                return unsafe { backward_rows_avx512(x, weight, dy, mean, rstd, c, dx) };
             }
+            backward_rows(x, weight, dy, mean, rstd, c, dx)
         });
     // Parameter gradients: column sums over rows (deterministic for any thread count).
     let rows = mean.len().min(x.len() / c);
@@ -93,4 +134,82 @@ pub fn layernorm_backward(
             *db += dy[base + j];
         }
     });
+}
+
+#[inline(always)]
+fn backward_rows(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+    dx: &mut [f32],
+) {
+    for ((((dx, x), dy), &mu), &s) in dx
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(dy.chunks_exact(c))
+        .zip(mean)
+        .zip(rstd)
+    {
+        // ĝ = dy·w; the two means dx needs.
+        let g_mean = lanes_sum2(dy, weight, |dy, w| dy * w) / c as f32;
+        let mut acc = [0.0f32; 16];
+        let mut gx_sum = 0.0;
+        let (cd, cw, cx) = (
+            dy.chunks_exact(16),
+            weight.chunks_exact(16),
+            x.chunks_exact(16),
+        );
+        for ((&dy, &w), &x) in cd
+            .remainder()
+            .iter()
+            .zip(cw.remainder())
+            .zip(cx.remainder())
+        {
+            gx_sum += dy * w * (x - mu) * s;
+        }
+        for ((cd, cw), cx) in cd.zip(cw).zip(cx) {
+            for (((a, &dy), &w), &x) in acc.iter_mut().zip(cd).zip(cw).zip(cx) {
+                *a += dy * w * (x - mu) * s;
+            }
+        }
+        let gx_mean = (gx_sum + acc.iter().sum::<f32>()) / c as f32;
+        for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(weight) {
+            let xhat = (x - mu) * s;
+            *dx = s * (dy * w - g_mean - xhat * gx_mean);
+        }
+    }
+}
+
+/// The row loops compiled a second time with 16-lane vectors, chosen at run time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+fn forward_rows_avx512(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    c: usize,
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    forward_rows(x, weight, bias, eps, c, y, mean, rstd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn backward_rows_avx512(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+    dx: &mut [f32],
+) {
+    backward_rows(x, weight, dy, mean, rstd, c, dx)
 }
