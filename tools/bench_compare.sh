@@ -20,3 +20,8 @@ echo
 echo "== GEMM f32"
 $L --threads "$T" bench gemm
 python3 tools/bench_gemm.py --threads "$T"
+echo
+echo "== Sentence embeddings (all-MiniLM-L6-v2, 512 sentences of 10-60 words, batch 32)"
+M=${MINILM:-../shared/models/all-MiniLM-L6-v2}
+$L --threads "$T" bench embed --model "$M"
+python3 tools/bench_embed.py --threads "$T" --model "$M" 2>/dev/null | grep -E "embed:|RSS"

@@ -138,13 +138,18 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let mut modules: Vec<(String, usize)> = Vec::new();
     let mut dtypes = BTreeMap::new();
     for (name, shape, dtype) in &listing {
+        *dtypes.entry(dtype.clone()).or_insert(0) += 1;
+        // Integer tensors are buffers (position ids, step counters), not parameters.
+        let lower = dtype.to_lowercase();
+        if lower.starts_with('i') || lower.starts_with('u') || lower.starts_with("bool") {
+            continue;
+        }
         let n: usize = shape.iter().product();
         let m = module_of(name);
         match modules.iter_mut().find(|(k, _)| *k == m) {
             Some(entry) => entry.1 += n,
             None => modules.push((m, n)),
         }
-        *dtypes.entry(dtype.clone()).or_insert(0) += 1;
     }
     Ok(Inspection {
         dir,
