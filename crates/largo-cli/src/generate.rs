@@ -51,6 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     let g = generate(&model, &tokenizer, &a.prompt, &sampling, |piece| {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
+        true
     })?;
     writeln!(out)?;
     if g.truncated > 0 {

@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod interop;
 mod prepare;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Command {
     Export(interop::ExportArgs),
     /// Describe a model directory: architecture, parameters per module, dtypes, tokenizer.
     Inspect(interop::InspectArgs),
+    /// Serve models over HTTP with an OpenAI-compatible API (/v1/completions, /v1/embeddings).
+    Serve(serve::Args),
     /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
     Bench(bench::Args),
 }
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Import(a) => interop::run_import(a),
         Command::Export(a) => interop::run_export(a),
         Command::Inspect(a) => interop::run_inspect(a),
+        Command::Serve(a) => serve::run_serve(a),
         Command::Bench(a) => bench::run(a),
     };
     match res {

@@ -139,7 +139,7 @@ fn print_sample(run: &std::path::Path) -> Result<()> {
     } else {
         largo::data::text::decode(&tokenizer, &[0])?
     };
-    let g = largo::generate::generate(&model, &tokenizer, &prompt, &sampling, |_| {})?;
+    let g = largo::generate::generate(&model, &tokenizer, &prompt, &sampling, |_| true)?;
     println!(
         "\nsample ({} tokens, temperature 0.8):\n{prompt}{}\n",
         g.new_tokens, g.text

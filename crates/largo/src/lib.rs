@@ -1,7 +1,7 @@
 //! largo: build, train, evaluate, explain and serve neural networks on its own engine.
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
-//! `models` → `train` → `eval`; `config` and `io` serve them all.
+//! `models` → `train` → `eval` → `generate` → `serve`; `config` and `io` serve them all.
 
 pub mod backend;
 pub mod bench;
@@ -14,6 +14,7 @@ pub mod io;
 pub mod models;
 pub mod nn;
 pub mod rng;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

@@ -46,6 +46,7 @@ pub struct Generation {
     pub new_tokens: usize,
     /// Tokens dropped from the front of a prompt longer than the context.
     pub truncated: usize,
+    /// The stop string that ended the text; empty when `on_text` asked to stop.
     pub stopped_by: Option<String>,
 }
 
@@ -94,7 +95,7 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt: &str,
     s: &Sampling,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
     s.validate()?;
     if prompt.is_empty() {
@@ -131,8 +132,12 @@ pub fn generate(
                 stopped_by = Some(stop.clone());
                 break;
             }
-            on_text(piece);
+            let go_on = on_text(piece);
             text = full;
+            if !go_on {
+                stopped_by = Some(String::new());
+                break;
+            }
         }
         if generated.len() == s.max_tokens {
             break;

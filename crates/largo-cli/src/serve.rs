@@ -1,0 +1,83 @@
+use anyhow::{bail, Result};
+use largo::serve::{run, ServeConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model directory, or NAME=DIR; repeat to serve several (routed by the request's "model").
+    /// Language models (largo) and BERT embedding models (Hugging Face / sentence-transformers).
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
+    /// Address to bind; 127.0.0.1 keeps the server local.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Environment variable holding the API key; when set and non-empty, /v1/ routes require
+    /// `Authorization: Bearer <key>`.
+    #[arg(long, default_value = "LARGO_API_KEY")]
+    api_key_env: String,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Largest `max_tokens` a completion may ask for.
+    #[arg(long, default_value_t = 2048)]
+    max_tokens: u64,
+    /// Requests whose model work runs at once.
+    #[arg(long, default_value_t = 2)]
+    max_concurrent: usize,
+    /// Requests that may wait for a slot; beyond this, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Seconds before a request is answered 504.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+pub fn run_serve(a: Args) -> Result<()> {
+    let mut models = Vec::new();
+    for m in &a.models {
+        let (name, dir) = match m.split_once('=') {
+            Some((n, d)) if !n.is_empty() => (n.to_string(), PathBuf::from(d)),
+            _ => {
+                let dir = PathBuf::from(m);
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
+                (name, dir)
+            }
+        };
+        models.push((name, dir));
+    }
+    let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+    if a.max_concurrent == 0 || a.max_queue == 0 {
+        bail!("--max-concurrent and --max-queue must be ≥ 1");
+    }
+    let cfg = ServeConfig {
+        host: a.host,
+        port: a.port,
+        api_key,
+        max_body_bytes: a.max_body_bytes,
+        max_tokens: a.max_tokens.max(1),
+        max_batch: 256,
+        max_concurrent: a.max_concurrent,
+        max_queue: a.max_queue,
+        request_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+    let keyed = cfg.api_key.is_some();
+    run(&models, cfg, |addr| {
+        println!(
+            "serving {} on http://{addr}{}",
+            names.join(", "),
+            if keyed { " (API key required)" } else { "" }
+        );
+        let _ = std::io::stdout().flush();
+    })?;
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! `largo serve` through the real binary: a tiny GPT trained here and the tiny BERT fixture,
+//! spoken to over plain HTTP/1.1 (no client library), including every bad request.
+
+mod common;
+use common::{largo, ok, repo};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    addr: String,
+    /// Kept open: the server prints again when it stops.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, models: &[&str], key: Option<&str>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_largo"));
+    cmd.current_dir(dir)
+        .args([
+            "--threads",
+            "2",
+            "serve",
+            "--port",
+            "0",
+            "--max-tokens",
+            "64",
+        ])
+        .env("LARGO_API_KEY", key.unwrap_or(""))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for m in models {
+        cmd.args(["--model", m]);
+    }
+    let mut child = cmd.spawn().expect("start largo serve");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server {
+        child,
+        addr,
+        _stdout: stdout,
+    }
+}
+
+/// (status, headers, body) of one request on a fresh connection.
+fn request(
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: Option<&str>,
+) -> (u16, String, String) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_lowercase(), body.to_string())
+}
+
+fn post(s: &Server, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = request(s, "POST", path, body.as_bytes(), None);
+    let v = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    (status, v)
+}
+
+/// A tiny GPT trained on a corner of the bundled corpus.
+fn tiny_lm(dir: &Path) {
+    let src = repo().join("data/shakespeare/hamlet_gut.txt");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::create_dir_all(dir.join("corpus")).unwrap();
+    std::fs::write(dir.join("corpus/a.txt"), &text[..8000]).unwrap();
+    std::fs::write(dir.join("corpus/b.txt"), &text[8000..12000]).unwrap();
+    ok(&largo(
+        dir,
+        &[
+            "train",
+            "--set",
+            "data.path=corpus",
+            "--set",
+            "run.name=lm",
+            "--set",
+            "gpt.n_layer=1",
+            "--set",
+            "gpt.n_head=2",
+            "--set",
+            "gpt.n_embd=32",
+            "--set",
+            "gpt.ff=64",
+            "--set",
+            "gpt.block_size=32",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.max_steps=10",
+            "--set",
+            "train.eval_every=10",
+            "--set",
+            "train.eval_batches=1",
+            "--set",
+            "schedule.warmup_steps=2",
+        ],
+    ));
+}
+
+#[test]
+fn completions_embeddings_models_health_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_lm(tmp.path());
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let s = start(
+        tmp.path(),
+        &["lm=runs/lm", &format!("emb={}", bert.display())],
+        None,
+    );
+    let (status, _, body) = request(&s, "GET", "/health", b"", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, _, body) = request(&s, "GET", "/v1/models", b"", None);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""id":"emb""#) && body.contains(r#""id":"lm""#),
+        "{body}"
+    );
+
+    let (status, v) = post(
+        &s,
+        "/v1/completions",
+        r#"{"model": "lm", "prompt": "HAMLET", "max_tokens": 12, "temperature": 0.8, "seed": 3}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // The same seed gives the same text.
+    let (_, again) = post(
+        &s,
+        "/v1/completions",
+        r#"{"model": "lm", "prompt": "HAMLET", "max_tokens": 12, "temperature": 0.8, "seed": 3}"#,
+    );
+    assert_eq!(again["choices"][0]["text"], v["choices"][0]["text"]);
+
+    // Streamed: server-sent events, chunks that add up to the whole text, then [DONE].
+    let (status, head, body) = request(
+        &s,
+        "POST",
+        "/v1/completions",
+        br#"{"model": "lm", "prompt": "HAMLET", "max_tokens": 12, "temperature": 0.8, "seed": 3, "stream": true}"#,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("text/event-stream"), "{head}");
+    let mut streamed = String::new();
+    for line in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(line).unwrap();
+        streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap());
+    }
+    assert!(body.contains("data: [DONE]"), "{body}");
+    assert_eq!(streamed, v["choices"][0]["text"].as_str().unwrap());
+
+    let (status, v) = post(
+        &s,
+        "/v1/embeddings",
+        r#"{"model": "emb", "input": ["hello there", "good night"]}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["index"], 1);
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 32);
+    let (_, one) = post(
+        &s,
+        "/v1/embeddings",
+        r#"{"model": "emb", "input": "hello there"}"#,
+    );
+    let (a, b) = (&one["data"][0]["embedding"], &v["data"][0]["embedding"]);
+    for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        assert!(
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5,
+            "{a} vs {b}"
+        );
+    }
+
+    let (status, _, text) = request(&s, "GET", "/metrics", b"", None);
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"largo_requests_total{route="/v1/completions",status="200"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains("largo_request_seconds_bucket"), "{text}");
+    assert!(text.contains("largo_tokens_generated_total 36"), "{text}");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_next_good_request_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let s = start(
+        tmp.path(),
+        &[&format!("emb={}", bert.display())],
+        Some("s3cret"),
+    );
+    let good = br#"{"model": "emb", "input": "fine"}"#;
+    let cases: Vec<(&[u8], u16, &str)> = vec![
+        (b"{not json", 400, "malformed JSON"),
+        (b"", 400, "empty"),
+        (b"[1, 2]", 400, "expected a JSON object"),
+        (b"\xff\xfe{}", 400, "UTF-8"),
+        (br#"{"model": "emb"}"#, 400, "'input' is required"),
+        (
+            br#"{"model": "emb", "input": 7}"#,
+            400,
+            "'input' must be a string or a list",
+        ),
+        (br#"{"model": "emb", "input": []}"#, 400, "empty list"),
+        (
+            br#"{"model": "nope", "input": "x"}"#,
+            404,
+            "the model 'nope' does not exist",
+        ),
+        (
+            br#"{"model": 5, "input": "x"}"#,
+            400,
+            "'model' must be a string",
+        ),
+    ];
+    for (body, want, needle) in cases {
+        let (status, _, text) = request(&s, "POST", "/v1/embeddings", body, Some("s3cret"));
+        assert_eq!(status, want, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{msg} lacks {needle}");
+        assert!(v["error"]["type"].is_string());
+        // …and the server still answers a good request.
+        let (status, _, _) = request(&s, "POST", "/v1/embeddings", good, Some("s3cret"));
+        assert_eq!(status, 200);
+    }
+    // Completions asked of an embedding model, wrong key, no key, a body over the limit.
+    let (status, _, text) = request(
+        &s,
+        "POST",
+        "/v1/completions",
+        br#"{"model": "emb", "prompt": "x"}"#,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("embedding model"), "{text}");
+    let (status, _, text) = request(&s, "POST", "/v1/embeddings", good, Some("wrong"));
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("API key"), "{text}");
+    let (status, _, _) = request(&s, "POST", "/v1/embeddings", good, None);
+    assert_eq!(status, 401);
+    let big = vec![b' '; 2 << 20];
+    let (status, _, _) = request(&s, "POST", "/v1/embeddings", &big, Some("s3cret"));
+    assert_eq!(status, 413);
+    // /health needs no key.
+    let (status, _, _) = request(&s, "GET", "/health", b"", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn completion_parameters_are_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_lm(tmp.path());
+    let s = start(tmp.path(), &["runs/lm"], None);
+    for (body, needle) in [
+        (
+            r#"{"prompt": "A", "max_tokens": 0}"#,
+            "'max_tokens' must be an integer between 1 and 64",
+        ),
+        (
+            r#"{"prompt": "A", "max_tokens": 100000}"#,
+            "'max_tokens' must be an integer between 1 and 64",
+        ),
+        (
+            r#"{"prompt": "A", "temperature": -1}"#,
+            "'temperature' must be between 0 and 2",
+        ),
+        (
+            r#"{"prompt": "A", "temperature": "hot"}"#,
+            "'temperature' must be a number",
+        ),
+        (r#"{"prompt": ""}"#, "'prompt' is empty"),
+        (r#"{"max_tokens": 3}"#, "'prompt' is required"),
+        (
+            r#"{"prompt": "A", "stop": 3}"#,
+            "'stop' must be a string or a list",
+        ),
+        (
+            r#"{"prompt": "A", "stream": "yes"}"#,
+            "'stream' must be true or false",
+        ),
+    ] {
+        let (status, v) = post(&s, "/v1/completions", body);
+        assert_eq!(status, 400, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // One model served: "model" may be left out.
+    let (status, v) = post(&s, "/v1/completions", r#"{"prompt": "A", "max_tokens": 2}"#);
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn sigterm_stops_the_server_with_exit_code_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let mut s = start(tmp.path(), &[bert.to_str().unwrap()], None);
+    let (status, _, _) = request(&s, "GET", "/health", b"", None);
+    assert_eq!(status, 200);
+    // SAFETY: sending SIGTERM to the child process this test started.
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGTERM);
+    }
+    let code = s.child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}

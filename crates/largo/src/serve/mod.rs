@@ -1,0 +1,605 @@
+//! `largo serve`: an OpenAI-compatible HTTP server (axum/tokio) over loaded models.
+//!
+//! Each request's model work runs on a blocking thread, bounded by `max_concurrent`; requests
+//! beyond that wait in a queue of at most `max_queue`, and past it get 429 with Retry-After
+//! instead of growing memory. A streamed generation stops when its client disconnects.
+
+pub mod api;
+
+use crate::generate::{generate, Sampling};
+use crate::models::sentence::SentenceEncoder;
+use crate::models::store::{load_info, load_lm, resolve_model_dir};
+use crate::models::TransformerLm;
+use crate::{Error, Result};
+use api::{
+    bool_field, constant_time_eq, integer_field, number_field, parse_object, string_field,
+    strings_field, ApiError,
+};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// A model the server holds, by what it can do.
+pub enum Served {
+    Lm {
+        model: TransformerLm,
+        tokenizer: tokenizers::Tokenizer,
+    },
+    Embedder(SentenceEncoder),
+}
+
+impl Served {
+    /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one.
+    pub fn load(path: &Path) -> Result<Self> {
+        let hf = path.join("modules.json").is_file()
+            || std::fs::read_to_string(path.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v.get("model_type").is_some());
+        if hf {
+            return Ok(Served::Embedder(SentenceEncoder::load(path)?));
+        }
+        let dir = resolve_model_dir(path)?;
+        let info = load_info(&dir)?;
+        if info.lm_spec().is_none() {
+            return Err(Error::format(
+                &dir,
+                format!("a {} model cannot be served yet (language models and BERT embedding models can)", info.arch),
+            ));
+        }
+        let (model, _, tokenizer) = load_lm(&dir)?;
+        Ok(Served::Lm { model, tokenizer })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Bearer key required on /v1/ routes when set.
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_tokens: u64,
+    /// Texts per embeddings request.
+    pub max_batch: usize,
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            max_body_bytes: 1 << 20,
+            max_tokens: 2048,
+            max_batch: 256,
+            max_concurrent: 2,
+            max_queue: 64,
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Prometheus counters and histograms, rendered by hand in the text format.
+#[derive(Default)]
+struct Metrics {
+    /// (route, status) → count
+    requests: BTreeMap<(String, u16), u64>,
+    /// route → (bucket counts, sum of seconds, count)
+    latency: BTreeMap<String, (Vec<u64>, f64, u64)>,
+    tokens_generated: u64,
+    texts_embedded: u64,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    fn render(&self, queued: u64, in_flight: u64) -> String {
+        let mut out = String::new();
+        out.push_str("# TYPE largo_requests_total counter\n");
+        for ((route, status), n) in &self.requests {
+            out.push_str(&format!(
+                "largo_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# TYPE largo_request_seconds histogram\n");
+        for (route, (buckets, sum, count)) in &self.latency {
+            let mut cum = 0;
+            for (le, n) in LATENCY_BUCKETS.iter().zip(buckets) {
+                cum += n;
+                out.push_str(&format!(
+                    "largo_request_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cum}\n"
+                ));
+            }
+            out.push_str(&format!(
+                "largo_request_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}\n"
+            ));
+            out.push_str(&format!(
+                "largo_request_seconds_sum{{route=\"{route}\"}} {sum}\n"
+            ));
+            out.push_str(&format!(
+                "largo_request_seconds_count{{route=\"{route}\"}} {count}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# TYPE largo_queue_depth gauge\nlargo_queue_depth {queued}\n\
+             # TYPE largo_in_flight gauge\nlargo_in_flight {in_flight}\n\
+             # TYPE largo_tokens_generated_total counter\nlargo_tokens_generated_total {}\n\
+             # TYPE largo_texts_embedded_total counter\nlargo_texts_embedded_total {}\n",
+            self.tokens_generated, self.texts_embedded
+        ));
+        out
+    }
+}
+
+struct AppState {
+    models: BTreeMap<String, Arc<Served>>,
+    cfg: ServeConfig,
+    workers: Arc<Semaphore>,
+    queue: Semaphore,
+    waiting: AtomicU64,
+    running: AtomicU64,
+    metrics: Mutex<Metrics>,
+    next_id: AtomicU64,
+}
+
+type Shared = Arc<AppState>;
+
+/// Waits for a worker slot, or refuses with 429 when the queue is full. The slot is held by
+/// the blocking task that does the work, so it is released when the work ends.
+async fn admit(st: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let Ok(_ticket) = st.queue.try_acquire() else {
+        let mut e = ApiError::status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "the server is busy: the request queue is full, retry later",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    };
+    st.waiting.fetch_add(1, Ordering::Relaxed);
+    let permit = Arc::clone(&st.workers).acquire_owned().await;
+    st.waiting.fetch_sub(1, Ordering::Relaxed);
+    permit.map_err(|_| {
+        ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shutting down",
+        )
+    })
+}
+
+fn model_named<'a>(
+    st: &'a Shared,
+    o: &serde_json::Map<String, Value>,
+) -> Result<(String, &'a Arc<Served>), ApiError> {
+    let name = match o.get("model") {
+        None | Some(Value::Null) if st.models.len() == 1 => {
+            st.models.keys().next().cloned().expect("one model")
+        }
+        _ => string_field(o, "model")?,
+    };
+    match st.models.get(&name) {
+        Some(m) => Ok((name, m)),
+        None => {
+            let mut e = ApiError::status(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model '{name}' does not exist; served: {}",
+                    st.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            e.param = Some("model".into());
+            Err(e)
+        }
+    }
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let o = parse_object(&body)?;
+    let (name, served) = model_named(&st, &o)?;
+    let Served::Lm { .. } = served.as_ref() else {
+        return Err(ApiError::invalid(
+            format!("the model '{name}' is an embedding model: use /v1/embeddings"),
+            Some("model"),
+        ));
+    };
+    let prompt = match strings_field(&o, "prompt")? {
+        Some(p) if p.len() == 1 => p.into_iter().next().expect("one"),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'prompt' must be one string",
+                Some("prompt"),
+            ))
+        }
+        None => return Err(ApiError::invalid("'prompt' is required", Some("prompt"))),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("'prompt' is empty", Some("prompt")));
+    }
+    let sampling = Sampling {
+        max_tokens: integer_field(&o, "max_tokens", 16, 1, st.cfg.max_tokens)? as usize,
+        temperature: number_field(&o, "temperature", 1.0, 0.0, 2.0)? as f32,
+        top_k: 0,
+        top_p: number_field(&o, "top_p", 1.0, 0.0, 1.0)? as f32,
+        seed: integer_field(&o, "seed", rand_seed(), 0, u64::MAX)?,
+        stop: strings_field(&o, "stop")?.unwrap_or_default(),
+    };
+    if sampling.top_p == 0.0 {
+        return Err(ApiError::invalid("'top_p' must be > 0", Some("top_p")));
+    }
+    let stream = bool_field(&o, "stream")?;
+    let permit = admit(&st).await?;
+    let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
+    let created = unix_time();
+    let served = Arc::clone(served);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let cancel_in = Arc::clone(&cancel);
+    // Only a streamed request listens for pieces; a plain one just waits for the result.
+    let tx = stream.then_some(tx);
+    st.running.fetch_add(1, Ordering::Relaxed);
+    let st2 = Arc::clone(&st);
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let Served::Lm { model, tokenizer } = served.as_ref() else {
+            unreachable!("checked above")
+        };
+        let r = generate(model, tokenizer, &prompt, &sampling, |piece| {
+            // A closed receiver means the client went away: stop generating.
+            let delivered = tx
+                .as_ref()
+                .is_none_or(|tx| tx.send(piece.to_string()).is_ok());
+            delivered && !cancel_in.load(Ordering::Relaxed)
+        });
+        st2.running.fetch_sub(1, Ordering::Relaxed);
+        r
+    });
+    let usage = |g: &crate::generate::Generation| {
+        json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": g.new_tokens,
+               "total_tokens": g.prompt_tokens + g.new_tokens})
+    };
+    let finish = |g: &crate::generate::Generation| match &g.stopped_by {
+        Some(s) if !s.is_empty() => "stop",
+        _ => "length",
+    };
+    if !stream {
+        drop(rx);
+        let g = match tokio::time::timeout(st.cfg.request_timeout, task).await {
+            Err(_) => {
+                cancel.store(true, Ordering::Relaxed);
+                return Err(ApiError::status(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "the generation took longer than the server's request timeout",
+                ));
+            }
+            Ok(joined) => joined
+                .map_err(|e| {
+                    ApiError::status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        e.to_string(),
+                    )
+                })?
+                .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))?,
+        };
+        st.metrics.lock().expect("metrics").tokens_generated += g.new_tokens as u64;
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": name,
+            "choices": [{"text": g.text, "index": 0, "logprobs": null, "finish_reason": finish(&g)}],
+            "usage": usage(&g),
+        }))
+        .into_response());
+    }
+    // Server-sent events: one chunk per piece of text, then the final chunk with usage.
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
+    let st3 = Arc::clone(&st);
+    tokio::spawn(async move {
+        let mut rx = rx;
+        let chunk = |text: &str, finish: Value, usage: Value| {
+            Event::default().data(
+                json!({"id": id, "object": "text_completion", "created": created, "model": name,
+                       "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+                       "usage": usage})
+                .to_string(),
+            )
+        };
+        while let Some(piece) = rx.recv().await {
+            if ev_tx
+                .send(Ok(chunk(&piece, Value::Null, Value::Null)))
+                .await
+                .is_err()
+            {
+                cancel.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        let last = match task.await {
+            Ok(Ok(g)) => {
+                st3.metrics.lock().expect("metrics").tokens_generated += g.new_tokens as u64;
+                chunk("", json!(finish(&g)), usage(&g))
+            }
+            Ok(Err(e)) => Event::default().data(
+                json!({"error": {"message": e.to_string(), "type": "invalid_request_error"}})
+                    .to_string(),
+            ),
+            Err(e) => Event::default().data(
+                json!({"error": {"message": e.to_string(), "type": "server_error"}}).to_string(),
+            ),
+        };
+        let _ = ev_tx.send(Ok(last)).await;
+        let _ = ev_tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(ev_rx);
+    Ok(Sse::new(stream).into_response())
+}
+
+fn rand_seed() -> u64 {
+    unix_time() ^ ((std::process::id() as u64) << 32)
+}
+
+async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let o = parse_object(&body)?;
+    let (name, served) = model_named(&st, &o)?;
+    let Served::Embedder(_) = served.as_ref() else {
+        return Err(ApiError::invalid(
+            format!("the model '{name}' is a language model: use /v1/completions"),
+            Some("model"),
+        ));
+    };
+    let texts = strings_field(&o, "input")?
+        .ok_or_else(|| ApiError::invalid("'input' is required", Some("input")))?;
+    if texts.is_empty() {
+        return Err(ApiError::invalid("'input' is an empty list", Some("input")));
+    }
+    if texts.len() > st.cfg.max_batch {
+        return Err(ApiError::invalid(
+            format!(
+                "'input' has {} texts; at most {} per request",
+                texts.len(),
+                st.cfg.max_batch
+            ),
+            Some("input"),
+        ));
+    }
+    if let Some(Value::String(f)) = o.get("encoding_format") {
+        if f != "float" {
+            return Err(ApiError::invalid(
+                "only encoding_format \"float\" is supported",
+                Some("encoding_format"),
+            ));
+        }
+    }
+    let permit = admit(&st).await?;
+    let served = Arc::clone(served);
+    let n = texts.len();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let Served::Embedder(enc) = served.as_ref() else {
+            unreachable!("checked above")
+        };
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens: usize = enc.tokenize(&refs)?.iter().map(Vec::len).sum();
+        enc.embed(&refs, 32).map(|e| (e, tokens))
+    });
+    let (embs, tokens) = match tokio::time::timeout(st.cfg.request_timeout, task).await {
+        Err(_) => {
+            return Err(ApiError::status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request took longer than the server's timeout",
+            ))
+        }
+        Ok(j) => j
+            .map_err(|e| {
+                ApiError::status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    e.to_string(),
+                )
+            })?
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("input")))?,
+    };
+    st.metrics.lock().expect("metrics").texts_embedded += n as u64;
+    let data: Vec<Value> = embs
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data, "model": name,
+                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response())
+}
+
+async fn list_models(State(st): State<Shared>) -> Json<Value> {
+    let data: Vec<Value> = st
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let kind = match m.as_ref() {
+                Served::Lm { .. } => "completions",
+                Served::Embedder(_) => "embeddings",
+            };
+            json!({"id": name, "object": "model", "owned_by": "largo", "capability": kind})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    let text = st.metrics.lock().expect("metrics").render(
+        st.waiting.load(Ordering::Relaxed),
+        st.running.load(Ordering::Relaxed),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Bearer-key check (constant time) on /v1/ routes, and request counting and timing for all.
+async fn guard(State(st): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let route = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = match (&st.cfg.api_key, route.starts_with("/v1/")) {
+        (Some(key), true) => {
+            let given = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                next.run(req).await
+            } else {
+                ApiError::status(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                )
+                .into_response()
+            }
+        }
+        _ => next.run(req).await,
+    };
+    let known = [
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/health",
+        "/metrics",
+    ];
+    let label = if known.contains(&route.as_str()) {
+        route
+    } else {
+        "other".into()
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let mut m = st.metrics.lock().expect("metrics");
+    *m.requests
+        .entry((label.clone(), resp.status().as_u16()))
+        .or_insert(0) += 1;
+    let entry = m
+        .latency
+        .entry(label)
+        .or_insert_with(|| (vec![0; LATENCY_BUCKETS.len()], 0.0, 0));
+    if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
+        entry.0[i] += 1;
+    }
+    entry.1 += secs;
+    entry.2 += 1;
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such route",
+    )
+}
+
+/// The router over loaded models (used by `run` and by tests).
+pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router {
+    let st: Shared = Arc::new(AppState {
+        models,
+        workers: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
+        queue: Semaphore::new(cfg.max_queue.max(1)),
+        waiting: AtomicU64::new(0),
+        running: AtomicU64::new(0),
+        metrics: Mutex::new(Metrics::default()),
+        next_id: AtomicU64::new(1),
+        cfg: cfg.clone(),
+    });
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(st)
+}
+
+/// Loads `models` (name → directory), binds and serves until SIGTERM or Ctrl-C, then lets
+/// in-flight requests finish. `on_listen` receives the bound address (port 0 picks one).
+pub fn run(
+    models: &[(String, PathBuf)],
+    cfg: ServeConfig,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let mut loaded = BTreeMap::new();
+    for (name, dir) in models {
+        if loaded.contains_key(name) {
+            return Err(Error::Invalid(format!("two models are named '{name}'")));
+        }
+        loaded.insert(name.clone(), Arc::new(Served::load(dir)?));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::Invalid(format!("{addr}: {e}")))?;
+        // Handlers are installed before the address is announced, so a SIGTERM sent at any
+        // point after that drains and exits 0.
+        let shutdown = shutdown_signal()?;
+        on_listen(bound);
+        let app = router(loaded, cfg);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::Invalid(format!("server: {e}")))
+    })
+}
+
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind: SignalKind| {
+        signal(kind).map_err(|e| Error::Invalid(format!("cannot handle signals: {e}")))
+    };
+    let (mut term, mut int) = (
+        handler(SignalKind::terminate())?,
+        handler(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
+}
