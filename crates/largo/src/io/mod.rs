@@ -242,4 +242,17 @@ mod tests {
         std::fs::write(&p, b"garbage").unwrap();
         assert!(TensorFile::load(&p).is_err());
     }
+
+    #[test]
+    fn an_unknown_dtype_is_a_clear_error_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let bytes = [1u8, 0, 1, 1];
+        let view = safetensors::tensor::TensorView::new(Dtype::BOOL, vec![4], &bytes).unwrap();
+        let out = safetensors::serialize(vec![("mask".to_string(), view)], &None).unwrap();
+        std::fs::write(&p, out).unwrap();
+        let e = TensorFile::load(&p).err().unwrap().to_string();
+        assert!(e.contains("tensor mask: unsupported dtype BOOL"), "{e}");
+        assert!(e.contains("m.safetensors"), "{e}");
+    }
 }
