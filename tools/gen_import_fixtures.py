@@ -28,7 +28,6 @@ Run from the repository root:
 """
 import io
 import json
-import math
 import pickletools
 import struct
 import zipfile
@@ -38,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+
+from gen_transformer_fixtures import SeedLM, gpt_forward, gpt_init
 
 OUT = Path("crates/largo-cli/tests/fixtures/import")
 
@@ -55,87 +56,18 @@ class SeedMLP(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
-# ---- seed program (b): the Transformer LM (as tools/gen_transformer_fixtures.py, with dropout) ----
-
-def sinusoidal(max_len, d):
-    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
-    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
-    pe = torch.zeros(max_len, d, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)
-    return pe
-
-
-class SeedLM(nn.Module):
-    def __init__(self, V, d, nhead, d_hid, nlayers, max_len=64, dropout=0.1):
-        super().__init__()
-        self.d = d
-        self.embedding = nn.Embedding(V, d)
-        self.register_buffer("pe", sinusoidal(max_len, d).float())
-        layer = nn.TransformerEncoderLayer(d, nhead, d_hid, dropout=dropout, batch_first=True)
-        self.transformer_encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
-        self.decoder = nn.Linear(d, V)
-
-    def forward(self, src, key_padding=None):
-        T = src.shape[1]
-        x = self.embedding(src) * math.sqrt(self.d) + self.pe[:T]
-        mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)
-        x = self.transformer_encoder(x, mask=mask, src_key_padding_mask=key_padding)
-        return self.decoder(x)
-
+# ---- seed program (b): the Transformer LM: SeedLM of gen_transformer_fixtures.py, with dropout ----
 
 SEED_CFG = {"ntoken": 24, "d_model": 16, "nhead": 2, "d_hid": 32, "nlayers": 2,
             "dropout": 0.1, "max_len": 32, "causal": True}
 MLP_CFG = {"input": 784, "hidden": [128], "classes": 10}
 
 
-# ---- tiny nanoGPT (names and math as gpt_init/gpt_forward in gen_transformer_fixtures.py) ----
+# ---- tiny nanoGPT: gpt_init/gpt_forward of gen_transformer_fixtures.py, held in f32 ----
 
 GPT_CFG = {"vocab_size": 24, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16,
            "bias": True, "dropout": 0.0,
            "ff": 64, "activation": "gelu", "positions": "learned", "tie_weights": True}
-
-
-def gpt_init(V, block, n_layer, C):
-    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (block, C)}
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        shapes.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-                       p + "attn.c_attn.weight": (3 * C, C), p + "attn.c_attn.bias": (3 * C,),
-                       p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-                       p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-                       p + "mlp.c_fc.weight": (4 * C, C), p + "mlp.c_fc.bias": (4 * C,),
-                       p + "mlp.c_proj.weight": (C, 4 * C), p + "mlp.c_proj.bias": (C,)})
-    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
-    P = {}
-    for name, shape in shapes.items():  # 0.3*randn, LayerNorm weights 1 + 0.1*randn
-        is_ln_weight = name.endswith(".weight") and "ln_" in name
-        P[name] = (1 + 0.1 * torch.randn(*shape)) if is_ln_weight else 0.3 * torch.randn(*shape)
-    return P
-
-
-def attention(qkv, n_head):
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    D = C // n_head
-    q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in qkv.split(C, dim=2))
-    att = q @ k.transpose(-2, -1) / math.sqrt(D)
-    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    return (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
-
-
-def gpt_forward(P, idx, n_layer, n_head):
-    T = idx.shape[1]
-    C = P["transformer.wte.weight"].shape[1]
-    x = F.embedding(idx, P["transformer.wte.weight"]) + P["transformer.wpe.weight"][:T]
-    ln = lambda x, n: F.layer_norm(x, (C,), P[n + ".weight"], P[n + ".bias"], eps=1e-5)  # noqa: E731
-    lin = lambda x, n: F.linear(x, P[n + ".weight"], P[n + ".bias"])  # noqa: E731
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        x = x + lin(attention(lin(ln(x, p + "ln_1"), p + "attn.c_attn"), n_head), p + "attn.c_proj")
-        x = x + lin(F.gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
-    x = ln(x, "transformer.ln_f")
-    return F.linear(x, P["transformer.wte.weight"])  # tied lm_head
 
 
 # ---- builders ----
@@ -158,7 +90,7 @@ def train_seed():
     torch.manual_seed(0)
     c = SEED_CFG
     model = SeedLM(c["ntoken"], c["d_model"], c["nhead"], c["d_hid"], c["nlayers"],
-                   max_len=c["max_len"], dropout=c["dropout"])
+                   max_len=c["max_len"], dropout=c["dropout"]).float()  # pe buffer too
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     data = torch.randint(0, c["ntoken"], (4, 12))
     model.train()
@@ -232,7 +164,8 @@ def main():
     # (c) tiny nanoGPT, tied head
     torch.manual_seed(3)
     g = GPT_CFG
-    P = gpt_init(g["vocab_size"], g["block_size"], g["n_layer"], g["n_embd"])
+    P = {k: v.detach().float()
+         for k, v in gpt_init(g["vocab_size"], g["block_size"], g["n_layer"], g["n_embd"]).items()}
     gtok = torch.randint(0, g["vocab_size"], (2, g["block_size"]))
     with torch.no_grad():
         ref["gpt.tokens"], ref["gpt.logits"] = gtok.float(), gpt_forward(P, gtok, g["n_layer"], g["n_head"])

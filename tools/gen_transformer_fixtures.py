@@ -145,12 +145,12 @@ def gpt_fixtures(fx):
 # ---- the seed's Transformer LM (PyTorch tutorial shape), done right ----
 
 class SeedLM(nn.Module):
-    def __init__(self, V, d, nhead, d_hid, nlayers, max_len=64):
+    def __init__(self, V, d, nhead, d_hid, nlayers, max_len=64, dropout=0.0):
         super().__init__()
         self.d = d
         self.embedding = nn.Embedding(V, d)
         self.register_buffer("pe", sinusoidal(max_len, d))
-        layer = nn.TransformerEncoderLayer(d, nhead, d_hid, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(d, nhead, d_hid, dropout=dropout, batch_first=True)
         self.transformer_encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
         self.decoder = nn.Linear(d, V)
 
