@@ -162,3 +162,23 @@ fn minilm_embeddings_match_sentence_transformers() {
         );
     }
 }
+
+#[test]
+fn attention_maps_hold_one_distribution_per_query_for_every_layer_and_head() {
+    let enc = SentenceEncoder::load(&fixtures().join("tiny-bert/mean")).unwrap();
+    let (tokens, maps) = enc.attention_maps("to be or not to be").unwrap();
+    let (t, heads) = (tokens.len(), enc.bert.cfg.num_attention_heads);
+    assert_eq!(tokens.first().map(String::as_str), Some("[CLS]"));
+    assert_eq!(maps.len(), enc.bert.cfg.num_hidden_layers);
+    for layer in &maps {
+        assert_eq!(layer.len(), 1, "one sequence");
+        assert_eq!(layer[0].len(), heads * t * t);
+        for row in layer[0].chunks_exact(t) {
+            let sum: f32 = row.iter().sum();
+            assert!(
+                (sum - 1.0).abs() < 1e-5 && row.iter().all(|&p| p >= 0.0),
+                "{row:?}"
+            );
+        }
+    }
+}

@@ -195,6 +195,29 @@ fn to_f32(dtype: Dtype, b: &[u8]) -> std::result::Result<Vec<f32>, String> {
     })
 }
 
+/// A weights file: a `torch.save` zip (.pt/.pth/.bin; read without running any pickle code)
+/// or safetensors, told apart by content rather than by name.
+pub fn load_weights(path: &Path) -> Result<TensorFile> {
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+        if n < 4 {
+            return Err(Error::format(path, "file too short to hold weights"));
+        }
+    }
+    if &magic != b"PK\x03\x04" {
+        return TensorFile::load(path);
+    }
+    let sd = torch_pickle::load_state_dict(path)?;
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors: sd.tensors,
+        metadata: Default::default(),
+    })
+}
+
 /// IEEE half to single precision, including subnormals, infinities and NaN.
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;

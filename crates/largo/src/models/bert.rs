@@ -5,11 +5,10 @@
 //! every linear layer and layer norm, and attention runs per sequence over its own length. The
 //! result equals a padded batch with an attention mask, without computing the padding.
 
-use crate::backend::attention_packed_forward;
+use crate::backend::{add_assign, attention_packed_forward};
 use crate::nn::{prefixed, Activation, Embedding, LayerNorm, Linear, Module, Param};
 use crate::tensor::ensure_len;
 use crate::{bail, Result};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The fields of a Hugging Face BERT `config.json` that the computation depends on.
@@ -206,58 +205,49 @@ impl Bert {
         self.emb_norm.infer(&s.sum, n, &mut s.x);
 
         for layer in &self.layers {
-            let layer_maps = maps.as_deref_mut().map(|m| {
-                m.push(Vec::with_capacity(seqs.len()));
-                m.last_mut().expect("just pushed")
-            });
-            self.attention(layer, seqs, s, layer_maps);
+            let probs = self.attention(layer, seqs, s, maps.is_some());
+            if let Some(m) = maps.as_deref_mut() {
+                m.push(probs);
+            }
             // x = LayerNorm(x + Attention(x))
             layer.attn_out.forward(&s.merged, n, &mut s.sum);
-            add_in_place(&mut s.sum[..n * c], &s.x[..n * c]);
+            add_assign(&mut s.sum[..n * c], &s.x[..n * c]);
             layer.attn_norm.infer(&s.sum, n, &mut s.x);
             // x = LayerNorm(x + W₂·act(W₁·x))   [N,C] → [N,F] → [N,C]
             layer.intermediate.forward(&s.x, n, &mut s.hidden);
             self.act.forward(&s.hidden[..n * f], &mut s.act[..n * f]);
             layer.output.forward(&s.act, n, &mut s.sum);
-            add_in_place(&mut s.sum[..n * c], &s.x[..n * c]);
+            add_assign(&mut s.sum[..n * c], &s.x[..n * c]);
             layer.out_norm.infer(&s.sum, n, &mut s.x);
         }
         Ok(&s.x[..n * c])
     }
 
-    /// Self-attention of each sequence over its own tokens: s.x → s.merged [N, C].
+    /// Self-attention of each sequence over its own tokens: s.x → s.merged [N, C]. With
+    /// `keep_probs`, returns each sequence's probabilities [H, T, T].
     fn attention(
         &self,
         layer: &BertLayer,
         seqs: &[&[u32]],
         s: &mut BertScratch,
-        maps: Option<&mut Vec<Vec<f32>>>,
-    ) {
+        keep_probs: bool,
+    ) -> Vec<Vec<f32>> {
         let lens: Vec<usize> = seqs.iter().map(|t| t.len()).collect();
         let n: usize = lens.iter().sum();
         let c = self.cfg.hidden_size;
         layer.query.forward(&s.x, n, &mut s.q);
         layer.key.forward(&s.x, n, &mut s.k);
         layer.value.forward(&s.x, n, &mut s.v);
-        let probs = attention_packed_forward(
+        attention_packed_forward(
             &s.q[..n * c],
             &s.k[..n * c],
             &s.v[..n * c],
             &lens,
             self.cfg.num_attention_heads,
             &mut s.merged[..n * c],
-            maps.is_some(),
-        );
-        if let Some(m) = maps {
-            *m = probs;
-        }
+            keep_probs,
+        )
     }
-}
-
-fn add_in_place(y: &mut [f32], x: &[f32]) {
-    y.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
 }
 
 impl Module for BertLayer {

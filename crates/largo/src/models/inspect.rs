@@ -1,8 +1,8 @@
 //! What a model directory holds: architecture and config, parameters per module, dtypes on
 //! disk, tokenizer. Reads largo model directories and Hugging Face BERT directories.
 
-use super::sentence::{read_bert_config, SentenceEncoder};
-use super::store::{load_info, resolve_model_dir, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use super::sentence::{is_hf_dir, read_bert_config, SentenceEncoder};
+use super::store::{load_info, resolve_model_dir, TOKENIZER_FILE, WEIGHTS_FILE};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -97,13 +97,7 @@ fn tensor_listing(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
 }
 
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let hf_config = path.join(CONFIG_FILE);
-    let is_hf = hf_config.is_file()
-        && std::fs::read_to_string(&hf_config)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v.get("model_type").is_some());
-    let (format, arch, config, weights_file, tokenizer, pooling, dir) = if is_hf {
+    let (format, arch, config, weights_file, tokenizer, pooling, dir) = if is_hf_dir(path) {
         let cfg = read_bert_config(path)?;
         let enc = SentenceEncoder::load(path)?;
         let pooling = format!(

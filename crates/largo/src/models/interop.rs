@@ -8,7 +8,7 @@ use super::store::{load_info, load_mlp, load_params, save_model, ModelInfo};
 use super::{GptConfig, Mlp, MlpConfig, SeedTransformerConfig, TransformerLm};
 use crate::backend::sinusoidal_table;
 use crate::data::mnist::Normalization;
-use crate::io::{save_safetensors, TensorFile};
+use crate::io::{load_weights, save_safetensors, TensorFile};
 use crate::nn::Module;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -42,29 +42,10 @@ impl ImportArch {
     }
 }
 
-/// A weights file: a `torch.save` zip (.pt/.pth/.bin; read without running any pickle code)
-/// or safetensors, told apart by content rather than by name.
-pub fn read_weights(path: &Path) -> Result<TensorFile> {
-    let mut magic = [0u8; 4];
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
-        if n < 4 {
-            return Err(Error::format(path, "file too short to hold weights"));
-        }
-    }
-    let mut file = if &magic == b"PK\x03\x04" {
-        let sd = crate::io::torch_pickle::load_state_dict(path)?;
-        TensorFile {
-            path: path.to_path_buf(),
-            tensors: sd.tensors,
-            metadata: Default::default(),
-        }
-    } else {
-        TensorFile::load(path)?
-    };
-    // Prefixes added by torch.compile and DistributedDataParallel wrappers.
+/// A weights file (`io::load_weights`), without the prefixes torch.compile and
+/// DistributedDataParallel wrappers add to every name.
+fn read_weights(path: &Path) -> Result<TensorFile> {
+    let mut file = load_weights(path)?;
     let names: Vec<String> = file.tensors.keys().cloned().collect();
     for name in names {
         let mut new = name.as_str();
@@ -79,6 +60,18 @@ pub fn read_weights(path: &Path) -> Result<TensorFile> {
     Ok(file)
 }
 
+/// A `.toml` file as TOML, anything else as JSON, into one JSON value.
+fn read_json_or_toml(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if path.extension().is_some_and(|x| x == "toml") {
+        let t: toml::Value =
+            toml::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?;
+        serde_json::to_value(t).map_err(|e| Error::format(path, format!("{e}")))
+    } else {
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))
+    }
+}
+
 /// A config from a JSON or TOML file: either the fields themselves or a largo training config
 /// with a `[section]`; fields it leaves out take their defaults, unknown fields are errors.
 fn read_config<T: Serialize + DeserializeOwned + Default>(
@@ -89,14 +82,7 @@ fn read_config<T: Serialize + DeserializeOwned + Default>(
     let Some(path) = path else {
         return serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()));
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let given: serde_json::Value = if path.extension().is_some_and(|x| x == "toml") {
-        let t: toml::Value =
-            toml::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?;
-        serde_json::to_value(t).map_err(|e| Error::format(path, format!("{e}")))?
-    } else {
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?
-    };
+    let given = read_json_or_toml(path)?;
     let mut given = match given {
         serde_json::Value::Object(mut o) => match o.remove(section) {
             Some(serde_json::Value::Object(inner)) => inner,
@@ -325,14 +311,7 @@ fn read_normalization(config: Option<&Path>) -> Result<Normalization> {
     let Some(path) = config else {
         return Ok(identity);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = if path.extension().is_some_and(|x| x == "toml") {
-        let t: toml::Value =
-            toml::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?;
-        serde_json::to_value(t).map_err(|e| Error::format(path, format!("{e}")))?
-    } else {
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("{e}")))?
-    };
+    let v = read_json_or_toml(path)?;
     match v.get("normalization") {
         None => Ok(identity),
         Some(n) => serde_json::from_value(n.clone())

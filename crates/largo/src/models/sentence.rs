@@ -155,17 +155,22 @@ pub fn hf_weights(dir: &Path) -> Result<TensorFile> {
     }
     let bin = dir.join("pytorch_model.bin");
     if bin.is_file() {
-        let sd = crate::io::torch_pickle::load_state_dict(&bin)?;
-        return Ok(TensorFile {
-            path: bin,
-            tensors: sd.tensors,
-            metadata: Default::default(),
-        });
+        return crate::io::load_weights(&bin);
     }
     Err(Error::format(
         dir,
         "missing model.safetensors (or pytorch_model.bin): the directory has no weights",
     ))
+}
+
+/// A Hugging Face directory: sentence-transformers' modules.json, or a config.json with a
+/// `model_type` (largo's own config.json has `arch` instead).
+pub fn is_hf_dir(dir: &Path) -> bool {
+    dir.join("modules.json").is_file()
+        || std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("model_type").is_some())
 }
 
 /// Reads a BERT model's config.json; an architecture other than BERT is named in the error.
@@ -361,7 +366,11 @@ impl SentenceEncoder {
     /// Embeddings of `texts` in input order. Texts are sorted by length and cut into batches
     /// of `batch` so each pass holds sequences of similar length.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
-        let ids = self.tokenize(texts)?;
+        self.embed_tokenized(&self.tokenize(texts)?, batch)
+    }
+
+    /// `embed` for texts already tokenised (by `tokenize`).
+    pub fn embed_tokenized(&self, ids: &[Vec<u32>], batch: usize) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let mut out = vec![Vec::new(); ids.len()];

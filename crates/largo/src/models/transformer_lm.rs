@@ -530,23 +530,8 @@ impl Module for TransformerLm {
     }
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let (emb, pos, layers, head) = self.names();
         let mut v = Vec::new();
-        let gpt = self.spec.style_gpt;
-        let (emb, pos, layers, head) = if gpt {
-            (
-                "transformer.wte",
-                "transformer.wpe",
-                "transformer.h",
-                "lm_head",
-            )
-        } else {
-            (
-                "embedding",
-                "pos_embedding",
-                "transformer_encoder.layers",
-                "decoder",
-            )
-        };
         v.extend(prefixed(emb, self.wte.params_mut()));
         if let Some(wpe) = &mut self.wpe {
             v.extend(prefixed(pos, wpe.params_mut()));

@@ -1,5 +1,5 @@
 use super::{Activation, KvCache, LayerNorm, Linear, Module, MultiHeadAttention, Param};
-use crate::backend::{dropout_backward, dropout_forward};
+use crate::backend::{add_assign, dropout_backward, dropout_forward};
 use crate::tensor::ensure_len;
 
 /// Which parameter names a block uses (and so which PyTorch module it mirrors).
@@ -290,12 +290,6 @@ const ATTN_SEED: u64 = 0x9E6C_63D0_676A_9A99;
 fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         *o = x + y;
-    }
-}
-
-fn add_assign(a: &mut [f32], b: &[f32]) {
-    for (x, &y) in a.iter_mut().zip(b) {
-        *x += y;
     }
 }
 

@@ -7,7 +7,7 @@
 pub mod api;
 
 use crate::generate::{generate, Sampling};
-use crate::models::sentence::SentenceEncoder;
+use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, resolve_model_dir};
 use crate::models::TransformerLm;
 use crate::{Error, Result};
@@ -43,12 +43,7 @@ pub enum Served {
 impl Served {
     /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one.
     pub fn load(path: &Path) -> Result<Self> {
-        let hf = path.join("modules.json").is_file()
-            || std::fs::read_to_string(path.join("config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .is_some_and(|v| v.get("model_type").is_some());
-        if hf {
+        if is_hf_dir(path) {
             return Ok(Served::Embedder(SentenceEncoder::load(path)?));
         }
         let dir = resolve_model_dir(path)?;
@@ -404,8 +399,9 @@ async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             unreachable!("checked above")
         };
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tokens: usize = enc.tokenize(&refs)?.iter().map(Vec::len).sum();
-        enc.embed(&refs, 32).map(|e| (e, tokens))
+        let ids = enc.tokenize(&refs)?;
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        enc.embed_tokenized(&ids, 32).map(|e| (e, tokens))
     });
     let (embs, tokens) = match tokio::time::timeout(st.cfg.request_timeout, task).await {
         Err(_) => {

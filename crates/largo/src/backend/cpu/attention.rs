@@ -7,7 +7,7 @@
 //! numbers it must reproduce are pinned by the PyTorch fixtures.
 
 use super::gemm::{matmul_serial, Trans};
-use super::math::exp_fast;
+use super::math::{exp_fast, lanes_sum};
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -148,13 +148,12 @@ fn softmax_row_plain(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
             .filter(|(_, &m)| m != 0)
             .for_each(|(x, _)| *x = 0.0);
     }
-    let sum = sum_of(row);
+    let sum = lanes_sum(row, |x| x);
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// Reductions keep 16 partial results (one AVX-512 register): a single running value would
-/// be a serial dependency chain the compiler may not reorder, leaving the loop scalar.
+/// The max in 16 lanes, like `math::lanes_sum`.
 const LANES: usize = 16;
 
 #[inline(always)]
@@ -170,19 +169,6 @@ fn max_of(row: &[f32]) -> f32 {
     tail.iter()
         .chain(&acc)
         .fold(f32::NEG_INFINITY, |a, &x| a.max(x))
-}
-
-#[inline(always)]
-fn sum_of(row: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x;
-        }
-    }
-    tail.iter().chain(&acc).sum()
 }
 
 /// Forward. q [B,H,T,D], k and v [B,H,Tk,D]; writes att [B,H,T,Tk] and o [B,H,T,D].

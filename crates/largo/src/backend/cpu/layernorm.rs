@@ -1,5 +1,6 @@
 //! Layer normalisation over the last dimension, with affine weight and bias.
 
+use super::math::lanes_sum;
 use super::rows_per_task;
 use rayon::prelude::*;
 
@@ -29,8 +30,7 @@ pub fn layernorm_forward(
         });
 }
 
-/// The rows of one task. Reductions keep 16 partial sums (one AVX-512 register): a single
-/// running sum is a serial chain the compiler must not reorder, which leaves the loop scalar.
+/// The rows of one task; reductions in 16 lanes (`math::lanes_sum`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_rows(
@@ -59,20 +59,6 @@ fn forward_rows(
         *m = mu;
         *r = s;
     }
-}
-
-/// Σ f(x), accumulated in 16 lanes.
-#[inline(always)]
-fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for ch in chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v);
-        }
-    }
-    tail + acc.iter().sum::<f32>()
 }
 
 /// Σ f(a, b), accumulated in 16 lanes.

@@ -48,6 +48,15 @@ pub fn add_bias_grad(dy: &[f32], cols: usize, dbias: &mut [f32]) {
     });
 }
 
+/// y += x, element-wise, over the thread pool (exact: no sum order to depend on).
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 16 * 1024;
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
+}
+
 /// Rows per rayon task for row-wise kernels: big enough to amortise scheduling.
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     (16 * 1024 / cols.max(1)).max(1)
