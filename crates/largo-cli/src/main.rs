@@ -4,6 +4,7 @@ mod bench;
 mod classify;
 mod embed;
 mod eval;
+mod explain;
 mod generate;
 mod interop;
 mod prepare;
@@ -37,6 +38,9 @@ enum Command {
     /// Evaluate: loss and perplexity (language models); accuracy, per-class precision/recall/F1
     /// and the confusion matrix (classifiers).
     Eval(eval::Args),
+    /// Explain a model: attention maps, pixel saliency, token attributions.
+    #[command(subcommand)]
+    Explain(explain::What),
     /// Generate text with a trained language model.
     Generate(generate::Args),
     /// Classify digit images (PNG/JPEG) with a trained MLP.
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Explain(w) => explain::run(w),
         Command::Generate(a) => generate::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Embed(a) => embed::run(a),

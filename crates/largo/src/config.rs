@@ -41,6 +41,9 @@ pub struct DataConfig {
     pub path: String,
     /// Fraction held out for validation (samples for MNIST, whole documents for text).
     pub val_fraction: f64,
+    /// Train on only the first N samples of the training split (MNIST; 0: all of them). The
+    /// validation split is unchanged, so a small N shows overfitting.
+    pub max_train_samples: usize,
     /// For raw text: "char", "bpe:<vocab size>" or a tokenizer.json path.
     pub tokenizer: String,
 }
@@ -67,6 +70,9 @@ pub struct TrainConfig {
     /// End this session at this step with a checkpoint, without changing the schedule (which
     /// `max_steps` sets for language models); `--resume` continues. 0: off.
     pub stop_at: u64,
+    /// End this session after this many minutes of training, like `stop_at` (validated and
+    /// checkpointed; `--resume` continues). 0: off.
+    pub max_minutes: f64,
     /// Language models: validate (and checkpoint) every N steps, on `eval_batches` batches.
     pub eval_every: u64,
     pub eval_batches: usize,
@@ -96,6 +102,7 @@ impl Default for Config {
                 kind: "text".into(),
                 path: "data/shakespeare".into(),
                 val_fraction: 0.1,
+                max_train_samples: 0,
                 tokenizer: "char".into(),
             },
             model: ModelConfig { arch: "gpt".into() },
@@ -114,6 +121,7 @@ impl Default for Config {
                 label_smoothing: 0.0,
                 max_steps: 1200,
                 stop_at: 0,
+                max_minutes: 0.0,
                 eval_every: 200,
                 eval_batches: 16,
                 log_every: 10,
@@ -196,6 +204,12 @@ impl Config {
             return err(format!(
                 "data.val_fraction = {} must be in [0, 1)",
                 self.data.val_fraction
+            ));
+        }
+        if !(self.train.max_minutes.is_finite() && self.train.max_minutes >= 0.0) {
+            return err(format!(
+                "train.max_minutes = {} must be a finite number ≥ 0",
+                self.train.max_minutes
             ));
         }
         if self.train.batch_size == 0 || self.train.grad_accum == 0 || self.train.epochs == 0 {

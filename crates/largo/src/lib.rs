@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod generate;
 pub mod io;
 pub mod models;

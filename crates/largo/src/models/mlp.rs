@@ -127,6 +127,19 @@ impl Mlp {
 
     /// Back-propagates dlogits [batch, classes] from the last forward, adding into every grad.
     pub fn backward(&mut self, dlogits: &[f32], train: bool) {
+        self.backward_to(dlogits, train, None);
+    }
+
+    /// Gradient of Σ dlogits·logits with respect to the input x [batch, input] of the last
+    /// (inference) forward: what saliency maps need. Parameter gradients are left at zero.
+    pub fn input_grad(&mut self, dlogits: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0; self.acts.batch * self.config.input];
+        self.backward_to(dlogits, false, Some(&mut dx));
+        self.zero_grad();
+        dx
+    }
+
+    fn backward_to(&mut self, dlogits: &[f32], train: bool, mut dx: Option<&mut [f32]>) {
         let a = &mut self.acts;
         let batch = a.batch;
         let n_hidden = self.config.hidden.len();
@@ -137,8 +150,7 @@ impl Mlp {
             let layer = &mut self.layers[l];
             let x: &[f32] = if l == 0 { &a.input } else { &a.out[l - 1] };
             if l == 0 {
-                // The input needs no gradient.
-                layer.backward(x, &a.grad_a, batch, None);
+                layer.backward(x, &a.grad_a, batch, dx.as_deref_mut());
                 break;
             }
             // grad_b = d(out of layer l-1), then through dropout and the activation in place.

@@ -390,6 +390,12 @@ impl SentenceEncoder {
             .tokenizer
             .encode(text, true)
             .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+        if !enc.get_overflowing().is_empty() {
+            let max = enc.get_ids().len();
+            return Err(Error::Invalid(format!(
+                "the text is longer than the model's max_seq_length of {max} tokens; shorten it"
+            )));
+        }
         let mut maps = AttentionMaps::new();
         self.bert.forward(
             &[enc.get_ids()],

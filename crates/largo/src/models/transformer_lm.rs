@@ -448,6 +448,12 @@ impl TransformerLm {
         self.s = s;
     }
 
+    /// After `backward`: the gradient with respect to each position's token embedding row
+    /// (`wte[id]`, before scaling and positions), [B, T, C]. What gradient × input needs.
+    pub fn token_embedding_grad(&self) -> &[f32] {
+        &self.s.g_a[..self.s.b * self.s.t * self.spec.n_embd]
+    }
+
     /// New caches for one sequence, one per layer.
     pub fn new_cache(&self) -> Vec<KvCache> {
         let d = self.spec.n_embd / self.spec.n_head;

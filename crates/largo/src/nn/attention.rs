@@ -62,6 +62,15 @@ impl MultiHeadAttention {
         self.proj.out_features
     }
 
+    /// The attention probabilities of the last forward, [B, H, T, T] (query row, key column);
+    /// after dropout when it was a training forward.
+    pub fn attention_probs(&self) -> &[f32] {
+        match self.saved.shape {
+            Some(sh) => &self.saved.att[..sh.batch * sh.heads * sh.t * sh.t],
+            None => &[],
+        }
+    }
+
     /// x [B,T,C] → out [B,T,C]. `key_padding` [B,T]: non-zero marks padding to ignore.
     /// With `train`, attention probabilities are dropped with `self.dropout` (mask from `seed`).
     #[allow(clippy::too_many_arguments)]

@@ -31,7 +31,10 @@ pub(crate) fn train_classifier(
         )));
     }
     let seed = cfg.run.seed;
-    let (train_idx, val_idx) = split_indices(data.len(), cfg.data.val_fraction, seed);
+    let (mut train_idx, val_idx) = split_indices(data.len(), cfg.data.val_fraction, seed);
+    if cfg.data.max_train_samples > 0 {
+        train_idx.truncate(cfg.data.max_train_samples);
+    }
     if train_idx.is_empty() {
         return Err(Error::Config(
             "data.val_fraction leaves no training samples".into(),
@@ -83,6 +86,9 @@ pub(crate) fn train_classifier(
     let (mut win_loss, mut win_correct, mut win_samples, mut win_norm, mut win_steps) =
         (0f64, 0u64, 0u64, 0f64, 0u64);
     let mut win_start = Instant::now();
+    let session_start = Instant::now();
+    let out_of_time =
+        || t.max_minutes > 0.0 && session_start.elapsed().as_secs_f64() >= t.max_minutes * 60.0;
     let mut last_val = (f64::NAN, f64::NAN);
     let mut stopped_early = false;
     let mut epochs_run = 0;
@@ -164,13 +170,19 @@ pub(crate) fn train_classifier(
             }
             bar.set_position(state.step);
 
-            let at_max = (t.max_steps > 0 && state.step >= t.max_steps) || state.step == t.stop_at;
+            let at_max = (t.max_steps > 0 && state.step >= t.max_steps)
+                || state.step == t.stop_at
+                || out_of_time();
             if state.next_batch < micro.len()
                 && (at_max || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0))
             {
                 checkpoint::save(&run, &state, &model, &opt, t.keep_checkpoints)?;
             }
             if at_max && state.next_batch < micro.len() {
+                // Mid-epoch: validate the model as it stands so the session ends with a metric,
+                // without a `val` record (the epoch is not over; `--resume` finishes it).
+                last_val = evaluate(&mut model, &data, &norm, &val_idx, 256)
+                    .map(|v| (v.loss, v.accuracy))?;
                 break 'epochs;
             }
         }
@@ -232,7 +244,10 @@ pub(crate) fn train_classifier(
         }
         checkpoint::save(&run, &state, &model, &opt, t.keep_checkpoints)?;
         super::plot::plot_run(&run)?;
-        if (t.max_steps > 0 && state.step >= t.max_steps) || state.step == t.stop_at {
+        if (t.max_steps > 0 && state.step >= t.max_steps)
+            || state.step == t.stop_at
+            || out_of_time()
+        {
             break;
         }
     }

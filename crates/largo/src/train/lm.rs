@@ -157,6 +157,9 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
     let (mut x, mut y, mut rows, mut dlogits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut win_loss, mut win_norm, mut win_steps) = (0f64, 0f64, 0u64);
     let mut win_start = Instant::now();
+    let session_start = Instant::now();
+    let out_of_time =
+        || tr.max_minutes > 0.0 && session_start.elapsed().as_secs_f64() >= tr.max_minutes * 60.0;
     let (mut last_val, mut stopped_early) = (f64::NAN, false);
 
     while state.step < total && !state.finished {
@@ -204,8 +207,10 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
             win_start = Instant::now();
         }
         bar.set_position(state.step);
-        let eval_now =
-            state.step == total || (tr.eval_every > 0 && state.step % tr.eval_every == 0);
+        let timed_out = out_of_time();
+        let eval_now = state.step == total
+            || timed_out
+            || (tr.eval_every > 0 && state.step % tr.eval_every == 0);
         if eval_now {
             let val = evaluate_lm(&mut model, &data.val, b, t, tr.eval_batches.max(1))?;
             let train_loss = state.last_train_loss.unwrap_or(step_loss);
@@ -259,6 +264,16 @@ pub(crate) fn train_lm(cfg: &Config, opts: &TrainOptions, run: &Path) -> Result<
                 format!(
                     "stopped at step {} (train.stop_at); continue with --resume",
                     state.step
+                ),
+            );
+            break;
+        }
+        if timed_out {
+            say(
+                &bar,
+                format!(
+                    "stopped at step {} after train.max_minutes = {}; continue with --resume",
+                    state.step, tr.max_minutes
                 ),
             );
             break;
