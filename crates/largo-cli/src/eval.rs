@@ -1,5 +1,5 @@
 use anyhow::Result;
-use largo::data::mnist::{split_indices, Mnist};
+use largo::data::mnist::Mnist;
 use largo::data::text::TokenData;
 use largo::eval::evaluate;
 use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<()> {
                     dir.display()
                 );
             };
-            let (train, val) = split_indices(data.len(), s.val_fraction, s.seed);
+            let (train, val) = s.indices(data.len());
             if matches!(a.split, Split::Val) {
                 val
             } else {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{bundled_mnist, fails_with, largo, ok, repo};
-use largo::data::mnist::{split_indices, Mnist};
+use largo::data::mnist::Mnist;
 use largo::explain::saliency::{attribute, baseline_input, Baseline, Method};
 use std::path::{Path, PathBuf};
 
@@ -365,7 +365,7 @@ fn saliency_of_a_digit_classifier() {
     let (mut model, info, norm) = largo::models::store::load_mlp(&run.join("best")).unwrap();
     let data = Mnist::load(&bundled_mnist(), 10).unwrap();
     let split = info.split.unwrap();
-    let (_, val) = split_indices(data.len(), split.val_fraction, split.seed);
+    let (_, val) = split.indices(data.len());
     let mut errors = Vec::new();
     for &i in val.iter().take(20) {
         let x: Vec<f32> = data.images[i * 784..(i + 1) * 784]

@@ -17,6 +17,24 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub struct SplitInfo {
     pub seed: u64,
     pub val_fraction: f64,
+    /// The training split was cut to its first N samples (0: all of them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_train_samples: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl SplitInfo {
+    /// (train, validation) sample indices of a dataset of `n`, as training used them.
+    pub fn indices(&self, n: usize) -> (Vec<usize>, Vec<usize>) {
+        let (mut train, val) = crate::data::mnist::split_indices(n, self.val_fraction, self.seed);
+        if self.max_train_samples > 0 {
+            train.truncate(self.max_train_samples);
+        }
+        (train, val)
+    }
 }
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -7,7 +7,7 @@ use super::optim::Optimizer;
 use super::session::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
-use crate::data::mnist::{epoch_order, gather_batch, split_indices, Mnist, Normalization};
+use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
 use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::Mlp;
@@ -31,10 +31,12 @@ pub(crate) fn train_classifier(
         )));
     }
     let seed = cfg.run.seed;
-    let (mut train_idx, val_idx) = split_indices(data.len(), cfg.data.val_fraction, seed);
-    if cfg.data.max_train_samples > 0 {
-        train_idx.truncate(cfg.data.max_train_samples);
-    }
+    let split = SplitInfo {
+        seed,
+        val_fraction: cfg.data.val_fraction,
+        max_train_samples: cfg.data.max_train_samples,
+    };
+    let (train_idx, val_idx) = split.indices(data.len());
     if train_idx.is_empty() {
         return Err(Error::Config(
             "data.val_fraction leaves no training samples".into(),
@@ -63,10 +65,7 @@ pub(crate) fn train_classifier(
         arch: "mlp".into(),
         mlp: Some(cfg.mlp.clone()),
         normalization: Some(norm),
-        split: Some(SplitInfo {
-            seed,
-            val_fraction: cfg.data.val_fraction,
-        }),
+        split: Some(split),
         gpt: None,
         seed_transformer: None,
     };
