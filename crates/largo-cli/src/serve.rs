@@ -7,7 +7,8 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     /// A model directory, or NAME=DIR; repeat to serve several (routed by the request's "model").
-    /// Language models (largo) and BERT embedding models (Hugging Face / sentence-transformers).
+    /// Language models and digit classifiers (largo) and BERT embedding models (Hugging Face /
+    /// sentence-transformers).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
     /// Address to bind; 127.0.0.1 keeps the server local.
@@ -26,12 +27,15 @@ pub struct Args {
     /// Largest `max_tokens` a completion may ask for.
     #[arg(long, default_value_t = 2048)]
     max_tokens: u64,
-    /// Requests whose model work runs at once.
-    #[arg(long, default_value_t = 2)]
+    /// Generations decoded together, sharing each batched step (continuous batching).
+    #[arg(long, default_value_t = 32)]
     max_concurrent: usize,
-    /// Requests that may wait for a slot; beyond this, 429 with Retry-After.
+    /// Requests that may wait beyond those being worked on; past this, 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// Tokens per embedding batch: concurrent requests are packed together up to this.
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
     /// Seconds before a request is answered 504.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -66,6 +70,7 @@ pub fn run_serve(a: Args) -> Result<()> {
         max_batch: 256,
         max_concurrent: a.max_concurrent,
         max_queue: a.max_queue,
+        batch_tokens: a.batch_tokens.max(1),
         request_timeout: Duration::from_secs(a.timeout.max(1)),
     };
     let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();

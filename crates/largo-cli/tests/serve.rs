@@ -23,17 +23,14 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, models: &[&str], key: Option<&str>) -> Server {
+    start_with(dir, models, key, &["--max-tokens", "64"])
+}
+
+fn start_with(dir: &Path, models: &[&str], key: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_largo"));
     cmd.current_dir(dir)
-        .args([
-            "--threads",
-            "2",
-            "serve",
-            "--port",
-            "0",
-            "--max-tokens",
-            "64",
-        ])
+        .args(["--threads", "2", "serve", "--port", "0"])
+        .args(extra)
         .env("LARGO_API_KEY", key.unwrap_or(""))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -338,4 +335,265 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
     }
     let code = s.child.wait().unwrap();
     assert!(code.success(), "{code:?}");
+}
+
+/// The value of an unlabelled metric line such as `name 12`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn concurrent_requests_share_batches_and_give_the_same_answers_as_single_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_lm(tmp.path());
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let s = start_with(
+        tmp.path(),
+        &["lm=runs/lm", &format!("emb={}", bert.display())],
+        None,
+        &["--max-tokens", "2000"],
+    );
+    // Eight generations at once (different seeds, long enough to overlap), then each alone.
+    let bodies: Vec<String> = (0..8)
+        .map(|i| {
+            format!(r#"{{"model": "lm", "prompt": "KING", "max_tokens": 600, "temperature": 0.8, "seed": {i}}}"#)
+        })
+        .collect();
+    let together: Vec<(u16, serde_json::Value)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| sc.spawn(|| post(&s, "/v1/completions", b)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (body, (status, v)) in bodies.iter().zip(&together) {
+        assert_eq!(*status, 200, "{v}");
+        let (_, alone) = post(&s, "/v1/completions", body);
+        assert_eq!(
+            v["choices"][0]["text"], alone["choices"][0]["text"],
+            "{body}"
+        );
+        assert_eq!(v["usage"]["completion_tokens"], 600);
+    }
+    // Embeddings: sixteen requests at once, each equal to the same text embedded alone.
+    let texts: Vec<String> = (0..16)
+        .map(|i| format!("sentence number {i} of many"))
+        .collect();
+    let batched: Vec<serde_json::Value> = std::thread::scope(|sc| {
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let s = &s;
+                sc.spawn(move || {
+                    post(
+                        s,
+                        "/v1/embeddings",
+                        &format!(r#"{{"model": "emb", "input": "{t}"}}"#),
+                    )
+                    .1
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (t, v) in texts.iter().zip(&batched) {
+        let (_, alone) = post(
+            &s,
+            "/v1/embeddings",
+            &format!(r#"{{"model": "emb", "input": "{t}"}}"#),
+        );
+        let (a, b) = (&v["data"][0]["embedding"], &alone["data"][0]["embedding"]);
+        for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5,
+                "{t}"
+            );
+        }
+    }
+    let (_, _, text) = request(&s, "GET", "/metrics", b"", None);
+    // Some decode step carried more than one generation.
+    let (sum, count) = (
+        metric(&text, "largo_decode_batch_sequences_sum"),
+        metric(&text, "largo_decode_batch_sequences_count"),
+    );
+    assert!(sum > count, "no step was shared: sum {sum}, count {count}");
+    assert_eq!(metric(&text, "largo_embedding_batch_texts_sum"), 32.0);
+    assert_eq!(metric(&text, "largo_queue_depth"), 0.0);
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_lm(tmp.path());
+    let s = start_with(
+        tmp.path(),
+        &["lm=runs/lm"],
+        None,
+        &[
+            "--max-tokens",
+            "1000000",
+            "--max-concurrent",
+            "1",
+            "--max-queue",
+            "1",
+        ],
+    );
+    // Two endless streamed generations fill the one running place and the one queue place.
+    let open_stream = || {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        let body = br#"{"prompt": "KING", "max_tokens": 1000000, "stream": true}"#;
+        let head = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(body).unwrap();
+        c
+    };
+    let first = open_stream();
+    let mut reader = BufReader::new(first.try_clone().unwrap());
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    assert!(status_line.contains("200"), "{status_line}");
+    let second = open_stream();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, head, body) = request(
+        &s,
+        "POST",
+        "/v1/completions",
+        br#"{"prompt": "KING", "max_tokens": 5}"#,
+        None,
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("rate_limit_error"), "{body}");
+    // Both clients hang up: their generations stop and the next request is served.
+    drop((reader, first, second));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, v) = post(
+            &s,
+            "/v1/completions",
+            r#"{"prompt": "KING", "max_tokens": 5}"#,
+        );
+        if status == 200 {
+            assert_eq!(v["usage"]["completion_tokens"], 5);
+            break;
+        }
+        assert_eq!(status, 429, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "places were not freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn digits_are_classified_from_png_or_pixels() {
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = repo().join("configs/mnist-mlp.toml");
+    let data = repo().join("data/mnist-1k");
+    ok(&largo(
+        tmp.path(),
+        &[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("data.path={}", data.display()),
+            "--set",
+            "train.epochs=2",
+        ],
+    ));
+    let s = start(tmp.path(), &["digits=runs/mnist-mlp"], None);
+    let png = std::fs::read(repo().join("data/digits/3.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let (status, v) = post(
+        &s,
+        "/v1/classify",
+        &format!(r#"{{"image": "{b64}", "top_k": 2}}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "classification");
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+    let label = v["label"].as_u64().unwrap();
+    assert_eq!(v["predictions"][0]["class"].as_u64(), Some(label));
+    // The same image as a canvas data URL.
+    let (status, v2) = post(
+        &s,
+        "/v1/classify",
+        &format!(r#"{{"image": "data:image/png;base64,{b64}"}}"#),
+    );
+    assert_eq!((status, &v2["label"]), (200, &v["label"]));
+    // 784 raw pixel values.
+    let img = image::open(repo().join("data/digits/3.png"))
+        .unwrap()
+        .into_luma8();
+    let img = image::imageops::resize(&img, 28, 28, image::imageops::FilterType::Triangle);
+    // MNIST polarity (light digit on dark), as the image path's automatic inversion gives.
+    let raw = img.into_raw();
+    let border: Vec<u8> = (0..28)
+        .flat_map(|i| [raw[i], raw[27 * 28 + i], raw[i * 28], raw[i * 28 + 27]])
+        .collect();
+    let light = border.iter().map(|&p| p as f64).sum::<f64>() / border.len() as f64 > 127.0;
+    let pixels: Vec<String> = raw
+        .iter()
+        .map(|&p| if light { 255 - p } else { p }.to_string())
+        .collect();
+    let (status, v3) = post(
+        &s,
+        "/v1/classify",
+        &format!(r#"{{"pixels": [{}]}}"#, pixels.join(",")),
+    );
+    assert_eq!((status, &v3["label"]), (200, &v["label"]), "{v3}");
+
+    let bad: Vec<(String, &str)> = vec![
+        (
+            r#"{"pixels": [1, 2, 3]}"#.into(),
+            "'pixels' has 3 values; the model takes 784 (28×28)",
+        ),
+        (
+            format!(r#"{{"pixels": [{}300]}}"#, "0,".repeat(783)),
+            "'pixels' must be numbers from 0 to 255, got 300",
+        ),
+        (
+            r#"{"pixels": "many"}"#.into(),
+            "'pixels' must be a list of numbers",
+        ),
+        (r#"{"image": "@@@"}"#.into(), "'image' is not valid base64"),
+        (
+            r#"{"image": "aGVsbG8="}"#.into(),
+            "'image': cannot decode image",
+        ),
+        (
+            format!(r#"{{"image": "{b64}", "pixels": []}}"#),
+            "either 'image' or 'pixels'",
+        ),
+        (
+            r#"{}"#.into(),
+            "'image' (base64 PNG or JPEG) or 'pixels' is required",
+        ),
+        (
+            format!(r#"{{"image": "{b64}", "top_k": 11}}"#),
+            "'top_k' must be an integer between 1 and 10",
+        ),
+    ];
+    for (body, needle) in &bad {
+        let (status, v) = post(&s, "/v1/classify", body);
+        assert_eq!(status, 400, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+    }
+    let (status, v) = post(&s, "/v1/completions", r#"{"prompt": "x"}"#);
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("image classifier: use /v1/classify"));
 }

@@ -271,6 +271,32 @@ fn kv_cache_logits_equal_full_forward_logits() {
     }
 }
 
+/// Continuous batching: sequences at different stages (one prefilling, two decoding from
+/// caches of different lengths) fed in one batched call give each sequence's own logits.
+#[test]
+fn batched_kv_cache_steps_equal_single_sequence_steps() {
+    let f = fixtures();
+    let m = tiny_gpt(&f);
+    let x = &ids(&f, "gpt.idx")[..8];
+    let (a, b, c) = (&x[..5], &x[2..4], &x[1..8]);
+    let (mut ca, mut cb, mut cc) = (m.new_cache(), m.new_cache(), m.new_cache());
+    m.forward_cached(&a[..4], &mut ca).unwrap();
+    m.forward_cached(&c[..3], &mut cc).unwrap();
+    let batched = m
+        .forward_cached_batch(&[&a[4..5], b, &c[3..4]], &mut [&mut ca, &mut cb, &mut cc])
+        .unwrap();
+    let single = |seq: &[u32]| m.forward_cached(seq, &mut m.new_cache()).unwrap();
+    assert_close("decoding a", &batched[0], &single(a), 1e-5);
+    assert_close("prefilling b", &batched[1], &single(b), 1e-5);
+    assert_close("decoding c", &batched[2], &single(&c[..4]), 1e-5);
+    assert_eq!((ca[0].len, cb[0].len, cc[0].len), (5, 2, 4));
+    assert!(
+        m.forward_cached_batch(&[&[], b], &mut [&mut m.new_cache(), &mut m.new_cache()])
+            .is_err(),
+        "an empty step is refused"
+    );
+}
+
 /// With dropout on (attention probabilities, hidden layer, residuals) and a fixed mask seed the
 /// loss is a deterministic function of the parameters: backward must match finite differences.
 #[test]

@@ -20,29 +20,42 @@ pub fn load_digit(
     invert: Invert,
     norm: &Normalization,
 ) -> Result<Vec<f32>> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    digit_from_bytes(&bytes, side, invert, norm).map_err(|e| Error::format(path, e))
+}
+
+/// Decodes an encoded image (PNG or JPEG) held in memory; the error says what was wrong.
+pub fn digit_from_bytes(
+    bytes: &[u8],
+    side: u32,
+    invert: Invert,
+    norm: &Normalization,
+) -> std::result::Result<Vec<f32>, String> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|e| format!("cannot read image: {e}"))?
         .decode()
-        .map_err(|e| {
-            Error::format(
-                path,
-                format!("cannot decode image (PNG or JPEG expected): {e}"),
-            )
-        })?
+        .map_err(|e| format!("cannot decode image (PNG or JPEG expected): {e}"))?
         .into_luma8();
     let small = image::imageops::resize(&img, side, side, image::imageops::FilterType::Triangle);
-    let px: Vec<u8> = small.into_raw();
+    Ok(digit_from_pixels(
+        &small.into_raw(),
+        side as usize,
+        invert,
+        norm,
+    ))
+}
+
+/// Raw grayscale pixels (0–255, row-major, `side`×`side`) → normalised model input.
+pub fn digit_from_pixels(px: &[u8], side: usize, invert: Invert, norm: &Normalization) -> Vec<f32> {
     let flip = match invert {
         Invert::Yes => true,
         Invert::No => false,
-        Invert::Auto => border_mean(&px, side as usize) > 127.0,
+        Invert::Auto => border_mean(px, side) > 127.0,
     };
-    Ok(px
-        .into_iter()
-        .map(|p| norm.apply(if flip { 255 - p } else { p }))
-        .collect())
+    px.iter()
+        .map(|&p| norm.apply(if flip { 255 - p } else { p }))
+        .collect()
 }
 
 fn border_mean(px: &[u8], side: usize) -> f64 {

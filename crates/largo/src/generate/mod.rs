@@ -3,6 +3,7 @@
 
 use crate::data::text::{decode, encode};
 use crate::models::TransformerLm;
+use crate::nn::KvCache;
 use crate::rng::Rng;
 use crate::{bail, Result};
 use tokenizers::Tokenizer;
@@ -97,69 +98,126 @@ pub fn generate(
     s: &Sampling,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    s.validate()?;
-    if prompt.is_empty() {
-        bail!("the prompt is empty: give at least one character");
+    let (mut dec, mut feed) = Decoder::new(model, tokenizer, prompt, s)?;
+    loop {
+        let logits = model.forward_cached(&feed, &mut dec.cache)?;
+        match dec.step(model, tokenizer, &logits, &mut on_text)? {
+            Some(next) => feed = next,
+            None => return Ok(dec.finish()),
+        }
     }
-    let mut ids = encode(tokenizer, prompt)?;
-    if ids.is_empty() {
-        bail!("the prompt encodes to no tokens");
+}
+
+/// One generation in progress: its sampler, tokens, text so far and KV cache. `generate` drives
+/// one; the server drives many, feeding all of them through one batched forward per step.
+pub struct Decoder {
+    sampling: Sampling,
+    rng: Rng,
+    /// Prompt and generated tokens of the current context window.
+    ids: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    stopped_by: Option<String>,
+    pub cache: Vec<KvCache>,
+    prompt_tokens: usize,
+    truncated: usize,
+}
+
+impl Decoder {
+    /// Checks the settings, encodes the prompt (left-truncated to leave room for one new token)
+    /// and returns the decoder with the tokens to feed first.
+    pub fn new(
+        model: &TransformerLm,
+        tokenizer: &Tokenizer,
+        prompt: &str,
+        s: &Sampling,
+    ) -> Result<(Self, Vec<u32>)> {
+        s.validate()?;
+        if prompt.is_empty() {
+            bail!("the prompt is empty: give at least one character");
+        }
+        let mut ids = encode(tokenizer, prompt)?;
+        if ids.is_empty() {
+            bail!("the prompt encodes to no tokens");
+        }
+        let context = model.spec.block_size;
+        let truncated = ids.len().saturating_sub(context - 1);
+        ids.drain(..truncated);
+        let feed = ids.clone();
+        let dec = Decoder {
+            sampling: s.clone(),
+            rng: Rng::new(s.seed),
+            prompt_tokens: ids.len(),
+            ids,
+            generated: Vec::new(),
+            text: String::new(),
+            stopped_by: None,
+            cache: model.new_cache(),
+            truncated,
+        };
+        Ok((dec, feed))
     }
-    let context = model.spec.block_size;
-    // Keep room for at least one new token: a longer prompt loses its start.
-    let truncated = ids.len().saturating_sub(context - 1);
-    ids.drain(..truncated);
-    let prompt_tokens = ids.len();
-    let mut rng = Rng::new(s.seed);
-    let mut cache = model.new_cache();
-    let mut logits = model.forward_cached(&ids, &mut cache)?;
-    let mut generated: Vec<u32> = Vec::new();
-    let mut text = String::new();
-    let mut stopped_by = None;
-    while generated.len() < s.max_tokens {
-        let next = sample(&logits, s, &mut rng);
-        generated.push(next);
-        let full = decode(tokenizer, &generated)?;
+
+    /// Takes the logits after the last fed token: samples the next token and passes any whole
+    /// new characters to `on_text` (false from it stops the generation). Returns the tokens to
+    /// feed next, or `None` when the generation is over.
+    pub fn step(
+        &mut self,
+        model: &TransformerLm,
+        tokenizer: &Tokenizer,
+        logits: &[f32],
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Option<Vec<u32>>> {
+        let s = &self.sampling;
+        let next = sample(logits, s, &mut self.rng);
+        self.generated.push(next);
+        let full = decode(tokenizer, &self.generated)?;
         // Emit only whole characters (a byte-level token may end inside one).
-        if full.len() > text.len() && !full.ends_with('\u{fffd}') {
-            let piece = &full[text.len()..];
+        if full.len() > self.text.len() && !full.ends_with('\u{fffd}') {
             if let Some(stop) = s.stop.iter().find(|st| full.contains(st.as_str())) {
                 let cut = full.find(stop.as_str()).expect("contains");
-                if cut > text.len() {
-                    on_text(&full[text.len()..cut]);
+                if cut > self.text.len() {
+                    on_text(&full[self.text.len()..cut]);
                 }
-                text = full[..cut].to_string();
-                stopped_by = Some(stop.clone());
-                break;
+                self.text = full[..cut].to_string();
+                self.stopped_by = Some(stop.clone());
+                return Ok(None);
             }
-            let go_on = on_text(piece);
-            text = full;
+            let go_on = on_text(&full[self.text.len()..]);
+            self.text = full;
             if !go_on {
-                stopped_by = Some(String::new());
-                break;
+                self.stopped_by = Some(String::new());
+                return Ok(None);
             }
         }
-        if generated.len() == s.max_tokens {
-            break;
+        if self.generated.len() == s.max_tokens {
+            return Ok(None);
         }
-        ids.push(next);
-        if cache[0].len >= context {
+        self.ids.push(next);
+        let context = model.spec.block_size;
+        if self.cache[0].len >= context {
             // Context full: start a new cache from the last half of the window.
             let keep = context / 2;
-            let tail = ids[ids.len() - keep..].to_vec();
-            cache = model.new_cache();
-            logits = model.forward_cached(&tail, &mut cache)?;
-        } else {
-            logits = model.forward_cached(&[next], &mut cache)?;
+            self.ids.drain(..self.ids.len() - keep);
+            self.cache = model.new_cache();
+            return Ok(Some(self.ids.clone()));
+        }
+        Ok(Some(vec![next]))
+    }
+
+    pub fn new_tokens(&self) -> usize {
+        self.generated.len()
+    }
+
+    pub fn finish(self) -> Generation {
+        Generation {
+            text: self.text,
+            prompt_tokens: self.prompt_tokens,
+            new_tokens: self.generated.len(),
+            truncated: self.truncated,
+            stopped_by: self.stopped_by,
         }
     }
-    Ok(Generation {
-        text,
-        prompt_tokens,
-        new_tokens: generated.len(),
-        truncated,
-        stopped_by,
-    })
 }
 
 #[cfg(test)]

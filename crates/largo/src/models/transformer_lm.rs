@@ -464,34 +464,62 @@ impl TransformerLm {
 
     /// Feeds `ids` (one sequence) after the cached positions; returns the logits of the last one.
     pub fn forward_cached(&self, ids: &[u32], cache: &mut [KvCache]) -> Result<Vec<f32>> {
+        let mut logits = self.forward_cached_batch(&[ids], &mut [cache])?;
+        Ok(logits.pop().expect("one sequence"))
+    }
+
+    /// Feeds new tokens of several sequences at once — prompts being prefilled and single
+    /// decoded tokens alike — each after its own cached positions; returns each sequence's
+    /// logits at its last new position. The linear layers see all new tokens as one batch
+    /// (continuous batching); attention reads each sequence's own cache.
+    pub fn forward_cached_batch(
+        &self,
+        seqs: &[&[u32]],
+        caches: &mut [&mut [KvCache]],
+    ) -> Result<Vec<Vec<f32>>> {
         let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
-        let start = cache[0].len;
-        let tn = ids.len();
-        if start + tn > self.spec.block_size {
-            bail!(
-                "KV cache of {} positions cannot take {tn} more",
-                self.spec.block_size
-            );
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        for (&tn, cache) in lens.iter().zip(caches.iter()) {
+            if tn == 0 || cache[0].len + tn > self.spec.block_size {
+                bail!(
+                    "KV cache of {} positions holding {} cannot take {tn} more",
+                    self.spec.block_size,
+                    cache[0].len
+                );
+            }
         }
-        let mut x = vec![0.0; tn * c];
-        self.embed(ids, tn, start, &mut x)?;
-        let mut y = vec![0.0; tn * c];
-        for (block, kv) in self.blocks.iter().zip(cache.iter_mut()) {
-            block.forward_cached(&x, tn, kv, &mut y);
+        let rows: usize = lens.iter().sum();
+        let mut x = vec![0.0; rows * c];
+        let mut row = 0;
+        for (ids, cache) in seqs.iter().zip(caches.iter()) {
+            let tn = ids.len();
+            self.embed(ids, tn, cache[0].len, &mut x[row * c..(row + tn) * c])?;
+            row += tn;
+        }
+        let mut y = vec![0.0; rows * c];
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut layer: Vec<&mut KvCache> = caches.iter_mut().map(|s| &mut s[l]).collect();
+            block.forward_cached(&x, &lens, &mut layer, &mut y);
             std::mem::swap(&mut x, &mut y);
         }
-        let last = &x[(tn - 1) * c..];
-        let mut normed = vec![0.0; c];
+        // The last new position of each sequence: [S, C] → head → [S, V] in one GEMM.
+        let mut last = Vec::with_capacity(seqs.len() * c);
+        let mut end = 0;
+        for &tn in &lens {
+            end += tn;
+            last.extend_from_slice(&x[(end - 1) * c..end * c]);
+        }
+        let mut normed = vec![0.0; last.len()];
         let head_in: &[f32] = match &self.ln_f {
             Some(ln) => {
-                ln.infer(last, 1, &mut normed);
+                ln.infer(&last, seqs.len(), &mut normed);
                 &normed
             }
-            None => last,
+            None => &last,
         };
-        let mut logits = vec![0.0; v];
-        self.head_forward(head_in, 1, &mut logits);
-        Ok(logits)
+        let mut logits = vec![0.0; seqs.len() * v];
+        self.head_forward(head_in, seqs.len(), &mut logits);
+        Ok(logits.chunks_exact(v).map(<[f32]>::to_vec).collect())
     }
 }
 

@@ -160,55 +160,74 @@ impl MultiHeadAttention {
         self.qkv.backward(x, &s.d_qkv, rows, Some(dx));
     }
 
-    /// Inference for new positions of one sequence, reading and extending a KV cache.
-    /// x [Tn,C] → out [Tn,C]; `cache` holds keys and values of earlier positions.
-    pub fn forward_cached(&self, x: &[f32], tn: usize, cache: &mut KvCache, out: &mut [f32]) {
+    /// Inference for new positions of several sequences at once, each reading and extending its
+    /// own KV cache: x [N,C] holds `lens[i]` rows for sequence i, one after the other (a prompt
+    /// being prefilled or one decoded token) → out [N,C]. The projections run once over all N
+    /// rows; attention runs per sequence over its cache.
+    pub fn forward_cached(
+        &self,
+        x: &[f32],
+        lens: &[usize],
+        caches: &mut [&mut KvCache],
+        out: &mut [f32],
+    ) {
         let c = self.channels();
-        let h = self.heads;
-        let d = c / h;
-        let start = cache.len;
-        assert!(start + tn <= cache.capacity, "KV cache overflow");
-        let shape_new = AttnShape::new(1, h, tn, d);
-        let mut qkv = vec![0.0; 3 * tn * c];
-        self.qkv.forward(x, tn, &mut qkv);
-        let (mut q, mut k, mut v) = (vec![0.0; tn * c], vec![0.0; tn * c], vec![0.0; tn * c]);
-        split_qkv_heads(&qkv, shape_new, &mut q, &mut k, &mut v);
-        if self.rotary {
-            let (cos, sin) = rope_tables(start, tn, d, 10_000.0);
-            rope_forward(&mut q, tn, d, &cos, &sin);
-            rope_forward(&mut k, tn, d, &cos, &sin);
+        let (h, d) = (self.heads, c / self.heads);
+        let rows: usize = lens.iter().sum();
+        let mut qkv = vec![0.0; 3 * rows * c];
+        self.qkv.forward(x, rows, &mut qkv);
+        let mut merged = vec![0.0; rows * c];
+        let mut row = 0;
+        for (&tn, cache) in lens.iter().zip(caches.iter_mut()) {
+            let start = cache.len;
+            assert!(start + tn <= cache.capacity, "KV cache overflow");
+            let shape_new = AttnShape::new(1, h, tn, d);
+            let (mut q, mut k, mut v) = (vec![0.0; tn * c], vec![0.0; tn * c], vec![0.0; tn * c]);
+            split_qkv_heads(
+                &qkv[3 * row * c..3 * (row + tn) * c],
+                shape_new,
+                &mut q,
+                &mut k,
+                &mut v,
+            );
+            if self.rotary {
+                let (cos, sin) = rope_tables(start, tn, d, 10_000.0);
+                rope_forward(&mut q, tn, d, &cos, &sin);
+                rope_forward(&mut k, tn, d, &cos, &sin);
+            }
+            // Append the new keys and values, head by head, after the cached ones.
+            for head in 0..h {
+                let dst = (head * cache.capacity + start) * d;
+                let src = head * tn * d..(head + 1) * tn * d;
+                cache.k[dst..dst + tn * d].copy_from_slice(&k[src.clone()]);
+                cache.v[dst..dst + tn * d].copy_from_slice(&v[src]);
+            }
+            cache.len += tn;
+            let shape = AttnShape {
+                batch: 1,
+                heads: h,
+                t: tn,
+                tk: cache.len,
+                head_dim: d,
+                kv_head_stride: cache.capacity * d,
+            };
+            let mut att = vec![0.0; h * tn * cache.len];
+            let mut o = vec![0.0; tn * c];
+            attention_forward(
+                &q,
+                &cache.k,
+                &cache.v,
+                shape,
+                self.causal,
+                None,
+                AttnDropout::NONE,
+                &mut att,
+                &mut o,
+            );
+            merge_heads(&o, shape_new, &mut merged[row * c..(row + tn) * c]);
+            row += tn;
         }
-        // Append the new keys and values, head by head, after the cached ones.
-        for head in 0..h {
-            let dst = (head * cache.capacity + start) * d;
-            cache.k[dst..dst + tn * d].copy_from_slice(&k[head * tn * d..(head + 1) * tn * d]);
-            cache.v[dst..dst + tn * d].copy_from_slice(&v[head * tn * d..(head + 1) * tn * d]);
-        }
-        cache.len += tn;
-        let shape = AttnShape {
-            batch: 1,
-            heads: h,
-            t: tn,
-            tk: cache.len,
-            head_dim: d,
-            kv_head_stride: cache.capacity * d,
-        };
-        let mut att = vec![0.0; h * tn * cache.len];
-        let mut o = vec![0.0; tn * c];
-        attention_forward(
-            &q,
-            &cache.k,
-            &cache.v,
-            shape,
-            self.causal,
-            None,
-            AttnDropout::NONE,
-            &mut att,
-            &mut o,
-        );
-        let mut merged = vec![0.0; tn * c];
-        merge_heads(&o, shape_new, &mut merged);
-        self.proj.forward(&merged, tn, out);
+        self.proj.forward(&merged, rows, out);
     }
 }
 

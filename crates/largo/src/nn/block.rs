@@ -252,32 +252,40 @@ impl Block {
         self.s.g2 = g2;
     }
 
-    /// Inference on new positions of one sequence with a KV cache: x [Tn,C] → y [Tn,C].
-    pub fn forward_cached(&self, x: &[f32], tn: usize, cache: &mut KvCache, y: &mut [f32]) {
+    /// Inference on new positions of several sequences, each with its own KV cache:
+    /// x [N,C] (`lens[i]` rows of sequence i, in order) → y [N,C].
+    pub fn forward_cached(
+        &self,
+        x: &[f32],
+        lens: &[usize],
+        caches: &mut [&mut KvCache],
+        y: &mut [f32],
+    ) {
         let n = x.len();
+        let rows: usize = lens.iter().sum();
         let mut a = vec![0.0; n];
         let mut h = vec![0.0; n];
-        let mut wide = vec![0.0; tn * self.fc.out_features];
+        let mut wide = vec![0.0; rows * self.fc.out_features];
         let mut wide_act = vec![0.0; wide.len()];
         let mut mlp = |inp: &[f32], out: &mut [f32]| {
-            self.fc.forward(inp, tn, &mut wide);
+            self.fc.forward(inp, rows, &mut wide);
             self.activation.forward(&wide, &mut wide_act);
-            self.proj.forward(&wide_act, tn, out);
+            self.proj.forward(&wide_act, rows, out);
         };
         if self.norm_first {
-            self.ln1.infer(x, tn, &mut h);
-            self.attn.forward_cached(&h, tn, cache, &mut a);
+            self.ln1.infer(x, rows, &mut h);
+            self.attn.forward_cached(&h, lens, caches, &mut a);
             let mid: Vec<f32> = x.iter().zip(&a).map(|(p, q)| p + q).collect();
-            self.ln2.infer(&mid, tn, &mut h);
+            self.ln2.infer(&mid, rows, &mut h);
             mlp(&h, &mut a);
             add(&mid, &a, y);
         } else {
-            self.attn.forward_cached(x, tn, cache, &mut a);
+            self.attn.forward_cached(x, lens, caches, &mut a);
             let mid: Vec<f32> = x.iter().zip(&a).map(|(p, q)| p + q).collect();
-            self.ln1.infer(&mid, tn, &mut h);
+            self.ln1.infer(&mid, rows, &mut h);
             mlp(&h, &mut a);
             let r2: Vec<f32> = h.iter().zip(&a).map(|(p, q)| p + q).collect();
-            self.ln2.infer(&r2, tn, y);
+            self.ln2.infer(&r2, rows, y);
         }
     }
 }

@@ -1,15 +1,22 @@
 //! `largo serve`: an OpenAI-compatible HTTP server (axum/tokio) over loaded models.
 //!
-//! Each request's model work runs on a blocking thread, bounded by `max_concurrent`; requests
-//! beyond that wait in a queue of at most `max_queue`, and past it get 429 with Retry-After
-//! instead of growing memory. A streamed generation stops when its client disconnects.
+//! Each served model has one worker thread (`batching`): concurrent generations share batched
+//! decode steps (continuous batching, up to `max_concurrent` at once) and concurrent embedding
+//! requests share batches within a token budget. At most `max_concurrent + max_queue` model
+//! requests are admitted at a time; past that a request gets 429 with Retry-After instead of
+//! growing memory. A streamed generation stops when its client disconnects.
 
 pub mod api;
+pub mod batching;
 
-use crate::generate::{generate, Sampling};
+use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
+use crate::data::mnist::Normalization;
+use crate::eval::argmax;
+use crate::generate::Sampling;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
-use crate::models::store::{load_info, load_lm, resolve_model_dir};
-use crate::models::TransformerLm;
+use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
+use crate::models::{Mlp, TransformerLm};
+use crate::nn::Module;
 use crate::{Error, Result};
 use api::{
     bool_field, constant_time_eq, integer_field, number_field, parse_object, string_field,
@@ -23,13 +30,15 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use batching::{spawn_decoder, spawn_embedder, BatchStats, EmbedJob, GenerationJob, BATCH_BUCKETS};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A model the server holds, by what it can do.
 pub enum Served {
@@ -38,6 +47,13 @@ pub enum Served {
         tokenizer: tokenizers::Tokenizer,
     },
     Embedder(SentenceEncoder),
+    /// A digit classifier: its forward pass keeps activations, hence the lock (it is small
+    /// and fast; requests take turns).
+    Classifier {
+        model: Mutex<Mlp>,
+        norm: Normalization,
+        side: usize,
+    },
 }
 
 impl Served {
@@ -48,13 +64,33 @@ impl Served {
         }
         let dir = resolve_model_dir(path)?;
         let info = load_info(&dir)?;
+        if info.arch == "mlp" {
+            let (mut model, _, norm) = load_mlp(&dir)?;
+            let side = (model.config.input as f64).sqrt() as usize;
+            if side * side != model.config.input {
+                return Err(Error::format(
+                    &dir,
+                    format!(
+                        "the classifier takes {} inputs, not a square image: /v1/classify serves image classifiers",
+                        model.config.input
+                    ),
+                ));
+            }
+            model.drop_grads();
+            return Ok(Served::Classifier {
+                model: Mutex::new(model),
+                norm,
+                side,
+            });
+        }
         if info.lm_spec().is_none() {
             return Err(Error::format(
                 &dir,
-                format!("a {} model cannot be served yet (language models and BERT embedding models can)", info.arch),
+                format!("a {} model cannot be served (language models, digit classifiers and BERT embedding models can)", info.arch),
             ));
         }
-        let (model, _, tokenizer) = load_lm(&dir)?;
+        let (mut model, _, tokenizer) = load_lm(&dir)?;
+        model.drop_grads();
         Ok(Served::Lm { model, tokenizer })
     }
 }
@@ -69,8 +105,12 @@ pub struct ServeConfig {
     pub max_tokens: u64,
     /// Texts per embeddings request.
     pub max_batch: usize,
+    /// Generations decoded together in one batch.
     pub max_concurrent: usize,
+    /// Admitted requests waiting beyond those being worked on.
     pub max_queue: usize,
+    /// Tokens per embedding batch (requests that arrive together are packed up to this).
+    pub batch_tokens: usize,
     pub request_timeout: Duration,
 }
 
@@ -83,8 +123,9 @@ impl Default for ServeConfig {
             max_body_bytes: 1 << 20,
             max_tokens: 2048,
             max_batch: 256,
-            max_concurrent: 2,
+            max_concurrent: 32,
             max_queue: 64,
+            batch_tokens: 8192,
             request_timeout: Duration::from_secs(120),
         }
     }
@@ -106,7 +147,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    fn render(&self, queued: u64, in_flight: u64) -> String {
+    fn render(&self, queued: u64, in_flight: u64, batches: &BatchStats) -> String {
         let mut out = String::new();
         out.push_str("# TYPE largo_requests_total counter\n");
         for ((route, status), n) in &self.requests {
@@ -140,45 +181,48 @@ impl Metrics {
              # TYPE largo_texts_embedded_total counter\nlargo_texts_embedded_total {}\n",
             self.tokens_generated, self.texts_embedded
         ));
+        batches
+            .decode
+            .render("largo_decode_batch_sequences", BATCH_BUCKETS, &mut out);
+        batches
+            .embed
+            .render("largo_embedding_batch_texts", BATCH_BUCKETS, &mut out);
         out
     }
 }
 
 struct AppState {
     models: BTreeMap<String, Arc<Served>>,
+    /// The worker of each language model and each encoder, by model name.
+    decoders: BTreeMap<String, Sender<GenerationJob>>,
+    embedders: BTreeMap<String, Sender<EmbedJob>>,
     cfg: ServeConfig,
-    workers: Arc<Semaphore>,
-    queue: Semaphore,
-    waiting: AtomicU64,
-    running: AtomicU64,
+    /// One permit per admitted model request, running or waiting.
+    admission: Arc<Semaphore>,
+    batches: Arc<BatchStats>,
     metrics: Mutex<Metrics>,
     next_id: AtomicU64,
 }
 
 type Shared = Arc<AppState>;
 
-/// Waits for a worker slot, or refuses with 429 when the queue is full. The slot is held by
-/// the blocking task that does the work, so it is released when the work ends.
-async fn admit(st: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    let Ok(_ticket) = st.queue.try_acquire() else {
+/// Admits a model request, or refuses with 429 when `max_concurrent + max_queue` are already
+/// in. The permit travels with the request and is released when its answer is complete.
+fn admit(st: &Shared) -> Result<OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&st.admission).try_acquire_owned().map_err(|_| {
         let mut e = ApiError::status(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "the server is busy: the request queue is full, retry later",
         );
         e.retry_after = Some(1);
-        return Err(e);
-    };
-    st.waiting.fetch_add(1, Ordering::Relaxed);
-    let permit = Arc::clone(&st.workers).acquire_owned().await;
-    st.waiting.fetch_sub(1, Ordering::Relaxed);
-    permit.map_err(|_| {
-        ApiError::status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "shutting down",
-        )
+        e
     })
+}
+
+fn admitted(st: &Shared) -> u64 {
+    let capacity = st.cfg.max_concurrent.max(1) + st.cfg.max_queue.max(1);
+    (capacity - st.admission.available_permits()) as u64
 }
 
 fn model_named<'a>(
@@ -208,6 +252,16 @@ fn model_named<'a>(
     }
 }
 
+/// The error for a model asked for something it does not do, naming the route it serves.
+fn wrong_route(name: &str, served: &Served) -> ApiError {
+    let what = match served {
+        Served::Lm { .. } => "a language model: use /v1/completions",
+        Served::Embedder(_) => "an embedding model: use /v1/embeddings",
+        Served::Classifier { .. } => "an image classifier: use /v1/classify",
+    };
+    ApiError::invalid(format!("the model '{name}' is {what}"), Some("model"))
+}
+
 fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -218,10 +272,7 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
     let o = parse_object(&body)?;
     let (name, served) = model_named(&st, &o)?;
     let Served::Lm { .. } = served.as_ref() else {
-        return Err(ApiError::invalid(
-            format!("the model '{name}' is an embedding model: use /v1/embeddings"),
-            Some("model"),
-        ));
+        return Err(wrong_route(&name, served));
     };
     let prompt = match strings_field(&o, "prompt")? {
         Some(p) if p.len() == 1 => p.into_iter().next().expect("one"),
@@ -248,32 +299,40 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
         return Err(ApiError::invalid("'top_p' must be > 0", Some("top_p")));
     }
     let stream = bool_field(&o, "stream")?;
-    let permit = admit(&st).await?;
+    let permit = admit(&st)?;
     let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
     let created = unix_time();
-    let served = Arc::clone(served);
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let cancel_in = Arc::clone(&cancel);
-    // Only a streamed request listens for pieces; a plain one just waits for the result.
-    let tx = stream.then_some(tx);
-    st.running.fetch_add(1, Ordering::Relaxed);
-    let st2 = Arc::clone(&st);
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let Served::Lm { model, tokenizer } = served.as_ref() else {
-            unreachable!("checked above")
-        };
-        let r = generate(model, tokenizer, &prompt, &sampling, |piece| {
-            // A closed receiver means the client went away: stop generating.
-            let delivered = tx
-                .as_ref()
-                .is_none_or(|tx| tx.send(piece.to_string()).is_ok());
-            delivered && !cancel_in.load(Ordering::Relaxed)
-        });
-        st2.running.fetch_sub(1, Ordering::Relaxed);
-        r
-    });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let job = GenerationJob {
+        prompt,
+        sampling,
+        // Only a streamed request listens for pieces; a plain one just waits for the result.
+        pieces: stream.then_some(tx),
+        cancel: Arc::clone(&cancel),
+        done: done_tx,
+    };
+    st.decoders[&name].send(job).map_err(|_| {
+        ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the model's worker has stopped",
+        )
+    })?;
+    let task = async move {
+        let r = done_rx.await;
+        drop(permit);
+        match r {
+            Ok(Ok(g)) => Ok(g),
+            Ok(Err(e)) => Err(ApiError::invalid(e, Some("prompt"))),
+            Err(_) => Err(ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the generation ended without a result",
+            )),
+        }
+    };
     let usage = |g: &crate::generate::Generation| {
         json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": g.new_tokens,
                "total_tokens": g.prompt_tokens + g.new_tokens})
@@ -293,15 +352,7 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
                     "the generation took longer than the server's request timeout",
                 ));
             }
-            Ok(joined) => joined
-                .map_err(|e| {
-                    ApiError::status(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        e.to_string(),
-                    )
-                })?
-                .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))?,
+            Ok(r) => r?,
         };
         st.metrics.lock().expect("metrics").tokens_generated += g.new_tokens as u64;
         return Ok(Json(json!({
@@ -335,17 +386,12 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
             }
         }
         let last = match task.await {
-            Ok(Ok(g)) => {
+            Ok(g) => {
                 st3.metrics.lock().expect("metrics").tokens_generated += g.new_tokens as u64;
                 chunk("", json!(finish(&g)), usage(&g))
             }
-            Ok(Err(e)) => Event::default().data(
-                json!({"error": {"message": e.to_string(), "type": "invalid_request_error"}})
-                    .to_string(),
-            ),
-            Err(e) => Event::default().data(
-                json!({"error": {"message": e.to_string(), "type": "server_error"}}).to_string(),
-            ),
+            Err(e) => Event::default()
+                .data(json!({"error": {"message": e.message, "type": e.kind}}).to_string()),
         };
         let _ = ev_tx.send(Ok(last)).await;
         let _ = ev_tx.send(Ok(Event::default().data("[DONE]"))).await;
@@ -362,10 +408,7 @@ async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     let o = parse_object(&body)?;
     let (name, served) = model_named(&st, &o)?;
     let Served::Embedder(_) = served.as_ref() else {
-        return Err(ApiError::invalid(
-            format!("the model '{name}' is a language model: use /v1/completions"),
-            Some("model"),
-        ));
+        return Err(wrong_route(&name, served));
     };
     let texts = strings_field(&o, "input")?
         .ok_or_else(|| ApiError::invalid("'input' is required", Some("input")))?;
@@ -390,20 +433,37 @@ async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             ));
         }
     }
-    let permit = admit(&st).await?;
-    let served = Arc::clone(served);
+    let permit = admit(&st)?;
     let n = texts.len();
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let Served::Embedder(enc) = served.as_ref() else {
-            unreachable!("checked above")
-        };
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let ids = enc.tokenize(&refs)?;
+    let served = Arc::clone(served);
+    let worker = st.embedders[&name].clone();
+    let server_error =
+        |e: String| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e);
+    let work = async move {
+        // Tokenising is CPU work too: off the async threads, then into the model's batches.
+        let ids = tokio::task::spawn_blocking(move || match served.as_ref() {
+            Served::Embedder(enc) => {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                enc.tokenize(&refs).map_err(|e| e.to_string())
+            }
+            _ => Err("not an embedding model".to_string()),
+        })
+        .await
+        .map_err(|e| server_error(e.to_string()))?
+        .map_err(|e| ApiError::invalid(e, Some("input")))?;
         let tokens: usize = ids.iter().map(Vec::len).sum();
-        enc.embed_tokenized(&ids, 32).map(|e| (e, tokens))
-    });
-    let (embs, tokens) = match tokio::time::timeout(st.cfg.request_timeout, task).await {
+        let (done, result) = tokio::sync::oneshot::channel();
+        worker
+            .send(EmbedJob { ids, done })
+            .map_err(|_| server_error("the model's worker has stopped".into()))?;
+        let embs = result
+            .await
+            .map_err(|_| server_error("the batch ended without a result".into()))?
+            .map_err(|e| ApiError::invalid(e, Some("input")))?;
+        drop(permit);
+        Ok::<_, ApiError>((embs, tokens))
+    };
+    let (embs, tokens) = match tokio::time::timeout(st.cfg.request_timeout, work).await {
         Err(_) => {
             return Err(ApiError::status(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -411,15 +471,7 @@ async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, A
                 "the request took longer than the server's timeout",
             ))
         }
-        Ok(j) => j
-            .map_err(|e| {
-                ApiError::status(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    e.to_string(),
-                )
-            })?
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("input")))?,
+        Ok(r) => r?,
     };
     st.metrics.lock().expect("metrics").texts_embedded += n as u64;
     let data: Vec<Value> = embs
@@ -432,6 +484,94 @@ async fn embeddings(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     .into_response())
 }
 
+/// `{"image": "<base64 PNG or JPEG, data: URL allowed>"}` or `{"pixels": [side² values 0–255]}`,
+/// optional `"top_k"` (default 3) → the classes by probability.
+async fn classify(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    use base64::Engine;
+    let o = parse_object(&body)?;
+    let (name, served) = model_named(&st, &o)?;
+    let Served::Classifier { norm, side, model } = served.as_ref() else {
+        return Err(wrong_route(&name, served));
+    };
+    let classes = model.lock().expect("classifier").config.classes;
+    let top_k = integer_field(&o, "top_k", 3, 1, classes as u64)? as usize;
+    let x = match (o.get("image"), o.get("pixels")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give either 'image' or 'pixels', not both",
+                Some("image"),
+            ))
+        }
+        (Some(_), None) => {
+            let text = string_field(&o, "image")?;
+            // A data URL from a canvas carries a header before the comma.
+            let payload = match text.strip_prefix("data:") {
+                Some(rest) => rest.split_once(',').map_or("", |(_, b)| b),
+                None => text.as_str(),
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(payload.trim())
+                .map_err(|e| {
+                    ApiError::invalid(format!("'image' is not valid base64: {e}"), Some("image"))
+                })?;
+            digit_from_bytes(&bytes, *side as u32, Invert::Auto, norm)
+                .map_err(|e| ApiError::invalid(format!("'image': {e}"), Some("image")))?
+        }
+        (None, Some(Value::Array(values))) => {
+            let want = side * side;
+            if values.len() != want {
+                return Err(ApiError::invalid(
+                    format!(
+                        "'pixels' has {} values; the model takes {want} ({side}×{side})",
+                        values.len()
+                    ),
+                    Some("pixels"),
+                ));
+            }
+            let px = values
+                .iter()
+                .map(|v| match v.as_f64() {
+                    Some(p) if (0.0..=255.0).contains(&p) => Ok(p.round() as u8),
+                    _ => Err(ApiError::invalid(
+                        format!("'pixels' must be numbers from 0 to 255, got {v}"),
+                        Some("pixels"),
+                    )),
+                })
+                .collect::<Result<Vec<u8>, _>>()?;
+            digit_from_pixels(&px, *side, Invert::No, norm)
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "'pixels' must be a list of numbers",
+                Some("pixels"),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "'image' (base64 PNG or JPEG) or 'pixels' is required",
+                Some("image"),
+            ))
+        }
+    };
+    let logits = model
+        .lock()
+        .expect("classifier")
+        .forward(&x, 1, false, 0)
+        .to_vec();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let z: f32 = exps.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]));
+    let predictions: Vec<Value> = order[..top_k]
+        .iter()
+        .map(|&c| json!({"class": c, "probability": exps[c] / z}))
+        .collect();
+    Ok(Json(json!({"object": "classification", "model": name,
+                   "label": argmax(&logits), "predictions": predictions}))
+    .into_response())
+}
+
 async fn list_models(State(st): State<Shared>) -> Json<Value> {
     let data: Vec<Value> = st
         .models
@@ -440,6 +580,7 @@ async fn list_models(State(st): State<Shared>) -> Json<Value> {
             let kind = match m.as_ref() {
                 Served::Lm { .. } => "completions",
                 Served::Embedder(_) => "embeddings",
+                Served::Classifier { .. } => "classify",
             };
             json!({"id": name, "object": "model", "owned_by": "largo", "capability": kind})
         })
@@ -447,15 +588,30 @@ async fn list_models(State(st): State<Shared>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// The playground: one static page in the binary, talking to the API above.
+async fn playground() -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ],
+        include_str!("playground.html"),
+    )
+        .into_response()
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {
-    let text = st.metrics.lock().expect("metrics").render(
-        st.waiting.load(Ordering::Relaxed),
-        st.running.load(Ordering::Relaxed),
-    );
+    let in_flight = admitted(&st);
+    let running = st.batches.running.load(Ordering::Relaxed).min(in_flight);
+    let text =
+        st.metrics
+            .lock()
+            .expect("metrics")
+            .render(in_flight - running, in_flight, &st.batches);
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -484,8 +640,10 @@ async fn guard(State(st): State<Shared>, headers: HeaderMap, req: Request, next:
         _ => next.run(req).await,
     };
     let known = [
+        "/",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/classify",
         "/v1/models",
         "/health",
         "/metrics",
@@ -522,12 +680,30 @@ async fn not_found() -> ApiError {
 
 /// The router over loaded models (used by `run` and by tests).
 pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router {
+    let batches = Arc::new(BatchStats::default());
+    let (mut decoders, mut embedders) = (BTreeMap::new(), BTreeMap::new());
+    for (name, served) in &models {
+        let worker = Arc::clone(served);
+        match served.as_ref() {
+            Served::Lm { .. } => {
+                let tx = spawn_decoder(worker, cfg.max_concurrent, Arc::clone(&batches));
+                decoders.insert(name.clone(), tx);
+            }
+            Served::Embedder(_) => {
+                let tx = spawn_embedder(worker, cfg.batch_tokens, Arc::clone(&batches));
+                embedders.insert(name.clone(), tx);
+            }
+            Served::Classifier { .. } => {}
+        }
+    }
     let st: Shared = Arc::new(AppState {
         models,
-        workers: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
-        queue: Semaphore::new(cfg.max_queue.max(1)),
-        waiting: AtomicU64::new(0),
-        running: AtomicU64::new(0),
+        decoders,
+        embedders,
+        admission: Arc::new(Semaphore::new(
+            cfg.max_concurrent.max(1) + cfg.max_queue.max(1),
+        )),
+        batches,
         metrics: Mutex::new(Metrics::default()),
         next_id: AtomicU64::new(1),
         cfg: cfg.clone(),
@@ -535,7 +711,9 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/classify", post(classify))
         .route("/v1/models", get(list_models))
+        .route("/", get(playground))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
