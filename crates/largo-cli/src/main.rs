@@ -9,6 +9,7 @@ mod generate;
 mod interop;
 mod prepare;
 mod serve;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,8 @@ enum Command {
     Serve(serve::Args),
     /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
     Bench(bench::Args),
+    /// Hyper-parameter sweep: a grid or random search of training runs, with successive halving.
+    Sweep(sweep::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => interop::run_inspect(a),
         Command::Serve(a) => serve::run_serve(a),
         Command::Bench(a) => bench::run(a),
+        Command::Sweep(a) => sweep::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
