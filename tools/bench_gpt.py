@@ -10,6 +10,9 @@ Modes
   --mode generate  batch 1, 1-token prompt, 200 greedy tokens, one token per step through a
                    per-layer KV cache. 200 positions do not fit block 128, so this mode gives wpe
                    256 rows (the per-token compute is the same; only the table is larger).
+  --mode eval      --data DIR --weights W: the validation loss of `largo export`ed weights W
+                   (safetensors, nanoGPT names) on the same 20 val batches as budget mode, so a
+                   largo run under the same budget is measured by the same yardstick.
   --mode budget    --data DIR --minutes M: DIR holds train.bin/val.bin (little-endian u16 ids, u32
                    when meta.json says "dtype": "u32") and meta.json with "vocab_size". Trains on
                    random 16 x 128 windows for M minutes of wall time, AdamW 3e-4 with 100 linear
@@ -20,6 +23,7 @@ Modes
 Run:  python3 tools/bench_gpt.py --mode train [--threads 2] [--vocab 73]
       python3 tools/bench_gpt.py --mode generate
       python3 tools/bench_gpt.py --mode budget --data DIR --minutes 10
+      python3 tools/bench_gpt.py --mode eval --data DIR --weights model.safetensors
 """
 import argparse
 import json
@@ -128,18 +132,30 @@ def bench_generate(args, n_new=200):
     print(f"pytorch gpt generate: {n_new / dt:.0f} tokens/s ({n_new} tokens, batch 1, KV cache)")
 
 
-def bench_budget(args):
-    data = Path(args.data)
+def load_tokens(data):
     meta = json.loads((data / "meta.json").read_text())
     dtype = np.dtype("<u4") if meta.get("dtype") == "u32" else np.dtype("<u2")
     train, val = (torch.from_numpy(np.fromfile(data / f, dtype=dtype).astype(np.int64))
                   for f in ("train.bin", "val.bin"))
+    return meta, train, val
 
-    def batch(tokens, gen):
-        i = torch.randint(0, len(tokens) - BLOCK, (BATCH,), generator=gen)
-        w = torch.stack([tokens[j:j + BLOCK + 1] for j in i.tolist()])
-        return w[:, :-1], w[:, 1:]
 
+def batch(tokens, gen):
+    i = torch.randint(0, len(tokens) - BLOCK, (BATCH,), generator=gen)
+    w = torch.stack([tokens[j:j + BLOCK + 1] for j in i.tolist()])
+    return w[:, :-1], w[:, 1:]
+
+
+def val_loss(model, val):
+    """Mean loss over 20 fixed validation batches (seed 0): the yardstick of both runs."""
+    model.eval()
+    val_gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        return statistics.mean(loss_fn(model, *batch(val, val_gen)).item() for _ in range(20))
+
+
+def bench_budget(args):
+    meta, train, val = load_tokens(Path(args.data))
     lr_max, lr_min, warmup, horizon = 3e-4, 3e-5, 100, 1_000_000 // (BATCH * BLOCK)
 
     def lr_at(step):
@@ -161,24 +177,34 @@ def bench_budget(args):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+    print(f"pytorch val loss after {args.minutes:g} min: {val_loss(model, val):.4f} (steps {step})")
 
-    model.eval()
-    val_gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        val_loss = statistics.mean(loss_fn(model, *batch(val, val_gen)).item() for _ in range(20))
-    print(f"pytorch val loss after {args.minutes:g} min: {val_loss:.4f} (steps {step})")
+
+def bench_eval(args):
+    from safetensors.torch import load_file
+    meta, _, val = load_tokens(Path(args.data))
+    model = GPT(meta["vocab_size"])
+    state = load_file(args.weights)
+    # A strict load: every tensor present with its shape (lm_head is tied to wte).
+    model.load_state_dict(state, strict=True)
+    print(f"val loss of {args.weights}: {val_loss(model, val):.4f}")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=("train", "generate", "budget"), default="train")
+    ap.add_argument("--mode", choices=("train", "generate", "budget", "eval"), default="train")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=73)
     ap.add_argument("--data")
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--weights")
     args = ap.parse_args()
-    if args.mode == "budget" and not args.data:
-        ap.error("--mode budget needs --data DIR")
+    if args.mode in ("budget", "eval") and not args.data:
+        ap.error(f"--mode {args.mode} needs --data DIR")
+    if args.mode == "eval" and not args.weights:
+        ap.error("--mode eval needs --weights FILE")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    {"train": bench_train, "generate": bench_generate, "budget": bench_budget}[args.mode](args)
+    modes = {"train": bench_train, "generate": bench_generate, "budget": bench_budget,
+             "eval": bench_eval}
+    modes[args.mode](args)

@@ -306,6 +306,9 @@ pub struct ScheduleConfig {
     /// "step": multiply by `gamma` every `step_size` steps.
     pub step_size: u64,
     pub gamma: f64,
+    /// Steps over which "linear" and "cosine" decay to `min_lr`, staying there after
+    /// (nanoGPT's `lr_decay_iters`); 0: the run's length.
+    pub decay_steps: u64,
 }
 
 impl Default for ScheduleConfig {
@@ -316,6 +319,7 @@ impl Default for ScheduleConfig {
             min_lr: 0.0,
             step_size: 1000,
             gamma: 0.1,
+            decay_steps: 0,
         }
     }
 }
