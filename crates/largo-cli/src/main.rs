@@ -8,6 +8,7 @@ mod explain;
 mod generate;
 mod interop;
 mod prepare;
+mod report;
 mod serve;
 mod sweep;
 mod train;
@@ -60,6 +61,8 @@ enum Command {
     Bench(bench::Args),
     /// Hyper-parameter sweep: a grid or random search of training runs, with successive halving.
     Sweep(sweep::Args),
+    /// Write a self-contained HTML report of a run or a sweep.
+    Report(report::Args),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run_serve(a),
         Command::Bench(a) => bench::run(a),
         Command::Sweep(a) => sweep::run(a),
+        Command::Report(a) => report::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

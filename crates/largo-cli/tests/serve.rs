@@ -2,11 +2,13 @@
 //! spoken to over plain HTTP/1.1 (no client library), including every bad request.
 
 mod common;
+mod support;
 use common::{largo, ok, repo};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use support::webdriver::Browser;
 
 struct Server {
     child: Child,
@@ -596,4 +598,158 @@ fn digits_are_classified_from_png_or_pixels() {
         .as_str()
         .unwrap()
         .contains("image classifier: use /v1/classify"));
+}
+
+/// Polls `script` (returning a value) until `done` accepts it, or fails after 30 s.
+fn wait_for(
+    b: &Browser,
+    script: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = b.execute(script, vec![]).unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {script}: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_playground_streams_a_generation_compares_texts_and_classifies_a_drawing() {
+    let Some(browser) = Browser::start_or_skip("playground") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_lm(tmp.path());
+    let config = repo().join("configs/mnist-mlp.toml");
+    let data = repo().join("data/mnist-1k");
+    ok(&largo(
+        tmp.path(),
+        &[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("data.path={}", data.display()),
+            "--set",
+            "train.epochs=1",
+        ],
+    ));
+    let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
+    let s = start_with(
+        tmp.path(),
+        &[
+            "lm=runs/lm",
+            &format!("emb={}", bert.display()),
+            "digits=runs/mnist-mlp",
+        ],
+        None,
+        &["--max-tokens", "2000"],
+    );
+    browser.navigate(&format!("http://{}/", s.addr)).unwrap();
+    assert_eq!(browser.title().unwrap(), "largo playground");
+    wait_for(
+        &browser,
+        "return document.getElementById('status').textContent",
+        |v| v.as_str().is_some_and(|t| t.starts_with("serving")),
+    );
+
+    // Type a prompt and generate; record every length the output goes through as it streams.
+    browser
+        .execute(
+            "document.getElementById('prompt').value = '';
+             document.getElementById('max_tokens').value = '1500';
+             document.getElementById('seed').value = '3';
+             window.lengths = [];
+             new MutationObserver(() => window.lengths.push(document.getElementById('output').textContent.length))
+                 .observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true});",
+            vec![],
+        )
+        .unwrap();
+    let prompt = browser.find_element("#prompt").unwrap();
+    browser.send_keys(&prompt, "KING").unwrap();
+    browser
+        .click(&browser.find_element("#generate").unwrap())
+        .unwrap();
+    wait_for(
+        &browser,
+        "return document.getElementById('usage').textContent",
+        |v| v.as_str().is_some_and(|t| t.contains("tokens")),
+    );
+    let shown = browser
+        .execute(
+            "return document.getElementById('output').textContent",
+            vec![],
+        )
+        .unwrap();
+    let (status, direct) = post(
+        &s,
+        "/v1/completions",
+        r#"{"model": "lm", "prompt": "KING", "max_tokens": 1500, "temperature": 0.8, "top_p": 0.95, "seed": 3}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        shown.as_str().unwrap(),
+        format!("KING{}", direct["choices"][0]["text"].as_str().unwrap()),
+        "the page shows the prompt and the whole generation"
+    );
+    let lengths = browser.execute("return window.lengths", vec![]).unwrap();
+    let final_len = shown.as_str().unwrap().chars().count() as u64;
+    let partial = lengths
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.as_u64().is_some_and(|l| l > 4 && l < final_len))
+        .count();
+    assert!(
+        partial >= 2,
+        "text appeared in pieces, not at once: {lengths}"
+    );
+
+    // Similarity of two texts with the embedding model.
+    browser
+        .click(&browser.find_element("#compare").unwrap())
+        .unwrap();
+    let sim = wait_for(
+        &browser,
+        "return document.getElementById('similarity').textContent",
+        |v| v.as_str().is_some_and(|t| !t.is_empty()),
+    );
+    assert!(
+        sim.as_str().unwrap().starts_with("cosine similarity "),
+        "{sim}"
+    );
+
+    // Draw a stroke on the pad and classify it.
+    browser
+        .execute(
+            "const pad = document.getElementById('pad'); const ctx = pad.getContext('2d');
+             ctx.strokeStyle = '#fff'; ctx.lineWidth = 20; ctx.beginPath();
+             ctx.moveTo(140, 40); ctx.lineTo(140, 240); ctx.stroke();",
+            vec![],
+        )
+        .unwrap();
+    browser
+        .click(&browser.find_element("#classify").unwrap())
+        .unwrap();
+    let label = wait_for(
+        &browser,
+        "return document.getElementById('prediction').textContent",
+        |v| v.as_str().is_some_and(|t| !t.is_empty()),
+    );
+    assert!(label.as_str().unwrap().starts_with("it is a "), "{label}");
+
+    let severe: Vec<serde_json::Value> = browser
+        .browser_log()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(severe.is_empty(), "console errors: {severe:?}");
 }

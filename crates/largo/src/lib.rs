@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod explain;
+pub mod report;
 pub mod generate;
 pub mod io;
 pub mod models;
