@@ -3,30 +3,10 @@
 
 mod common;
 
-use common::{bundled_mnist, fails_with, largo, ok, repo};
+use common::{bundled_mnist, fails_with, largo, ok, repo, train_digit_classifier};
 use largo::data::mnist::Mnist;
 use largo::explain::saliency::{attribute, baseline_input, Baseline, Method};
 use std::path::{Path, PathBuf};
-
-fn train_mlp(dir: &Path) -> PathBuf {
-    let config = repo().join("configs/mnist-mlp.toml");
-    let data = bundled_mnist();
-    ok(&largo(
-        dir,
-        &[
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--set",
-            &format!("data.path={}", data.display()),
-            "--set",
-            "run.name=mlp",
-            "--set",
-            "train.epochs=3",
-        ],
-    ));
-    dir.join("runs/mlp")
-}
 
 fn train_gpt(dir: &Path) -> PathBuf {
     let text: String = std::fs::read_to_string(repo().join("data/shakespeare/hamlet_gut.txt"))
@@ -289,7 +269,7 @@ fn attention_maps_of_a_gpt_and_a_bert() {
 fn saliency_of_a_digit_classifier() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let run = train_mlp(dir);
+    let run = train_digit_classifier(dir, "mlp", 3);
     let run_s = run.to_str().unwrap();
     let digit = repo().join("data/digits/3.png");
     let digit_s = digit.to_str().unwrap();

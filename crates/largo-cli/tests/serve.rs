@@ -3,7 +3,7 @@
 
 mod common;
 mod support;
-use common::{largo, ok, repo};
+use common::{largo, ok, repo, train_digit_classifier};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -499,20 +499,7 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_place() {
 fn digits_are_classified_from_png_or_pixels() {
     use base64::Engine;
     let tmp = tempfile::tempdir().unwrap();
-    let config = repo().join("configs/mnist-mlp.toml");
-    let data = repo().join("data/mnist-1k");
-    ok(&largo(
-        tmp.path(),
-        &[
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--set",
-            &format!("data.path={}", data.display()),
-            "--set",
-            "train.epochs=2",
-        ],
-    ));
+    train_digit_classifier(tmp.path(), "mnist-mlp", 2);
     let s = start(tmp.path(), &["digits=runs/mnist-mlp"], None);
     let png = std::fs::read(repo().join("data/digits/3.png")).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
@@ -627,20 +614,7 @@ fn the_playground_streams_a_generation_compares_texts_and_classifies_a_drawing()
     };
     let tmp = tempfile::tempdir().unwrap();
     tiny_lm(tmp.path());
-    let config = repo().join("configs/mnist-mlp.toml");
-    let data = repo().join("data/mnist-1k");
-    ok(&largo(
-        tmp.path(),
-        &[
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--set",
-            &format!("data.path={}", data.display()),
-            "--set",
-            "train.epochs=1",
-        ],
-    ));
+    train_digit_classifier(tmp.path(), "mnist-mlp", 1);
     let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");
     let s = start_with(
         tmp.path(),

@@ -47,3 +47,24 @@ pub fn fails_with(out: &Output, needle: &str) {
         "stderr lacks {needle:?}:\n{stderr}"
     );
 }
+
+/// Trains the bundled-MNIST MLP (configs/mnist-mlp.toml) for `epochs` in `dir`; returns
+/// `dir/runs/<name>`.
+pub fn train_digit_classifier(dir: &Path, name: &str, epochs: usize) -> PathBuf {
+    let config = repo().join("configs/mnist-mlp.toml");
+    ok(&largo(
+        dir,
+        &[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &format!("data.path={}", bundled_mnist().display()),
+            "--set",
+            &format!("run.name={name}"),
+            "--set",
+            &format!("train.epochs={epochs}"),
+        ],
+    ));
+    dir.join("runs").join(name)
+}

@@ -1,9 +1,8 @@
 //! Attention maps: the softmax(QKᵀ/√d) probabilities of every layer and head over one text,
 //! rendered as a grid of heatmaps (query tokens down, key tokens across) or written as JSON.
 
-use super::{viridis_rgb, visible_token};
+use super::{language_model_and_ids, token_texts, viridis_rgb, visible_token};
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
-use crate::models::store::{load_info, load_lm, resolve_model_dir};
 use crate::train::plot::ensure_font;
 use crate::{Error, Result};
 use plotters::prelude::*;
@@ -42,24 +41,12 @@ impl AttentionMaps {
         if is_hf_dir(dir) {
             return Self::bert(dir, text);
         }
-        let model_dir = resolve_model_dir(dir)?;
-        let info = load_info(&model_dir)?;
-        if info.lm_spec().is_none() {
-            return Err(Error::Invalid(format!(
-                "{}: attention maps need a language model or a BERT encoder, and this is an {} model",
-                model_dir.display(),
-                info.arch
-            )));
-        }
-        let (mut model, info, tokenizer) = load_lm(&model_dir)?;
-        let ids = crate::data::text::encode(&tokenizer, text)?;
+        let (mut model, tokenizer, ids, arch) = language_model_and_ids(
+            dir,
+            text,
+            "attention maps need a language model or a BERT encoder",
+        )?;
         let t = ids.len();
-        if t > model.spec.block_size {
-            return Err(Error::Invalid(format!(
-                "the text is {t} tokens, longer than the model's context of {} tokens (block_size); shorten it",
-                model.spec.block_size
-            )));
-        }
         model.forward(&ids, 1, t, None, false, 0)?;
         let heads = model.spec.n_head;
         let weights = model
@@ -73,13 +60,9 @@ impl AttentionMaps {
                     .collect()
             })
             .collect();
-        let tokens = ids
-            .iter()
-            .map(|&id| crate::data::text::decode(&tokenizer, &[id]))
-            .collect::<Result<_>>()?;
         Ok(AttentionMaps {
-            arch: info.arch,
-            tokens,
+            arch,
+            tokens: token_texts(&tokenizer, &ids)?,
             layers: model.spec.n_layer,
             heads,
             weights,

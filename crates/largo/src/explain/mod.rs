@@ -11,6 +11,50 @@ pub mod attention;
 pub mod saliency;
 pub mod tokens;
 
+use crate::models::store::{load_info, load_lm, resolve_model_dir};
+use crate::models::TransformerLm;
+use crate::{Error, Result};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// A largo language model (model or run directory) and the ids of `text`, which must fit its
+/// context; `needs` completes "… need a language model" in the error for another kind of model.
+pub(crate) fn language_model_and_ids(
+    dir: &Path,
+    text: &str,
+    needs: &str,
+) -> Result<(TransformerLm, Tokenizer, Vec<u32>, String)> {
+    let model_dir = resolve_model_dir(dir)?;
+    let info = load_info(&model_dir)?;
+    if info.lm_spec().is_none() {
+        return Err(Error::Invalid(format!(
+            "{}: {needs}, and this is an {} model",
+            model_dir.display(),
+            info.arch
+        )));
+    }
+    let (model, info, tokenizer) = load_lm(&model_dir)?;
+    if text.is_empty() {
+        return Err(Error::Invalid("the text is empty".into()));
+    }
+    let ids = crate::data::text::encode(&tokenizer, text)?;
+    if ids.len() > model.spec.block_size {
+        return Err(Error::Invalid(format!(
+            "the text is {} tokens, longer than the model's context of {} tokens (block_size); shorten it",
+            ids.len(),
+            model.spec.block_size
+        )));
+    }
+    Ok((model, tokenizer, ids, info.arch))
+}
+
+/// Each id decoded on its own: the tokens as a chart or a table shows them.
+pub(crate) fn token_texts(tokenizer: &Tokenizer, ids: &[u32]) -> Result<Vec<String>> {
+    ids.iter()
+        .map(|&id| crate::data::text::decode(tokenizer, &[id]))
+        .collect()
+}
+
 /// A token as it should appear on a chart: whitespace made visible, control characters escaped.
 pub fn visible_token(text: &str) -> String {
     let mut out = String::new();

@@ -2,10 +2,9 @@
 //! on the token embeddings, score_t = Σ_c e_t[c] · ∂f/∂e_t[c], where e_t = wte[id_t] and f is
 //! the logit of the predicted (or chosen) next token at the last position.
 
-use super::{diverging_rgb, html_escape, visible_token};
+use super::{diverging_rgb, html_escape, language_model_and_ids, token_texts, visible_token};
 use crate::eval::argmax;
 use crate::models::sentence::is_hf_dir;
-use crate::models::store::{load_info, load_lm, resolve_model_dir};
 use crate::models::TransformerLm;
 use crate::nn::Module;
 use crate::{Error, Result};
@@ -35,27 +34,8 @@ pub fn attribute_tokens(dir: &Path, text: &str, target: Option<&str>) -> Result<
             dir.display()
         )));
     }
-    let model_dir = resolve_model_dir(dir)?;
-    let info = load_info(&model_dir)?;
-    if info.lm_spec().is_none() {
-        return Err(Error::Invalid(format!(
-            "{}: token attributions need a language model, and this is an {} model",
-            model_dir.display(),
-            info.arch
-        )));
-    }
-    let (mut model, _, tokenizer) = load_lm(&model_dir)?;
-    if text.is_empty() {
-        return Err(Error::Invalid("the text is empty".into()));
-    }
-    let ids = crate::data::text::encode(&tokenizer, text)?;
-    let t = ids.len();
-    if t > model.spec.block_size {
-        return Err(Error::Invalid(format!(
-            "the text is {t} tokens, longer than the model's context of {} tokens (block_size); shorten it",
-            model.spec.block_size
-        )));
-    }
+    let (mut model, tokenizer, ids, _) =
+        language_model_and_ids(dir, text, "token attributions need a language model")?;
     let target_id = match target {
         Some(s) => match crate::data::text::encode(&tokenizer, s)?.as_slice() {
             [id] => Some(*id),
@@ -69,10 +49,7 @@ pub fn attribute_tokens(dir: &Path, text: &str, target: Option<&str>) -> Result<
         None => None,
     };
     let (scores, target_id, logit, probability) = grad_times_input(&mut model, &ids, target_id)?;
-    let tokens = ids
-        .iter()
-        .map(|&id| crate::data::text::decode(&tokenizer, &[id]))
-        .collect::<Result<_>>()?;
+    let tokens = token_texts(&tokenizer, &ids)?;
     Ok(TokenAttribution {
         text: text.to_string(),
         tokens,
