@@ -1,4 +1,11 @@
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use largo::serve::load::{self, LoadConfig, Workload};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Model directory of `embed` when no --model is given.
+const DEFAULT_EMBED_MODEL: &str = "../shared/models/all-MiniLM-L6-v2";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum What {
@@ -12,6 +19,53 @@ enum What {
     Generate,
     /// Sentence embeddings/s of a BERT model (--model) on sentences of 10-60 words.
     Embed,
+    /// HTTP load on a server: requests/s, tokens/s, latency percentiles, errors and the
+    /// server's peak RSS, for embeddings and/or completions (see --url, --model, --clients).
+    Serve,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WorkloadChoice {
+    Embeddings,
+    Completions,
+    /// Embeddings, then completions.
+    Both,
+}
+
+/// Options of `bench serve`.
+#[derive(clap::Args)]
+#[command(next_help_heading = "bench serve")]
+struct ServeLoadArgs {
+    /// A running server (e.g. http://127.0.0.1:8000); without it, the bench starts `largo
+    /// serve` itself with the --model options and stops it at the end.
+    #[arg(long, conflicts_with = "models")]
+    url: Option<String>,
+    /// Process id of the --url server, to report its peak RSS.
+    #[arg(long, requires = "url")]
+    server_pid: Option<u32>,
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of load per workload.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    #[arg(long, value_enum, default_value = "both")]
+    workload: WorkloadChoice,
+    /// Model for embeddings (default: the first embeddings model in /v1/models).
+    #[arg(long)]
+    embed_model: Option<String>,
+    /// Model for completions (default: the first completions model in /v1/models).
+    #[arg(long)]
+    lm_model: Option<String>,
+    /// Texts per embeddings request.
+    #[arg(long, default_value_t = 1)]
+    inputs_per_request: usize,
+    /// `max_tokens` of each completion.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// One JSON object per workload instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -27,18 +81,21 @@ pub struct Args {
     /// Vocabulary of the GPT benchmarks (73: the character set of the comparison corpus).
     #[arg(long, default_value_t = 73)]
     vocab: usize,
-    /// Model directory for `embed`.
-    #[arg(long, default_value = "../shared/models/all-MiniLM-L6-v2")]
-    model: std::path::PathBuf,
-    /// Folder of .txt files the `embed` sentences are cut from.
+    /// `embed`: the model directory (default ../shared/models/all-MiniLM-L6-v2). `serve`:
+    /// [NAME=]DIR of a model for the bench to serve; repeat for several.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Folder of .txt files the `embed` and `serve` sentences are cut from.
     #[arg(long, default_value = "data/shakespeare")]
-    corpus: std::path::PathBuf,
-    /// Sentences for `embed`.
+    corpus: PathBuf,
+    /// Sentences for `embed`, and the request texts of `serve` (used round-robin).
     #[arg(long, default_value_t = 512)]
     sentences: usize,
     /// Batch size for `embed`.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    #[command(flatten)]
+    serve: ServeLoadArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -63,7 +120,9 @@ pub fn run(a: Args) -> Result<()> {
             println!("largo gpt generate: {tps:.0} tokens/s (200 tokens, batch 1, KV cache, {threads} threads)");
         }
         What::Embed => {
-            let encoder = largo::models::sentence::SentenceEncoder::load(&a.model)?;
+            let dir = a.models.first().map_or(DEFAULT_EMBED_MODEL, String::as_str);
+            let encoder =
+                largo::models::sentence::SentenceEncoder::load(std::path::Path::new(dir))?;
             let sentences = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
             let sps = largo::bench::bench_embed(&encoder, &sentences, a.batch.max(1), 3)?;
             println!(
@@ -73,6 +132,165 @@ pub fn run(a: Args) -> Result<()> {
             );
             println!("peak RSS: {:.0} MB", largo::bench::peak_rss_mb());
         }
+        What::Serve => {
+            let texts = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
+            bench_serve(&a.serve, &a.models, texts, threads)?;
+        }
+    }
+    Ok(())
+}
+
+/// A `largo serve` child of this same binary, started by the bench and stopped with SIGTERM.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: String,
+    /// Kept open until the child exits: it prints `stopped` when it does, and a closed pipe
+    /// would kill it with SIGPIPE instead.
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ServerProcess {
+    fn start(models: &[String], threads: usize) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the largo binary")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["--threads", &threads.to_string(), "serve"])
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        for m in models {
+            cmd.args(["--model", m]);
+        }
+        let mut child = cmd.spawn().context("cannot start largo serve")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+        let Some(addr) = addr else {
+            let status = child.wait()?;
+            bail!("largo serve did not start ({status}); its errors are above");
+        };
+        Ok(ServerProcess {
+            child,
+            addr,
+            stdout,
+        })
+    }
+
+    /// SIGTERM, then up to 30 s to drain before a hard kill.
+    fn stop(mut self) -> Result<()> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) only sends a signal; `pid` is our own child, not yet reaped (its
+        // `Child` is alive here), so the id cannot have been reused by another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+                if !status.success() {
+                    bail!("largo serve exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        bail!("largo serve did not stop within 30 s of SIGTERM; killed")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Only reached on error paths before `stop` (which waits); never leave a server behind.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn bench_serve(
+    a: &ServeLoadArgs,
+    models: &[String],
+    texts: Vec<String>,
+    threads: usize,
+) -> Result<()> {
+    if a.clients == 0 || a.inputs_per_request == 0 || a.max_tokens == 0 {
+        bail!("--clients, --inputs-per-request and --max-tokens must be ≥ 1");
+    }
+    if !(a.seconds > 0.0 && a.seconds.is_finite()) {
+        bail!("--seconds must be > 0");
+    }
+    let (server, addr, server_pid) = match &a.url {
+        Some(url) => (None, load::parse_url(url)?, a.server_pid),
+        None if models.is_empty() => {
+            bail!("bench serve needs --url of a running server or --model NAME=DIR to serve")
+        }
+        None => {
+            let s = ServerProcess::start(models, threads)?;
+            let (addr, pid) = (s.addr.clone(), s.child.id());
+            (Some(s), addr, Some(pid))
+        }
+    };
+    let workloads: &[Workload] = match a.workload {
+        WorkloadChoice::Embeddings => &[Workload::Embeddings],
+        WorkloadChoice::Completions => &[Workload::Completions],
+        WorkloadChoice::Both => &[Workload::Embeddings, Workload::Completions],
+    };
+    if !a.json {
+        let who = match (&a.url, server_pid) {
+            (Some(_), _) => "server".to_string(),
+            (None, Some(pid)) => format!("largo serve (pid {pid}, {threads} threads)"),
+            (None, None) => unreachable!("a started server has a pid"),
+        };
+        println!("largo bench serve: {who} at http://{addr}");
+    }
+    for &workload in workloads {
+        let chosen = match workload {
+            Workload::Embeddings => a.embed_model.clone(),
+            Workload::Completions => a.lm_model.clone(),
+        };
+        let model = match chosen {
+            Some(m) => m,
+            None => match load::discover_model(&addr, workload)? {
+                Some(m) => m,
+                // `both` runs what the server offers; an explicit workload must be served.
+                None if workloads.len() > 1 => {
+                    if !a.json {
+                        println!("== {}: no such model served; skipped", workload.name());
+                    }
+                    continue;
+                }
+                None => bail!("http://{addr} serves no {} model", workload.name()),
+            },
+        };
+        let cfg = LoadConfig {
+            addr: addr.clone(),
+            workload,
+            model,
+            clients: a.clients,
+            duration: Duration::from_secs_f64(a.seconds),
+            texts: texts.clone(),
+            inputs_per_request: a.inputs_per_request,
+            max_tokens: a.max_tokens,
+        };
+        let mut report = load::run_load(&cfg)?;
+        // VmHWM is the peak since the server started, so after `both` it covers both loads.
+        report.server_peak_rss_mb = server_pid.and_then(load::peak_rss_mb_of);
+        if a.json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.render());
+        }
+    }
+    if let Some(s) = server {
+        s.stop()?;
     }
     Ok(())
 }
