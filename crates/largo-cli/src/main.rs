@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = largo::init_threads(cli.threads) {
+    if let Err(e) = largo::init_threads(largo::train::dist::threads_per_rank(cli.threads)) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

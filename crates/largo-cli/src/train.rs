@@ -1,6 +1,6 @@
 use anyhow::{Context, Result};
 use largo::config::Config;
-use largo::train::{train, TrainOptions};
+use largo::train::{train_distributed, Dist, DistOptions, TrainOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -18,61 +18,105 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Data-parallel training: `mpi` under `mpirun -np N` (a largo built with `--features
+    /// largo-cli/mpi`); train.batch_size is then the global batch, split over the ranks.
+    #[arg(long, value_enum, default_value = "none")]
+    distributed: Distributed,
+    /// ZeRO-1: partition the optimiser state over the ranks (same results, less memory).
+    #[arg(long)]
+    shard_optimizer: bool,
+    /// Gradient all-reduce bucket size in MB.
+    #[arg(long, default_value_t = 25.0, value_name = "MB")]
+    bucket_mb: f64,
+    /// Seconds a rank waits in a collective for the others before it stops the job (a rank
+    /// that died or hangs); more than rank 0 takes to write a checkpoint; 0: forever.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    dist_timeout: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Distributed {
+    /// One process.
+    None,
+    /// MPI (OpenMPI): one rank per process started by mpirun.
+    Mpi,
+}
+
+fn communicator(a: &Args) -> Result<Dist> {
+    if !(a.bucket_mb > 0.0 && a.bucket_mb.is_finite()) {
+        anyhow::bail!("--bucket-mb must be a positive number, got {}", a.bucket_mb);
+    }
+    if !(a.dist_timeout >= 0.0 && a.dist_timeout.is_finite()) {
+        anyhow::bail!("--dist-timeout must be a number of seconds ≥ 0");
+    }
+    let opts = DistOptions {
+        shard_optimizer: a.shard_optimizer,
+        bucket_mb: a.bucket_mb,
+    };
+    match a.distributed {
+        Distributed::None => Ok(Dist::new(Box::new(largo::train::dist::SingleProcess), opts)),
+        #[cfg(feature = "mpi")]
+        Distributed::Mpi => {
+            let timeout = std::time::Duration::from_secs_f64(a.dist_timeout);
+            Ok(Dist::new(Box::new(largo::train::dist::Mpi::init(timeout)?), opts))
+        }
+        #[cfg(not(feature = "mpi"))]
+        Distributed::Mpi => anyhow::bail!(
+            "--distributed mpi needs a largo built with MPI: install OpenMPI (apt-get install libopenmpi-dev openmpi-bin libclang-dev), then `cargo build --release --features largo-cli/mpi`"
+        ),
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = match &a.resume {
-        Some(dir) => {
-            let saved = dir.join("config.toml");
-            if !saved.is_file() {
-                anyhow::bail!("{}: not a run directory (no config.toml)", dir.display());
+    let dist = communicator(&a)?;
+    match train_run(&a, &dist) {
+        Ok(()) => Ok(()),
+        Err(e) if dist.world_size() > 1 => {
+            if dist.error_was_shared() {
+                // Every rank has rank 0's error and stops; rank 0 alone reports it.
+                if dist.is_lead() {
+                    return Err(e);
+                }
+                drop(dist);
+                std::process::exit(1);
             }
-            let mut cfg = Config::load(Some(&saved), &a.overrides)?;
-            // The run lives where it was found, whatever out_dir said when it started.
-            cfg.run.out_dir = dir
-                .parent()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| ".".into());
-            cfg.run.name = dir
-                .file_name()
-                .context("run directory has no name")?
-                .to_string_lossy()
-                .into_owned();
-            cfg
+            // This rank failed alone: the others would wait for it, so end the job.
+            eprintln!(
+                "error: rank {} of {}: {e:#}",
+                dist.rank(),
+                dist.world_size()
+            );
+            dist.abort(1)
         }
-        None => {
-            let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
-            // Never train over an existing run: number the new one, as Lightning's versions do.
-            let base = cfg.run.name.clone();
-            let mut n = 1;
-            while largo::train::run_dir(&cfg).exists() {
-                n += 1;
-                cfg.run.name = format!("{base}-{n}");
-            }
-            if n > 1 {
-                eprintln!(
-                    "note: {} exists; this run is {} (continue the old one with --resume)",
-                    std::path::Path::new(&cfg.run.out_dir).join(&base).display(),
-                    cfg.run.name
-                );
-            }
-            cfg
-        }
-    };
-    let progress = !a.no_progress && std::io::stderr().is_terminal();
-    eprintln!(
-        "training {} on {}  →  {}",
-        cfg.model.arch,
-        cfg.data.path,
-        largo::train::run_dir(&cfg).display()
-    );
-    let out = train(
+        Err(e) => Err(e),
+    }
+}
+
+fn train_run(a: &Args, dist: &Dist) -> Result<()> {
+    let cfg =
+        dist.share_config(|| load_config(a).map_err(|e| largo::Error::Invalid(format!("{e:#}"))))?;
+    let lead = dist.is_lead();
+    let progress = lead && !a.no_progress && std::io::stderr().is_terminal();
+    if lead {
+        eprintln!(
+            "training {} on {}  →  {}",
+            cfg.model.arch,
+            cfg.data.path,
+            largo::train::run_dir(&cfg).display()
+        );
+    }
+    let out = train_distributed(
         &cfg,
         &TrainOptions {
             resume: a.resume.is_some(),
             progress,
         },
+        dist,
     )?;
+    if !lead {
+        return Ok(());
+    }
+
     let run = out.run_dir.display();
     if cfg.is_lm() {
         println!(
@@ -145,4 +189,46 @@ fn print_sample(run: &std::path::Path) -> Result<()> {
         g.new_tokens, g.text
     );
     Ok(())
+}
+
+/// The configuration of a new run (numbered past existing ones) or of the run to resume.
+fn load_config(a: &Args) -> Result<Config> {
+    Ok(match &a.resume {
+        Some(dir) => {
+            let saved = dir.join("config.toml");
+            if !saved.is_file() {
+                anyhow::bail!("{}: not a run directory (no config.toml)", dir.display());
+            }
+            let mut cfg = Config::load(Some(&saved), &a.overrides)?;
+            // The run lives where it was found, whatever out_dir said when it started.
+            cfg.run.out_dir = dir
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| ".".into());
+            cfg.run.name = dir
+                .file_name()
+                .context("run directory has no name")?
+                .to_string_lossy()
+                .into_owned();
+            cfg
+        }
+        None => {
+            let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
+            // Never train over an existing run: number the new one, as Lightning's versions do.
+            let base = cfg.run.name.clone();
+            let mut n = 1;
+            while largo::train::run_dir(&cfg).exists() {
+                n += 1;
+                cfg.run.name = format!("{base}-{n}");
+            }
+            if n > 1 {
+                eprintln!(
+                    "note: {} exists; this run is {} (continue the old one with --resume)",
+                    std::path::Path::new(&cfg.run.out_dir).join(&base).display(),
+                    cfg.run.name
+                );
+            }
+            cfg
+        }
+    })
 }

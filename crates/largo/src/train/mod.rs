@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod dist;
 pub mod lm;
 pub mod metrics;
 pub mod optim;
@@ -10,6 +11,7 @@ pub mod plot;
 pub mod schedule;
 pub mod session;
 
+pub use dist::{Dist, DistOptions};
 pub use session::{run_dir, TrainOptions, TrainOutcome};
 
 use crate::config::Config;
@@ -17,23 +19,33 @@ use crate::{Error, Result};
 
 /// Trains `cfg`'s model in `run_dir(cfg)`; with `resume`, continues from its latest checkpoint.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainOutcome> {
+    train_distributed(cfg, opts, &Dist::single())
+}
+
+/// [`train`] as one rank of a data-parallel group: every rank of `dist` calls it with the same
+/// configuration; rank 0 alone touches the run directory.
+pub fn train_distributed(cfg: &Config, opts: &TrainOptions, dist: &Dist) -> Result<TrainOutcome> {
     let run = run_dir(cfg);
-    if !opts.resume && run.join("metrics.jsonl").exists() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a run: continue it with `largo train --resume {}`, or pick another name with --set run.name=…",
-            run.display(),
-            run.display()
-        )));
-    }
-    let existed = run.exists();
-    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+    let mut existed = false;
+    dist.lead_then_share(|| {
+        if !opts.resume && run.join("metrics.jsonl").exists() {
+            return Err(Error::Invalid(format!(
+                "{} already holds a run: continue it with `largo train --resume {}`, or pick another name with --set run.name=…",
+                run.display(),
+                run.display()
+            )));
+        }
+        existed = run.exists();
+        std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))
+    })?;
     let result = if cfg.is_lm() {
-        lm::train_lm(cfg, opts, &run)
+        lm::train_lm(cfg, opts, &run, dist)
     } else {
-        classifier::train_classifier(cfg, opts, &run)
+        classifier::train_classifier(cfg, opts, &run, dist)
     };
     // A run that failed before its first checkpoint leaves nothing behind.
-    if result.is_err() && !existed && !checkpoint::checkpoints_dir(&run).exists() {
+    if dist.is_lead() && result.is_err() && !existed && !checkpoint::checkpoints_dir(&run).exists()
+    {
         let _ = std::fs::remove_dir_all(&run);
     }
     result

@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 /// Per-parameter state: SGD's momentum buffer in `m`; Adam's first and second moments.
 #[derive(Clone, Debug, Default)]
-struct Slot {
-    m: Vec<f32>,
-    v: Vec<f32>,
+pub(crate) struct Slot {
+    pub(crate) m: Vec<f32>,
+    pub(crate) v: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -19,7 +19,7 @@ pub struct Optimizer {
     pub config: OptimConfig,
     /// Steps taken so far (PyTorch's `state['step']`).
     pub step: u64,
-    slots: Vec<Slot>,
+    pub(crate) slots: Vec<Slot>,
 }
 
 const CHUNK: usize = 8 * 1024;
@@ -33,73 +33,42 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter with learning rate `lr` (the schedule's value this step).
-    pub fn step(&mut self, params: Vec<(String, &mut Param)>, lr: f32) {
-        if self.slots.len() != params.len() {
-            self.slots = params
+    /// Allocates zeroed state for parameters of `sizes` values unless it is there already.
+    pub(crate) fn ensure_slots(&mut self, sizes: &[usize]) {
+        if self.slots.len() != sizes.len() {
+            let adam = self.config.kind == "adamw";
+            self.slots = sizes
                 .iter()
-                .map(|(_, p)| Slot {
-                    m: vec![0.0; p.value.numel()],
-                    v: if self.config.kind == "adamw" {
-                        vec![0.0; p.value.numel()]
-                    } else {
-                        Vec::new()
-                    },
+                .map(|&n| Slot {
+                    m: vec![0.0; n],
+                    v: if adam { vec![0.0; n] } else { Vec::new() },
                 })
                 .collect();
         }
+    }
+
+    /// Bytes of optimiser state held (moments or momentum buffers).
+    pub fn state_bytes(&self) -> usize {
+        self.slots.iter().map(|s| 4 * (s.m.len() + s.v.len())).sum()
+    }
+
+    /// One update of every parameter with learning rate `lr` (the schedule's value this step).
+    pub fn step(&mut self, params: Vec<(String, &mut Param)>, lr: f32) {
+        let sizes: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
+        self.ensure_slots(&sizes);
         self.step += 1;
-        let c = &self.config;
-        let first = self.step == 1;
         for ((_, p), slot) in params.into_iter().zip(&mut self.slots) {
-            let wd = if c.no_decay_1d && p.value.shape.len() < 2 {
-                0.0
-            } else {
-                c.weight_decay as f32
-            };
-            let w = &mut p.value.data;
-            let g = &p.grad;
-            if c.kind == "adamw" {
-                let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-                let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-                let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-                let step_size = (lr as f64 / bc1) as f32;
-                let bc2_sqrt = bc2.sqrt() as f32;
-                let decay = 1.0 - lr * wd;
-                let eps = c.eps as f32;
-                w.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(
-                        slot.m
-                            .par_chunks_mut(CHUNK)
-                            .zip(slot.v.par_chunks_mut(CHUNK)),
-                    )
-                    .for_each(|((w, g), (m, v))| {
-                        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                            *w *= decay;
-                            *m += (1.0 - b1) * (g - *m);
-                            *v = b2 * *v + (1.0 - b2) * g * g;
-                            let denom = v.sqrt() / bc2_sqrt + eps;
-                            *w -= step_size * *m / denom;
-                        }
-                    });
-            } else {
-                let (mu, damp) = (c.momentum as f32, c.dampening as f32);
-                let nesterov = c.nesterov;
-                w.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(slot.m.par_chunks_mut(CHUNK))
-                    .for_each(|((w, g), buf)| {
-                        for ((w, &g), b) in w.iter_mut().zip(g).zip(buf) {
-                            let mut d = g + wd * *w;
-                            if mu != 0.0 {
-                                *b = if first { d } else { mu * *b + (1.0 - damp) * d };
-                                d = if nesterov { d + mu * *b } else { *b };
-                            }
-                            *w -= lr * d;
-                        }
-                    });
-            }
+            let wd = decay_of(&self.config, p);
+            update(
+                &self.config,
+                self.step,
+                lr,
+                wd,
+                &mut p.value.data,
+                &p.grad,
+                &mut slot.m,
+                &mut slot.v,
+            );
         }
     }
 
@@ -161,6 +130,70 @@ fn tensor(n: usize, data: &[f32]) -> Tensor {
     Tensor {
         shape: vec![n],
         data: data.to_vec(),
+    }
+}
+
+/// The weight decay of one parameter: none for 1-D ones when `no_decay_1d` is set.
+pub(crate) fn decay_of(c: &OptimConfig, p: &Param) -> f32 {
+    if c.no_decay_1d && p.value.shape.len() < 2 {
+        0.0
+    } else {
+        c.weight_decay as f32
+    }
+}
+
+/// The element-wise update of step `step` (counted from 1) over any slice of one parameter:
+/// weights `w`, their gradients `g` and state `m`/`v` (AdamW's moments; SGD's momentum buffer in
+/// `m`). Each element's result depends on that element alone, so updating a parameter whole or
+/// in shards (ZeRO-1) gives the same bits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn update(
+    c: &OptimConfig,
+    step: u64,
+    lr: f32,
+    wd: f32,
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    if c.kind == "adamw" {
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let bc1 = 1.0 - c.beta1.powi(step as i32);
+        let bc2 = 1.0 - c.beta2.powi(step as i32);
+        let step_size = (lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = 1.0 - lr * wd;
+        let eps = c.eps as f32;
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((w, g), (m, v))| {
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                    *w *= decay;
+                    *m += (1.0 - b1) * (g - *m);
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *w -= step_size * *m / denom;
+                }
+            });
+    } else {
+        let (mu, damp) = (c.momentum as f32, c.dampening as f32);
+        let nesterov = c.nesterov;
+        let first = step == 1;
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .for_each(|((w, g), buf)| {
+                for ((w, &g), b) in w.iter_mut().zip(g).zip(buf) {
+                    let mut d = g + wd * *w;
+                    if mu != 0.0 {
+                        *b = if first { d } else { mu * *b + (1.0 - damp) * d };
+                        d = if nesterov { d + mu * *b } else { *b };
+                    }
+                    *w -= lr * d;
+                }
+            });
     }
 }
 

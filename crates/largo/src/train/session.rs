@@ -2,7 +2,8 @@
 //! step with clipping, divergence errors and the progress display.
 
 use super::checkpoint::{self, TrainState};
-use super::optim::{clip_grad_norm, grad_norm, Optimizer};
+use super::dist::{Dist, TrainOptimizer};
+use super::optim::{clip_grad_norm, grad_norm};
 use crate::config::Config;
 use crate::nn::Module;
 use crate::{Error, Result};
@@ -31,17 +32,20 @@ pub fn run_dir(cfg: &Config) -> PathBuf {
     Path::new(&cfg.run.out_dir).join(&cfg.run.name)
 }
 
-/// One optimiser step after gradients are summed: clip (or measure) the global norm, take the
-/// schedule's rate, update, zero the gradients. Returns (grad norm before clipping, lr).
+/// One optimiser step after gradients are summed: all-reduce them over the ranks (nothing to
+/// do in one process), clip (or measure) the global norm, take the schedule's rate, update,
+/// zero the gradients. Returns (grad norm before clipping, lr).
 pub(crate) fn optimizer_step(
     cfg: &Config,
     model: &mut dyn Module,
-    opt: &mut Optimizer,
+    opt: &mut TrainOptimizer,
+    dist: &Dist,
     state: &TrainState,
     total_steps: u64,
     run: &Path,
 ) -> Result<(f64, f64)> {
     let mut params = model.params_mut();
+    dist.reduce_grads(&mut params)?;
     let norm = if cfg.train.clip_grad_norm > 0.0 {
         clip_grad_norm(&mut params, cfg.train.clip_grad_norm)
     } else {
@@ -51,7 +55,7 @@ pub(crate) fn optimizer_step(
         return Err(non_finite(run, "gradient norm", norm, state));
     }
     let lr = cfg.schedule.lr_at(cfg.optim.lr, state.step, total_steps);
-    opt.step(params, lr as f32);
+    dist.update(opt, params, lr as f32)?;
     model.zero_grad();
     Ok((norm, lr))
 }
