@@ -3,9 +3,11 @@
 
 use super::checkpoint::{self, TrainState};
 use super::dist::Dist;
-use super::metrics::{MetricsLog, Record};
+use super::metrics::Record;
 use super::optim::Optimizer;
-use super::session::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
+use super::session::{
+    non_finite, optimizer_step, progress_bar, say, RunLog, TrainOptions, TrainOutcome,
+};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
@@ -62,21 +64,7 @@ pub(crate) fn train_classifier(
     }
     dist.sync_start(&mut model, &mut full_opt, &mut state)?;
     let mut opt = dist.optimizer(full_opt, &model)?;
-    if lead {
-        crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
-    }
-    let mut log = if lead {
-        Some(MetricsLog::open(
-            &run.join("metrics.jsonl"),
-            opts.resume.then_some(state.step),
-        )?)
-    } else {
-        None
-    };
-    let mut write = |r: &Record| match log.as_mut() {
-        Some(l) => l.write(r),
-        None => Ok(()),
-    };
+    let mut log = RunLog::open(cfg, &run, lead, opts.resume.then_some(state.step))?;
     let norm = state
         .normalization
         .ok_or_else(|| Error::Invalid("checkpoint lacks the pixel normalisation".into()))?;
@@ -189,7 +177,7 @@ pub(crate) fn train_classifier(
                     grad_norm: win_norm / win_steps as f64,
                     samples_per_sec: win_samples as f64 / secs,
                 };
-                write(&r)?;
+                log.write(&r)?;
                 if let Record::Train {
                     loss,
                     accuracy,
@@ -229,7 +217,7 @@ pub(crate) fn train_classifier(
         let val = validate(&mut model, &data, &norm, &val_idx, dist)?;
         let train_loss = state.epoch_loss_sum / state.epoch_samples.max(1) as f64;
         let train_acc = state.epoch_correct as f64 / state.epoch_samples.max(1) as f64;
-        write(&Record::Val {
+        log.write(&Record::Val {
             step: state.step,
             epoch: state.epoch,
             train_loss,

@@ -4,9 +4,11 @@
 
 use super::checkpoint::{self, TrainState};
 use super::dist::Dist;
-use super::metrics::{MetricsLog, Record};
+use super::metrics::Record;
 use super::optim::Optimizer;
-use super::session::{non_finite, optimizer_step, progress_bar, say, TrainOptions, TrainOutcome};
+use super::session::{
+    non_finite, optimizer_step, progress_bar, say, RunLog, TrainOptions, TrainOutcome,
+};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};
@@ -233,16 +235,8 @@ pub(crate) fn train_lm(
     let mut opt = dist.optimizer(full_opt, &model)?;
     if lead {
         eprintln!("{} parameters", crate::nn::Module::num_params(&model));
-        crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
     }
-    let mut log = if lead {
-        Some(MetricsLog::open(
-            &run.join("metrics.jsonl"),
-            opts.resume.then_some(state.step),
-        )?)
-    } else {
-        None
-    };
+    let mut log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
     let tr = &cfg.train;
     let total = tr.max_steps;
     let v = model.spec.vocab_size;
@@ -251,10 +245,6 @@ pub(crate) fn train_lm(
         if lead {
             say(&bar, line)
         }
-    };
-    let mut write = |r: &Record| match log.as_mut() {
-        Some(l) => l.write(r),
-        None => Ok(()),
     };
     let (mut x, mut y, mut rows, mut dlogits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut win_loss, mut win_norm, mut win_steps) = (0f64, 0f64, 0u64);
@@ -315,7 +305,7 @@ pub(crate) fn train_lm(
             let secs = win_start.elapsed().as_secs_f64().max(1e-9);
             let tokens_per_sec = (win_steps as usize * tr.grad_accum * b * t) as f64 / secs;
             let loss = win_loss / win_steps as f64;
-            write(&Record::Train {
+            log.write(&Record::Train {
                 step: state.step,
                 epoch: 0,
                 loss,
@@ -337,7 +327,7 @@ pub(crate) fn train_lm(
         if eval_now {
             let val = evaluate_lm_dist(&mut model, &data.val, b, t, tr.eval_batches.max(1), dist)?;
             let train_loss = state.last_train_loss.unwrap_or(step_loss);
-            write(&Record::Eval {
+            log.write(&Record::Eval {
                 step: state.step,
                 train_loss,
                 val_loss: val,

@@ -3,6 +3,7 @@
 
 use super::checkpoint::{self, TrainState};
 use super::dist::{Dist, TrainOptimizer};
+use super::metrics::{MetricsLog, Record};
 use super::optim::{clip_grad_norm, grad_norm};
 use crate::config::Config;
 use crate::nn::Module;
@@ -92,5 +93,31 @@ pub(crate) fn say(bar: &ProgressBar, line: String) {
         eprintln!("{line}");
     } else {
         bar.println(line);
+    }
+}
+
+/// What a run writes besides checkpoints: the resolved config and `metrics.jsonl` (trimmed
+/// past the resume step). Only the lead rank writes; on the others it drops every record.
+pub(crate) struct RunLog(Option<MetricsLog>);
+
+impl RunLog {
+    pub(crate) fn open(
+        cfg: &Config,
+        run: &Path,
+        lead: bool,
+        resume_step: Option<u64>,
+    ) -> Result<Self> {
+        if !lead {
+            return Ok(RunLog(None));
+        }
+        crate::io::write_atomic(&run.join("config.toml"), cfg.to_toml().as_bytes())?;
+        MetricsLog::open(&run.join("metrics.jsonl"), resume_step).map(|l| RunLog(Some(l)))
+    }
+
+    pub(crate) fn write(&mut self, r: &Record) -> Result<()> {
+        match self.0.as_mut() {
+            Some(l) => l.write(r),
+            None => Ok(()),
+        }
     }
 }
