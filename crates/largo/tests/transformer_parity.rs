@@ -86,6 +86,21 @@ fn attention_with_each_mask_matches_pytorch_forward_and_backward() {
             t(&f, &format!("attn.{variant}.dqkv")),
             1e-5,
         );
+
+        // The tiled kernel, with tiles smaller than T so the running max and sum are exercised.
+        let tiles = FlashTiles { q: 2, k: 3 };
+        let mut lse = vec![0.0; 2 * 2 * 5];
+        let none = AttnDropout::NONE;
+        flash_attention_forward(&q, &k, &v, s, causal, kp, none, tiles, &mut lse, &mut o);
+        merge_heads(&o, s, &mut y);
+        let want = t(&f, &format!("attn.{variant}.y"));
+        assert_close(&format!("flash attn.{variant}.y"), &y, want, 1e-5);
+        flash_attention_backward(
+            &q, &k, &v, &o, &lse, &d_o, s, causal, kp, none, tiles, &mut dq, &mut dk, &mut dv,
+        );
+        merge_qkv_heads(&dq, &dk, &dv, s, &mut dqkv);
+        let want = t(&f, &format!("attn.{variant}.dqkv"));
+        assert_close(&format!("flash attn.{variant}.dqkv"), &dqkv, want, 1e-5);
     }
 }
 

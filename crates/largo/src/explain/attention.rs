@@ -47,6 +47,9 @@ impl AttentionMaps {
             "attention maps need a language model or a BERT encoder",
         )?;
         let t = ids.len();
+        for block in &mut model.blocks {
+            block.attn.keep_probs = true;
+        }
         model.forward(&ids, 1, t, None, false, 0)?;
         let heads = model.spec.n_head;
         let weights = model

@@ -1,7 +1,8 @@
 use super::{Linear, Module, Param};
 use crate::backend::{
-    attention_backward, attention_forward, merge_heads, merge_qkv_heads, rope_backward,
-    rope_forward, rope_tables, split_heads, split_qkv_heads, AttnDropout, AttnShape,
+    attention_backward, attention_forward, flash_attention_backward, flash_attention_forward,
+    merge_heads, merge_qkv_heads, rope_backward, rope_forward, rope_tables, split_heads,
+    split_qkv_heads, AttnDropout, AttnShape, FlashTiles,
 };
 use crate::tensor::ensure_len;
 
@@ -18,6 +19,9 @@ pub struct MultiHeadAttention {
     pub rotary: bool,
     /// Dropout on the attention probabilities (training only).
     pub dropout: f32,
+    /// Keep the [B,H,T,T] probabilities of the next forwards for `attention_probs` (attention
+    /// maps). Off, attention runs tile by tile and its memory is linear in T.
+    pub keep_probs: bool,
     saved: Saved,
 }
 
@@ -26,6 +30,11 @@ pub struct MultiHeadAttention {
 struct Saved {
     shape: Option<AttnShape>,
     drop: Option<AttnDropout>,
+    /// Key padding of the last forward, [B,T], when it had one (the tiled backward re-masks).
+    pad: Option<Vec<u8>>,
+    /// Whether the last forward kept the probabilities in `att` (else `lse` for the tiles).
+    kept_probs: bool,
+    lse: Vec<f32>,
     qkv: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -54,6 +63,7 @@ impl MultiHeadAttention {
             causal,
             rotary,
             dropout: 0.0,
+            keep_probs: false,
             saved: Saved::default(),
         }
     }
@@ -62,12 +72,14 @@ impl MultiHeadAttention {
         self.proj.out_features
     }
 
-    /// The attention probabilities of the last forward, [B, H, T, T] (query row, key column);
-    /// after dropout when it was a training forward.
+    /// The attention probabilities of the last forward, [B, H, T, T] (query row, key column),
+    /// before dropout; empty unless `keep_probs` was set for that forward.
     pub fn attention_probs(&self) -> &[f32] {
         match self.saved.shape {
-            Some(sh) => &self.saved.att[..sh.batch * sh.heads * sh.t * sh.t],
-            None => &[],
+            Some(sh) if self.saved.kept_probs => {
+                &self.saved.att[..sh.batch * sh.heads * sh.t * sh.t]
+            }
+            _ => &[],
         }
     }
 
@@ -100,7 +112,6 @@ impl MultiHeadAttention {
             ensure_len(buf, n);
         }
         ensure_len(&mut s.qkv, 3 * n);
-        ensure_len(&mut s.att, b * self.heads * t * t);
         self.qkv.forward(x, b * t, &mut s.qkv);
         split_qkv_heads(&s.qkv, shape, &mut s.q, &mut s.k, &mut s.v);
         if self.rotary {
@@ -108,21 +119,43 @@ impl MultiHeadAttention {
             rope_forward(&mut s.q, t, shape.head_dim, &s.cos, &s.sin);
             rope_forward(&mut s.k, t, shape.head_dim, &s.cos, &s.sin);
         }
-        attention_forward(
-            &s.q,
-            &s.k,
-            &s.v,
-            shape,
-            self.causal,
-            key_padding,
-            drop,
-            &mut s.att,
-            &mut s.o,
-        );
+        let (q, k, v) = (&s.q, &s.k, &s.v);
+        if self.keep_probs {
+            ensure_len(&mut s.att, b * self.heads * t * t);
+            let causal = self.causal;
+            attention_forward(
+                q,
+                k,
+                v,
+                shape,
+                causal,
+                key_padding,
+                drop,
+                &mut s.att,
+                &mut s.o,
+            );
+        } else {
+            ensure_len(&mut s.lse, b * self.heads * t);
+            let (causal, tiles) = (self.causal, FlashTiles::default());
+            flash_attention_forward(
+                q,
+                k,
+                v,
+                shape,
+                causal,
+                key_padding,
+                drop,
+                tiles,
+                &mut s.lse,
+                &mut s.o,
+            );
+        }
         merge_heads(&s.o, shape, &mut s.merged);
         self.proj.forward(&s.merged, b * t, out);
         s.shape = Some(shape);
         s.drop = Some(drop);
+        s.kept_probs = self.keep_probs;
+        s.pad = key_padding.map(|p| p[..b * t].to_vec());
     }
 
     /// Adds parameter gradients; writes dx [B,T,C]. `x` is forward's input.
@@ -135,23 +168,34 @@ impl MultiHeadAttention {
             ensure_len(buf, n);
         }
         ensure_len(&mut s.d_qkv, 3 * n);
-        ensure_len(&mut s.d_att, s.att.len());
         self.proj
             .backward(&s.merged, dout, rows, Some(&mut s.d_merged));
         split_heads(&s.d_merged, shape, &mut s.d_o);
-        attention_backward(
-            &s.q,
-            &s.k,
-            &s.v,
-            &s.att,
-            &s.d_o,
-            shape,
-            s.drop.unwrap_or(AttnDropout::NONE),
-            &mut s.d_att,
-            &mut s.dq,
-            &mut s.dk,
-            &mut s.dv,
-        );
+        let drop = s.drop.unwrap_or(AttnDropout::NONE);
+        let (q, k, v, d_o) = (&s.q, &s.k, &s.v, &s.d_o);
+        let (dq, dk, dv) = (&mut s.dq, &mut s.dk, &mut s.dv);
+        if s.kept_probs {
+            ensure_len(&mut s.d_att, s.att.len());
+            attention_backward(q, k, v, &s.att, d_o, shape, drop, &mut s.d_att, dq, dk, dv);
+        } else {
+            let (pad, tiles) = (s.pad.as_deref(), FlashTiles::default());
+            flash_attention_backward(
+                q,
+                k,
+                v,
+                &s.o,
+                &s.lse,
+                d_o,
+                shape,
+                self.causal,
+                pad,
+                drop,
+                tiles,
+                dq,
+                dk,
+                dv,
+            );
+        }
         if self.rotary {
             rope_backward(&mut s.dq, shape.t, d, &s.cos, &s.sin);
             rope_backward(&mut s.dk, shape.t, d, &s.cos, &s.sin);
@@ -211,18 +255,12 @@ impl MultiHeadAttention {
                 head_dim: d,
                 kv_head_stride: cache.capacity * d,
             };
-            let mut att = vec![0.0; h * tn * cache.len];
-            let mut o = vec![0.0; tn * c];
-            attention_forward(
-                &q,
-                &cache.k,
-                &cache.v,
-                shape,
-                self.causal,
-                None,
-                AttnDropout::NONE,
-                &mut att,
-                &mut o,
+            let (mut lse, mut o) = (vec![0.0; h * tn], vec![0.0; tn * c]);
+            let (causal, tiles) = (self.causal, FlashTiles::default());
+            let (kc, vc) = (&cache.k, &cache.v);
+            let none = AttnDropout::NONE;
+            flash_attention_forward(
+                &q, kc, vc, shape, causal, None, none, tiles, &mut lse, &mut o,
             );
             merge_heads(&o, shape_new, &mut merged[row * c..(row + tn) * c]);
             row += tn;

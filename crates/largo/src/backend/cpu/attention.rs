@@ -3,8 +3,8 @@
 //!
 //! Layouts: fused `qkv` [B,T,3C] as a `Linear(C,3C)` writes it (q | k | v, head h at channels
 //! h·D..(h+1)·D of each); per-head `q`, `k`, `v`, `o` [B,H,T,D]; probabilities `att` [B,H,T,T].
-//! This first version keeps the T×T probabilities for backward (memory quadratic in T); the
-//! numbers it must reproduce are pinned by the PyTorch fixtures.
+//! This version keeps the T×T probabilities (memory quadratic in T): attention maps read them.
+//! Training and generation use the tiled kernel of `flash.rs`, which never stores them.
 
 use super::gemm::{matmul_serial, Trans};
 use super::math::{exp_fast, lanes_sum};
@@ -157,7 +157,7 @@ fn softmax_row_plain(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn max_of(row: &[f32]) -> f32 {
+pub(crate) fn max_of(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -298,7 +298,7 @@ impl AttnDropout {
     pub const NONE: AttnDropout = AttnDropout { p: 0.0, seed: 0 };
 
     /// Scales kept entries by 1/(1−p) and zeroes the others; `offset` is the block's first index.
-    fn apply(&self, x: &mut [f32], offset: usize) {
+    pub(crate) fn apply(&self, x: &mut [f32], offset: usize) {
         let scale = 1.0 / (1.0 - self.p);
         for (i, v) in x.iter_mut().enumerate() {
             let keep = crate::rng::hash_uniform(self.seed, (offset + i) as u64) >= self.p;
