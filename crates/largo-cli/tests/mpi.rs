@@ -199,7 +199,13 @@ fn two_mpi_ranks_train_the_mlp_and_the_gpt_as_one_process() {
     ok(&single(t, &mlp_args("mlp-1")));
     ok(&single(t, &gpt_args(&c, "gpt-1")));
     for shard in [false, true] {
-        let extra: &[&str] = if shard { &["--shard-optimizer"] } else { &[] };
+        // Sharded: also small buckets, so that many non-blocking all-reduces are in flight
+        // while backward runs (unsharded: the default size, one bucket per step).
+        let extra: &[&str] = if shard {
+            &["--shard-optimizer", "--bucket-mb", "0.01"]
+        } else {
+            &[]
+        };
         let mlp = format!("mlp-2-{shard}");
         let r = mpirun(t, &mlp_args(&mlp), extra, None);
         ok(&r);
@@ -220,6 +226,10 @@ fn two_mpi_ranks_train_the_mlp_and_the_gpt_as_one_process() {
         assert_eq!(stats["world_size"], 2);
         assert_eq!(stats["shard_optimizer"], shard);
         assert!(stats["grad_bytes_per_step"].as_u64().unwrap() > 0);
+        let buckets = stats["buckets"].as_u64().unwrap();
+        assert!(if shard { buckets > 1 } else { buckets == 1 }, "{stats}");
+        let waits = stats["all_reduce_wait_secs_per_rank"].as_array().unwrap();
+        assert_eq!(waits.len(), 2, "{stats}");
     }
 }
 

@@ -4,7 +4,7 @@
 //! Parameter names are PyTorch's: `fc1.weight`, `fc1.bias`, `fc2.weight`, …
 
 use crate::backend::{dropout_backward, dropout_forward};
-use crate::nn::{prefixed, Activation, Linear, Module, Param};
+use crate::nn::{prefixed, Activation, GradsReady, Linear, Module, Param};
 use crate::rng::Rng;
 use crate::tensor::ensure_len;
 use crate::{bail, Result};
@@ -127,20 +127,43 @@ impl Mlp {
 
     /// Back-propagates dlogits [batch, classes] from the last forward, adding into every grad.
     pub fn backward(&mut self, dlogits: &[f32], train: bool) {
-        self.backward_to(dlogits, train, None);
+        self.backward_to(dlogits, train, None, None);
+    }
+
+    /// [`Mlp::backward`] that reports its progress: after each layer (last first) it calls
+    /// `on_ready(w, params)` with a watermark w: every parameter with index ≥ w in `params`
+    /// (`params_mut` order: fc1.weight, fc1.bias, fc2.weight, …) has its final gradient of
+    /// this backward; the last call has w = 0. Data-parallel training starts the gradient
+    /// all-reduce of a bucket as soon as the watermark has passed it.
+    pub fn backward_with(&mut self, dlogits: &[f32], train: bool, on_ready: &mut GradsReady<'_>) {
+        self.backward_to(dlogits, train, None, Some(on_ready));
     }
 
     /// Gradient of Σ dlogits·logits with respect to the input x [batch, input] of the last
     /// (inference) forward: what saliency maps need. Parameter gradients are left at zero.
     pub fn input_grad(&mut self, dlogits: &[f32]) -> Vec<f32> {
         let mut dx = vec![0.0; self.acts.batch * self.config.input];
-        self.backward_to(dlogits, false, Some(&mut dx));
+        self.backward_to(dlogits, false, Some(&mut dx), None);
         self.zero_grad();
         dx
     }
 
-    fn backward_to(&mut self, dlogits: &[f32], train: bool, mut dx: Option<&mut [f32]>) {
-        let a = &mut self.acts;
+    fn backward_to(
+        &mut self,
+        dlogits: &[f32],
+        train: bool,
+        mut dx: Option<&mut [f32]>,
+        mut on_ready: Option<&mut GradsReady<'_>>,
+    ) {
+        // Layer l's parameters start at index 2·l (weight and bias each).
+        let mut report = |m: &mut Self, l: usize| {
+            if let Some(f) = on_ready.as_mut() {
+                let start = m.layers[..l].iter().map(|x| x.params().len()).sum();
+                f(start, &mut m.params_mut());
+            }
+        };
+        let mut acts = std::mem::take(&mut self.acts);
+        let a = &mut acts;
         let batch = a.batch;
         let n_hidden = self.config.hidden.len();
         let p = if train { self.config.dropout } else { 0.0 };
@@ -151,17 +174,20 @@ impl Mlp {
             let x: &[f32] = if l == 0 { &a.input } else { &a.out[l - 1] };
             if l == 0 {
                 layer.backward(x, &a.grad_a, batch, dx.as_deref_mut());
+                report(self, 0);
                 break;
             }
             // grad_b = d(out of layer l-1), then through dropout and the activation in place.
             ensure_len(&mut a.grad_b, batch * layer.in_features);
             layer.backward(x, &a.grad_a, batch, Some(&mut a.grad_b));
+            report(self, l);
             dropout_backward(&mut a.grad_b, p, layer_seed(a.dropout_seed, l - 1));
             ensure_len(&mut a.grad_a, a.grad_b.len());
             self.config
                 .activation
                 .backward(&a.pre[l - 1], &a.grad_b, &mut a.grad_a);
         }
+        self.acts = acts;
     }
 }
 
@@ -183,5 +209,61 @@ impl Module for Mlp {
             .enumerate()
             .flat_map(|(i, l)| prefixed(&format!("fc{}", i + 1), l.params_mut()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backward_reports_watermarks_below_which_no_gradient_changes() {
+        let cfg = MlpConfig {
+            input: 6,
+            hidden: vec![5, 4],
+            classes: 3,
+            dropout: 0.2,
+            activation: Activation::Relu,
+        };
+        let batch = 4;
+        let x: Vec<f32> = (0..batch * cfg.input)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let run = |hook: bool| {
+            let mut m = Mlp::new(cfg.clone()).unwrap();
+            m.init(&mut Rng::new(5));
+            let logits = m.forward(&x, batch, true, 9).to_vec();
+            let d: Vec<f32> = logits.iter().map(|v| v.cos() * 0.1).collect();
+            for (_, p) in m.params_mut() {
+                p.grad
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, g)| *g = i as f32 * 1e-3);
+            }
+            let mut seen: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
+            if hook {
+                m.backward_with(&d, true, &mut |w, params| {
+                    seen.push((w, params[w..].iter().map(|(_, p)| p.grad.clone()).collect()));
+                });
+            } else {
+                m.backward(&d, true);
+            }
+            let fin: Vec<Vec<f32>> = m.params().iter().map(|(_, p)| p.grad.clone()).collect();
+            (seen, fin)
+        };
+        let (seen, fin) = run(true);
+        // One report per layer, last first: fc3 (params 4, 5), fc2 (2, 3), fc1 (0, 1).
+        let ws: Vec<usize> = seen.iter().map(|(w, _)| *w).collect();
+        assert_eq!(ws, [4, 2, 0]);
+        for (w, grads) in &seen {
+            for (i, g) in grads.iter().enumerate() {
+                assert!(
+                    g == &fin[w + i],
+                    "parameter {} changed after watermark {w}",
+                    w + i
+                );
+            }
+        }
+        assert_eq!(run(false).1, fin);
     }
 }

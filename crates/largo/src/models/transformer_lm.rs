@@ -9,7 +9,8 @@
 
 use crate::backend::{dropout_backward, dropout_forward, sinusoidal_table};
 use crate::nn::{
-    prefixed, Activation, Block, BlockStyle, Embedding, KvCache, LayerNorm, Linear, Module, Param,
+    prefixed, Activation, Block, BlockStyle, Embedding, GradsReady, KvCache, LayerNorm, Linear,
+    Module, Param,
 };
 use crate::rng::Rng;
 use crate::tensor::ensure_len;
@@ -383,8 +384,48 @@ impl TransformerLm {
         Ok(&self.s.logits)
     }
 
-    /// dlogits [B,T,V] from the last forward → gradients of every parameter.
+    /// dlogits [B,T,V] from the last forward → gradients of every parameter (added to them).
     pub fn backward(&mut self, dlogits: &[f32]) {
+        self.backward_impl(dlogits, None);
+    }
+
+    /// [`TransformerLm::backward`] that reports its progress: after the untied head, after
+    /// the final layer norm and after each block (last block first), and at the end with 0,
+    /// it calls `on_ready(w, params)` with a watermark w: every parameter with index ≥ w in
+    /// `params` (`params_mut` order: token and position embeddings, blocks, `ln_f`, head) has
+    /// its final gradient of this backward, which the rest of it does not touch. The
+    /// embeddings, and the head tied to the token embedding, come first, so they count as
+    /// final only at the end. Data-parallel training starts the gradient all-reduce of a
+    /// bucket as soon as the watermark has passed it.
+    pub fn backward_with(&mut self, dlogits: &[f32], on_ready: &mut GradsReady<'_>) {
+        self.backward_impl(dlogits, Some(on_ready));
+    }
+
+    /// Indices in `params_mut` order of the first parameter of each block, of `ln_f` and of
+    /// the untied head (each the number of parameters before it).
+    fn param_starts(&self) -> (Vec<usize>, usize, usize) {
+        let mut at = self.wte.params().len() + self.wpe.as_ref().map_or(0, |p| p.params().len());
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let start = at;
+                at += b.params().len();
+                start
+            })
+            .collect();
+        let ln_f = at;
+        let head = at + self.ln_f.as_ref().map_or(0, |l| l.params().len());
+        (blocks, ln_f, head)
+    }
+
+    fn backward_impl(&mut self, dlogits: &[f32], mut on_ready: Option<&mut GradsReady<'_>>) {
+        let starts = on_ready.is_some().then(|| self.param_starts());
+        let mut report = |m: &mut Self, w: usize| {
+            if let Some(f) = on_ready.as_mut() {
+                f(w, &mut m.params_mut());
+            }
+        };
         let mut s = std::mem::take(&mut self.s);
         let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
         let rows = s.b * s.t;
@@ -422,13 +463,22 @@ impl TransformerLm {
                 );
             }
         }
+        if let (Some(st), Some(_)) = (&starts, &self.head) {
+            report(self, st.2);
+        }
         if let Some(ln) = &mut self.ln_f {
             ln.backward(last, &s.g_a, rows, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
+            if let Some(st) = &starts {
+                report(self, st.1);
+            }
         }
-        for (l, block) in self.blocks.iter_mut().enumerate().rev() {
-            block.backward(&s.xs[l], &s.g_a, &mut s.g_b);
+        for l in (0..self.blocks.len()).rev() {
+            self.blocks[l].backward(&s.xs[l], &s.g_a, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
+            if let Some(st) = &starts {
+                report(self, st.0[l]);
+            }
         }
         let p = if s.train { self.spec.dropout } else { 0.0 };
         dropout_backward(&mut s.g_a, p, s.dropout_seed);
@@ -446,6 +496,9 @@ impl TransformerLm {
         }
         self.wte.backward(&s.ids, &s.g_a);
         self.s = s;
+        if starts.is_some() {
+            report(self, 0);
+        }
     }
 
     /// After `backward`: the gradient with respect to each position's token embedding row
@@ -580,5 +633,111 @@ impl Module for TransformerLm {
             v.extend(prefixed(head, h.params_mut()));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `backward_with` and checks, at each report, that the gradients of the parameters
+    /// ≥ the watermark already hold their final values, and that the watermarks fall to 0.
+    fn check_watermarks(spec: LmSpec, name: &str) {
+        let mut m = TransformerLm::new(spec).unwrap();
+        m.init(&mut Rng::new(7));
+        let (b, t, v) = (2, 5, m.spec.vocab_size);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
+        let logits = m.forward(&ids, b, t, None, true, 3).unwrap().to_vec();
+        let dlogits: Vec<f32> = logits.iter().map(|x| x.sin() * 0.1).collect();
+        // Some gradient from an earlier micro-batch, to which backward adds.
+        for (_, p) in m.params_mut() {
+            p.grad
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, g)| *g = i as f32 * 1e-3);
+        }
+        let n = m.params().len();
+        let mut seen: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
+        m.backward_with(&dlogits, &mut |w, params| {
+            assert_eq!(params.len(), n);
+            seen.push((w, params[w..].iter().map(|(_, p)| p.grad.clone()).collect()));
+        });
+        let fin: Vec<Vec<f32>> = m.params().iter().map(|(_, p)| p.grad.clone()).collect();
+        let ws: Vec<usize> = seen.iter().map(|(w, _)| *w).collect();
+        assert_eq!(ws.last(), Some(&0), "{name}: {ws:?}");
+        assert!(ws.windows(2).all(|p| p[0] > p[1]), "{name}: {ws:?}");
+        // One report per block, for ln_f and for an untied head, and the last one.
+        let expect =
+            m.spec.n_layer + usize::from(m.ln_f.is_some()) + usize::from(m.head.is_some()) + 1;
+        assert_eq!(ws.len(), expect, "{name}: {ws:?}");
+        let names: Vec<String> = m.params().into_iter().map(|(k, _)| k).collect();
+        for (w, grads) in &seen {
+            for (i, g) in grads.iter().enumerate() {
+                assert!(
+                    g == &fin[w + i],
+                    "{name}: {} changed after watermark {w}",
+                    names[w + i]
+                );
+            }
+        }
+        // The watermark after block l (reported last block first) is its first parameter.
+        let layers = if m.spec.style_gpt {
+            "transformer.h"
+        } else {
+            "transformer_encoder.layers"
+        };
+        for l in 0..m.spec.n_layer {
+            let w = ws[ws.len() - 2 - l];
+            assert!(
+                names[w].starts_with(&format!("{layers}.{l}.")),
+                "{name}: {}",
+                names[w]
+            );
+            assert!(!names[w - 1].starts_with(&format!("{layers}.{l}.")));
+        }
+        // The plain backward gives the same gradients.
+        let mut plain = TransformerLm::new(m.spec.clone()).unwrap();
+        plain.init(&mut Rng::new(7));
+        plain.forward(&ids, b, t, None, true, 3).unwrap();
+        for (_, p) in plain.params_mut() {
+            p.grad
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, g)| *g = i as f32 * 1e-3);
+        }
+        plain.backward(&dlogits);
+        for ((k, p), f) in plain.params().iter().zip(&fin) {
+            assert!(&p.grad == f, "{name}: {k}");
+        }
+    }
+
+    #[test]
+    fn backward_reports_watermarks_below_which_no_gradient_changes() {
+        let gpt = |positions, tie_weights| GptConfig {
+            vocab_size: 11,
+            block_size: 8,
+            n_layer: 3,
+            n_head: 2,
+            n_embd: 8,
+            ff: 16,
+            dropout: 0.1,
+            positions,
+            activation: Activation::Gelu,
+            tie_weights,
+        };
+        check_watermarks(gpt(Positions::Learned, true).spec(), "gpt tied");
+        check_watermarks(gpt(Positions::Learned, false).spec(), "gpt untied");
+        check_watermarks(gpt(Positions::Rotary, true).spec(), "gpt rotary");
+        let seed = SeedTransformerConfig {
+            ntoken: 11,
+            d_model: 8,
+            nhead: 2,
+            d_hid: 16,
+            nlayers: 2,
+            dropout: 0.1,
+            max_len: 8,
+            causal: true,
+        };
+        check_watermarks(seed.spec(), "seed transformer");
     }
 }

@@ -36,6 +36,11 @@ impl Param {
     }
 }
 
+/// A backward hook: a model's `backward_with` calls it with a watermark w and its parameters
+/// (`params_mut` order) whenever every parameter ≥ w has its final gradient of that backward;
+/// data-parallel training starts their all-reduce then.
+pub type GradsReady<'a> = dyn FnMut(usize, &mut [(String, &mut Param)]) + 'a;
+
 /// Anything with parameters, named as PyTorch's `state_dict` names them, in a fixed order.
 pub trait Module {
     fn params(&self) -> Vec<(String, &Param)>;

@@ -115,7 +115,7 @@ pub(crate) fn train_classifier(
             let group_samples: usize = group.iter().map(|b| b.len()).sum();
             let mut step_loss = 0f64;
             let mut step_correct = 0u64;
-            for positions in group {
+            for (i, positions) in group.iter().enumerate() {
                 // This rank's contiguous share of the micro-batch; every rank draws the seed.
                 let dropout_seed = dist.rank_seed(state.dropout_rng.next_u64());
                 let positions = &positions[dist.slice(positions.len())];
@@ -140,10 +140,15 @@ pub(crate) fn train_classifier(
                 let weight = n as f32 / group_samples as f32;
                 dlogits.resize(logits.len(), 0.0);
                 cross_entropy_backward(logits, &y, classes, -100, smoothing, weight, &mut dlogits)?;
-                model.backward(&dlogits, true);
+                // The last micro-batch's backward starts the gradient all-reduce as it goes.
+                match dist.grad_hook(i + 1 == group.len()) {
+                    Some(h) => model.backward_with(&dlogits, true, &mut |w, p| h.ready(w, p)),
+                    None => model.backward(&dlogits, true),
+                }
                 step_loss += loss as f64 * weight as f64;
                 step_correct += correct;
             }
+            dist.grads_done(&mut model)?;
             if dist.world_size() > 1 {
                 let mut sums = [step_loss, step_correct as f64];
                 dist.sum_f64(&mut sums)?;

@@ -257,7 +257,7 @@ pub(crate) fn train_lm(
         // Every rank draws the whole global batch of windows and keeps its share of them.
         let mine = dist.slice(b);
         let bm = mine.len();
-        for _ in 0..tr.grad_accum {
+        for micro in 0..tr.grad_accum {
             let rng = state
                 .data_rng
                 .get_or_insert_with(|| Rng::for_stream(seed, stream::SHUFFLE));
@@ -282,13 +282,18 @@ pub(crate) fn train_lm(
                 bm as f32 / (b * tr.grad_accum) as f32
             };
             cross_entropy_backward(logits, ys, v, -100, smoothing, scale, &mut dlogits)?;
-            model.backward(&dlogits);
+            // The last micro-batch's backward starts the gradient all-reduce as it goes.
+            match dist.grad_hook(micro + 1 == tr.grad_accum) {
+                Some(h) => model.backward_with(&dlogits, &mut |w, p| h.ready(w, p)),
+                None => model.backward(&dlogits),
+            }
             if bm == b {
                 step_loss += loss as f64 / tr.grad_accum as f64;
             } else {
                 step_loss += loss as f64 * (bm as f64 / b as f64) / tr.grad_accum as f64;
             }
         }
+        dist.grads_done(&mut model)?;
         let mut sum = [step_loss];
         dist.sum_f64(&mut sum)?;
         step_loss = sum[0];

@@ -7,6 +7,13 @@
 //! device buffers (loaded at run time through cudarc), with `barrier` a stream synchronisation.
 //! Small host-side values (metrics, flags, the configuration) go through `all_reduce_sum_f64`
 //! and `broadcast_bytes`, which NCCL would send over its own bootstrap or MPI.
+//!
+//! Gradient buckets go through the non-blocking [`Communicator::start_all_reduce_sum`], so
+//! their sums run while backward computes the next layers: it takes an owned buffer and
+//! returns a [`PendingSum`] that gives the buffer back, summed, when waited on. A transport
+//! that cannot overlap keeps the default (the blocking sum, done at the start); MPI posts an
+//! `MPI_Iallreduce`; NCCL would enqueue `ncclAllReduce` on a communication stream and record an
+//! event, with [`InFlight::test`] an event query and [`InFlight::wait`] its synchronisation.
 
 use crate::{Error, Result};
 use std::sync::{Arc, Barrier, Mutex};
@@ -20,6 +27,15 @@ pub trait Communicator {
     fn name(&self) -> &'static str;
     /// Element-wise sum over ranks; every rank ends with the sum.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Starts the element-wise sum of `buf` over the ranks without waiting for it: the
+    /// returned [`PendingSum`] owns the buffer until [`PendingSum::wait`] gives it back summed.
+    /// Non-blocking sums are ordered like every other collective (all ranks start the same
+    /// ones in the same order), and each must be waited on before the job ends. The default
+    /// sums at once, blocking; transports that can overlap override it.
+    fn start_all_reduce_sum(&self, mut buf: Vec<f32>) -> Result<PendingSum> {
+        self.all_reduce_sum(&mut buf)?;
+        Ok(PendingSum::done(buf))
+    }
     /// Every rank contributes `mine` (the same length on all ranks); `out` (world × that
     /// length) ends holding rank 0's piece, then rank 1's, and so on.
     fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> Result<()>;
@@ -33,6 +49,52 @@ pub trait Communicator {
     /// Ends the whole job now (this process and, where the transport can, the other ranks),
     /// after a rank has failed alone and the others would wait for it forever.
     fn abort(&self, code: i32) -> !;
+}
+
+/// What a transport keeps for one non-blocking sum in flight (an MPI request, an NCCL event,
+/// …), with the buffers it must keep alive until the sum is done.
+pub trait InFlight {
+    /// Lets the transport make progress (some, as MPI's, only progress inside their calls);
+    /// true once the sum is done.
+    fn test(&mut self) -> Result<bool>;
+    /// Blocks until the sum is done and gives the buffer back, summed.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// A non-blocking sum started by [`Communicator::start_all_reduce_sum`].
+pub struct PendingSum(Pending);
+
+enum Pending {
+    Done(Vec<f32>),
+    InFlight(Box<dyn InFlight>),
+}
+
+impl PendingSum {
+    /// A sum already complete (one process; transports without overlap).
+    pub fn done(buf: Vec<f32>) -> Self {
+        PendingSum(Pending::Done(buf))
+    }
+
+    /// A sum a transport is still carrying out.
+    pub fn in_flight(op: Box<dyn InFlight>) -> Self {
+        PendingSum(Pending::InFlight(op))
+    }
+
+    /// Lets the transport progress; true once the sum is done.
+    pub fn test(&mut self) -> Result<bool> {
+        match &mut self.0 {
+            Pending::Done(_) => Ok(true),
+            Pending::InFlight(op) => op.test(),
+        }
+    }
+
+    /// Waits for the sum; the buffer, summed over the ranks.
+    pub fn wait(self) -> Result<Vec<f32>> {
+        match self.0 {
+            Pending::Done(buf) => Ok(buf),
+            Pending::InFlight(op) => op.wait(),
+        }
+    }
 }
 
 /// One process: every collective is the identity and costs nothing.
@@ -51,6 +113,9 @@ impl Communicator for SingleProcess {
     }
     fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
         Ok(())
+    }
+    fn start_all_reduce_sum(&self, buf: Vec<f32>) -> Result<PendingSum> {
+        Ok(PendingSum::done(buf))
     }
     fn all_gather(&self, mine: &[f32], out: &mut [f32]) -> Result<()> {
         check_gather(mine, out, 1)?;
@@ -292,6 +357,8 @@ mod tests {
                     let r = c.rank() as f32;
                     let mut s = vec![r, 10.0 * r];
                     c.all_reduce_sum(&mut s).unwrap();
+                    let p = c.start_all_reduce_sum(vec![1.0, r]).unwrap();
+                    assert_eq!(p.wait().unwrap(), [3.0, 3.0]);
                     let mut g = vec![0.0; 6];
                     c.all_gather(&[r, -r], &mut g).unwrap();
                     let mut b = vec![r; 2];
@@ -321,6 +388,9 @@ mod tests {
         let mut s = vec![1.0, 2.0];
         c.all_reduce_sum(&mut s).unwrap();
         assert_eq!(s, [1.0, 2.0]);
+        let mut p = c.start_all_reduce_sum(vec![3.0, 4.0]).unwrap();
+        assert!(p.test().unwrap());
+        assert_eq!(p.wait().unwrap(), [3.0, 4.0]);
         let mut g = vec![0.0; 2];
         c.all_gather(&s, &mut g).unwrap();
         assert_eq!(g, s);

@@ -5,8 +5,12 @@
 //! 1. **Slice** — every rank draws the same global batch (same seeded order or RNG) and keeps
 //!    its contiguous share ([`Dist::slice`]); its loss gradient is weighted by its share of the
 //!    step's samples, so the sum over ranks is the gradient of the global mean.
-//! 2. **Backward**, then **all-reduce** of the gradients in buckets, last layer first
-//!    ([`buckets::BucketPlan`], `--bucket-mb`), through a [`Communicator`].
+//! 2. **Backward**, overlapped with the **all-reduce** of the gradients in buckets, last layer
+//!    first ([`buckets::BucketPlan`], `--bucket-mb`), through a [`Communicator`]: the backward of
+//!    the step's last micro-batch reports after each block which gradients are final
+//!    ([`Dist::grad_hook`]), the buckets holding only those start their non-blocking sums, and
+//!    after backward the step waits for them ([`Dist::reduce_grads`]). Earlier micro-batches
+//!    only accumulate (DDP's `no_sync`).
 //! 3. **Clip and update** — every rank holds the summed gradients, so the norm, the clipping
 //!    and the update agree everywhere. With `--shard-optimizer` (ZeRO-1, [`zero`]) each rank
 //!    updates its shard only, with moments for that shard only, and all-gathers the weights.
@@ -34,7 +38,7 @@ use super::optim::Optimizer;
 use crate::config::Config;
 use crate::nn::{Module, Param};
 use crate::{Error, Result};
-use buckets::BucketPlan;
+use buckets::{BucketPlan, BucketReducer};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
@@ -77,11 +81,23 @@ pub struct Stats {
     /// Bytes each rank sends per step under ring algorithms: 2(N−1)/N × gradients
     /// + (N−1) × its all-gather piece.
     pub ring_bytes_sent_per_rank_per_step: u64,
+    /// Seconds this rank (rank 0's in `dist.json`) spent in gradient all-reduce calls: packing
+    /// and starting buckets and letting them progress during backward, then waiting for them
+    /// and unpacking after it.
     pub all_reduce_secs: f64,
+    /// Of `all_reduce_secs`, the seconds blocked after backward waiting for bucket sums to
+    /// complete: the part of the all-reduce that backward did not hide.
+    pub all_reduce_wait_secs: f64,
+    /// `all_reduce_secs` of every rank.
+    pub all_reduce_secs_per_rank: Vec<f64>,
+    /// `all_reduce_wait_secs` of every rank.
+    pub all_reduce_wait_secs_per_rank: Vec<f64>,
     pub all_gather_secs: f64,
     /// Seconds from the start of training to its end, this session.
     pub train_secs: f64,
-    /// Gradient bytes all-reduced per second spent in all-reduce (algorithm bandwidth).
+    /// Gradient bytes all-reduced per second spent in all-reduce calls (algorithm bandwidth;
+    /// with the sums overlapping backward, an effective figure: the transfer may also advance
+    /// outside the calls).
     pub all_reduce_gb_per_s: f64,
     /// × 2(N−1)/N: the bandwidth each link carried (NCCL's "bus bandwidth").
     pub all_reduce_bus_gb_per_s: f64,
@@ -134,7 +150,9 @@ pub struct Dist {
     fault: Option<Fault>,
     shared_error: Cell<bool>,
     plan: RefCell<Option<BucketPlan>>,
-    scratch: RefCell<Vec<f32>>,
+    reducer: RefCell<BucketReducer>,
+    /// An error of the backward hook, which cannot return one; reported by the next call.
+    hook_error: RefCell<Option<Error>>,
     stats: RefCell<Stats>,
     started: Cell<Option<Instant>>,
 }
@@ -161,7 +179,8 @@ impl Dist {
             fault,
             shared_error: Cell::new(false),
             plan: RefCell::new(None),
-            scratch: RefCell::new(Vec::new()),
+            reducer: RefCell::new(BucketReducer::default()),
+            hook_error: RefCell::new(None),
             stats: RefCell::new(stats),
             started: Cell::new(None),
         }
@@ -424,16 +443,76 @@ impl Dist {
         ((self.opts.bucket_mb * 1e6 / 4.0) as usize).max(1)
     }
 
-    /// Sums the gradients over the ranks, bucket by bucket (nothing to do in one process).
-    pub(crate) fn reduce_grads(&self, params: &mut [(String, &mut Param)]) -> Result<()> {
+    /// The hook for the backward of a step's micro-batch (`last`: the step's last one; the
+    /// others only accumulate, as DDP's `no_sync`): `GradHook::ready`, which the model calls
+    /// with a watermark w after each block, starts the non-blocking sums of the buckets that
+    /// hold only parameters ≥ w, whose gradients are final, and lets those in flight progress.
+    /// `None` in one process and for the other micro-batches: call the plain backward then.
+    pub(crate) fn grad_hook(&self, last: bool) -> Option<GradHook<'_>> {
+        (last && self.plan.borrow().is_some()).then_some(GradHook(self))
+    }
+
+    fn grads_ready(&self, watermark: usize, params: &mut [(String, &mut Param)]) {
+        let plan = self.plan.borrow();
+        let Some(plan) = plan.as_ref() else {
+            return;
+        };
+        if self.hook_error.borrow().is_some() {
+            return;
+        }
+        let t = Instant::now();
+        let mut reducer = self.reducer.borrow_mut();
+        let r = reducer.ready(plan, watermark, params, &*self.comm);
+        let mut st = self.stats.borrow_mut();
+        st.all_reduce_secs += t.elapsed().as_secs_f64();
+        st.all_reduce_wait_secs += reducer.take_wait_secs();
+        if let Err(e) = r {
+            *self.hook_error.borrow_mut() = Some(e);
+        }
+    }
+
+    fn take_hook_error(&self) -> Result<()> {
+        match self.hook_error.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// All of the step's gradients are produced: starts the sums of the buckets the backward
+    /// hook has not started (all of them on a rank whose last micro-batch was empty). Every
+    /// rank calls it at the same point, before its next collective, so that all ranks start
+    /// the buckets in the same order relative to their other collectives.
+    pub(crate) fn grads_done(&self, model: &mut dyn Module) -> Result<()> {
+        self.take_hook_error()?;
         let plan = self.plan.borrow();
         let Some(plan) = plan.as_ref() else {
             return Ok(());
         };
         let t = Instant::now();
-        plan.all_reduce(params, &*self.comm, &mut self.scratch.borrow_mut())?;
-        self.stats.borrow_mut().all_reduce_secs += t.elapsed().as_secs_f64();
-        Ok(())
+        let mut params = model.params_mut();
+        let mut reducer = self.reducer.borrow_mut();
+        let r = reducer.start_all(plan, &mut params, &*self.comm);
+        let mut st = self.stats.borrow_mut();
+        st.all_reduce_secs += t.elapsed().as_secs_f64();
+        st.all_reduce_wait_secs += reducer.take_wait_secs();
+        r
+    }
+
+    /// Completes the sum of the gradients over the ranks: starts any bucket not yet started,
+    /// waits for each in order and unpacks it (nothing to do in one process).
+    pub(crate) fn reduce_grads(&self, params: &mut [(String, &mut Param)]) -> Result<()> {
+        self.take_hook_error()?;
+        let plan = self.plan.borrow();
+        let Some(plan) = plan.as_ref() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let mut reducer = self.reducer.borrow_mut();
+        let r = reducer.finish(plan, params, &*self.comm);
+        let mut st = self.stats.borrow_mut();
+        st.all_reduce_secs += t.elapsed().as_secs_f64();
+        st.all_reduce_wait_secs += reducer.take_wait_secs();
+        r
     }
 
     /// One optimiser update with learning rate `lr` of the (summed, clipped) gradients.
@@ -499,10 +578,21 @@ impl Dist {
         Ok(())
     }
 
-    /// Closes the session's counters; rank 0 writes them to `<run>/dist.json` when the run is
-    /// distributed (a single-process run writes nothing new).
+    /// Closes the session's counters (a collective: every rank's all-reduce times are
+    /// gathered); rank 0 writes them to `<run>/dist.json` when the run is distributed (a
+    /// single-process run writes nothing new).
     pub(crate) fn finish(&self, run: &Path) -> Result<()> {
+        let world = self.world_size();
+        let mut times = vec![0.0; 2 * world];
+        {
+            let st = self.stats.borrow();
+            times[self.rank()] = st.all_reduce_secs;
+            times[world + self.rank()] = st.all_reduce_wait_secs;
+        }
+        self.sum_f64(&mut times)?;
         let mut st = self.stats.borrow_mut();
+        st.all_reduce_secs_per_rank = times[..world].to_vec();
+        st.all_reduce_wait_secs_per_rank = times[world..].to_vec();
         if let Some(t) = self.started.get() {
             st.train_secs = t.elapsed().as_secs_f64();
         }
@@ -516,18 +606,32 @@ impl Dist {
             let json = serde_json::to_string_pretty(&*st).expect("stats serialise");
             crate::io::write_atomic(&run.join("dist.json"), json.as_bytes())?;
         }
-        if self.is_lead() && self.world_size() > 1 {
+        if self.is_lead() && world > 1 {
+            let per_rank: Vec<String> = (0..world)
+                .map(|r| format!("{:.2} s ({:.2} s waiting)", times[r], times[world + r]))
+                .collect();
             eprintln!(
-                "{} ranks: {:.2} MB of gradients all-reduced per step at {:.2} GB/s ({:.2} GB/s bus), {:.1} s of {:.1} s in collectives",
+                "{} ranks: {:.2} MB of gradients all-reduced per step at {:.2} GB/s ({:.2} GB/s bus), {:.1} s of {:.1} s in collectives; all-reduce per rank {}",
                 st.world_size,
                 st.grad_bytes_per_step as f64 / 1e6,
                 st.all_reduce_gb_per_s,
                 st.all_reduce_bus_gb_per_s,
                 st.all_reduce_secs + st.all_gather_secs,
-                st.train_secs
+                st.train_secs,
+                per_rank.join(", ")
             );
         }
         Ok(())
+    }
+}
+
+/// The backward hook of [`Dist::grad_hook`].
+pub(crate) struct GradHook<'a>(&'a Dist);
+
+impl GradHook<'_> {
+    /// Every parameter ≥ `watermark` has its final gradient (see [`crate::nn::GradsReady`]).
+    pub(crate) fn ready(&self, watermark: usize, params: &mut [(String, &mut Param)]) {
+        self.0.grads_ready(watermark, params);
     }
 }
 
