@@ -109,21 +109,10 @@ fn permute_heads(src: &[f32], s: AttnShape, dst: &mut [f32], to_heads: bool) {
         });
 }
 
-/// In place: p = softmax(scale·s) over the keys not marked in `padded`; all-masked rows give 0.
-/// The unpadded case is a plain loop the compiler vectorises (16 lanes with AVX-512).
-fn softmax_row(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
-        return unsafe { softmax_row_avx512(row, scale, padded) };
-    }
-    softmax_row_plain(row, scale, padded)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn softmax_row_avx512(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
-    softmax_row_plain(row, scale, padded)
+avx512_dispatch! {
+    /// In place: p = softmax(scale·s) over the keys not marked in `padded`; all-masked rows
+    /// give 0. The unpadded case is a plain loop the compiler vectorises.
+    fn softmax_row(row: &mut [f32], scale: f32, padded: Option<&[u8]>) = softmax_row_plain;
 }
 
 #[inline(always)]

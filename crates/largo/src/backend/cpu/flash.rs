@@ -61,36 +61,30 @@ impl Mask<'_> {
     }
 }
 
-/// One row of a score tile → unnormalised probabilities `exp(s·scale − m)`, in place, with the
-/// running max `m` and sum `l` updated; returns the factor `exp(m_old − m_new)` that rescales
-/// what earlier tiles accumulated. Keys past `live` (the causal future) and padded keys get 0.
-fn online_softmax_row(
-    row: &mut [f32],
-    live: usize,
-    pad: Option<&[u8]>,
-    scale: f32,
-    m: &mut f32,
-    l: &mut f32,
-) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
-        return unsafe { online_softmax_row_avx512(row, live, pad, scale, m, l) };
+/// x[j] = value where the key j is padding.
+#[inline(always)]
+fn set_padded(x: &mut [f32], pad: Option<&[u8]>, value: f32) {
+    if let Some(p) = pad {
+        x.iter_mut()
+            .zip(p)
+            .filter(|(_, &flag)| flag != 0)
+            .for_each(|(x, _)| *x = value);
     }
-    online_softmax_row_plain(row, live, pad, scale, m, l)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn online_softmax_row_avx512(
-    row: &mut [f32],
-    live: usize,
-    pad: Option<&[u8]>,
-    scale: f32,
-    m: &mut f32,
-    l: &mut f32,
-) -> f32 {
-    online_softmax_row_plain(row, live, pad, scale, m, l)
+avx512_dispatch! {
+    /// One row of a score tile → unnormalised probabilities `exp(s·scale − m)`, in place, with
+    /// the running max `m` and sum `l` updated; returns the factor `exp(m_old − m_new)` that
+    /// rescales what earlier tiles accumulated. Keys past `live` (the causal future) and padded
+    /// keys get 0.
+    fn online_softmax_row(
+        row: &mut [f32],
+        live: usize,
+        pad: Option<&[u8]>,
+        scale: f32,
+        m: &mut f32,
+        l: &mut f32,
+    ) -> f32 = online_softmax_row_plain;
 }
 
 #[inline(always)]
@@ -105,13 +99,7 @@ fn online_softmax_row_plain(
     let (seen, future) = row.split_at_mut(live);
     future.fill(0.0);
     // Padded keys: −∞ before the max, so they neither win it nor add to the sum.
-    if let Some(p) = pad {
-        for (x, &flag) in seen.iter_mut().zip(p) {
-            if flag != 0 {
-                *x = f32::NEG_INFINITY;
-            }
-        }
-    }
+    set_padded(seen, pad, f32::NEG_INFINITY);
     let tile_max = max_of(seen) * scale;
     let m_new = m.max(tile_max);
     if m_new == f32::NEG_INFINITY {
@@ -121,13 +109,7 @@ fn online_softmax_row_plain(
     // exp_fast clamps its argument, which takes −∞ (padded keys) to 0 up to 1e-38: zero them.
     seen.iter_mut()
         .for_each(|x| *x = exp_fast(*x * scale - m_new));
-    if let Some(p) = pad {
-        for (x, &flag) in seen.iter_mut().zip(p) {
-            if flag != 0 {
-                *x = 0.0;
-            }
-        }
-    }
+    set_padded(seen, pad, 0.0);
     let alpha = if *m == f32::NEG_INFINITY {
         0.0
     } else {
@@ -138,27 +120,17 @@ fn online_softmax_row_plain(
     alpha
 }
 
-/// One row of a score tile → the probabilities `exp(s·scale − lse)` forward normalised with, in
-/// place; keys past `live` and padded keys get 0, as does a row that saw no key (lse = −∞).
-fn probs_from_lse_row(row: &mut [f32], live: usize, pad: Option<&[u8]>, scale: f32, lse: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
-        return unsafe { probs_from_lse_row_avx512(row, live, pad, scale, lse) };
-    }
-    probs_from_lse_row_plain(row, live, pad, scale, lse)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn probs_from_lse_row_avx512(
-    row: &mut [f32],
-    live: usize,
-    pad: Option<&[u8]>,
-    scale: f32,
-    lse: f32,
-) {
-    probs_from_lse_row_plain(row, live, pad, scale, lse)
+avx512_dispatch! {
+    /// One row of a score tile → the probabilities `exp(s·scale − lse)` forward normalised
+    /// with, in place; keys past `live` and padded keys get 0, as does a row that saw no key
+    /// (lse = −∞).
+    fn probs_from_lse_row(
+        row: &mut [f32],
+        live: usize,
+        pad: Option<&[u8]>,
+        scale: f32,
+        lse: f32,
+    ) = probs_from_lse_row_plain;
 }
 
 #[inline(always)]
@@ -174,13 +146,7 @@ fn probs_from_lse_row_plain(
     future.fill(0.0);
     seen.iter_mut()
         .for_each(|x| *x = exp_fast(*x * scale - lse));
-    if let Some(p) = pad {
-        for (x, &flag) in seen.iter_mut().zip(p) {
-            if flag != 0 {
-                *x = 0.0;
-            }
-        }
-    }
+    set_padded(seen, pad, 0.0);
 }
 
 /// Forward. q [B,H,T,D], k and v [B,H,Tk,D] (heads `kv_head_stride` apart); writes
