@@ -11,7 +11,7 @@
 mod common;
 
 use largo::io::TensorFile;
-use largo::train::metrics::{read_records, Record};
+use largo::train::metrics::read_losses;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -152,20 +152,7 @@ fn ok(r: &Ran) {
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
-    read_records(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .flat_map(|r| match r {
-            Record::Train { step, loss, .. } => vec![(step, loss)],
-            Record::Val {
-                step,
-                train_loss,
-                val_loss,
-                ..
-            } => vec![(step, train_loss), (step, val_loss)],
-            Record::Eval { step, val_loss, .. } => vec![(step, val_loss)],
-        })
-        .collect()
+    read_losses(&run.join("metrics.jsonl")).unwrap()
 }
 
 #[track_caller]

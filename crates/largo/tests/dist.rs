@@ -7,7 +7,7 @@
 use largo::config::Config;
 use largo::io::TensorFile;
 use largo::train::dist::ThreadGroup;
-use largo::train::metrics::{read_records, Record};
+use largo::train::metrics::read_losses;
 use largo::train::{train, train_distributed, Dist, DistOptions, TrainOptions, TrainOutcome};
 use std::path::{Path, PathBuf};
 
@@ -111,20 +111,7 @@ fn on_threads(cfg: &Config, world: usize, shard: bool, resume: bool) -> TrainOut
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
-    read_records(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .flat_map(|r| match r {
-            Record::Train { step, loss, .. } => vec![(step, loss)],
-            Record::Val {
-                step,
-                train_loss,
-                val_loss,
-                ..
-            } => vec![(step, train_loss), (step, val_loss)],
-            Record::Eval { step, val_loss, .. } => vec![(step, val_loss)],
-        })
-        .collect()
+    read_losses(&run.join("metrics.jsonl")).unwrap()
 }
 
 /// Same records, losses within `tol`, every parameter within `tol`.

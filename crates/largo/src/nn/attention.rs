@@ -31,7 +31,8 @@ struct Saved {
     shape: Option<AttnShape>,
     drop: Option<AttnDropout>,
     /// Key padding of the last forward, [B,T], when it had one (the tiled backward re-masks).
-    pad: Option<Vec<u8>>,
+    has_pad: bool,
+    pad: Vec<u8>,
     /// Whether the last forward kept the probabilities in `att` (else `lse` for the tiles).
     kept_probs: bool,
     lse: Vec<f32>,
@@ -155,7 +156,11 @@ impl MultiHeadAttention {
         s.shape = Some(shape);
         s.drop = Some(drop);
         s.kept_probs = self.keep_probs;
-        s.pad = key_padding.map(|p| p[..b * t].to_vec());
+        s.has_pad = key_padding.is_some();
+        if let Some(p) = key_padding {
+            s.pad.clear();
+            s.pad.extend_from_slice(&p[..b * t]);
+        }
     }
 
     /// Adds parameter gradients; writes dx [B,T,C]. `x` is forward's input.
@@ -178,7 +183,7 @@ impl MultiHeadAttention {
             ensure_len(&mut s.d_att, s.att.len());
             attention_backward(q, k, v, &s.att, d_o, shape, drop, &mut s.d_att, dq, dk, dv);
         } else {
-            let (pad, tiles) = (s.pad.as_deref(), FlashTiles::default());
+            let (pad, tiles) = (s.has_pad.then_some(&s.pad[..]), FlashTiles::default());
             flash_attention_backward(
                 q,
                 k,

@@ -88,6 +88,24 @@ impl MetricsLog {
     }
 }
 
+/// Every loss a run logged, as (step, loss): train losses, and for validation records the
+/// train and validation losses, in file order.
+pub fn read_losses(path: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(read_records(path)?
+        .into_iter()
+        .flat_map(|r| match r {
+            Record::Train { step, loss, .. } => vec![(step, loss)],
+            Record::Val {
+                step,
+                train_loss,
+                val_loss,
+                ..
+            } => vec![(step, train_loss), (step, val_loss)],
+            Record::Eval { step, val_loss, .. } => vec![(step, val_loss)],
+        })
+        .collect())
+}
+
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -112,34 +112,31 @@ fn permute_heads(src: &[f32], s: AttnShape, dst: &mut [f32], to_heads: bool) {
 avx512_dispatch! {
     /// In place: p = softmax(scale·s) over the keys not marked in `padded`; all-masked rows
     /// give 0. The unpadded case is a plain loop the compiler vectorises.
-    fn softmax_row(row: &mut [f32], scale: f32, padded: Option<&[u8]>) = softmax_row_plain;
-}
-
-#[inline(always)]
-fn softmax_row_plain(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
-    let max = match padded {
-        None => max_of(row),
-        Some(p) => row
-            .iter()
-            .zip(p)
-            .filter(|(_, &m)| m == 0)
-            .fold(f32::NEG_INFINITY, |a, (&x, _)| a.max(x)),
-    };
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
-    }
-    row.iter_mut()
-        .for_each(|x| *x = exp_fast((*x - max) * scale));
-    if let Some(p) = padded {
+    fn softmax_row(row: &mut [f32], scale: f32, padded: Option<&[u8]>) {
+        let max = match padded {
+            None => max_of(row),
+            Some(p) => row
+                .iter()
+                .zip(p)
+                .filter(|(_, &m)| m == 0)
+                .fold(f32::NEG_INFINITY, |a, (&x, _)| a.max(x)),
+        };
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            return;
+        }
         row.iter_mut()
-            .zip(p)
-            .filter(|(_, &m)| m != 0)
-            .for_each(|(x, _)| *x = 0.0);
+            .for_each(|x| *x = exp_fast((*x - max) * scale));
+        if let Some(p) = padded {
+            row.iter_mut()
+                .zip(p)
+                .filter(|(_, &m)| m != 0)
+                .for_each(|(x, _)| *x = 0.0);
+        }
+        let sum = lanes_sum(row, |x| x);
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        row.iter_mut().for_each(|x| *x *= inv);
     }
-    let sum = lanes_sum(row, |x| x);
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// The max in 16 lanes, like `math::lanes_sum`.

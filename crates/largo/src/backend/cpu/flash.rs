@@ -84,40 +84,30 @@ avx512_dispatch! {
         scale: f32,
         m: &mut f32,
         l: &mut f32,
-    ) -> f32 = online_softmax_row_plain;
-}
-
-#[inline(always)]
-fn online_softmax_row_plain(
-    row: &mut [f32],
-    live: usize,
-    pad: Option<&[u8]>,
-    scale: f32,
-    m: &mut f32,
-    l: &mut f32,
-) -> f32 {
-    let (seen, future) = row.split_at_mut(live);
-    future.fill(0.0);
-    // Padded keys: −∞ before the max, so they neither win it nor add to the sum.
-    set_padded(seen, pad, f32::NEG_INFINITY);
-    let tile_max = max_of(seen) * scale;
-    let m_new = m.max(tile_max);
-    if m_new == f32::NEG_INFINITY {
-        seen.fill(0.0); // nothing visible to this query yet
-        return 1.0;
+    ) -> f32 {
+        let (seen, future) = row.split_at_mut(live);
+        future.fill(0.0);
+        // Padded keys: −∞ before the max, so they neither win it nor add to the sum.
+        set_padded(seen, pad, f32::NEG_INFINITY);
+        let tile_max = max_of(seen) * scale;
+        let m_new = m.max(tile_max);
+        if m_new == f32::NEG_INFINITY {
+            seen.fill(0.0); // nothing visible to this query yet
+            return 1.0;
+        }
+        // exp_fast clamps its argument, which takes −∞ (padded keys) to 0 up to 1e-38: zero them.
+        seen.iter_mut()
+            .for_each(|x| *x = exp_fast(*x * scale - m_new));
+        set_padded(seen, pad, 0.0);
+        let alpha = if *m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp_fast(*m - m_new)
+        };
+        *l = *l * alpha + lanes_sum(seen, |x| x);
+        *m = m_new;
+        alpha
     }
-    // exp_fast clamps its argument, which takes −∞ (padded keys) to 0 up to 1e-38: zero them.
-    seen.iter_mut()
-        .for_each(|x| *x = exp_fast(*x * scale - m_new));
-    set_padded(seen, pad, 0.0);
-    let alpha = if *m == f32::NEG_INFINITY {
-        0.0
-    } else {
-        exp_fast(*m - m_new)
-    };
-    *l = *l * alpha + lanes_sum(seen, |x| x);
-    *m = m_new;
-    alpha
 }
 
 avx512_dispatch! {
@@ -130,23 +120,14 @@ avx512_dispatch! {
         pad: Option<&[u8]>,
         scale: f32,
         lse: f32,
-    ) = probs_from_lse_row_plain;
-}
-
-#[inline(always)]
-fn probs_from_lse_row_plain(
-    row: &mut [f32],
-    live: usize,
-    pad: Option<&[u8]>,
-    scale: f32,
-    lse: f32,
-) {
-    let live = if lse == f32::NEG_INFINITY { 0 } else { live };
-    let (seen, future) = row.split_at_mut(live);
-    future.fill(0.0);
-    seen.iter_mut()
-        .for_each(|x| *x = exp_fast(*x * scale - lse));
-    set_padded(seen, pad, 0.0);
+    ) {
+        let live = if lse == f32::NEG_INFINITY { 0 } else { live };
+        let (seen, future) = row.split_at_mut(live);
+        future.fill(0.0);
+        seen.iter_mut()
+            .for_each(|x| *x = exp_fast(*x * scale - lse));
+        set_padded(seen, pad, 0.0);
+    }
 }
 
 /// Forward. q [B,H,T,D], k and v [B,H,Tk,D] (heads `kv_head_stride` apart); writes
@@ -257,8 +238,15 @@ pub fn flash_attention_backward(
         .zip(dk.par_chunks_mut(t * d).zip(dv.par_chunks_mut(t * d)))
         .enumerate()
         .for_each_init(
-            || (vec![0f32; br * bc], vec![0f32; br * bc], vec![0f32; t]),
-            |(p, dp, rowdot), (bh, (dq, (dk, dv)))| {
+            || {
+                (
+                    vec![0f32; br * bc],
+                    vec![0f32; br * bc],
+                    vec![0f32; br * bc],
+                    vec![0f32; t],
+                )
+            },
+            |(p, dp, dropped, rowdot), (bh, (dq, (dk, dv)))| {
                 let at = bh * t * d;
                 let span = at..at + t * d;
                 let (qh, kh, vh) = (&q[span.clone()], &k[span.clone()], &v[span.clone()]);
@@ -299,7 +287,8 @@ pub fn flash_attention_backward(
                         let dvt = &mut dv[j0 * d..(j0 + cols) * d];
                         if dropout.p > 0.0 {
                             // O used D(P): dV = D(P)ᵀ·dO, and dP = D(dP) through the same mask.
-                            let mut dropped = pt.to_vec();
+                            let dropped = &mut dropped[..rows * cols];
+                            dropped.copy_from_slice(pt);
                             for r in 0..rows {
                                 let first = (bh * t + i0 + r) * t + j0;
                                 dropout.apply(&mut dropped[r * cols..(r + 1) * cols], first);
@@ -311,7 +300,7 @@ pub fn flash_attention_backward(
                                 cols,
                                 d,
                                 rows,
-                                &dropped,
+                                dropped,
                                 dot,
                                 dvt,
                                 true,

@@ -1,17 +1,18 @@
 //! CPU kernels: each op's forward and backward side by side (llm.c's layout).
 
-/// `fn name(args) -> ret = plain;` defines `name`, which runs `plain` compiled with AVX-512 F when
-/// the CPU has it (its plain slice loops then vectorise 16 lanes wide) and as is elsewhere. The
-/// plain function should be `#[inline(always)]` so it is compiled into both.
+/// `fn name(args) -> ret { body }` defines `name`, whose body runs compiled with AVX-512 F when
+/// the CPU has it (its plain slice loops then vectorise 16 lanes wide) and as is elsewhere.
 macro_rules! avx512_dispatch {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $plain:ident;) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn plain($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 fn wide($($arg: $ty),*) $(-> $ret)? {
-                    $plain($($arg),*)
+                    plain($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has just been checked for AVX-512 F, the only feature
@@ -19,7 +20,7 @@ macro_rules! avx512_dispatch {
                     return unsafe { wide($($arg),*) };
                 }
             }
-            $plain($($arg),*)
+            plain($($arg),*)
         }
     };
 }
