@@ -100,6 +100,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let threads = largo::bench::threads();
+    let precision = largo::backend::matmul_precision().name();
     match a.what {
         What::Gemm => print!("{}", largo::bench::render_gemm(&largo::bench::bench_gemm())),
         What::Mlp => {
@@ -107,12 +108,12 @@ pub fn run(a: Args) -> Result<()> {
             println!(
                 "largo mlp train: {sps:.0} samples/s (batch {}, {threads} threads, gemm {})",
                 a.batch_size,
-                largo::backend::gemm_provider()
+                largo::backend::active_provider().name()
             );
         }
         What::Gpt => {
             let (tps, rss) = largo::bench::bench_gpt_train(a.vocab.max(2))?;
-            println!("largo gpt train: {tps:.0} tokens/s (median of steps 3-22, batch 16x128, {threads} threads)");
+            println!("largo gpt train: {tps:.0} tokens/s (median of steps 3-22, batch 16x128, {threads} threads, matmul precision {precision})");
             println!("peak RSS: {rss:.0} MB");
         }
         What::Generate => {
@@ -126,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
             let sentences = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
             let sps = largo::bench::bench_embed(&encoder, &sentences, a.batch.max(1), 3)?;
             println!(
-                "largo embed: {sps:.1} sentences/s ({} sentences of 10-60 words, batch {}, {threads} threads)",
+                "largo embed: {sps:.1} sentences/s ({} sentences of 10-60 words, batch {}, {threads} threads, matmul precision {precision})",
                 sentences.len(),
                 a.batch
             );

@@ -26,6 +26,11 @@ struct Cli {
     /// Threads for every kernel (one pool); default: all cores.
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
+    /// Precision of matrix products, as PyTorch's `set_float32_matmul_precision`: `highest`
+    /// (f32) or `medium` (operands rounded to bfloat16, sums in f32; fast on CPUs with AMX,
+    /// f32 elsewhere).
+    #[arg(long, global = true, default_value = "highest", value_parser = parse_precision)]
+    matmul_precision: largo::backend::MatmulPrecision,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +70,10 @@ enum Command {
     Report(report::Args),
 }
 
+fn parse_precision(s: &str) -> Result<largo::backend::MatmulPrecision, String> {
+    s.parse().map_err(|e: largo::Error| e.to_string())
+}
+
 fn main() -> ExitCode {
     // SAFETY: restoring the default SIGPIPE action before any thread starts; a closed pipe
     // (`largo … | head`) then ends the process quietly, as other Unix tools do, instead of
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    largo::backend::set_matmul_precision(cli.matmul_precision);
     let res = match cli.command {
         Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),

@@ -86,7 +86,7 @@ pub fn bench_gemm() -> Vec<GemmResult> {
 
 pub fn render_gemm(results: &[GemmResult]) -> String {
     let mut s = format!(
-        "largo gemm f32, {} threads\nprovider              shape              m     n     k   GFLOP/s\n",
+        "largo gemm, {} threads\nprovider              shape              m     n     k   GFLOP/s\n",
         rayon::current_num_threads()
     );
     for r in results {

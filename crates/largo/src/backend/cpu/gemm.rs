@@ -3,6 +3,12 @@
 //! Default: the pure-Rust `gemm` crate built with `x86-v4` (AVX-512 kernels on stable Rust).
 //! With the `mkl` cargo feature, MKL's `cblas_sgemm` from its sequential layer. Either way the
 //! work is split over largo's one rayon pool here, so no library starts threads of its own.
+//!
+//! At "medium" matmul precision (`set_matmul_precision`, PyTorch's
+//! `torch.set_float32_matmul_precision("medium")`) `matmul` rounds both operands to bfloat16
+//! and multiplies on AMX tiles with f32 sums (`amx.rs`) where the CPU has them.
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Whether an operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +23,9 @@ pub enum GemmProvider {
     GemmCrate,
     #[cfg(feature = "mkl")]
     Mkl,
+    /// bf16 products with f32 sums on AMX tiles: "medium" precision, not an f32 GEMM.
+    #[cfg(target_arch = "x86_64")]
+    AmxBf16,
 }
 
 impl GemmProvider {
@@ -25,22 +34,100 @@ impl GemmProvider {
             GemmProvider::GemmCrate => "gemm-crate (x86-v4)",
             #[cfg(feature = "mkl")]
             GemmProvider::Mkl => "mkl",
+            #[cfg(target_arch = "x86_64")]
+            GemmProvider::AmxBf16 => "amx bf16 (medium)",
         }
     }
 
-    /// Every provider compiled into this build, the default first.
+    /// Whether the provider computes in f32 (all but the bf16 one).
+    pub fn is_f32(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == GemmProvider::AmxBf16 {
+            return false;
+        }
+        true
+    }
+
+    /// Every provider this build and CPU can run: the f32 ones (the default first), then the
+    /// bf16 one when the CPU has AMX.
     pub fn all() -> Vec<GemmProvider> {
         #[allow(unused_mut)]
         let mut v = vec![GemmProvider::GemmCrate];
         #[cfg(feature = "mkl")]
         v.insert(0, GemmProvider::Mkl);
+        #[cfg(target_arch = "x86_64")]
+        if super::amx::available() {
+            v.push(GemmProvider::AmxBf16);
+        }
         v
     }
 }
 
-/// The provider `matmul` uses: MKL when compiled in, else the gemm crate.
+/// The f32 provider: MKL when compiled in, else the gemm crate.
 pub fn default_provider() -> GemmProvider {
     GemmProvider::all()[0]
+}
+
+/// How `matmul` trades precision for speed, after PyTorch's `set_float32_matmul_precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// f32 products and sums (the default).
+    Highest,
+    /// Operands rounded to bfloat16 (8 significant bits), products summed in f32: about 4×
+    /// the f32 arithmetic rate on CPUs with AMX, f32 elsewhere.
+    Medium,
+}
+
+impl MatmulPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulPrecision::Highest => "highest",
+            MatmulPrecision::Medium => "medium",
+        }
+    }
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "highest" => Ok(MatmulPrecision::Highest),
+            "medium" => Ok(MatmulPrecision::Medium),
+            _ => Err(crate::Error::Invalid(format!(
+                "unknown matmul precision `{s}`: expected `highest` (f32) or `medium` (bf16 \
+                 products, f32 sums)"
+            ))),
+        }
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the precision of every later `matmul` in this process (attention's per-head products,
+/// `matmul_serial`, stay f32).
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    PRECISION.store(p as u8, Ordering::Relaxed);
+}
+
+pub fn matmul_precision() -> MatmulPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => MatmulPrecision::Highest,
+        _ => MatmulPrecision::Medium,
+    }
+}
+
+/// The provider `matmul` uses now.
+pub fn active_provider() -> GemmProvider {
+    provider_for(matmul_precision())
+}
+
+/// The provider for a precision: the bf16 one at medium where the CPU has AMX, else f32.
+pub fn provider_for(precision: MatmulPrecision) -> GemmProvider {
+    #[cfg(target_arch = "x86_64")]
+    if precision == MatmulPrecision::Medium && super::amx::available() {
+        return GemmProvider::AmxBf16;
+    }
+    default_provider()
 }
 
 /// Which library computes GEMMs in this build.
@@ -63,7 +150,7 @@ pub fn matmul(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    matmul_with(default_provider(), ta, tb, m, n, k, a, b, c, accumulate);
+    matmul_with(active_provider(), ta, tb, m, n, k, a, b, c, accumulate);
 }
 
 /// `matmul` on the calling thread only: for kernels that already run one task per thread
@@ -93,7 +180,6 @@ struct Block {
     cs: isize,
     rs: isize,
     /// How the full operand is stored (strides alone are ambiguous when a dimension is 1).
-    #[cfg_attr(not(feature = "mkl"), allow(dead_code))]
     trans: Trans,
 }
 
@@ -147,6 +233,13 @@ fn matmul_impl(
         small_m(tb, m, n, k, a, b, c, accumulate);
         return;
     }
+    // Below one tile of each dimension the bf16 packing costs more than it saves.
+    #[cfg(target_arch = "x86_64")]
+    let provider = if provider == GemmProvider::AmxBf16 && (m < 16 || n < 16 || k < 32) {
+        default_provider()
+    } else {
+        provider
+    };
     // Row-major strides (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
     let (a_cs, a_rs) = match ta {
         Trans::N => (1, k as isize),
@@ -204,6 +297,8 @@ fn matmul_impl(
                 }
                 #[cfg(feature = "mkl")]
                 GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
+                #[cfg(target_arch = "x86_64")]
+                GemmProvider::AmxBf16 => amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
             }
         }
     };
@@ -324,6 +419,40 @@ unsafe fn gemm_crate_block(
     );
 }
 
+/// One block with the AMX bf16 kernel. Caller guarantees the extents.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_block(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Block,
+    b: Block,
+    c: usize,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use super::amx::{gemm_bf16, Operand};
+    // op(a) is [m,k]: k runs along its stored rows when a is not transposed; op(b) is [k,n]:
+    // k runs along b's stored rows when b is transposed.
+    let operand = |x: Block, k_contiguous: bool| Operand {
+        ptr: x.ptr as *const f32,
+        rs: x.rs,
+        cs: x.cs,
+        k_contiguous,
+    };
+    gemm_bf16(
+        m,
+        n,
+        k,
+        operand(a, a.trans == Trans::N),
+        operand(b, b.trans == Trans::T),
+        c as *mut f32,
+        ldc,
+        accumulate,
+    );
+}
+
 #[cfg(feature = "mkl")]
 mod mkl {
     use super::{Block, Trans};
@@ -437,7 +566,7 @@ mod tests {
             for ta in [Trans::N, Trans::T] {
                 for tb in [Trans::N, Trans::T] {
                     let want = naive(ta, tb, m, n, k, &a, &b);
-                    for p in GemmProvider::all() {
+                    for p in GemmProvider::all().into_iter().filter(|p| p.is_f32()) {
                         let mut c = vec![1f32; m * n];
                         matmul_with(p, ta, tb, m, n, k, &a, &b, &mut c, false);
                         for (x, y) in c.iter().zip(&want) {
@@ -451,5 +580,92 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// x rounded to bfloat16, nearest even (what the AMX kernel multiplies).
+    fn to_bf16(x: f32) -> f32 {
+        let b = x.to_bits();
+        f32::from_bits((b.wrapping_add(0x7fff + ((b >> 16) & 1))) & 0xffff_0000)
+    }
+
+    #[test]
+    fn medium_precision_multiplies_bf16_operands_with_f32_sums() {
+        let amx = GemmProvider::all().into_iter().find(|p| !p.is_f32());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(amx.is_some(), super::super::amx::available());
+        // (The process-wide setting is left alone: other tests run matmuls concurrently.)
+        assert!(provider_for(MatmulPrecision::Highest).is_f32());
+        let Some(amx) = amx else {
+            // Without AMX, medium precision is f32.
+            assert!(provider_for(MatmulPrecision::Medium).is_f32());
+            return;
+        };
+        assert_eq!(provider_for(MatmulPrecision::Medium), amx);
+        let mut rng = Rng::new(2);
+        // Edges in every dimension (rows, columns, k not multiples of 16 / 32) and full blocks.
+        for &(m, n, k) in &[
+            (16, 16, 32),
+            (70, 65, 80),
+            (130, 40, 90),
+            (40, 130, 33),
+            (64, 96, 300),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let (a16, b16): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&x| to_bf16(x)).collect(),
+                b.iter().map(|&x| to_bf16(x)).collect(),
+            );
+            for ta in [Trans::N, Trans::T] {
+                for tb in [Trans::N, Trans::T] {
+                    let want = naive(ta, tb, m, n, k, &a16, &b16);
+                    let exact = naive(ta, tb, m, n, k, &a, &b);
+                    let mut c = vec![1f32; m * n];
+                    matmul_with(amx, ta, tb, m, n, k, &a, &b, &mut c, false);
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!(
+                            (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                            "{ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y}"
+                        );
+                    }
+                    // Not f32: the rounding of the operands shows (relative 2⁻⁹ per product).
+                    let worst = c
+                        .iter()
+                        .zip(&exact)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst > 1e-4 && worst < 0.05 * (k as f32).sqrt(),
+                        "error {worst}"
+                    );
+                    let bias: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.01).collect();
+                    let mut c = bias.clone();
+                    matmul_with(amx, ta, tb, m, n, k, &a, &b, &mut c, true);
+                    for ((x, y), b0) in c.iter().zip(&want).zip(&bias) {
+                        assert!(
+                            (x - y - b0).abs() < 1e-4 * (1.0 + y.abs()),
+                            "accumulate {ta:?}{tb:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_precision_parses_pytorch_names_and_rejects_others() {
+        assert_eq!(
+            "highest".parse::<MatmulPrecision>().unwrap(),
+            MatmulPrecision::Highest
+        );
+        assert_eq!(
+            "medium".parse::<MatmulPrecision>().unwrap(),
+            MatmulPrecision::Medium
+        );
+        let e = "bf16".parse::<MatmulPrecision>().unwrap_err().to_string();
+        assert!(
+            e.contains("`bf16`") && e.contains("highest") && e.contains("medium"),
+            "{e}"
+        );
     }
 }

@@ -26,6 +26,8 @@ macro_rules! avx512_dispatch {
 }
 
 pub mod activation;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;

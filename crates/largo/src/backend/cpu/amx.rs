@@ -1,0 +1,367 @@
+//! bf16 GEMM on Intel AMX tiles: `matmul` at "medium" precision (PyTorch's name for it). Both
+//! operands are rounded to bfloat16 (8 significant bits, f32's range) and every product is
+//! summed in f32 by `TDPBF16PS`, one instruction doing 16×16×32 multiply-adds.
+//!
+//! Layout. A tile is 16 rows of 64 bytes, i.e. 16 × 16 `u32`, each `u32` a pair of bf16 (the
+//! lower k in the low half). A tile of A holds 16 rows of op(a) × 32 k; a tile of B holds 16
+//! k-pairs × 16 columns of op(b) (the "VNNI" layout the instruction wants). Both operands are
+//! packed once per call into strips of 32 rows (A) or 32 columns (B), k-step by k-step, each
+//! step two tiles (rows/columns 0–15 then 16–31), zero-padded to whole tiles, so the kernel
+//! reads every tile contiguously. The register block is 2×2 C tiles (32×32 f32) in tmm0–3, with
+//! A in tmm4–5 and B in tmm6–7.
+//!
+//! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly; the
+//! conversions use the (stable) AVX-512 BF16 intrinsics.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// u32 (bf16 pairs) in one tile: 16 rows × 64 bytes.
+const TILE: usize = 256;
+/// k values in one tile step.
+const KSTEP: usize = 32;
+/// Bytes of packed A kept hot while every B strip passes over it (L2 holds 2 MiB per core).
+const A_BLOCK_BYTES: usize = 1 << 20;
+/// k-steps per chunk of the k loop.
+const KC_STEPS: usize = 8;
+
+/// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 BF16, and the kernel lets this process use
+/// the tile registers (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); checked once.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if __cpuid(0).eax < 7 {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let amx = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
+        amx && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && request_tile_permission()
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl only extends the xsave features this process may use; `syscall`
+    // clobbers rcx and r11, declared here.
+    unsafe {
+        asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
+             in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// One operand of `op(x)`: element (r, c) is at `ptr + r·rs + c·cs` (in f32), and whether its
+/// k index is the contiguous one (rows of op(a) for A stored `[m,k]`, columns of op(b) for B
+/// stored `[n,k]`).
+#[derive(Clone, Copy)]
+pub struct Operand {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+    pub k_contiguous: bool,
+}
+
+/// Packed operands, one set per thread, grown as needed and kept between calls.
+#[derive(Default)]
+struct Packed {
+    a: Vec<u32>,
+    b: Vec<u32>,
+}
+
+thread_local! {
+    static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
+}
+
+/// Offset (in u32) of tile `half` of k-step `q` of strip `strip`.
+fn tile_at(strip: usize, q: usize, half: usize, ksteps: usize) -> usize {
+    ((strip * ksteps + q) * 2 + half) * TILE
+}
+
+/// bf16 of `len.min(16)` contiguous f32 at `src` (round to nearest even), zeros after them.
+/// Masked lanes are not read, so `src` may point past the operand when `len` is 0.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn bf16x16(src: *const f32, len: usize) -> __m256i {
+    let mask: __mmask16 = if len >= 16 { 0xffff } else { (1 << len) - 1 };
+    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src)))
+}
+
+/// 32 contiguous values (`len` of them real) as 16 bf16 pairs: one row of an A tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pairs_along(src: *const f32, len: usize) -> __m512i {
+    let lo = bf16x16(src, len);
+    let hi = bf16x16(src.wrapping_add(16), len.saturating_sub(16));
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Pairs (x0[j], x1[j]) of 16 columns of two lines (`len` real): one row of a B tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pairs_across(x0: *const f32, x1: *const f32, len0: usize, len1: usize) -> __m512i {
+    let lo = _mm512_cvtepu16_epi32(bf16x16(x0, len0));
+    let hi = _mm512_cvtepu16_epi32(bf16x16(x1, len1));
+    _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+}
+
+/// The 16×16 u32 block whose row c is column c of `r`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // Pairs of rows interleaved by u32, then by u64: b[4g + c] holds, in 128-bit lane L, rows
+    // 4g..4g+3 of column c + 4L.
+    let mut a = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    let mut b = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let (x0, x1, x2, x3) = (a[4 * g], a[4 * g + 1], a[4 * g + 2], a[4 * g + 3]);
+        b[4 * g] = _mm512_unpacklo_epi64(x0, x2);
+        b[4 * g + 1] = _mm512_unpackhi_epi64(x0, x2);
+        b[4 * g + 2] = _mm512_unpacklo_epi64(x1, x3);
+        b[4 * g + 3] = _mm512_unpackhi_epi64(x1, x3);
+    }
+    // Then gather lane L of the four row groups: output row c + 4L.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let u0 = _mm512_shuffle_i32x4::<0x44>(b[c], b[4 + c]);
+        let u1 = _mm512_shuffle_i32x4::<0xee>(b[c], b[4 + c]);
+        let v0 = _mm512_shuffle_i32x4::<0x44>(b[8 + c], b[12 + c]);
+        let v1 = _mm512_shuffle_i32x4::<0xee>(b[8 + c], b[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(u0, v0);
+        out[c + 4] = _mm512_shuffle_i32x4::<0xdd>(u0, v0);
+        out[c + 8] = _mm512_shuffle_i32x4::<0x88>(u1, v1);
+        out[c + 12] = _mm512_shuffle_i32x4::<0xdd>(u1, v1);
+    }
+    out
+}
+
+/// Packs `lines` lines (rows of op(a), or columns of op(b)) of an operand into tiles: each line
+/// a tile row (`as_a`) or a tile column (B's VNNI layout).
+///
+/// Sixteen vectors of pairs are read per tile, either along lines (k contiguous: a line's 32
+/// k values) or across them (lines contiguous: k and k+1 of 16 lines); when that is not the
+/// tile's row order they are transposed.
+///
+/// SAFETY: `x` addresses `lines × k` readable elements (line index first).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack(x: Operand, lines: usize, k: usize, as_a: bool, out: &mut Vec<u32>) {
+    let ksteps = k.div_ceil(KSTEP);
+    let strips = lines.div_ceil(32);
+    // Every tile is written in full below, so the buffer is only grown, never cleared.
+    let need = strips * ksteps * 2 * TILE;
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    // Element (line, kk) of the operand.
+    let at = |line: usize, kk: usize| {
+        x.ptr
+            .wrapping_offset(line as isize * x.rs + kk as isize * x.cs)
+    };
+    let transpose = x.k_contiguous != as_a;
+    let mut tile = |strip: usize, half: usize, q: usize| {
+        let (l0, k0) = (strip * 32 + half * 16, q * KSTEP);
+        let real_lines = lines.saturating_sub(l0).min(16);
+        let mut v = [_mm512_setzero_si512(); 16];
+        for (i, vi) in v.iter_mut().enumerate() {
+            if x.k_contiguous {
+                // Line l0 + i, k0..k0+32.
+                if i < real_lines {
+                    *vi = pairs_along(at(l0 + i, k0), k - k0);
+                }
+            } else {
+                // k0 + 2i and k0 + 2i + 1 of lines l0..l0+16.
+                let (ka, kb) = (k0 + 2 * i, k0 + 2 * i + 1);
+                let len = |kk: usize| if kk < k { real_lines } else { 0 };
+                *vi = pairs_across(at(l0, ka), at(l0, kb), len(ka), len(kb));
+            }
+        }
+        if transpose {
+            v = transpose_16x16(v);
+        }
+        let dst = out.as_mut_ptr().add(tile_at(strip, q, half, ksteps));
+        for (i, vi) in v.iter().enumerate() {
+            _mm512_storeu_si512(dst.add(16 * i).cast(), *vi);
+        }
+    };
+    // Walk memory in the order it is stored: line by line when k is contiguous, else k by k
+    // (rows of a [k, lines] matrix; walking it by columns would touch a new page per row).
+    if x.k_contiguous {
+        for strip in 0..strips {
+            for half in 0..2 {
+                for q in 0..ksteps {
+                    tile(strip, half, q);
+                }
+            }
+        }
+    } else {
+        for q in 0..ksteps {
+            for strip in 0..strips {
+                for half in 0..2 {
+                    tile(strip, half, q);
+                }
+            }
+        }
+    }
+}
+
+/// The tile configuration: palette 1, all eight tiles 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn all_full() -> Self {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t] = 64; // bytes per row, u16 little-endian
+            cfg[48 + t] = 16; // rows
+        }
+        TileConfig(cfg)
+    }
+}
+
+/// `c (+)= op(a) · op(b)` for `m × n` of C with row stride `ldc`, on the calling thread.
+///
+/// # Safety
+/// `available()` is true; `a` addresses `m × k` and `b` `k × n` readable elements; `c`
+/// addresses `m` rows of `n` writable elements `ldc` apart and overlaps neither.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let ksteps = k.div_ceil(KSTEP);
+    PACKED.with_borrow_mut(|p| {
+        pack(a, m, k, true, &mut p.a);
+        // op(b) lines are its columns: element (j, kk) is at j·cs + kk·rs.
+        let b_lines = Operand {
+            rs: b.cs,
+            cs: b.rs,
+            ..b
+        };
+        pack(b_lines, n, k, false, &mut p.b);
+        let cfg = TileConfig::all_full();
+        asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let (a_strips, b_strips) = (m.div_ceil(32), n.div_ceil(32));
+        // k is cut into chunks so a B strip's chunk (16 KiB) stays in L1 while the A strips of
+        // a block (up to 1 MiB, in L2) pass under it; C carries the sum between chunks.
+        let chunk_bytes = KC_STEPS * 2 * TILE * 4;
+        let per_block = (A_BLOCK_BYTES / chunk_bytes).max(1);
+        let mut edge = [0f32; 32 * 32];
+        for a0 in (0..a_strips).step_by(per_block) {
+            for q0 in (0..ksteps).step_by(KC_STEPS) {
+                let steps = KC_STEPS.min(ksteps - q0);
+                let load_c = accumulate || q0 > 0;
+                for sb in 0..b_strips {
+                    let b_chunk = p.b.as_ptr().add(tile_at(sb, q0, 0, ksteps));
+                    for sa in a0..(a0 + per_block).min(a_strips) {
+                        let a_chunk = p.a.as_ptr().add(tile_at(sa, q0, 0, ksteps));
+                        let (i0, j0) = (sa * 32, sb * 32);
+                        let (rows, cols) = ((m - i0).min(32), (n - j0).min(32));
+                        let c_blk = c.add(i0 * ldc + j0);
+                        if rows == 32 && cols == 32 {
+                            block_32x32(a_chunk, b_chunk, steps, c_blk, ldc * 4, load_c);
+                            continue;
+                        }
+                        // An edge block goes through a full 32×32 copy.
+                        edge.fill(0.0);
+                        for r in 0..rows {
+                            if load_c {
+                                let src = std::slice::from_raw_parts(c_blk.add(r * ldc), cols);
+                                edge[r * 32..r * 32 + cols].copy_from_slice(src);
+                            }
+                        }
+                        block_32x32(a_chunk, b_chunk, steps, edge.as_mut_ptr(), 128, true);
+                        for r in 0..rows {
+                            let dst = std::slice::from_raw_parts_mut(c_blk.add(r * ldc), cols);
+                            dst.copy_from_slice(&edge[r * 32..r * 32 + cols]);
+                        }
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    });
+}
+
+/// One 32×32 block of C (row stride `c_stride` bytes) from an A strip and a B strip over all
+/// `ksteps` k-steps, starting from C's values when `load_c`, else from zero.
+///
+/// SAFETY: tiles configured by `ldtilecfg`; both strips hold `ksteps` packed steps; `c`
+/// addresses 32 rows of 32 f32.
+unsafe fn block_32x32(
+    a: *const u32,
+    b: *const u32,
+    ksteps: usize,
+    c: *mut f32,
+    c_stride: usize,
+    load_c: bool,
+) {
+    // C tiles: tmm0 rows 0–15 × cols 0–15, tmm1 rows 0–15 × 16–31, tmm2 16–31 × 0–15, tmm3 both 16–31.
+    let (c1, c2, c3) = (
+        c.add(16),
+        c.byte_add(16 * c_stride),
+        c.byte_add(16 * c_stride).add(16),
+    );
+    if load_c {
+        asm!(
+            "tileloadd tmm0, [{c0} + {s}*1]",
+            "tileloadd tmm1, [{c1} + {s}*1]",
+            "tileloadd tmm2, [{c2} + {s}*1]",
+            "tileloadd tmm3, [{c3} + {s}*1]",
+            c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) c_stride,
+            options(nostack, readonly),
+        );
+    } else {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+    }
+    for q in 0..ksteps {
+        let (a0, b0) = (a.add(q * 2 * TILE), b.add(q * 2 * TILE));
+        // Loads interleaved with the products that need them, so the first product starts early.
+        asm!(
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0, a1 = in(reg) a0.add(TILE), b0 = in(reg) b0, b1 = in(reg) b0.add(TILE),
+            s = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{c0} + {s}*1], tmm0",
+        "tilestored [{c1} + {s}*1], tmm1",
+        "tilestored [{c2} + {s}*1], tmm2",
+        "tilestored [{c3} + {s}*1], tmm3",
+        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) c_stride,
+        options(nostack),
+    );
+}
