@@ -9,7 +9,9 @@ Recipe (shared with `largo bench embed`; keep the two identical):
          start = (i * 7919) % (len(words) - 61)
          sentence_i = " ".join(words[start:start + L])
   2. Model: --model (default ../shared/models/all-MiniLM-L6-v2), on CPU, with
-     torch.set_num_threads(--threads, default 2).
+     torch.set_num_threads(--threads, default 2) and
+     torch.set_float32_matmul_precision(--matmul-precision, default highest; `largo
+     --matmul-precision` takes the same names).
   3. Warm-up: one model.encode over the first 64 sentences.
   4. Timing: model.encode(sentences, batch_size=--batch (default 32)) over all N sentences,
      repeated --repeat (default 3) times; the best (shortest) wall time counts.
@@ -19,6 +21,7 @@ Recipe (shared with `largo bench embed`; keep the two identical):
 
 Run from the repository root:
     python3 tools/bench_embed.py [--sentences 512] [--batch 32] [--threads 2] [--repeat 3]
+                                 [--matmul-precision highest|medium]
 """
 import argparse
 import resource
@@ -45,11 +48,14 @@ def main():
     ap.add_argument("--sentences", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--matmul-precision", choices=("highest", "medium"), default="highest",
+                    help="torch.set_float32_matmul_precision (medium: bf16 matmuls on AMX CPUs)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     import torch
     torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     from sentence_transformers import SentenceTransformer
 
     sentences = build_sentences(args.data, args.sentences)

@@ -109,11 +109,15 @@ def bench_train(args):
     for _ in range(25):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(model, x, y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+            loss = loss_fn(model, x, y)
+        loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+    mode = "autocast bf16" if args.autocast_bf16 else \
+        f"matmul precision {torch.get_float32_matmul_precision()}"
     print(f"pytorch gpt train: {BATCH * BLOCK / statistics.median(times[3:23]):.0f} tokens/s "
-          f"(median of steps 3-22)")
+          f"(median of steps 3-22, {mode})")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
@@ -194,6 +198,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=("train", "generate", "budget", "eval"), default="train")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--matmul-precision", choices=("highest", "medium"), default="highest",
+                    help="torch.set_float32_matmul_precision (medium: bf16 matmuls on AMX CPUs)")
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="train under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--vocab", type=int, default=73)
     ap.add_argument("--data")
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -204,6 +212,7 @@ if __name__ == "__main__":
     if args.mode == "eval" and not args.weights:
         ap.error("--mode eval needs --weights FILE")
     torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     torch.manual_seed(0)
     modes = {"train": bench_train, "generate": bench_generate, "budget": bench_budget,
              "eval": bench_eval}

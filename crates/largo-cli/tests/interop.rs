@@ -245,6 +245,63 @@ fn inspect_describes_largo_and_hugging_face_directories() {
 }
 
 #[test]
+fn embed_at_medium_matmul_precision_stays_close_to_sentence_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = repo().join("crates/largo/tests/fixtures/tiny-bert");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let sentences = reference["sentences"].as_array().unwrap();
+    let input: String = sentences.iter().map(|s| format!("{s}\n")).collect();
+    std::fs::write(tmp.path().join("in.jsonl"), input).unwrap();
+    let m = dir.join("mean");
+    let mut worst_cos = 1f64;
+    for precision in ["highest", "medium"] {
+        let out = ok(&largo(
+            tmp.path(),
+            &[
+                "--matmul-precision",
+                precision,
+                "embed",
+                "--model",
+                m.to_str().unwrap(),
+                "--input",
+                "in.jsonl",
+            ],
+        ));
+        assert_eq!(out.lines().count(), sentences.len());
+        for (line, want) in out
+            .lines()
+            .zip(reference["mean"]["embeddings"].as_array().unwrap())
+        {
+            let got: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (g, w): (Vec<f64>, Vec<f64>) = (
+                got["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect(),
+                want.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect(),
+            );
+            // Both unit length: the cosine is the dot product.
+            let cos: f64 = g.iter().zip(&w).map(|(a, b)| a * b).sum();
+            if precision == "highest" {
+                assert!(cos > 0.99999, "f32: cosine {cos}");
+            } else {
+                worst_cos = worst_cos.min(cos);
+            }
+        }
+    }
+    // bf16 operands: about three significant digits per product.
+    assert!(worst_cos > 0.999, "medium: cosine {worst_cos}");
+}
+
+#[test]
 fn embed_prints_one_json_line_per_input_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let bert = repo().join("crates/largo/tests/fixtures/tiny-bert/mean");

@@ -253,6 +253,59 @@ fn a_language_model_stopped_and_resumed_ends_bit_identical() {
     );
 }
 
+/// Train losses of a run, step by step.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    largo::train::metrics::read_losses(&run.join("metrics.jsonl")).unwrap()
+}
+
+#[test]
+fn medium_matmul_precision_trains_like_f32_and_bad_precisions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let c = corpus(t);
+    let data = c.to_str().unwrap();
+    let f32_run = train_tiny(t, data, "highest", &[]);
+    ok(&f32_run);
+    let log = String::from_utf8_lossy(&f32_run.stderr);
+    assert!(log.contains("matmul precision highest (f32)"), "{log}");
+    let mut args = vec!["--matmul-precision", "medium", "train"];
+    let sets: Vec<String> = [format!("data.path={data}"), "run.name=medium".into()]
+        .into_iter()
+        .chain(TINY_GPT.iter().map(|s| s.to_string()))
+        .collect();
+    for kv in &sets {
+        args.extend(["--set", kv]);
+    }
+    let medium = largo(t, &args);
+    ok(&medium);
+    let log = String::from_utf8_lossy(&medium.stderr);
+    assert!(log.contains("matmul precision medium ("), "{log}");
+    let (a, b) = (
+        losses(&t.join("runs/highest")),
+        losses(&t.join("runs/medium")),
+    );
+    assert_eq!(a.len(), b.len());
+    // bf16 operands move each loss a little, never the course of training.
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.02 * x.abs(), "step {step}: {x} vs {y}");
+    }
+    if log.contains("bf16 products on AMX") {
+        assert!(a != b, "medium precision gave bit-identical losses to f32");
+    }
+    assert!(a.last().unwrap().1 < a.first().unwrap().1 - 0.3, "{a:?}");
+
+    // A usage error: clap's exit code 2, before anything runs.
+    let out = largo(t, &["--matmul-precision", "bf16", "train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown matmul precision `bf16`")
+            && err.contains("`highest` (f32) or `medium`"),
+        "{err}"
+    );
+    assert!(!t.join("runs/shakespeare-gpt").exists());
+}
+
 #[test]
 fn the_seed_transformer_trains_and_generates() {
     let tmp = tempfile::tempdir().unwrap();

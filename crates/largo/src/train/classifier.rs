@@ -78,7 +78,11 @@ pub(crate) fn train_classifier(
     };
 
     if lead {
-        eprintln!("{} parameters", crate::nn::Module::num_params(&model));
+        eprintln!(
+            "{} parameters; {}",
+            crate::nn::Module::num_params(&model),
+            crate::backend::describe_matmul_precision()
+        );
     }
     let t = &cfg.train;
     let micro_per_epoch = train_idx.len().div_ceil(t.batch_size);

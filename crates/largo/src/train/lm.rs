@@ -234,7 +234,11 @@ pub(crate) fn train_lm(
     dist.sync_start(&mut model, &mut full_opt, &mut state)?;
     let mut opt = dist.optimizer(full_opt, &model)?;
     if lead {
-        eprintln!("{} parameters", crate::nn::Module::num_params(&model));
+        eprintln!(
+            "{} parameters; {}",
+            crate::nn::Module::num_params(&model),
+            crate::backend::describe_matmul_precision()
+        );
     }
     let mut log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
     let tr = &cfg.train;

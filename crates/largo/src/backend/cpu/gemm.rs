@@ -116,6 +116,18 @@ pub fn matmul_precision() -> MatmulPrecision {
     }
 }
 
+/// The precision in force, for logs: `matmul precision highest (f32)`, `… medium (bf16
+/// products on AMX, f32 sums)`, or medium falling back to f32 on a CPU without AMX.
+pub fn describe_matmul_precision() -> String {
+    let p = matmul_precision();
+    let what = match (p, active_provider().is_f32()) {
+        (MatmulPrecision::Highest, _) => "f32",
+        (MatmulPrecision::Medium, false) => "bf16 products on AMX, f32 sums",
+        (MatmulPrecision::Medium, true) => "f32: this CPU has no AMX-BF16",
+    };
+    format!("matmul precision {} ({what})", p.name())
+}
+
 /// The provider `matmul` uses now.
 pub fn active_provider() -> GemmProvider {
     provider_for(matmul_precision())
