@@ -1,5 +1,5 @@
 use super::{Module, Param};
-use crate::backend::{matmul, Trans};
+use crate::backend::{matmul, matmul_bias, Trans};
 use crate::rng::Rng;
 
 /// y = x·Wᵀ + b with W: [out, in] (PyTorch's layout).
@@ -38,26 +38,11 @@ impl Linear {
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         let (i, o) = (self.in_features, self.out_features);
         let y = &mut y[..rows * o];
-        // Start from the bias so the GEMM can accumulate into it.
-        let accumulate = match &self.bias {
-            Some(b) => {
-                y.chunks_exact_mut(o)
-                    .for_each(|r| r.copy_from_slice(&b.value.data));
-                true
-            }
-            None => false,
-        };
-        matmul(
-            Trans::N,
-            Trans::T,
-            rows,
-            o,
-            i,
-            x,
-            &self.weight.value.data,
-            y,
-            accumulate,
-        );
+        let w = &self.weight.value.data;
+        match &self.bias {
+            Some(b) => matmul_bias(Trans::N, Trans::T, rows, o, i, x, w, &b.value.data, y),
+            None => matmul(Trans::N, Trans::T, rows, o, i, x, w, y, false),
+        }
     }
 
     /// Adds dW += dyᵀ·x and db += Σ dy; writes dx = dy·W when asked.

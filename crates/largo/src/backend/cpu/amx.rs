@@ -24,8 +24,8 @@ const TILE: usize = 256;
 const KSTEP: usize = 32;
 /// Bytes of packed A kept hot while every B strip passes over it (L2 holds 2 MiB per core).
 const A_BLOCK_BYTES: usize = 1 << 20;
-/// k-steps per chunk of the k loop.
-const KC_STEPS: usize = 8;
+/// Most k-steps in one chunk of the k loop.
+const KC_STEPS: usize = 16;
 
 /// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 BF16, and the kernel lets this process use
 /// the tile registers (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); checked once.
@@ -72,6 +72,17 @@ pub struct Operand {
     pub rs: isize,
     pub cs: isize,
     pub k_contiguous: bool,
+}
+
+/// What a block's sums start from.
+#[derive(Clone, Copy)]
+pub enum Init {
+    Zero,
+    /// C's own values.
+    C,
+    /// The n values at this pointer, for every row: a bias, loaded into the tiles with a row
+    /// stride of 0 (no copy of it into C first).
+    Bias(*const f32),
 }
 
 /// Packed operands, one set per thread, grown as needed and kept between calls.
@@ -232,11 +243,12 @@ impl TileConfig {
     }
 }
 
-/// `c (+)= op(a) · op(b)` for `m × n` of C with row stride `ldc`, on the calling thread.
+/// `c = init + op(a) · op(b)` for `m × n` of C with row stride `ldc`, on the calling thread.
 ///
 /// # Safety
 /// `available()` is true; `a` addresses `m × k` and `b` `k × n` readable elements; `c`
-/// addresses `m` rows of `n` writable elements `ldc` apart and overlaps neither.
+/// addresses `m` rows of `n` writable elements `ldc` apart and overlaps neither; a bias holds
+/// `n` readable values.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_bf16(
     m: usize,
@@ -246,7 +258,7 @@ pub unsafe fn gemm_bf16(
     b: Operand,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    init: Init,
 ) {
     let ksteps = k.div_ceil(KSTEP);
     PACKED.with_borrow_mut(|p| {
@@ -261,15 +273,18 @@ pub unsafe fn gemm_bf16(
         let cfg = TileConfig::all_full();
         asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let (a_strips, b_strips) = (m.div_ceil(32), n.div_ceil(32));
-        // k is cut into chunks so a B strip's chunk (16 KiB) stays in L1 while the A strips of
-        // a block (up to 1 MiB, in L2) pass under it; C carries the sum between chunks.
-        let chunk_bytes = KC_STEPS * 2 * TILE * 4;
+        // k is cut into equal chunks of at most KC_STEPS so a B strip's chunk (up to 32 KiB)
+        // stays in L1 while the A strips of a block (up to 1 MiB, in L2) pass under it; C
+        // carries the sum from one chunk to the next.
+        let chunks = ksteps.div_ceil(KC_STEPS);
+        let kc = ksteps.div_ceil(chunks);
+        let chunk_bytes = kc * 2 * TILE * 4;
         let per_block = (A_BLOCK_BYTES / chunk_bytes).max(1);
         let mut edge = [0f32; 32 * 32];
         for a0 in (0..a_strips).step_by(per_block) {
-            for q0 in (0..ksteps).step_by(KC_STEPS) {
-                let steps = KC_STEPS.min(ksteps - q0);
-                let load_c = accumulate || q0 > 0;
+            for q0 in (0..ksteps).step_by(kc) {
+                let steps = kc.min(ksteps - q0);
+                let init = if q0 > 0 { Init::C } else { init };
                 for sb in 0..b_strips {
                     let b_chunk = p.b.as_ptr().add(tile_at(sb, q0, 0, ksteps));
                     for sa in a0..(a0 + per_block).min(a_strips) {
@@ -277,19 +292,36 @@ pub unsafe fn gemm_bf16(
                         let (i0, j0) = (sa * 32, sb * 32);
                         let (rows, cols) = ((m - i0).min(32), (n - j0).min(32));
                         let c_blk = c.add(i0 * ldc + j0);
+                        let (c_bytes, edge_bytes) = (ldc * 4, 32 * 4);
                         if rows == 32 && cols == 32 {
-                            block_32x32(a_chunk, b_chunk, steps, c_blk, ldc * 4, load_c);
+                            let from = match init {
+                                Init::Zero => None,
+                                Init::C => Some((c_blk as *const f32, c_bytes)),
+                                Init::Bias(bias) => Some((bias.add(j0), 0)),
+                            };
+                            block_32x32(a_chunk, b_chunk, steps, from, c_blk, c_bytes);
                             continue;
                         }
                         // An edge block goes through a full 32×32 copy.
                         edge.fill(0.0);
                         for r in 0..rows {
-                            if load_c {
-                                let src = std::slice::from_raw_parts(c_blk.add(r * ldc), cols);
-                                edge[r * 32..r * 32 + cols].copy_from_slice(src);
-                            }
+                            let src = match init {
+                                Init::Zero => continue,
+                                Init::C => c_blk.add(r * ldc) as *const f32,
+                                Init::Bias(bias) => bias.add(j0),
+                            };
+                            let src = std::slice::from_raw_parts(src, cols);
+                            edge[r * 32..r * 32 + cols].copy_from_slice(src);
                         }
-                        block_32x32(a_chunk, b_chunk, steps, edge.as_mut_ptr(), 128, true);
+                        let e = edge.as_mut_ptr();
+                        block_32x32(
+                            a_chunk,
+                            b_chunk,
+                            steps,
+                            Some((e, edge_bytes)),
+                            e,
+                            edge_bytes,
+                        );
                         for r in 0..rows {
                             let dst = std::slice::from_raw_parts_mut(c_blk.add(r * ldc), cols);
                             dst.copy_from_slice(&edge[r * 32..r * 32 + cols]);
@@ -302,32 +334,29 @@ pub unsafe fn gemm_bf16(
     });
 }
 
-/// One 32×32 block of C (row stride `c_stride` bytes) from an A strip and a B strip over all
-/// `ksteps` k-steps, starting from C's values when `load_c`, else from zero.
+/// One 32×32 block of C from an A strip and a B strip over `ksteps` k-steps: the sums start
+/// from the 32×32 f32 at `from` (row stride in bytes; 0 repeats one row) or from zero, and
+/// end in `c` (row stride `c_stride` bytes).
 ///
-/// SAFETY: tiles configured by `ldtilecfg`; both strips hold `ksteps` packed steps; `c`
-/// addresses 32 rows of 32 f32.
+/// SAFETY: tiles configured by `ldtilecfg`; both strips hold `ksteps` packed steps; `from`
+/// addresses its 32 rows (one row when its stride is 0) and `c` 32 rows, 32 f32 each.
 unsafe fn block_32x32(
     a: *const u32,
     b: *const u32,
     ksteps: usize,
+    from: Option<(*const f32, usize)>,
     c: *mut f32,
     c_stride: usize,
-    load_c: bool,
 ) {
     // C tiles: tmm0 rows 0–15 × cols 0–15, tmm1 rows 0–15 × 16–31, tmm2 16–31 × 0–15, tmm3 both 16–31.
-    let (c1, c2, c3) = (
-        c.add(16),
-        c.byte_add(16 * c_stride),
-        c.byte_add(16 * c_stride).add(16),
-    );
-    if load_c {
+    if let Some((f, s)) = from {
+        let (f1, f2) = (f.add(16), f.byte_add(16 * s));
         asm!(
-            "tileloadd tmm0, [{c0} + {s}*1]",
-            "tileloadd tmm1, [{c1} + {s}*1]",
-            "tileloadd tmm2, [{c2} + {s}*1]",
-            "tileloadd tmm3, [{c3} + {s}*1]",
-            c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) c_stride,
+            "tileloadd tmm0, [{f0} + {s}*1]",
+            "tileloadd tmm1, [{f1} + {s}*1]",
+            "tileloadd tmm2, [{f2} + {s}*1]",
+            "tileloadd tmm3, [{f3} + {s}*1]",
+            f0 = in(reg) f, f1 = in(reg) f1, f2 = in(reg) f2, f3 = in(reg) f2.add(16), s = in(reg) s,
             options(nostack, readonly),
         );
     } else {
@@ -356,12 +385,13 @@ unsafe fn block_32x32(
             options(nostack, readonly),
         );
     }
+    let (c1, c2) = (c.add(16), c.byte_add(16 * c_stride));
     asm!(
         "tilestored [{c0} + {s}*1], tmm0",
         "tilestored [{c1} + {s}*1], tmm1",
         "tilestored [{c2} + {s}*1], tmm2",
         "tilestored [{c3} + {s}*1], tmm3",
-        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) c_stride,
+        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c2.add(16), s = in(reg) c_stride,
         options(nostack),
     );
 }

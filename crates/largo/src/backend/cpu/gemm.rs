@@ -165,6 +165,31 @@ pub fn matmul(
     matmul_with(active_provider(), ta, tb, m, n, k, a, b, c, accumulate);
 }
 
+/// `c[m,n] = op(a) · op(b) + bias`, the bias (length n) added to every row: a linear layer.
+/// The AMX kernel starts its sums from the bias; the f32 providers copy it into each thread's
+/// rows of c just before multiplying into them.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bias(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+) {
+    assert!(
+        bias.len() >= n,
+        "matmul_bias: bias has {} < {n}",
+        bias.len()
+    );
+    let threads = rayon::current_num_threads();
+    let p = active_provider();
+    matmul_impl(p, threads, ta, tb, m, n, k, a, b, c, Start::Bias(bias));
+}
+
 /// `matmul` on the calling thread only: for kernels that already run one task per thread
 /// (attention heads, for instance).
 #[allow(clippy::too_many_arguments)]
@@ -179,7 +204,8 @@ pub fn matmul_serial(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, accumulate);
+    let start = Start::from_accumulate(accumulate);
+    matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, start);
 }
 
 /// Below this many multiply-adds one thread is faster than splitting the work.
@@ -212,7 +238,28 @@ pub fn matmul_with(
     accumulate: bool,
 ) {
     let threads = rayon::current_num_threads();
-    matmul_impl(provider, threads, ta, tb, m, n, k, a, b, c, accumulate);
+    let start = Start::from_accumulate(accumulate);
+    matmul_impl(provider, threads, ta, tb, m, n, k, a, b, c, start);
+}
+
+/// What the sums in c start from.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Zero,
+    /// c's own values (`accumulate`).
+    C,
+    /// The bias row, for every row of c.
+    Bias(&'a [f32]),
+}
+
+impl Start<'_> {
+    fn from_accumulate(accumulate: bool) -> Self {
+        if accumulate {
+            Start::C
+        } else {
+            Start::Zero
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -227,7 +274,7 @@ fn matmul_impl(
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
-    accumulate: bool,
+    init: Start,
 ) {
     assert!(a.len() >= m * k, "matmul: a has {} < {m}x{k}", a.len());
     assert!(b.len() >= k * n, "matmul: b has {} < {k}x{n}", b.len());
@@ -235,14 +282,24 @@ fn matmul_impl(
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
+    if m <= SMALL_M && ta == Trans::N || k == 0 {
+        let accumulate = match init {
+            Start::Zero => false,
+            Start::C => true,
+            Start::Bias(bias) => {
+                c[..m * n]
+                    .chunks_exact_mut(n)
+                    .for_each(|r| r.copy_from_slice(&bias[..n]));
+                true
+            }
+        };
+        if k == 0 {
+            if !accumulate {
+                c[..m * n].fill(0.0);
+            }
+        } else {
+            small_m(tb, m, n, k, a, b, c, accumulate);
         }
-        return;
-    }
-    if m <= SMALL_M && ta == Trans::N {
-        small_m(tb, m, n, k, a, b, c, accumulate);
         return;
     }
     // Below one tile of each dimension the bf16 packing costs more than it saves.
@@ -298,11 +355,33 @@ fn matmul_impl(
             trans: tb,
         };
         let c_blk = at(c_ptr, c_off as isize);
-        // SAFETY (for both providers): `matmul_with` checked that a, b, c hold m*k, k*n and m*n
+        // The block's columns of the bias.
+        let bias = match init {
+            Start::Bias(bias) if split_rows => Some(&bias[..n]),
+            Start::Bias(bias) => Some(&bias[start..start + size]),
+            _ => None,
+        };
+        // SAFETY (for every provider): `matmul_impl` checked that a, b, c hold m*k, k*n and m*n
         // elements; each block addresses a sub-range of those extents with the full strides;
         // distinct blocks write disjoint elements of c (different rows or different columns),
         // and a and b are only read. The buffers outlive the rayon scope below.
         unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if provider == GemmProvider::AmxBf16 {
+                let accumulate = matches!(init, Start::C);
+                amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias);
+                return;
+            }
+            let accumulate = match bias {
+                Some(bias) => {
+                    for r in 0..mm {
+                        let row = (c_blk as *mut f32).add(r * n);
+                        std::slice::from_raw_parts_mut(row, nn).copy_from_slice(bias);
+                    }
+                    true
+                }
+                None => matches!(init, Start::C),
+            };
             match provider {
                 GemmProvider::GemmCrate => {
                     gemm_crate_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate)
@@ -310,7 +389,7 @@ fn matmul_impl(
                 #[cfg(feature = "mkl")]
                 GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
                 #[cfg(target_arch = "x86_64")]
-                GemmProvider::AmxBf16 => amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
+                GemmProvider::AmxBf16 => unreachable!("handled above"),
             }
         }
     };
@@ -443,8 +522,9 @@ unsafe fn amx_block(
     c: usize,
     ldc: usize,
     accumulate: bool,
+    bias: Option<&[f32]>,
 ) {
-    use super::amx::{gemm_bf16, Operand};
+    use super::amx::{gemm_bf16, Init, Operand};
     // op(a) is [m,k]: k runs along its stored rows when a is not transposed; op(b) is [k,n]:
     // k runs along b's stored rows when b is transposed.
     let operand = |x: Block, k_contiguous: bool| Operand {
@@ -461,7 +541,11 @@ unsafe fn amx_block(
         operand(b, b.trans == Trans::T),
         c as *mut f32,
         ldc,
-        accumulate,
+        match (bias, accumulate) {
+            (Some(bias), _) => Init::Bias(bias.as_ptr()),
+            (None, true) => Init::C,
+            (None, false) => Init::Zero,
+        },
     );
 }
 
@@ -659,6 +743,46 @@ mod tests {
                             "accumulate {ta:?}{tb:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_bias_adds_the_bias_to_every_row_for_every_provider() {
+        let mut rng = Rng::new(3);
+        // Tall (rows split), wide (columns split), a few rows (no packing), an edge-only shape.
+        for &(m, n, k) in &[(130, 40, 90), (40, 130, 64), (3, 50, 40), (20, 17, 33)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            for p in GemmProvider::all() {
+                let mut want = vec![0f32; m * n];
+                matmul_with(p, Trans::N, Trans::T, m, n, k, &a, &b, &mut want, false);
+                for row in want.chunks_exact_mut(n) {
+                    row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+                }
+                let mut c = vec![f32::NAN; m * n];
+                let threads = rayon::current_num_threads();
+                let init = Start::Bias(&bias);
+                matmul_impl(
+                    p,
+                    threads,
+                    Trans::N,
+                    Trans::T,
+                    m,
+                    n,
+                    k,
+                    &a,
+                    &b,
+                    &mut c,
+                    init,
+                );
+                for (x, y) in c.iter().zip(&want) {
+                    assert!(
+                        (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                        "{p:?} {m}x{n}x{k}: {x} vs {y}"
+                    );
                 }
             }
         }
