@@ -25,3 +25,11 @@ echo "== Sentence embeddings (all-MiniLM-L6-v2, 512 sentences of 10-60 words, ba
 M=${MINILM:-../shared/models/all-MiniLM-L6-v2}
 $L --threads "$T" bench embed --model "$M"
 python3 tools/bench_embed.py --threads "$T" --model "$M" 2>/dev/null | grep -E "embed:|RSS"
+echo
+echo "== Matmul precision medium: largo's bf16 products on AMX (f32 sums) next to PyTorch's own"
+echo "   bf16 options (torch.set_float32_matmul_precision('medium'), and autocast for training)"
+$L --threads "$T" --matmul-precision medium bench gpt
+python3 tools/bench_gpt.py --mode train --threads "$T" --matmul-precision medium
+python3 tools/bench_gpt.py --mode train --threads "$T" --autocast-bf16
+$L --threads "$T" --matmul-precision medium bench embed --model "$M"
+python3 tools/bench_embed.py --threads "$T" --model "$M" --matmul-precision medium 2>/dev/null | grep -E "embed:|RSS"

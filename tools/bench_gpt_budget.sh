@@ -4,18 +4,20 @@
 # matrices, clipping 1.0, 100 warmup steps then cosine to 3e-5 over 488 steps — trained for
 # MINUTES of wall time by largo, then by PyTorch (tools/bench_gpt.py --mode budget), one after
 # the other on THREADS threads. Both are measured on the same 20 validation batches: largo's
-# model is exported to safetensors and evaluated by the PyTorch script.
-#   MINUTES=10 THREADS=2 tools/bench_gpt_budget.sh
+# model is exported to safetensors and evaluated by the PyTorch script. PRECISION=medium trains
+# largo with bf16 products (`--matmul-precision medium`); PyTorch stays f32.
+#   MINUTES=10 THREADS=2 [PRECISION=highest] tools/bench_gpt_budget.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-10}
 THREADS=${THREADS:-2}
+PRECISION=${PRECISION:-highest}
 OUT=${OUT:-$(mktemp -d /tmp/largo-budget.XXXXXX)}
 cargo build --release -q -p largo-cli
 L=target/release/largo
 $L prepare text --input data/shakespeare --tokenizer char --val-fraction 0.1 --out "$OUT/data"
-echo "== largo, $MINUTES min on $THREADS threads"
-$L --threads "$THREADS" train --no-progress \
+echo "== largo, $MINUTES min on $THREADS threads, matmul precision $PRECISION"
+$L --threads "$THREADS" --matmul-precision "$PRECISION" train --no-progress \
   --set data.path="$OUT/data" --set run.out_dir="$OUT/runs" --set run.name=budget \
   --set train.max_steps=1000000 --set train.max_minutes="$MINUTES" --set train.eval_every=0 \
   --set train.log_every=100 --set train.clip_grad_norm=1.0 \
