@@ -2,15 +2,10 @@
 //! (batch 16, 8 heads, T 128, head size 32, causal) and several tile sizes, on one thread timed
 //! by its CPU time, so a busy machine moves the numbers less:
 //! `cargo run --release -p largo --example attention_kernels`.
+mod common;
+
+use common::cpu_now;
 use largo::backend::cpu::*;
-fn cpu_now() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
 fn main() {
     let (b, h, t, d) = (16, 8, 128, 32);
     let s = AttnShape::new(b, h, t, d);

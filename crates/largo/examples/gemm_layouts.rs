@@ -1,14 +1,9 @@
 //! GFLOP/s of the operand layouts the models use (NN, NT, TN) on their shapes, one thread, by
 //! thread CPU time (fastest of 20): `cargo run --release -p largo --example gemm_layouts [highest|medium]`.
+mod common;
+
+use common::cpu_now;
 use largo::backend::cpu::*;
-fn cpu_now() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
 fn main() {
     let precision = std::env::args().nth(1).unwrap_or("highest".into());
     set_matmul_precision(precision.parse().expect("highest or medium"));

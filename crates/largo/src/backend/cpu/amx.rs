@@ -280,7 +280,6 @@ pub unsafe fn gemm_bf16(
         let kc = ksteps.div_ceil(chunks);
         let chunk_bytes = kc * 2 * TILE * 4;
         let per_block = (A_BLOCK_BYTES / chunk_bytes).max(1);
-        let mut edge = [0f32; 32 * 32];
         for a0 in (0..a_strips).step_by(per_block) {
             for q0 in (0..ksteps).step_by(kc) {
                 let steps = kc.min(ksteps - q0);
@@ -292,7 +291,7 @@ pub unsafe fn gemm_bf16(
                         let (i0, j0) = (sa * 32, sb * 32);
                         let (rows, cols) = ((m - i0).min(32), (n - j0).min(32));
                         let c_blk = c.add(i0 * ldc + j0);
-                        let (c_bytes, edge_bytes) = (ldc * 4, 32 * 4);
+                        let c_bytes = ldc * 4;
                         if rows == 32 && cols == 32 {
                             let from = match init {
                                 Init::Zero => None,
@@ -302,36 +301,45 @@ pub unsafe fn gemm_bf16(
                             block_32x32(a_chunk, b_chunk, steps, from, c_blk, c_bytes);
                             continue;
                         }
-                        // An edge block goes through a full 32×32 copy.
-                        edge.fill(0.0);
-                        for r in 0..rows {
-                            let src = match init {
-                                Init::Zero => continue,
-                                Init::C => c_blk.add(r * ldc) as *const f32,
-                                Init::Bias(bias) => bias.add(j0),
-                            };
-                            let src = std::slice::from_raw_parts(src, cols);
-                            edge[r * 32..r * 32 + cols].copy_from_slice(src);
-                        }
-                        let e = edge.as_mut_ptr();
-                        block_32x32(
-                            a_chunk,
-                            b_chunk,
-                            steps,
-                            Some((e, edge_bytes)),
-                            e,
-                            edge_bytes,
-                        );
-                        for r in 0..rows {
-                            let dst = std::slice::from_raw_parts_mut(c_blk.add(r * ldc), cols);
-                            dst.copy_from_slice(&edge[r * 32..r * 32 + cols]);
-                        }
+                        edge_block(a_chunk, b_chunk, steps, init, c_blk, ldc, rows, cols, j0);
                     }
                 }
             }
         }
         asm!("tilerelease", options(nostack, nomem));
     });
+}
+
+/// A block cut by C's edge (`rows` × `cols` of it real) through a full 32×32 copy.
+///
+/// SAFETY: as `block_32x32`, with `c` addressing `rows` rows of `cols` f32, `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_block(
+    a: *const u32,
+    b: *const u32,
+    ksteps: usize,
+    init: Init,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    j0: usize,
+) {
+    let mut edge = [0f32; 32 * 32];
+    for r in 0..rows {
+        let src = match init {
+            Init::Zero => break,
+            Init::C => c.add(r * ldc) as *const f32,
+            Init::Bias(bias) => bias.add(j0),
+        };
+        edge[r * 32..r * 32 + cols].copy_from_slice(std::slice::from_raw_parts(src, cols));
+    }
+    let e = edge.as_mut_ptr();
+    block_32x32(a, b, ksteps, Some((e, 32 * 4)), e, 32 * 4);
+    for r in 0..rows {
+        let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        dst.copy_from_slice(&edge[r * 32..r * 32 + cols]);
+    }
 }
 
 /// One 32×32 block of C from an A strip and a B strip over `ksteps` k-steps: the sums start
