@@ -262,7 +262,6 @@ pub unsafe fn gemm_bf16(
 ) {
     let ksteps = k.div_ceil(KSTEP);
     PACKED.with_borrow_mut(|p| {
-        pack(a, m, k, true, &mut p.a);
         // op(b) lines are its columns: element (j, kk) is at j·cs + kk·rs.
         let b_lines = Operand {
             rs: b.cs,
@@ -274,20 +273,33 @@ pub unsafe fn gemm_bf16(
         asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let (a_strips, b_strips) = (m.div_ceil(32), n.div_ceil(32));
         // k is cut into equal chunks of at most KC_STEPS so a B strip's chunk (up to 32 KiB)
-        // stays in L1 while the A strips of a block (up to 1 MiB, in L2) pass under it; C
-        // carries the sum from one chunk to the next.
+        // stays in L1 while the A strips of a block (up to 1 MiB per chunk, in L2) pass under
+        // it; C carries the sum from one chunk to the next. A is packed one block of rows at a
+        // time, so its buffer stays a few MiB however tall A is.
         let chunks = ksteps.div_ceil(KC_STEPS);
         let kc = ksteps.div_ceil(chunks);
         let chunk_bytes = kc * 2 * TILE * 4;
         let per_block = (A_BLOCK_BYTES / chunk_bytes).max(1);
         for a0 in (0..a_strips).step_by(per_block) {
+            let i_block = a0 * 32;
+            let a_block = Operand {
+                ptr: a.ptr.wrapping_offset(i_block as isize * a.rs),
+                ..a
+            };
+            pack(
+                a_block,
+                (m - i_block).min(per_block * 32),
+                k,
+                true,
+                &mut p.a,
+            );
             for q0 in (0..ksteps).step_by(kc) {
                 let steps = kc.min(ksteps - q0);
                 let init = if q0 > 0 { Init::C } else { init };
                 for sb in 0..b_strips {
                     let b_chunk = p.b.as_ptr().add(tile_at(sb, q0, 0, ksteps));
                     for sa in a0..(a0 + per_block).min(a_strips) {
-                        let a_chunk = p.a.as_ptr().add(tile_at(sa, q0, 0, ksteps));
+                        let a_chunk = p.a.as_ptr().add(tile_at(sa - a0, q0, 0, ksteps));
                         let (i0, j0) = (sa * 32, sb * 32);
                         let (rows, cols) = ((m - i0).min(32), (n - j0).min(32));
                         let c_blk = c.add(i0 * ldc + j0);

@@ -705,13 +705,18 @@ mod tests {
         };
         assert_eq!(provider_for(MatmulPrecision::Medium), amx);
         let mut rng = Rng::new(2);
-        // Edges in every dimension (rows, columns, k not multiples of 16 / 32) and full blocks.
+        // Edges in every dimension (rows, columns, k not multiples of 16 / 32) and full blocks;
+        // then A taller than one packed block (1,024 rows at k = 512), k longer than one chunk
+        // (16 steps of 32), and both.
         for &(m, n, k) in &[
             (16, 16, 32),
             (70, 65, 80),
             (130, 40, 90),
             (40, 130, 33),
             (64, 96, 300),
+            (1100, 40, 512),
+            (40, 130, 600),
+            (1700, 20, 600),
         ] {
             let a = normal(&mut rng, m * k);
             let b = normal(&mut rng, k * n);
@@ -741,13 +746,13 @@ mod tests {
                         worst > 1e-4 && worst < 0.05 * (k as f32).sqrt(),
                         "error {worst}"
                     );
-                    let bias: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.01).collect();
+                    let bias = normal(&mut rng, m * n);
                     let mut c = bias.clone();
                     matmul_with(amx, ta, tb, m, n, k, &a, &b, &mut c, true);
                     for ((x, y), b0) in c.iter().zip(&want).zip(&bias) {
                         assert!(
                             (x - y - b0).abs() < 1e-4 * (1.0 + y.abs()),
-                            "accumulate {ta:?}{tb:?}"
+                            "accumulate {ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y} + {b0}"
                         );
                     }
                 }
