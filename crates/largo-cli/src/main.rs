@@ -94,6 +94,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     largo::backend::set_matmul_precision(cli.matmul_precision);
+    // Training and benchmarks print it in their own lines; elsewhere say it once on stderr
+    // when it is not f32, since outputs then differ from f32 ones in the third digit.
+    let logs_own = matches!(cli.command, Command::Train(_) | Command::Bench(_));
+    if cli.matmul_precision != largo::backend::MatmulPrecision::Highest && !logs_own {
+        eprintln!("{}", largo::backend::describe_matmul_precision());
+    }
     let res = match cli.command {
         Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),

@@ -257,7 +257,7 @@ fn embed_at_medium_matmul_precision_stays_close_to_sentence_transformers() {
     let m = dir.join("mean");
     let mut worst_cos = 1f64;
     for precision in ["highest", "medium"] {
-        let out = ok(&largo(
+        let run = largo(
             tmp.path(),
             &[
                 "--matmul-precision",
@@ -268,7 +268,15 @@ fn embed_at_medium_matmul_precision_stays_close_to_sentence_transformers() {
                 "--input",
                 "in.jsonl",
             ],
-        ));
+        );
+        let out = ok(&run);
+        // Not f32: said on stderr, stdout stays JSON lines.
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(
+            err.contains("matmul precision medium"),
+            precision == "medium",
+            "{err}"
+        );
         assert_eq!(out.lines().count(), sentences.len());
         for (line, want) in out
             .lines()
