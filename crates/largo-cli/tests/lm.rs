@@ -39,13 +39,19 @@ const TINY_GPT: &[&str] = &[
 ];
 
 fn train_tiny(dir: &Path, data: &str, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
+    train_tiny_with(dir, &[], data, name, extra)
+}
+
+/// `train_tiny` with global flags (`--threads`, `--matmul-precision`, …) before `train`.
+fn train_tiny_with(dir: &Path, flags: &[&str], data: &str, name: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    args.extend([
         "train".to_string(),
         "--set".into(),
         format!("data.path={data}"),
         "--set".into(),
         format!("run.name={name}"),
-    ];
+    ]);
     for kv in TINY_GPT.iter().chain(extra) {
         args.push("--set".into());
         args.push(kv.to_string());
@@ -268,15 +274,7 @@ fn medium_matmul_precision_trains_like_f32_and_bad_precisions_are_refused() {
     ok(&f32_run);
     let log = String::from_utf8_lossy(&f32_run.stderr);
     assert!(log.contains("matmul precision highest (f32)"), "{log}");
-    let mut args = vec!["--matmul-precision", "medium", "train"];
-    let sets: Vec<String> = [format!("data.path={data}"), "run.name=medium".into()]
-        .into_iter()
-        .chain(TINY_GPT.iter().map(|s| s.to_string()))
-        .collect();
-    for kv in &sets {
-        args.extend(["--set", kv]);
-    }
-    let medium = largo(t, &args);
+    let medium = train_tiny_with(t, &["--matmul-precision", "medium"], data, "medium", &[]);
     ok(&medium);
     let log = String::from_utf8_lossy(&medium.stderr);
     assert!(log.contains("matmul precision medium ("), "{log}");

@@ -369,13 +369,8 @@ fn matmul_impl(
         // distinct blocks write disjoint elements of c (different rows or different columns),
         // and a and b are only read. The buffers outlive the rayon scope below.
         unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if provider == GemmProvider::AmxBf16 {
-                let accumulate = matches!(init, Start::C);
-                amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias);
-                return;
-            }
-            let accumulate = match bias {
+            // The f32 providers start from c: the bias is copied into the block's rows first.
+            let f32_start = || match bias {
                 Some(bias) => {
                     for r in 0..mm {
                         let row = (c_blk as *mut f32).add(r * n);
@@ -387,12 +382,15 @@ fn matmul_impl(
             };
             match provider {
                 GemmProvider::GemmCrate => {
-                    gemm_crate_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate)
+                    gemm_crate_block(mm, nn, k, a_blk, b_blk, c_blk, n, f32_start())
                 }
                 #[cfg(feature = "mkl")]
-                GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate),
+                GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, f32_start()),
                 #[cfg(target_arch = "x86_64")]
-                GemmProvider::AmxBf16 => unreachable!("handled above"),
+                GemmProvider::AmxBf16 => {
+                    let accumulate = matches!(init, Start::C);
+                    amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias)
+                }
             }
         }
     };
