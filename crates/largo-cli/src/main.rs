@@ -27,8 +27,9 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
     /// Precision of matrix products, as PyTorch's `set_float32_matmul_precision`: `highest`
-    /// (f32) or `medium` (operands rounded to bfloat16, sums in f32; fast on CPUs with AMX,
-    /// f32 elsewhere).
+    /// (f32), `high` (each operand as two bfloat16, three bf16 products, sums in f32) or
+    /// `medium` (operands rounded to bfloat16, sums in f32); high and medium run on AMX tiles,
+    /// f32 on CPUs without them.
     #[arg(long, global = true, default_value = "highest", value_parser = parse_precision)]
     matmul_precision: largo::backend::MatmulPrecision,
     #[command(subcommand)]

@@ -1,12 +1,12 @@
 //! GFLOP/s of the operand layouts the models use (NN, NT, TN) on their shapes, one thread, by
-//! thread CPU time (fastest of 20): `cargo run --release -p largo --example gemm_layouts [highest|medium]`.
+//! thread CPU time (fastest of 20): `cargo run --release -p largo --example gemm_layouts [highest|high|medium]`.
 mod common;
 
 use common::cpu_now;
 use largo::backend::cpu::*;
 fn main() {
     let precision = std::env::args().nth(1).unwrap_or("highest".into());
-    set_matmul_precision(precision.parse().expect("highest or medium"));
+    set_matmul_precision(precision.parse().expect("highest, high or medium"));
     println!("matmul precision {precision}, 1 thread, GFLOP/s");
     let shapes = [
         ("bert q/k/v", 1700, 384, 384),

@@ -1,13 +1,18 @@
-//! bf16 GEMM on Intel AMX tiles: `matmul` at "medium" precision (PyTorch's name for it). Both
-//! operands are rounded to bfloat16 (8 significant bits, f32's range) and every product is
-//! summed in f32 by `TDPBF16PS`, one instruction doing 16×16×32 multiply-adds.
+//! bf16 GEMM on Intel AMX tiles: `matmul` at "medium" and "high" precision (PyTorch's names).
+//! At medium both operands are rounded to bfloat16 (8 significant bits, f32's range) and every
+//! product is summed in f32 by `TDPBF16PS`, one instruction doing 16×16×32 multiply-adds.
+//!
+//! At high ("bf16x3") each f32 is split into two bf16, `x ≈ hi + lo` with `lo = bf16(x − hi)`
+//! (16 significant bits together), and `a·b ≈ hi·hi + hi·lo + lo·hi`: three tile products, the
+//! dropped `lo·lo` and the rounding of `lo` leave a relative error near 2⁻¹⁶ per product instead
+//! of medium's 2⁻⁸.
 //!
 //! Layout. A tile is 16 rows of 64 bytes, i.e. 16 × 16 `u32`, each `u32` a pair of bf16 (the
 //! lower k in the low half). A tile of A holds 16 rows of op(a) × 32 k; a tile of B holds 16
 //! k-pairs × 16 columns of op(b) (the "VNNI" layout the instruction wants). Both operands are
 //! packed once per call into strips of 32 rows (A) or 32 columns (B), k-step by k-step, each
-//! step two tiles (rows/columns 0–15 then 16–31), zero-padded to whole tiles, so the kernel
-//! reads every tile contiguously. The register block is 2×2 C tiles (32×32 f32) in tmm0–3, with
+//! step two tiles (rows/columns 0–15 then 16–31; at high, the two `hi` tiles then the two `lo`
+//! ones), zero-padded to whole tiles, so the kernel reads every tile contiguously. The register block is 2×2 C tiles (32×32 f32) in tmm0–3, with
 //! A in tmm4–5 and B in tmm6–7.
 //!
 //! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly; the
@@ -24,8 +29,10 @@ const TILE: usize = 256;
 const KSTEP: usize = 32;
 /// Bytes of packed A kept hot while every B strip passes over it (L2 holds 2 MiB per core).
 const A_BLOCK_BYTES: usize = 1 << 20;
-/// Most k-steps in one chunk of the k loop.
-const KC_STEPS: usize = 16;
+/// Most k-steps in one chunk of the k loop (k = 2048). Each chunk after the first reloads C, which
+/// cost more than keeping a B strip's chunk in L1 saved (measured: with chunks of 16 steps, k =
+/// 1536 ran at 614 GFLOP/s at medium; in one chunk, 762).
+const KC_STEPS: usize = 64;
 
 /// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 BF16, and the kernel lets this process use
 /// the tile registers (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); checked once.
@@ -85,44 +92,88 @@ pub enum Init {
     Bias(*const f32),
 }
 
+/// One 64-byte tile row, aligned to a cache line: a tile row that straddles two lines loads at
+/// a quarter of the speed (measured: 2.0 vs 0.5 TFLOP/s with both operands in L1).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Default)]
+struct TileRow([u32; 16]);
+
 /// Packed operands, one set per thread, grown as needed and kept between calls.
 #[derive(Default)]
 struct Packed {
-    a: Vec<u32>,
-    b: Vec<u32>,
+    a: Vec<TileRow>,
+    b: Vec<TileRow>,
 }
 
 thread_local! {
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
 }
 
-/// Offset (in u32) of tile `half` of k-step `q` of strip `strip`.
-fn tile_at(strip: usize, q: usize, half: usize, ksteps: usize) -> usize {
-    ((strip * ksteps + q) * 2 + half) * TILE
+/// How many bf16 terms each f32 operand becomes: one at medium, two (`hi`, `lo`) at high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terms {
+    One,
+    Two,
 }
 
-/// bf16 of `len.min(16)` contiguous f32 at `src` (round to nearest even), zeros after them.
-/// Masked lanes are not read, so `src` may point past the operand when `len` is 0.
+impl Terms {
+    fn count(self) -> usize {
+        match self {
+            Terms::One => 1,
+            Terms::Two => 2,
+        }
+    }
+}
+
+/// Offset (in u32) of the first tile (`hi`, rows/columns 0–15) of k-step `q` of strip `strip`;
+/// a step holds `2 × parts` tiles.
+fn step_at(strip: usize, q: usize, ksteps: usize, parts: usize) -> usize {
+    (strip * ksteps + q) * 2 * parts * TILE
+}
+
+/// bf16 of `len.min(16)` contiguous f32 at `src` (round to nearest even), zeros after them,
+/// and with `SPLIT` the bf16 of what that rounding left (`x − hi`). Masked lanes are not read,
+/// so `src` may point past the operand when `len` is 0.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn bf16x16(src: *const f32, len: usize) -> __m256i {
+unsafe fn bf16x16<const SPLIT: bool>(src: *const f32, len: usize) -> [__m256i; 2] {
     let mask: __mmask16 = if len >= 16 { 0xffff } else { (1 << len) - 1 };
-    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src)))
+    let x = _mm512_maskz_loadu_ps(mask, src);
+    let hi: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
+    if !SPLIT {
+        return [hi, _mm256_setzero_si256()];
+    }
+    // hi back in f32 is its 16 bits shifted to the top of each lane (exact).
+    let hi_f32 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
+    let lo: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_sub_ps(x, hi_f32)));
+    [hi, lo]
 }
 
-/// 32 contiguous values (`len` of them real) as 16 bf16 pairs: one row of an A tile.
+/// 32 contiguous values (`len` of them real) as 16 bf16 pairs: one row of an A tile, for each
+/// term.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pairs_along(src: *const f32, len: usize) -> __m512i {
-    let lo = bf16x16(src, len);
-    let hi = bf16x16(src.wrapping_add(16), len.saturating_sub(16));
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+unsafe fn pairs_along<const SPLIT: bool>(src: *const f32, len: usize) -> [__m512i; 2] {
+    let first = bf16x16::<SPLIT>(src, len);
+    let second = bf16x16::<SPLIT>(src.wrapping_add(16), len.saturating_sub(16));
+    [0, 1].map(|t| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first[t]), second[t]))
 }
 
-/// Pairs (x0[j], x1[j]) of 16 columns of two lines (`len` real): one row of a B tile.
+/// Pairs (x0[j], x1[j]) of 16 columns of two lines (`len` real): one row of a B tile, for each
+/// term.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pairs_across(x0: *const f32, x1: *const f32, len0: usize, len1: usize) -> __m512i {
-    let lo = _mm512_cvtepu16_epi32(bf16x16(x0, len0));
-    let hi = _mm512_cvtepu16_epi32(bf16x16(x1, len1));
-    _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+unsafe fn pairs_across<const SPLIT: bool>(
+    x0: *const f32,
+    x1: *const f32,
+    len0: usize,
+    len1: usize,
+) -> [__m512i; 2] {
+    let (even, odd) = (bf16x16::<SPLIT>(x0, len0), bf16x16::<SPLIT>(x1, len1));
+    [0, 1].map(|t| {
+        let (e, o) = (
+            _mm512_cvtepu16_epi32(even[t]),
+            _mm512_cvtepu16_epi32(odd[t]),
+        );
+        _mm512_or_si512(e, _mm512_slli_epi32::<16>(o))
+    })
 }
 
 /// The 16×16 u32 block whose row c is column c of `r`.
@@ -159,7 +210,7 @@ unsafe fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
 }
 
 /// Packs `lines` lines (rows of op(a), or columns of op(b)) of an operand into tiles: each line
-/// a tile row (`as_a`) or a tile column (B's VNNI layout).
+/// a tile row (`as_a`) or a tile column (B's VNNI layout); with `SPLIT`, a `hi` and a `lo` tile.
 ///
 /// Sixteen vectors of pairs are read per tile, either along lines (k contiguous: a line's 32
 /// k values) or across them (lines contiguous: k and k+1 of 16 lines); when that is not the
@@ -167,13 +218,20 @@ unsafe fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
 ///
 /// SAFETY: `x` addresses `lines × k` readable elements (line index first).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack(x: Operand, lines: usize, k: usize, as_a: bool, out: &mut Vec<u32>) {
+unsafe fn pack<const SPLIT: bool>(
+    x: Operand,
+    lines: usize,
+    k: usize,
+    as_a: bool,
+    out: &mut Vec<TileRow>,
+) {
     let ksteps = k.div_ceil(KSTEP);
     let strips = lines.div_ceil(32);
+    let parts = if SPLIT { 2 } else { 1 };
     // Every tile is written in full below, so the buffer is only grown, never cleared.
-    let need = strips * ksteps * 2 * TILE;
+    let need = strips * ksteps * 2 * parts * TILE / 16;
     if out.len() < need {
-        out.resize(need, 0);
+        out.resize(need, TileRow::default());
     }
     // Element (line, kk) of the operand.
     let at = |line: usize, kk: usize| {
@@ -184,26 +242,36 @@ unsafe fn pack(x: Operand, lines: usize, k: usize, as_a: bool, out: &mut Vec<u32
     let mut tile = |strip: usize, half: usize, q: usize| {
         let (l0, k0) = (strip * 32 + half * 16, q * KSTEP);
         let real_lines = lines.saturating_sub(l0).min(16);
-        let mut v = [_mm512_setzero_si512(); 16];
-        for (i, vi) in v.iter_mut().enumerate() {
-            if x.k_contiguous {
+        // hi[i], lo[i]: row i of the hi tile and of the lo tile (with SPLIT).
+        let mut hi = [_mm512_setzero_si512(); 16];
+        let mut lo = [_mm512_setzero_si512(); 16];
+        for (i, (hi, lo)) in hi.iter_mut().zip(&mut lo).enumerate() {
+            [*hi, *lo] = if x.k_contiguous {
                 // Line l0 + i, k0..k0+32.
-                if i < real_lines {
-                    *vi = pairs_along(at(l0 + i, k0), k - k0);
+                if i >= real_lines {
+                    continue;
                 }
+                pairs_along::<SPLIT>(at(l0 + i, k0), k - k0)
             } else {
                 // k0 + 2i and k0 + 2i + 1 of lines l0..l0+16.
                 let (ka, kb) = (k0 + 2 * i, k0 + 2 * i + 1);
                 let len = |kk: usize| if kk < k { real_lines } else { 0 };
-                *vi = pairs_across(at(l0, ka), at(l0, kb), len(ka), len(kb));
+                pairs_across::<SPLIT>(at(l0, ka), at(l0, kb), len(ka), len(kb))
+            };
+        }
+        let mut v = [hi, lo];
+        let step = out
+            .as_mut_ptr()
+            .cast::<u32>()
+            .add(step_at(strip, q, ksteps, parts));
+        for (part, tile) in v.iter_mut().take(parts).enumerate() {
+            if transpose {
+                *tile = transpose_16x16(*tile);
             }
-        }
-        if transpose {
-            v = transpose_16x16(v);
-        }
-        let dst = out.as_mut_ptr().add(tile_at(strip, q, half, ksteps));
-        for (i, vi) in v.iter().enumerate() {
-            _mm512_storeu_si512(dst.add(16 * i).cast(), *vi);
+            let dst = step.add((part * 2 + half) * TILE);
+            for (i, row) in tile.iter().enumerate() {
+                _mm512_storeu_si512(dst.add(16 * i).cast(), *row);
+            }
         }
     };
     // Walk memory in the order it is stored: line by line when k is contiguous, else k by k
@@ -243,7 +311,8 @@ impl TileConfig {
     }
 }
 
-/// `c = init + op(a) · op(b)` for `m × n` of C with row stride `ldc`, on the calling thread.
+/// `c = init + op(a) · op(b)` for `m × n` of C with row stride `ldc`, on the calling thread,
+/// each operand as `terms` bf16 values.
 ///
 /// # Safety
 /// `available()` is true; `a` addresses `m × k` and `b` `k × n` readable elements; `c`
@@ -259,8 +328,14 @@ pub unsafe fn gemm_bf16(
     c: *mut f32,
     ldc: usize,
     init: Init,
+    terms: Terms,
 ) {
     let ksteps = k.div_ceil(KSTEP);
+    let parts = terms.count();
+    let pack_lines = |x: Operand, lines: usize, as_a: bool, out: &mut Vec<TileRow>| match terms {
+        Terms::One => pack::<false>(x, lines, k, as_a, out),
+        Terms::Two => pack::<true>(x, lines, k, as_a, out),
+    };
     PACKED.with_borrow_mut(|p| {
         // op(b) lines are its columns: element (j, kk) is at j·cs + kk·rs.
         let b_lines = Operand {
@@ -268,17 +343,17 @@ pub unsafe fn gemm_bf16(
             cs: b.rs,
             ..b
         };
-        pack(b_lines, n, k, false, &mut p.b);
+        pack_lines(b_lines, n, false, &mut p.b);
         let cfg = TileConfig::all_full();
         asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let (a_strips, b_strips) = (m.div_ceil(32), n.div_ceil(32));
-        // k is cut into equal chunks of at most KC_STEPS so a B strip's chunk (up to 32 KiB)
-        // stays in L1 while the A strips of a block (up to 1 MiB per chunk, in L2) pass under
-        // it; C carries the sum from one chunk to the next. A is packed one block of rows at a
-        // time, so its buffer stays a few MiB however tall A is.
+        // k is cut into equal chunks of at most KC_STEPS; the A strips of a block (up to 1 MiB
+        // per chunk, in L2) pass under each B strip's chunk; C carries the sum from one chunk
+        // to the next. A is packed one block of rows at a time, so its buffer stays a few MiB
+        // however tall A is.
         let chunks = ksteps.div_ceil(KC_STEPS);
         let kc = ksteps.div_ceil(chunks);
-        let chunk_bytes = kc * 2 * TILE * 4;
+        let chunk_bytes = kc * 2 * parts * TILE * 4;
         let per_block = (A_BLOCK_BYTES / chunk_bytes).max(1);
         for a0 in (0..a_strips).step_by(per_block) {
             let i_block = a0 * 32;
@@ -286,20 +361,20 @@ pub unsafe fn gemm_bf16(
                 ptr: a.ptr.wrapping_offset(i_block as isize * a.rs),
                 ..a
             };
-            pack(
-                a_block,
-                (m - i_block).min(per_block * 32),
-                k,
-                true,
-                &mut p.a,
-            );
+            pack_lines(a_block, (m - i_block).min(per_block * 32), true, &mut p.a);
             for q0 in (0..ksteps).step_by(kc) {
                 let steps = kc.min(ksteps - q0);
                 let init = if q0 > 0 { Init::C } else { init };
                 for sb in 0..b_strips {
-                    let b_chunk = p.b.as_ptr().add(tile_at(sb, q0, 0, ksteps));
+                    let b_chunk =
+                        p.b.as_ptr()
+                            .cast::<u32>()
+                            .add(step_at(sb, q0, ksteps, parts));
                     for sa in a0..(a0 + per_block).min(a_strips) {
-                        let a_chunk = p.a.as_ptr().add(tile_at(sa - a0, q0, 0, ksteps));
+                        let a_chunk =
+                            p.a.as_ptr()
+                                .cast::<u32>()
+                                .add(step_at(sa - a0, q0, ksteps, parts));
                         let (i0, j0) = (sa * 32, sb * 32);
                         let (rows, cols) = ((m - i0).min(32), (n - j0).min(32));
                         let c_blk = c.add(i0 * ldc + j0);
@@ -310,10 +385,12 @@ pub unsafe fn gemm_bf16(
                                 Init::C => Some((c_blk as *const f32, c_bytes)),
                                 Init::Bias(bias) => Some((bias.add(j0), 0)),
                             };
-                            block_32x32(a_chunk, b_chunk, steps, from, c_blk, c_bytes);
+                            let (a, b) = (a_chunk, b_chunk);
+                            block_32x32(a, b, steps, terms, from, c_blk, c_bytes);
                             continue;
                         }
-                        edge_block(a_chunk, b_chunk, steps, init, c_blk, ldc, rows, cols, j0);
+                        let (a, b) = (a_chunk, b_chunk);
+                        edge_block(a, b, steps, terms, init, c_blk, ldc, rows, cols, j0);
                     }
                 }
             }
@@ -330,6 +407,7 @@ unsafe fn edge_block(
     a: *const u32,
     b: *const u32,
     ksteps: usize,
+    terms: Terms,
     init: Init,
     c: *mut f32,
     ldc: usize,
@@ -347,7 +425,7 @@ unsafe fn edge_block(
         edge[r * 32..r * 32 + cols].copy_from_slice(std::slice::from_raw_parts(src, cols));
     }
     let e = edge.as_mut_ptr();
-    block_32x32(a, b, ksteps, Some((e, 32 * 4)), e, 32 * 4);
+    block_32x32(a, b, ksteps, terms, Some((e, 32 * 4)), e, 32 * 4);
     for r in 0..rows {
         let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
         dst.copy_from_slice(&edge[r * 32..r * 32 + cols]);
@@ -358,12 +436,13 @@ unsafe fn edge_block(
 /// from the 32×32 f32 at `from` (row stride in bytes; 0 repeats one row) or from zero, and
 /// end in `c` (row stride `c_stride` bytes).
 ///
-/// SAFETY: tiles configured by `ldtilecfg`; both strips hold `ksteps` packed steps; `from`
-/// addresses its 32 rows (one row when its stride is 0) and `c` 32 rows, 32 f32 each.
+/// SAFETY: tiles configured by `ldtilecfg`; both strips hold `ksteps` packed steps of `terms`;
+/// `from` addresses its 32 rows (one row when its stride is 0) and `c` 32 rows, 32 f32 each.
 unsafe fn block_32x32(
     a: *const u32,
     b: *const u32,
     ksteps: usize,
+    terms: Terms,
     from: Option<(*const f32, usize)>,
     c: *mut f32,
     c_stride: usize,
@@ -388,6 +467,25 @@ unsafe fn block_32x32(
             options(nostack, nomem)
         );
     }
+    match terms {
+        Terms::One => products_bf16(a, b, ksteps),
+        Terms::Two => products_bf16x3(a, b, ksteps),
+    }
+    let (c1, c2) = (c.add(16), c.byte_add(16 * c_stride));
+    asm!(
+        "tilestored [{c0} + {s}*1], tmm0",
+        "tilestored [{c1} + {s}*1], tmm1",
+        "tilestored [{c2} + {s}*1], tmm2",
+        "tilestored [{c3} + {s}*1], tmm3",
+        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c2.add(16), s = in(reg) c_stride,
+        options(nostack),
+    );
+}
+
+/// tmm0–3 += A strip · B strip over `ksteps` steps of one term each.
+///
+/// SAFETY: as `block_32x32`.
+unsafe fn products_bf16(a: *const u32, b: *const u32, ksteps: usize) {
     for q in 0..ksteps {
         let (a0, b0) = (a.add(q * 2 * TILE), b.add(q * 2 * TILE));
         // Loads interleaved with the products that need them, so the first product starts early.
@@ -405,13 +503,47 @@ unsafe fn block_32x32(
             options(nostack, readonly),
         );
     }
-    let (c1, c2) = (c.add(16), c.byte_add(16 * c_stride));
-    asm!(
-        "tilestored [{c0} + {s}*1], tmm0",
-        "tilestored [{c1} + {s}*1], tmm1",
-        "tilestored [{c2} + {s}*1], tmm2",
-        "tilestored [{c3} + {s}*1], tmm3",
-        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c2.add(16), s = in(reg) c_stride,
-        options(nostack),
-    );
+}
+
+/// tmm0–3 += A strip · B strip over `ksteps` steps of two terms each: hi·lo, then hi·hi, then
+/// lo·hi, an order that keeps B's hi tiles loaded across the switch of A from hi to lo (eight
+/// tile loads for twelve products). Tile registers are not renamed, so each load is placed
+/// after the last product that reads the register it overwrites.
+///
+/// SAFETY: as `block_32x32`.
+unsafe fn products_bf16x3(a: *const u32, b: *const u32, ksteps: usize) {
+    for q in 0..ksteps {
+        let (a0, b0) = (a.add(q * 4 * TILE), b.add(q * 4 * TILE));
+        asm!(
+            // A hi (tmm4, tmm5) · B lo (tmm6, tmm7)
+            "tileloadd tmm4, [{a_hi0} + {s}*1]",
+            "tileloadd tmm6, [{b_lo0} + {s}*1]",
+            "tileloadd tmm5, [{a_hi1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b_lo1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            // A hi · B hi
+            "tileloadd tmm6, [{b_hi0} + {s}*1]",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b_hi1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            // A lo · B hi
+            "tileloadd tmm4, [{a_lo0} + {s}*1]",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm5, [{a_lo1} + {s}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a_hi0 = in(reg) a0, a_hi1 = in(reg) a0.add(TILE),
+            a_lo0 = in(reg) a0.add(2 * TILE), a_lo1 = in(reg) a0.add(3 * TILE),
+            b_hi0 = in(reg) b0, b_hi1 = in(reg) b0.add(TILE),
+            b_lo0 = in(reg) b0.add(2 * TILE), b_lo1 = in(reg) b0.add(3 * TILE),
+            s = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
 }

@@ -6,7 +6,9 @@
 //!
 //! At "medium" matmul precision (`set_matmul_precision`, PyTorch's
 //! `torch.set_float32_matmul_precision("medium")`) `matmul` rounds both operands to bfloat16
-//! and multiplies on AMX tiles with f32 sums (`amx.rs`) where the CPU has them.
+//! and multiplies on AMX tiles with f32 sums (`amx.rs`) where the CPU has them; at "high" each
+//! operand is the sum of two bfloat16 and the product takes three bf16 products ("bf16x3",
+//! what PyTorch's "high" means on such CPUs).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -26,6 +28,9 @@ pub enum GemmProvider {
     /// bf16 products with f32 sums on AMX tiles: "medium" precision, not an f32 GEMM.
     #[cfg(target_arch = "x86_64")]
     AmxBf16,
+    /// Each operand as two bf16, three bf16 products summed in f32 on AMX tiles: "high".
+    #[cfg(target_arch = "x86_64")]
+    AmxBf16x3,
 }
 
 impl GemmProvider {
@@ -36,20 +41,22 @@ impl GemmProvider {
             GemmProvider::Mkl => "mkl",
             #[cfg(target_arch = "x86_64")]
             GemmProvider::AmxBf16 => "amx bf16 (medium)",
+            #[cfg(target_arch = "x86_64")]
+            GemmProvider::AmxBf16x3 => "amx bf16x3 (high)",
         }
     }
 
-    /// Whether the provider computes in f32 (all but the bf16 one).
+    /// Whether the provider computes in f32 (all but the AMX ones).
     pub fn is_f32(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self == GemmProvider::AmxBf16 {
+        if matches!(self, GemmProvider::AmxBf16 | GemmProvider::AmxBf16x3) {
             return false;
         }
         true
     }
 
     /// Every provider this build and CPU can run: the f32 ones (the default first), then the
-    /// bf16 one when the CPU has AMX.
+    /// bf16 ones when the CPU has AMX.
     pub fn all() -> Vec<GemmProvider> {
         #[allow(unused_mut)]
         let mut v = vec![GemmProvider::GemmCrate];
@@ -57,7 +64,7 @@ impl GemmProvider {
         v.insert(0, GemmProvider::Mkl);
         #[cfg(target_arch = "x86_64")]
         if super::amx::available() {
-            v.push(GemmProvider::AmxBf16);
+            v.extend([GemmProvider::AmxBf16x3, GemmProvider::AmxBf16]);
         }
         v
     }
@@ -76,15 +83,26 @@ pub fn default_provider() -> GemmProvider {
 pub enum MatmulPrecision {
     /// f32 products and sums (the default).
     Highest,
+    /// Each operand split into two bfloat16 (`hi + lo`, 16 significant bits), three bf16
+    /// products summed in f32 (relative error near 2⁻¹⁶ per product) on CPUs with AMX, f32
+    /// elsewhere.
+    High,
     /// Operands rounded to bfloat16 (8 significant bits), products summed in f32: 2.5–3.5×
     /// the f32 GEMM rate on CPUs with AMX (measured here, packing included), f32 elsewhere.
     Medium,
 }
 
 impl MatmulPrecision {
+    pub const ALL: [MatmulPrecision; 3] = [
+        MatmulPrecision::Highest,
+        MatmulPrecision::High,
+        MatmulPrecision::Medium,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             MatmulPrecision::Highest => "highest",
+            MatmulPrecision::High => "high",
             MatmulPrecision::Medium => "medium",
         }
     }
@@ -95,10 +113,11 @@ impl std::str::FromStr for MatmulPrecision {
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {
             "highest" => Ok(MatmulPrecision::Highest),
+            "high" => Ok(MatmulPrecision::High),
             "medium" => Ok(MatmulPrecision::Medium),
             _ => Err(crate::Error::Invalid(format!(
-                "unknown matmul precision `{s}`: expected `highest` (f32) or `medium` (bf16 \
-                 products, f32 sums)"
+                "unknown matmul precision `{s}`: expected `highest` (f32), `high` (bf16x3: three \
+                 bf16 products, f32 sums) or `medium` (bf16 products, f32 sums)"
             ))),
         }
     }
@@ -113,20 +132,18 @@ pub fn set_matmul_precision(p: MatmulPrecision) {
 }
 
 pub fn matmul_precision() -> MatmulPrecision {
-    match PRECISION.load(Ordering::Relaxed) {
-        0 => MatmulPrecision::Highest,
-        _ => MatmulPrecision::Medium,
-    }
+    MatmulPrecision::ALL[PRECISION.load(Ordering::Relaxed) as usize]
 }
 
 /// The precision in force, for logs: `matmul precision highest (f32)`, `… medium (bf16
-/// products on AMX, f32 sums)`, or medium falling back to f32 on a CPU without AMX.
+/// products on AMX, f32 sums)`, or high/medium falling back to f32 on a CPU without AMX.
 pub fn describe_matmul_precision() -> String {
     let p = matmul_precision();
     let what = match (p, active_provider().is_f32()) {
         (MatmulPrecision::Highest, _) => "f32",
+        (MatmulPrecision::High, false) => "bf16x3: three bf16 products on AMX, f32 sums",
         (MatmulPrecision::Medium, false) => "bf16 products on AMX, f32 sums",
-        (MatmulPrecision::Medium, true) => "f32: this CPU has no AMX-BF16",
+        (_, true) => "f32: this CPU has no AMX-BF16",
     };
     format!("matmul precision {} ({what})", p.name())
 }
@@ -136,11 +153,15 @@ pub fn active_provider() -> GemmProvider {
     provider_for(matmul_precision())
 }
 
-/// The provider for a precision: the bf16 one at medium where the CPU has AMX, else f32.
+/// The provider for a precision: a bf16 one at high or medium where the CPU has AMX, else f32.
 pub fn provider_for(precision: MatmulPrecision) -> GemmProvider {
     #[cfg(target_arch = "x86_64")]
-    if precision == MatmulPrecision::Medium && super::amx::available() {
-        return GemmProvider::AmxBf16;
+    if super::amx::available() {
+        match precision {
+            MatmulPrecision::High => return GemmProvider::AmxBf16x3,
+            MatmulPrecision::Medium => return GemmProvider::AmxBf16,
+            MatmulPrecision::Highest => {}
+        }
     }
     default_provider()
 }
@@ -307,7 +328,7 @@ fn matmul_impl(
     }
     // Below one tile of each dimension the bf16 packing costs more than it saves.
     #[cfg(target_arch = "x86_64")]
-    let provider = if provider == GemmProvider::AmxBf16 && (m < 16 || n < 16 || k < 32) {
+    let provider = if !provider.is_f32() && (m < 16 || n < 16 || k < 32) {
         default_provider()
     } else {
         provider
@@ -387,9 +408,14 @@ fn matmul_impl(
                 #[cfg(feature = "mkl")]
                 GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, f32_start()),
                 #[cfg(target_arch = "x86_64")]
-                GemmProvider::AmxBf16 => {
+                GemmProvider::AmxBf16 | GemmProvider::AmxBf16x3 => {
+                    let terms = if provider == GemmProvider::AmxBf16 {
+                        super::amx::Terms::One
+                    } else {
+                        super::amx::Terms::Two
+                    };
                     let accumulate = matches!(init, Start::C);
-                    amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias)
+                    amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias, terms)
                 }
             }
         }
@@ -524,6 +550,7 @@ unsafe fn amx_block(
     ldc: usize,
     accumulate: bool,
     bias: Option<&[f32]>,
+    terms: super::amx::Terms,
 ) {
     use super::amx::{gemm_bf16, Init, Operand};
     // op(a) is [m,k]: k runs along its stored rows when a is not transposed; op(b) is [k,n]:
@@ -547,6 +574,7 @@ unsafe fn amx_block(
             (None, true) => Init::C,
             (None, false) => Init::Zero,
         },
+        terms,
     );
 }
 
@@ -690,22 +718,30 @@ mod tests {
     }
 
     #[test]
-    fn medium_precision_multiplies_bf16_operands_with_f32_sums() {
-        let amx = GemmProvider::all().into_iter().find(|p| !p.is_f32());
+    fn high_and_medium_precision_multiply_bf16_terms_with_f32_sums() {
+        let amx: Vec<_> = GemmProvider::all()
+            .into_iter()
+            .filter(|p| !p.is_f32())
+            .collect();
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(amx.is_some(), super::super::amx::available());
+        assert_eq!(!amx.is_empty(), super::super::amx::available());
         // (The process-wide setting is left alone: other tests run matmuls concurrently.)
         assert!(provider_for(MatmulPrecision::Highest).is_f32());
-        let Some(amx) = amx else {
-            // Without AMX, medium precision is f32.
+        if amx.is_empty() {
+            // Without AMX, high and medium precision are f32.
+            assert!(provider_for(MatmulPrecision::High).is_f32());
             assert!(provider_for(MatmulPrecision::Medium).is_f32());
             return;
-        };
-        assert_eq!(provider_for(MatmulPrecision::Medium), amx);
+        }
+        let (high, medium) = (
+            provider_for(MatmulPrecision::High),
+            provider_for(MatmulPrecision::Medium),
+        );
+        assert_eq!(amx, vec![high, medium]);
         let mut rng = Rng::new(2);
         // Edges in every dimension (rows, columns, k not multiples of 16 / 32) and full blocks;
         // then A taller than one packed block (1,024 rows at k = 512), k longer than one chunk
-        // (16 steps of 32), and both.
+        // (8 or 16 steps of 32), and both.
         for &(m, n, k) in &[
             (16, 16, 32),
             (70, 65, 80),
@@ -718,41 +754,57 @@ mod tests {
         ] {
             let a = normal(&mut rng, m * k);
             let b = normal(&mut rng, k * n);
-            let (a16, b16): (Vec<f32>, Vec<f32>) = (
-                a.iter().map(|&x| to_bf16(x)).collect(),
-                b.iter().map(|&x| to_bf16(x)).collect(),
-            );
+            // Each operand as bf16 terms: hi = bf16(x), lo = bf16(x - hi).
+            let hi = |x: &[f32]| x.iter().map(|&v| to_bf16(v)).collect::<Vec<_>>();
+            let lo = |x: &[f32]| {
+                x.iter()
+                    .map(|&v| to_bf16(v - to_bf16(v)))
+                    .collect::<Vec<_>>()
+            };
+            let (a_hi, a_lo, b_hi, b_lo) = (hi(&a), lo(&a), hi(&b), lo(&b));
             for ta in [Trans::N, Trans::T] {
                 for tb in [Trans::N, Trans::T] {
-                    let want = naive(ta, tb, m, n, k, &a16, &b16);
                     let exact = naive(ta, tb, m, n, k, &a, &b);
-                    let mut c = vec![1f32; m * n];
-                    matmul_with(amx, ta, tb, m, n, k, &a, &b, &mut c, false);
-                    for (x, y) in c.iter().zip(&want) {
-                        assert!(
-                            (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                            "{ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y}"
-                        );
+                    let hi_hi = naive(ta, tb, m, n, k, &a_hi, &b_hi);
+                    let hi_lo = naive(ta, tb, m, n, k, &a_hi, &b_lo);
+                    let lo_hi = naive(ta, tb, m, n, k, &a_lo, &b_hi);
+                    let x3: Vec<f32> = (0..m * n).map(|i| hi_hi[i] + hi_lo[i] + lo_hi[i]).collect();
+                    let mut worst = [0f32; 2];
+                    for (t, (p, want)) in [(high, &x3), (medium, &hi_hi)].into_iter().enumerate() {
+                        let mut c = vec![1f32; m * n];
+                        matmul_with(p, ta, tb, m, n, k, &a, &b, &mut c, false);
+                        for (x, y) in c.iter().zip(want) {
+                            assert!(
+                                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                                "{p:?} {ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y}"
+                            );
+                        }
+                        worst[t] = c
+                            .iter()
+                            .zip(&exact)
+                            .map(|(x, y)| (x - y).abs())
+                            .fold(0f32, f32::max);
+                        let bias = normal(&mut rng, m * n);
+                        let mut c = bias.clone();
+                        matmul_with(p, ta, tb, m, n, k, &a, &b, &mut c, true);
+                        for ((x, y), b0) in c.iter().zip(want).zip(&bias) {
+                            assert!(
+                                (x - y - b0).abs() < 1e-4 * (1.0 + y.abs()),
+                                "{p:?} accumulate {ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y} + {b0}"
+                            );
+                        }
                     }
-                    // Not f32: the rounding of the operands shows (relative 2⁻⁹ per product).
-                    let worst = c
-                        .iter()
-                        .zip(&exact)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0f32, f32::max);
+                    // Neither is f32: the bf16 terms show against the exact product (relative
+                    // 2⁻⁹ per product at medium, near 2⁻¹⁶ at high), high ≥ 30× closer.
+                    let [high_err, medium_err] = worst;
                     assert!(
-                        worst > 1e-4 && worst < 0.05 * (k as f32).sqrt(),
-                        "error {worst}"
+                        medium_err > 1e-4 && medium_err < 0.05 * (k as f32).sqrt(),
+                        "medium error {medium_err}"
                     );
-                    let bias = normal(&mut rng, m * n);
-                    let mut c = bias.clone();
-                    matmul_with(amx, ta, tb, m, n, k, &a, &b, &mut c, true);
-                    for ((x, y), b0) in c.iter().zip(&want).zip(&bias) {
-                        assert!(
-                            (x - y - b0).abs() < 1e-4 * (1.0 + y.abs()),
-                            "accumulate {ta:?}{tb:?} {m}x{n}x{k}: {x} vs {y} + {b0}"
-                        );
-                    }
+                    assert!(
+                        high_err > 1e-7 && high_err < medium_err / 30.0,
+                        "high error {high_err} vs medium {medium_err}"
+                    );
                 }
             }
         }
@@ -808,9 +860,19 @@ mod tests {
             "medium".parse::<MatmulPrecision>().unwrap(),
             MatmulPrecision::Medium
         );
+        assert_eq!(
+            "high".parse::<MatmulPrecision>().unwrap(),
+            MatmulPrecision::High
+        );
+        for p in MatmulPrecision::ALL {
+            assert_eq!(p.name().parse::<MatmulPrecision>().unwrap(), p);
+        }
         let e = "bf16".parse::<MatmulPrecision>().unwrap_err().to_string();
         assert!(
-            e.contains("`bf16`") && e.contains("highest") && e.contains("medium"),
+            e.contains("`bf16`")
+                && e.contains("`highest`")
+                && e.contains("`high`")
+                && e.contains("`medium`"),
             "{e}"
         );
     }
