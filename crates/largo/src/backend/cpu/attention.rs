@@ -6,7 +6,7 @@
 //! This version keeps the T×T probabilities (memory quadratic in T): attention maps read them.
 //! Training and generation use the tiled kernel of `flash.rs`, which never stores them.
 
-use super::gemm::{matmul_serial, Trans};
+use super::gemm::{matmul_rows_serial, matmul_serial, Trans};
 use super::math::{exp_fast, lanes_sum};
 use rayon::prelude::*;
 
@@ -139,6 +139,23 @@ avx512_dispatch! {
     }
 }
 
+avx512_dispatch! {
+    /// In place: each of the rows of `att` (`t` wide) becomes softmax(scale·row). The exp runs
+    /// once over the whole block rather than row by row, so only one short tail is left scalar
+    /// (rows of a sentence's length are rarely a multiple of 16).
+    fn softmax_rows(att: &mut [f32], t: usize, scale: f32) {
+        for row in att.chunks_exact_mut(t) {
+            let max = max_of(row);
+            row.iter_mut().for_each(|x| *x = (*x - max) * scale);
+        }
+        att.iter_mut().for_each(|x| *x = exp_fast(*x));
+        for row in att.chunks_exact_mut(t) {
+            let inv = 1.0 / lanes_sum(row, |x| x);
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
 /// The max in 16 lanes, like `math::lanes_sum`.
 const LANES: usize = 16;
 
@@ -228,43 +245,21 @@ pub fn attention_packed_forward(
         spans.push((row, span));
         (rest, row) = (tail, row + t);
     }
-    #[derive(Default)]
-    struct Scratch {
-        qh: Vec<f32>,
-        kh: Vec<f32>,
-        vh: Vec<f32>,
-        oh: Vec<f32>,
-        att: Vec<f32>,
-    }
-    // Head h of rows [row, row+t) of x [N,C] → dst [t, D].
-    let gather = |x: &[f32], row: usize, t: usize, h: usize, dst: &mut Vec<f32>| {
-        dst.clear();
-        for r in x[row * c..(row + t) * c].chunks_exact(c) {
-            dst.extend_from_slice(&r[h * d..(h + 1) * d]);
-        }
-    };
     spans
         .into_par_iter()
-        .map_init(Scratch::default, |s, (row, out)| {
+        .map_init(Vec::new, |att, (row, out)| {
             let t = out.len() / c;
+            att.resize(t * t, 0.0);
             let mut probs = Vec::new();
             for h in 0..heads {
-                gather(q, row, t, h, &mut s.qh);
-                gather(k, row, t, h, &mut s.kh);
-                gather(v, row, t, h, &mut s.vh);
-                s.att.resize(t * t, 0.0);
-                s.oh.resize(t * d, 0.0);
-                // P = softmax(Q·Kᵀ/√D) [T,T]; O = P·V [T,D].
-                matmul_serial(Trans::N, Trans::T, t, t, d, &s.qh, &s.kh, &mut s.att, false);
-                s.att
-                    .chunks_exact_mut(t)
-                    .for_each(|r| softmax_row(r, scale, None));
-                matmul_serial(Trans::N, Trans::N, t, d, t, &s.att, &s.vh, &mut s.oh, false);
-                for (dst, src) in out.chunks_exact_mut(c).zip(s.oh.chunks_exact(d)) {
-                    dst[h * d..(h + 1) * d].copy_from_slice(src);
-                }
+                // Head h of this sequence's rows: [T, D] views with row stride C.
+                let at = row * c + h * d;
+                // P = softmax(Q·Kᵀ/√D) [T,T]; O = P·V [T,D], into the head's columns of out.
+                matmul_rows_serial(Trans::T, t, t, d, &q[at..], c, &k[at..], c, att, t);
+                softmax_rows(att, t, scale);
+                matmul_rows_serial(Trans::N, t, d, t, att, t, &v[at..], c, &mut out[h * d..], c);
                 if keep_probs {
-                    probs.extend_from_slice(&s.att);
+                    probs.extend_from_slice(att);
                 }
             }
             probs

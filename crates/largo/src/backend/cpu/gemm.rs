@@ -232,6 +232,69 @@ pub fn matmul_serial(
     matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, start);
 }
 
+/// `c = a · op(b)` in f32 on the calling thread, for matrices that are row ranges of wider
+/// row-major buffers (one attention head's columns of `[T, C]` Q, K, V, O): row `i` of `a`
+/// `[m,k]` starts at `a[i·lda]`, of `c` `[m,n]` at `c[i·ldc]`; `b` is stored `[k,n]` (N) or
+/// `[n,k]` (T) with rows `ldb` apart. Nothing is gathered or copied.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_serial(
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
+        return;
+    }
+    let (b_rows, b_cols) = if tb == Trans::N { (k, n) } else { (n, k) };
+    assert!(a.len() >= (m - 1) * lda + k, "matmul_rows: a too short");
+    assert!(
+        b.len() >= (b_rows - 1) * ldb + b_cols,
+        "matmul_rows: b too short"
+    );
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul_rows: c too short");
+    // (column stride, row stride) of op(b) [k,n].
+    let (b_cs, b_rs) = match tb {
+        Trans::N => (1, ldb as isize),
+        Trans::T => (ldb as isize, 1),
+    };
+    // SAFETY: the asserts above bound every element the strides reach in a, b and c; c is
+    // borrowed mutably, a and b are only read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            false,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Below this many multiply-adds one thread is faster than splitting the work.
 const PARALLEL_MIN_MACS: usize = 48 * 48 * 48;
 
