@@ -156,6 +156,24 @@ impl Bert {
         })
     }
 
+    /// Packs every linear layer's weight for the matmul precision in force (see
+    /// `Linear::pack_for_inference`): at high or medium precision each forward pass then reads
+    /// the packed weights instead of packing them again.
+    pub fn pack_for_inference(&mut self) {
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                lin.pack_for_inference();
+            }
+        }
+    }
+
     /// Last hidden states of each sequence, packed: `seqs` [Σ Tᵢ tokens] → [Σ Tᵢ, C] in `s.x`
     /// (returned). Sequences are single segments (token type 0). With `maps`, the attention
     /// probabilities of every layer are kept.

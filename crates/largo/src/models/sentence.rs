@@ -314,6 +314,7 @@ impl SentenceEncoder {
         let weights_file = file.path.clone();
         load_bert_weights(&mut bert, &mut file)?;
         bert.drop_grads();
+        bert.pack_for_inference();
         Ok(SentenceEncoder {
             dir: dir.to_path_buf(),
             bert,

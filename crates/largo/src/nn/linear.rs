@@ -1,6 +1,7 @@
 use super::{Module, Param};
-use crate::backend::{matmul, matmul_bias, Trans};
+use crate::backend::{linear_packed, matmul, matmul_bias, PackedWeight, Trans};
 use crate::rng::Rng;
+use std::sync::Arc;
 
 /// y = x·Wᵀ + b with W: [out, in] (PyTorch's layout).
 #[derive(Clone, Debug)]
@@ -9,6 +10,9 @@ pub struct Linear {
     pub bias: Option<Param>,
     pub in_features: usize,
     pub out_features: usize,
+    /// The weight packed for the AMX kernels (`pack_for_inference`); dropped by `backward` and
+    /// `params_mut`, the ways training changes the weight.
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
@@ -18,7 +22,17 @@ impl Linear {
             bias: bias.then(|| Param::zeros(&[out_features])),
             in_features,
             out_features,
+            packed: None,
         }
+    }
+
+    /// Packs the weight once for the matmul precision in force (high or medium on a CPU with
+    /// AMX; nothing at f32), so `forward` stops repacking it on every call. For inference:
+    /// call it after the weights are final, and again after changing `weight` directly.
+    pub fn pack_for_inference(&mut self) {
+        let (i, o) = (self.in_features, self.out_features);
+        self.packed =
+            PackedWeight::for_active_provider(&self.weight.value.data, o, i).map(Arc::new);
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√fan_in (kaiming_uniform with a=√5).
@@ -39,14 +53,17 @@ impl Linear {
         let (i, o) = (self.in_features, self.out_features);
         let y = &mut y[..rows * o];
         let w = &self.weight.value.data;
-        match &self.bias {
-            Some(b) => matmul_bias(Trans::N, Trans::T, rows, o, i, x, w, &b.value.data, y),
-            None => matmul(Trans::N, Trans::T, rows, o, i, x, w, y, false),
+        let bias = self.bias.as_ref().map(|b| b.value.data.as_slice());
+        match (&self.packed, bias) {
+            (Some(p), _) => linear_packed(rows, o, i, x, w, p, bias, y),
+            (None, Some(b)) => matmul_bias(Trans::N, Trans::T, rows, o, i, x, w, b, y),
+            (None, None) => matmul(Trans::N, Trans::T, rows, o, i, x, w, y, false),
         }
     }
 
     /// Adds dW += dyᵀ·x and db += Σ dy; writes dx = dy·W when asked.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
+        self.packed = None;
         let (i, o) = (self.in_features, self.out_features);
         if let Some(dx) = dx {
             matmul(
@@ -87,6 +104,7 @@ impl Module for Linear {
         v
     }
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        self.packed = None;
         let mut v = vec![("weight".to_string(), &mut self.weight)];
         if let Some(b) = &mut self.bias {
             v.push(("bias".to_string(), b));

@@ -10,6 +10,7 @@
 //! operand is the sum of two bfloat16 and the product takes three bf16 products ("bf16x3",
 //! what PyTorch's "high" means on such CPUs).
 
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Whether an operand is used as stored or transposed.
@@ -231,6 +232,181 @@ pub fn matmul_serial(
     let start = Start::from_accumulate(accumulate);
     matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, start);
 }
+
+/// A linear layer's weight `W [n,k]` packed once for the AMX kernels at one matmul precision,
+/// for `linear_packed` (inference: the weight must not change while this is in use).
+pub struct PackedWeight {
+    provider: GemmProvider,
+    #[cfg(target_arch = "x86_64")]
+    tiles: super::amx::PackedB,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight({})", self.provider.name())
+    }
+}
+
+impl PackedWeight {
+    /// `w` [n,k] packed for the provider in force now, or None when that provider is f32
+    /// (packing would gain nothing).
+    pub fn for_active_provider(w: &[f32], n: usize, k: usize) -> Option<PackedWeight> {
+        Self::for_provider(w, n, k, active_provider())
+    }
+
+    fn for_provider(w: &[f32], n: usize, k: usize, provider: GemmProvider) -> Option<Self> {
+        assert!(
+            w.len() >= n * k,
+            "PackedWeight: w has {} < {n}x{k}",
+            w.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        if !provider.is_f32() && n > 0 && k > 0 {
+            let terms = if provider == GemmProvider::AmxBf16 {
+                super::amx::Terms::One
+            } else {
+                super::amx::Terms::Two
+            };
+            // op(b) = Wᵀ: element (kk, j) at j·k + kk.
+            let b = super::amx::Operand {
+                ptr: w.as_ptr(),
+                rs: 1,
+                cs: k as isize,
+                k_contiguous: true,
+            };
+            // SAFETY: the AMX providers exist only where `amx::available()`; w holds n·k.
+            let tiles = unsafe { super::amx::PackedB::new(b, n, k, terms) };
+            return Some(PackedWeight { provider, tiles });
+        }
+        None
+    }
+
+    /// Bytes the packed tiles take.
+    pub fn bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        return self.tiles.bytes();
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    }
+}
+
+/// `c[m,n] = a[m,k] · Wᵀ + bias` from a packed weight: the same result as `matmul_bias` (or
+/// `matmul` without a bias) with `w`, without packing W again. Falls back to those when the
+/// precision in force is not the one `packed` was made for, or for a few rows.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    w: &[f32],
+    packed: &PackedWeight,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
+    linear_packed_with(active_provider(), m, n, k, a, w, packed, bias, c)
+}
+
+/// `linear_packed` with the provider given.
+#[allow(clippy::too_many_arguments)]
+fn linear_packed_with(
+    provider: GemmProvider,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    w: &[f32],
+    packed: &PackedWeight,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if packed.provider == provider && m >= 16 && packed.tiles.shape() == (n, k) {
+        assert!(
+            a.len() >= m * k,
+            "linear_packed: a has {} < {m}x{k}",
+            a.len()
+        );
+        assert!(
+            c.len() >= m * n,
+            "linear_packed: c has {} < {m}x{n}",
+            c.len()
+        );
+        if let Some(bias) = bias {
+            assert!(
+                bias.len() >= n,
+                "linear_packed: bias has {} < {n}",
+                bias.len()
+            );
+        }
+        let parts = if m * n * k < PARALLEL_MIN_MACS {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
+        // Blocks of whole rows: every block reads all of the shared packed W.
+        let rows = m.div_ceil(parts).next_multiple_of(16).min(m);
+        let init = match bias {
+            Some(b) => super::amx::Init::Bias(b.as_ptr()),
+            None => super::amx::Init::Zero,
+        };
+        let send_init = SendInit(init);
+        c[..m * n]
+            .par_chunks_mut(rows * n)
+            .zip(a[..m * k].par_chunks(rows * k))
+            .for_each(|(c, a)| {
+                let a_rows = super::amx::Operand {
+                    ptr: a.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                    k_contiguous: true,
+                };
+                // SAFETY: the provider is an AMX one, so `amx::available()`; a holds this
+                // block's rows × k, c its rows × n, disjoint from other blocks; the bias (when
+                // given) holds n values and W's tiles were packed for n and k.
+                unsafe {
+                    let init = send_init;
+                    super::amx::gemm_bf16_packed(
+                        c.len() / n,
+                        a_rows,
+                        &packed.tiles,
+                        c.as_mut_ptr(),
+                        n,
+                        init.0,
+                    )
+                }
+            });
+        return;
+    }
+    let start = match bias {
+        Some(bias) => Start::Bias(bias),
+        None => Start::Zero,
+    };
+    let threads = rayon::current_num_threads();
+    matmul_impl(
+        provider,
+        threads,
+        Trans::N,
+        Trans::T,
+        m,
+        n,
+        k,
+        a,
+        w,
+        c,
+        start,
+    );
+}
+
+/// An `Init` shared by the threads of one `linear_packed` (its bias pointer is only read).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SendInit(super::amx::Init);
+// SAFETY: the pointer inside is a bias that outlives the parallel loop and is only read.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SendInit {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SendInit {}
 
 /// `c = a · op(b)` in f32 on the calling thread, for matrices that are row ranges of wider
 /// row-major buffers (one attention head's columns of `[T, C]` Q, K, V, O): row `i` of `a`
@@ -908,6 +1084,51 @@ mod tests {
                         (x - y).abs() < 1e-4 * (1.0 + y.abs()),
                         "{p:?} {m}x{n}x{k}: {x} vs {y}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_weight_gives_the_products_of_the_unpacked_one() {
+        let mut rng = Rng::new(4);
+        // Rows split over threads, an edge in every dimension, and few rows (not packed).
+        for &(m, n, k) in &[(300, 96, 128), (70, 65, 80), (8, 40, 64)] {
+            let x = normal(&mut rng, m * k);
+            let w = normal(&mut rng, n * k);
+            let bias = normal(&mut rng, n);
+            let threads = rayon::current_num_threads();
+            let (tn, tt) = (Trans::N, Trans::T);
+            for p in GemmProvider::all() {
+                let packed = PackedWeight::for_provider(&w, n, k, p);
+                assert_eq!(packed.is_some(), !p.is_f32(), "{p:?}");
+                let Some(packed) = packed else { continue };
+                for b in [Some(bias.as_slice()), None] {
+                    let start = || b.map_or(Start::Zero, Start::Bias);
+                    // Packed for the provider in force, then for another one (f32): each time
+                    // exactly the unpacked product of the provider in force.
+                    for in_force in [p, default_provider()] {
+                        let mut want = vec![0f32; m * n];
+                        matmul_impl(
+                            in_force,
+                            threads,
+                            tn,
+                            tt,
+                            m,
+                            n,
+                            k,
+                            &x,
+                            &w,
+                            &mut want,
+                            start(),
+                        );
+                        let mut got = vec![f32::NAN; m * n];
+                        linear_packed_with(in_force, m, n, k, &x, &w, &packed, b, &mut got);
+                        assert_eq!(
+                            got, want,
+                            "{p:?} packed, {in_force:?} in force, {m}x{n}x{k}"
+                        );
+                    }
                 }
             }
         }
