@@ -133,7 +133,6 @@ pub struct BertScratch {
     merged: Vec<f32>,
     sum: Vec<f32>,
     hidden: Vec<f32>,
-    act: Vec<f32>,
 }
 
 /// Attention probabilities kept for inspection: per layer, per sequence, [H, T, T].
@@ -204,7 +203,6 @@ impl Bert {
             ensure_len(buf, n * c);
         }
         ensure_len(&mut s.hidden, n * f);
-        ensure_len(&mut s.act, n * f);
 
         // Embeddings: word + position + token type 0, then layer norm. [N, C]
         let ids: Vec<u32> = seqs.iter().flat_map(|t| t.iter().copied()).collect();
@@ -232,9 +230,10 @@ impl Bert {
             add_assign(&mut s.sum[..n * c], &s.x[..n * c]);
             layer.attn_norm.infer(&s.sum, n, &mut s.x);
             // x = LayerNorm(x + W₂·act(W₁·x))   [N,C] → [N,F] → [N,C]
-            layer.intermediate.forward(&s.x, n, &mut s.hidden);
-            self.act.forward(&s.hidden[..n * f], &mut s.act[..n * f]);
-            layer.output.forward(&s.act, n, &mut s.sum);
+            layer
+                .intermediate
+                .forward_act(&s.x, n, &mut s.hidden, self.act);
+            layer.output.forward(&s.hidden, n, &mut s.sum);
             add_assign(&mut s.sum[..n * c], &s.x[..n * c]);
             layer.out_norm.infer(&s.sum, n, &mut s.x);
         }

@@ -1,5 +1,8 @@
+use super::Activation;
 use super::{Module, Param};
-use crate::backend::{linear_packed, matmul, matmul_bias, PackedWeight, Trans};
+use crate::backend::{
+    apply_epilogue, linear_packed, matmul, matmul_bias, Epilogue, PackedWeight, Trans,
+};
 use crate::rng::Rng;
 use std::sync::Arc;
 
@@ -50,15 +53,28 @@ impl Linear {
 
     /// x: [rows, in] → y: [rows, out].
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        self.forward_epilogue(x, rows, y, None);
+    }
+
+    /// y = act(x·Wᵀ + b). With packed weights the activation runs on each block of y as soon
+    /// as the GEMM finishes it (still in L1), not in a second pass over y.
+    pub fn forward_act(&self, x: &[f32], rows: usize, y: &mut [f32], act: Activation) {
+        let f =
+            |block: &mut [f32], cols: usize, stride: usize| act.rows_in_place(block, cols, stride);
+        self.forward_epilogue(x, rows, y, Some(&f));
+    }
+
+    fn forward_epilogue(&self, x: &[f32], rows: usize, y: &mut [f32], epilogue: Epilogue) {
         let (i, o) = (self.in_features, self.out_features);
         let y = &mut y[..rows * o];
         let w = &self.weight.value.data;
         let bias = self.bias.as_ref().map(|b| b.value.data.as_slice());
         match (&self.packed, bias) {
-            (Some(p), _) => linear_packed(rows, o, i, x, w, p, bias, y),
+            (Some(p), _) => return linear_packed(rows, o, i, x, w, p, bias, y, epilogue),
             (None, Some(b)) => matmul_bias(Trans::N, Trans::T, rows, o, i, x, w, b, y),
             (None, None) => matmul(Trans::N, Trans::T, rows, o, i, x, w, y, false),
         }
+        apply_epilogue(rows, o, y, epilogue);
     }
 
     /// Adds dW += dyᵀ·x and db += Σ dy; writes dx = dy·W when asked.

@@ -96,6 +96,17 @@ impl Activation {
         }
     }
 
+    /// `y = f(y)` on the calling thread, on the first `cols` values of each `stride`-long row
+    /// of `y` (a GEMM epilogue's block).
+    pub fn rows_in_place(self, y: &mut [f32], cols: usize, stride: usize) {
+        use crate::backend as b;
+        match self {
+            Activation::Relu => b::relu_rows(y, cols, stride),
+            Activation::Gelu => b::gelu_erf_rows(y, cols, stride),
+            Activation::GeluTanh => b::gelu_tanh_rows(y, cols, stride),
+        }
+    }
+
     /// `x` is the activation's input saved from forward.
     pub fn backward(self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         use crate::backend as b;

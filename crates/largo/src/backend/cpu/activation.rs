@@ -36,6 +36,31 @@ pub(crate) mod wide {
         }
     }
 
+    /// `y[r·stride + j] = f(…)` for j < cols: rows of a block inside a wider matrix.
+    #[inline(always)]
+    fn map_rows_plain(y: &mut [f32], cols: usize, stride: usize, f: &impl Fn(f32) -> f32) {
+        for row in y.chunks_mut(stride) {
+            for y in row[..cols].iter_mut() {
+                *y = f(*y);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn map_rows_avx512(y: &mut [f32], cols: usize, stride: usize, f: &impl Fn(f32) -> f32) {
+        map_rows_plain(y, cols, stride, f)
+    }
+
+    pub fn map_rows(y: &mut [f32], cols: usize, stride: usize, f: &impl Fn(f32) -> f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
+            return unsafe { map_rows_avx512(y, cols, stride, f) };
+        }
+        map_rows_plain(y, cols, stride, f)
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn map_avx512(x: &[f32], y: &mut [f32], f: &impl Fn(f32) -> f32) {
@@ -68,7 +93,12 @@ pub(crate) mod wide {
 }
 
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    map_forward(x, y, |x| x.max(0.0));
+    map_forward(x, y, relu);
+}
+
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    x.max(0.0)
 }
 
 /// The gradient at 0 is 0, as in PyTorch.
@@ -87,9 +117,12 @@ const GELU_CUBIC: f32 = 0.044_715;
 
 /// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 pub fn gelu_tanh_forward(x: &[f32], y: &mut [f32]) {
-    map_forward(x, y, |x| {
-        0.5 * x * (1.0 + tanh_fast(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
-    });
+    map_forward(x, y, gelu_tanh);
+}
+
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh_fast(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
 }
 
 pub fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -107,7 +140,27 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 /// GELU, exact: x·Φ(x) = 0.5·x·(1 + erf(x/√2)).
 pub fn gelu_erf_forward(x: &[f32], y: &mut [f32]) {
-    map_forward(x, y, |x| 0.5 * x * (1.0 + erf_fast(x * FRAC_1_SQRT_2)));
+    map_forward(x, y, gelu_erf);
+}
+
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_fast(x * FRAC_1_SQRT_2))
+}
+
+/// The forward functions in place on the calling thread, on the first `cols` values of each
+/// `stride`-long row of `y`: a GEMM epilogue applies them to each block of C while it is still
+/// in L1.
+pub fn relu_rows(y: &mut [f32], cols: usize, stride: usize) {
+    wide::map_rows(y, cols, stride, &relu);
+}
+
+pub fn gelu_tanh_rows(y: &mut [f32], cols: usize, stride: usize) {
+    wide::map_rows(y, cols, stride, &gelu_tanh);
+}
+
+pub fn gelu_erf_rows(y: &mut [f32], cols: usize, stride: usize) {
+    wide::map_rows(y, cols, stride, &gelu_erf);
 }
 
 pub fn gelu_erf_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {

@@ -18,6 +18,7 @@
 //! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly; the
 //! conversions use the (stable) AVX-512 BF16 intrinsics.
 
+use super::gemm::Epilogue;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -407,11 +408,11 @@ pub unsafe fn gemm_bf16(
 ) {
     PACKED.with_borrow_mut(|p| {
         pack_b(b, n, k, terms, &mut p.b);
-        products(m, n, k, a, &p.b, c, ldc, init, terms, &mut p.a);
+        products(m, n, k, a, &p.b, c, ldc, init, None, terms, &mut p.a);
     });
 }
 
-/// `gemm_bf16` with B packed beforehand: `c = init + op(a) · b` for `m` rows.
+/// `gemm_bf16` with B packed beforehand: `c = epilogue(init + op(a) · b)` for `m` rows.
 ///
 /// # Safety
 /// As `gemm_bf16`, with `b` for `b.shape()` = (n, k) of C's width and A's depth.
@@ -422,9 +423,12 @@ pub unsafe fn gemm_bf16_packed(
     c: *mut f32,
     ldc: usize,
     init: Init,
+    epilogue: Epilogue,
 ) {
     PACKED.with_borrow_mut(|p| {
-        products(m, b.n, b.k, a, &b.tiles, c, ldc, init, b.terms, &mut p.a);
+        products(
+            m, b.n, b.k, a, &b.tiles, c, ldc, init, epilogue, b.terms, &mut p.a,
+        );
     });
 }
 
@@ -441,6 +445,7 @@ unsafe fn products(
     c: *mut f32,
     ldc: usize,
     init: Init,
+    epilogue: Epilogue,
     terms: Terms,
     a_tiles: &mut Vec<TileRow>,
 ) {
@@ -495,10 +500,16 @@ unsafe fn products(
                         };
                         let (a, b) = (a_chunk, b_chunk);
                         block_32x32(a, b, steps, terms, from, c_blk, c_bytes);
-                        continue;
+                    } else {
+                        let (a, b) = (a_chunk, b_chunk);
+                        edge_block(a, b, steps, terms, init, c_blk, ldc, rows, cols, j0);
                     }
-                    let (a, b) = (a_chunk, b_chunk);
-                    edge_block(a, b, steps, terms, init, c_blk, ldc, rows, cols, j0);
+                    // The block's sums are final: the epilogue gets its rows (the slice spans the
+                    // columns between them, which only this thread writes).
+                    if let (Some(f), true) = (epilogue, q0 + steps == ksteps) {
+                        let len = (rows - 1) * ldc + cols;
+                        f(std::slice::from_raw_parts_mut(c_blk, len), cols, ldc);
+                    }
                 }
             }
         }

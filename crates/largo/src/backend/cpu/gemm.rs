@@ -233,6 +233,11 @@ pub fn matmul_serial(
     matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, start);
 }
 
+/// Applied to C's values once their sums are final: a linear layer's activation. It is called
+/// with `(block, cols, stride)` for a block of rows `block[r·stride..r·stride + cols]`; the AMX
+/// kernels call it on each 32×32 block of C while it is in L1.
+pub type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32], usize, usize) + Sync)>;
+
 /// A linear layer's weight `W [n,k]` packed once for the AMX kernels at one matmul precision,
 /// for `linear_packed` (inference: the weight must not change while this is in use).
 pub struct PackedWeight {
@@ -290,9 +295,11 @@ impl PackedWeight {
     }
 }
 
-/// `c[m,n] = a[m,k] · Wᵀ + bias` from a packed weight: the same result as `matmul_bias` (or
-/// `matmul` without a bias) with `w`, without packing W again. Falls back to those when the
-/// precision in force is not the one `packed` was made for, or for a few rows.
+/// `c[m,n] = epilogue(a[m,k] · Wᵀ + bias)` from a packed weight: the same result as
+/// `matmul_bias` (or `matmul` without a bias) with `w`, then the epilogue on each row, without
+/// packing W again. The epilogue runs on each block of C as soon as it is final (in L1).
+/// Falls back to the unpacked product when the precision in force is not the one `packed` was
+/// made for, or for a few rows.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_packed(
     m: usize,
@@ -303,8 +310,9 @@ pub fn linear_packed(
     packed: &PackedWeight,
     bias: Option<&[f32]>,
     c: &mut [f32],
+    epilogue: Epilogue,
 ) {
-    linear_packed_with(active_provider(), m, n, k, a, w, packed, bias, c)
+    linear_packed_with(active_provider(), m, n, k, a, w, packed, bias, c, epilogue)
 }
 
 /// `linear_packed` with the provider given.
@@ -319,6 +327,7 @@ fn linear_packed_with(
     packed: &PackedWeight,
     bias: Option<&[f32]>,
     c: &mut [f32],
+    epilogue: Epilogue,
 ) {
     #[cfg(target_arch = "x86_64")]
     if packed.provider == provider && m >= 16 && packed.tiles.shape() == (n, k) {
@@ -373,6 +382,7 @@ fn linear_packed_with(
                         c.as_mut_ptr(),
                         n,
                         init.0,
+                        epilogue,
                     )
                 }
             });
@@ -396,6 +406,16 @@ fn linear_packed_with(
         c,
         start,
     );
+    apply_epilogue(m, n, c, epilogue);
+}
+
+/// Runs an epilogue over each of the `m` rows of `c` [m,n], in parallel.
+pub fn apply_epilogue(m: usize, n: usize, c: &mut [f32], epilogue: Epilogue) {
+    if let (Some(f), true) = (epilogue, n > 0) {
+        c[..m * n]
+            .par_chunks_mut(n * super::rows_per_task(n))
+            .for_each(|rows| f(rows, n, n));
+    }
 }
 
 /// An `Init` shared by the threads of one `linear_packed` (its bias pointer is only read).
@@ -1123,11 +1143,22 @@ mod tests {
                             start(),
                         );
                         let mut got = vec![f32::NAN; m * n];
-                        linear_packed_with(in_force, m, n, k, &x, &w, &packed, b, &mut got);
+                        let (x, w, pw) = (&x, &w, &packed);
+                        linear_packed_with(in_force, m, n, k, x, w, pw, b, &mut got, None);
                         assert_eq!(
                             got, want,
                             "{p:?} packed, {in_force:?} in force, {m}x{n}x{k}"
                         );
+                        // An epilogue sees every value once, after its sum is final.
+                        let twice_plus_one = |block: &mut [f32], cols: usize, stride: usize| {
+                            for row in block.chunks_mut(stride) {
+                                row[..cols].iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+                            }
+                        };
+                        let f: Epilogue = Some(&twice_plus_one);
+                        linear_packed_with(in_force, m, n, k, x, w, pw, b, &mut got, f);
+                        let want: Vec<f32> = want.iter().map(|v| 2.0 * v + 1.0).collect();
+                        assert_eq!(got, want, "epilogue, {p:?} packed, {in_force:?} in force");
                     }
                 }
             }
