@@ -390,3 +390,65 @@ fn embed_prints_one_json_line_per_input_in_order() {
         "nothing to embed",
     );
 }
+
+/// all-MiniLM-L6-v2 at `--matmul-precision high` (bf16x3 on AMX) holds the parity bar
+/// against sentence-transformers on the 24 committed reference sentences. Runs where the model
+/// is (`$LARGO_MINILM` or `../shared/models/all-MiniLM-L6-v2`).
+#[test]
+fn minilm_at_high_matmul_precision_keeps_sentence_transformers_parity() {
+    let dir = std::env::var_os("LARGO_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/models/all-MiniLM-L6-v2"));
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("all-MiniLM-L6-v2 not found (set LARGO_MINILM): not run");
+        return;
+    }
+    let fixture = repo().join("crates/largo/tests/fixtures/minilm.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let items = reference["sentences"].as_array().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input: String = items.iter().map(|s| format!("{}\n", s["text"])).collect();
+    std::fs::write(tmp.path().join("in.jsonl"), input).unwrap();
+    let run = largo(
+        tmp.path(),
+        &[
+            "--matmul-precision",
+            "high",
+            "embed",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            "in.jsonl",
+        ],
+    );
+    let out = ok(&run);
+    assert_eq!(out.lines().count(), items.len());
+    for (line, item) in out.lines().zip(items) {
+        let got: serde_json::Value = serde_json::from_str(line).unwrap();
+        let g: Vec<f64> = got["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let w: Vec<f64> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let cos = g.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
+            / (g.iter().map(|a| a * a).sum::<f64>() * w.iter().map(|b| b * b).sum::<f64>()).sqrt();
+        let diff = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            cos >= 0.99999 && diff <= 1e-4,
+            "{}: cosine {cos}, max |Δ| {diff}",
+            item["text"]
+        );
+    }
+}
