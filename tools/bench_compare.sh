@@ -26,6 +26,12 @@ M=${MINILM:-../shared/models/all-MiniLM-L6-v2}
 $L --threads "$T" bench embed --model "$M"
 python3 tools/bench_embed.py --threads "$T" --model "$M" 2>/dev/null | grep -E "embed:|RSS"
 echo
+echo "== Matmul precision high: largo's bf16x3 (each f32 as two bf16, three products on AMX), f32-level"
+echo "   embeddings (max |d| 2.3e-6 to sentence-transformers' f32); PyTorch at its own 'high'"
+$L --threads "$T" --matmul-precision high bench embed --model "$M"
+python3 tools/bench_embed.py --threads "$T" --model "$M" --matmul-precision high 2>/dev/null | grep -E "embed:|RSS"
+$L --threads "$T" --matmul-precision high bench gpt
+echo
 echo "== Matmul precision medium: largo's bf16 products on AMX (f32 sums) next to PyTorch's own"
 echo "   bf16 options (torch.set_float32_matmul_precision('medium'), and autocast for training)"
 $L --threads "$T" --matmul-precision medium bench gpt

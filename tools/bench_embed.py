@@ -21,7 +21,7 @@ Recipe (shared with `largo bench embed`; keep the two identical):
 
 Run from the repository root:
     python3 tools/bench_embed.py [--sentences 512] [--batch 32] [--threads 2] [--repeat 3]
-                                 [--matmul-precision highest|medium]
+                                 [--matmul-precision highest|high|medium]
 """
 import argparse
 import resource
@@ -48,7 +48,7 @@ def main():
     ap.add_argument("--sentences", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--matmul-precision", choices=("highest", "medium"), default="highest",
+    ap.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default="highest",
                     help="torch.set_float32_matmul_precision (medium: bf16 matmuls on AMX CPUs)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
