@@ -9,6 +9,15 @@ use largo::models::store::{load_lm_model, load_mlp};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+/// A JSON array of numbers.
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    let items = v.as_array().expect("a JSON array");
+    items
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/import")
@@ -283,19 +292,7 @@ fn embed_at_reduced_matmul_precision_stays_close_to_sentence_transformers() {
             .zip(reference["mean"]["embeddings"].as_array().unwrap())
         {
             let got: serde_json::Value = serde_json::from_str(line).unwrap();
-            let (g, w): (Vec<f64>, Vec<f64>) = (
-                got["embedding"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect(),
-                want.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect(),
-            );
+            let (g, w) = (numbers(&got["embedding"]), numbers(want));
             // Both unit length: the cosine is the dot product.
             worst_cos = worst_cos.min(g.iter().zip(&w).map(|(a, b)| a * b).sum());
             let diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs());
@@ -426,18 +423,7 @@ fn minilm_at_high_matmul_precision_keeps_sentence_transformers_parity() {
     assert_eq!(out.lines().count(), items.len());
     for (line, item) in out.lines().zip(items) {
         let got: serde_json::Value = serde_json::from_str(line).unwrap();
-        let g: Vec<f64> = got["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let w: Vec<f64> = item["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let (g, w) = (numbers(&got["embedding"]), numbers(&item["embedding"]));
         let cos = g.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
             / (g.iter().map(|a| a * a).sum::<f64>() * w.iter().map(|b| b * b).sum::<f64>()).sqrt();
         let diff = g

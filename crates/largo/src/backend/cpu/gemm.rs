@@ -286,13 +286,6 @@ impl PackedWeight {
         None
     }
 
-    /// Bytes the packed tiles take.
-    pub fn bytes(&self) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        return self.tiles.bytes();
-        #[cfg(not(target_arch = "x86_64"))]
-        0
-    }
 }
 
 /// `c[m,n] = epilogue(a[m,k] · Wᵀ + bias)` from a packed weight: the same result as
