@@ -285,7 +285,6 @@ impl PackedWeight {
         }
         None
     }
-
 }
 
 /// `c[m,n] = epilogue(a[m,k] · Wᵀ + bias)` from a packed weight: the same result as
