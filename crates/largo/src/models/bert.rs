@@ -90,9 +90,6 @@ pub struct BertLayer {
     pub intermediate: Linear,
     pub output: Linear,
     pub out_norm: LayerNorm,
-    /// query, key and value as one [3C, C] layer, made by `Bert::pack_for_inference`: one GEMM
-    /// (A read and packed once) instead of three. Dropped by `params_mut`.
-    qkv: Option<Linear>,
 }
 
 impl BertLayer {
@@ -111,7 +108,6 @@ impl BertLayer {
             intermediate: Linear::new(c, f, true),
             output: Linear::new(f, c, true),
             out_norm: LayerNorm::new(c, eps),
-            qkv: None,
         }
     }
 }
@@ -135,7 +131,6 @@ pub struct BertScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     merged: Vec<f32>,
-    qkv: Vec<f32>,
     sum: Vec<f32>,
     hidden: Vec<f32>,
 }
@@ -160,36 +155,19 @@ impl Bert {
         })
     }
 
-    /// Prepares the weights for inference: query, key and value become one [3C, C] layer, and
-    /// every linear layer's weight is packed for the matmul precision in force (see
-    /// `Linear::pack_for_inference`: at high or medium precision each forward pass then reads
-    /// the packed weights instead of packing them again).
+    /// Packs every linear layer's weight for the matmul precision in force (see
+    /// `Linear::pack_for_inference`): at high or medium precision each forward pass then reads
+    /// the packed weights instead of packing them again.
     pub fn pack_for_inference(&mut self) {
-        let c = self.cfg.hidden_size;
         for l in &mut self.layers {
-            let mut qkv = Linear::new(c, 3 * c, true);
-            let parts = [&l.query, &l.key, &l.value];
-            let w: Vec<f32> = parts
-                .iter()
-                .flat_map(|p| p.weight.value.data.iter().copied())
-                .collect();
-            let b: Vec<f32> = parts
-                .iter()
-                .flat_map(|p| {
-                    p.bias
-                        .as_ref()
-                        .expect("BERT projections have biases")
-                        .value
-                        .data
-                        .iter()
-                        .copied()
-                })
-                .collect();
-            qkv.weight.value.data = w;
-            qkv.bias.as_mut().expect("made with a bias").value.data = b;
-            qkv.pack_for_inference();
-            l.qkv = Some(qkv);
-            for lin in [&mut l.attn_out, &mut l.intermediate, &mut l.output] {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
                 lin.pack_for_inference();
             }
         }
@@ -274,20 +252,18 @@ impl Bert {
         let lens: Vec<usize> = seqs.iter().map(|t| t.len()).collect();
         let n: usize = lens.iter().sum();
         let c = self.cfg.hidden_size;
-        let heads = self.cfg.num_attention_heads;
-        let merged = &mut s.merged[..n * c];
-        if let Some(qkv) = &layer.qkv {
-            // [N, C] → [N, 3C]: each row q | k | v.
-            ensure_len(&mut s.qkv, n * 3 * c);
-            qkv.forward(&s.x, n, &mut s.qkv);
-            let (q, k, v) = (&s.qkv[..], &s.qkv[c..], &s.qkv[2 * c..]);
-            return attention_packed_forward(q, k, v, 3 * c, &lens, heads, merged, keep_probs);
-        }
         layer.query.forward(&s.x, n, &mut s.q);
         layer.key.forward(&s.x, n, &mut s.k);
         layer.value.forward(&s.x, n, &mut s.v);
-        let (q, k, v) = (&s.q[..n * c], &s.k[..n * c], &s.v[..n * c]);
-        attention_packed_forward(q, k, v, c, &lens, heads, merged, keep_probs)
+        attention_packed_forward(
+            &s.q[..n * c],
+            &s.k[..n * c],
+            &s.v[..n * c],
+            &lens,
+            self.cfg.num_attention_heads,
+            &mut s.merged[..n * c],
+            keep_probs,
+        )
     }
 }
 
@@ -307,7 +283,6 @@ impl Module for BertLayer {
         v
     }
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        self.qkv = None;
         let mut v = prefixed("attention.self.query", self.query.params_mut());
         v.extend(prefixed("attention.self.key", self.key.params_mut()));
         v.extend(prefixed("attention.self.value", self.value.params_mut()));

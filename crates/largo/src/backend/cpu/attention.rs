@@ -222,16 +222,13 @@ pub fn attention_forward(
 
 /// Inference over packed sequences of different lengths, none padded: `q`, `k`, `v` and `o` are
 /// [N, C] with sequence i at the rows after those of sequences 0..i (`lens[i]` rows), head h at
-/// columns h·D..(h+1)·D; rows of `q`, `k` and `v` are `ld` apart (C, or 3C when they are the
-/// thirds of one fused projection's output). No mask: each sequence attends to all of its own
-/// tokens and nothing else. One task per sequence (all its heads), so threads never split a
-/// small GEMM. With `keep_probs`, returns each sequence's probabilities [H, T, T].
-#[allow(clippy::too_many_arguments)]
+/// columns h·D..(h+1)·D. No mask: each sequence attends to all of its own tokens and nothing
+/// else. One task per sequence (all its heads), so threads never split a small GEMM. With
+/// `keep_probs`, returns each sequence's probabilities [H, T, T].
 pub fn attention_packed_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    ld: usize,
     lens: &[usize],
     heads: usize,
     o: &mut [f32],
@@ -255,23 +252,12 @@ pub fn attention_packed_forward(
             att.resize(t * t, 0.0);
             let mut probs = Vec::new();
             for h in 0..heads {
-                // Head h of this sequence's rows: [T, D] views with row stride `ld`.
-                let at = row * ld + h * d;
+                // Head h of this sequence's rows: [T, D] views with row stride C.
+                let at = row * c + h * d;
                 // P = softmax(Q·Kᵀ/√D) [T,T]; O = P·V [T,D], into the head's columns of out.
-                matmul_rows_serial(Trans::T, t, t, d, &q[at..], ld, &k[at..], ld, att, t);
+                matmul_rows_serial(Trans::T, t, t, d, &q[at..], c, &k[at..], c, att, t);
                 softmax_rows(att, t, scale);
-                matmul_rows_serial(
-                    Trans::N,
-                    t,
-                    d,
-                    t,
-                    att,
-                    t,
-                    &v[at..],
-                    ld,
-                    &mut out[h * d..],
-                    c,
-                );
+                matmul_rows_serial(Trans::N, t, d, t, att, t, &v[at..], c, &mut out[h * d..], c);
                 if keep_probs {
                     probs.extend_from_slice(att);
                 }
