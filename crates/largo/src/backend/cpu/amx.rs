@@ -18,7 +18,7 @@
 //! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly; the
 //! conversions use the (stable) AVX-512 BF16 intrinsics.
 
-use super::gemm::Epilogue;
+use super::Epilogue;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;

@@ -10,6 +10,7 @@
 //! operand is the sum of two bfloat16 and the product takes three bf16 products ("bf16x3",
 //! what PyTorch's "high" means on such CPUs).
 
+use super::Epilogue;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -232,11 +233,6 @@ pub fn matmul_serial(
     let start = Start::from_accumulate(accumulate);
     matmul_impl(default_provider(), 1, ta, tb, m, n, k, a, b, c, start);
 }
-
-/// Applied to C's values once their sums are final: a linear layer's activation. It is called
-/// with `(block, cols, stride)` for a block of rows `block[r·stride..r·stride + cols]`; the AMX
-/// kernels call it on each 32×32 block of C while it is in L1.
-pub type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32], usize, usize) + Sync)>;
 
 /// A linear layer's weight `W [n,k]` packed once for the AMX kernels at one matmul precision,
 /// for `linear_packed` (inference: the weight must not change while this is in use).

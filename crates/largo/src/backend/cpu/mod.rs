@@ -25,6 +25,11 @@ macro_rules! avx512_dispatch {
     };
 }
 
+/// Applied to C's values once their sums are final: a linear layer's activation. It is called
+/// with `(block, cols, stride)` for a block of rows `block[r·stride..r·stride + cols]`; the AMX
+/// kernels call it on each 32×32 block of C while it is in L1.
+pub type Epilogue<'a> = Option<&'a (dyn Fn(&mut [f32], usize, usize) + Sync)>;
+
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
