@@ -18,6 +18,18 @@ fn numbers(v: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
+/// Cosine similarity and the largest element difference of two embeddings.
+fn cosine_and_max_diff(g: &[f64], w: &[f64]) -> (f64, f64) {
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    let cos = dot(g, w) / (dot(g, g) * dot(w, w)).sqrt();
+    let diff = g
+        .iter()
+        .zip(w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    (cos, diff)
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/import")
@@ -292,11 +304,9 @@ fn embed_at_reduced_matmul_precision_stays_close_to_sentence_transformers() {
             .zip(reference["mean"]["embeddings"].as_array().unwrap())
         {
             let got: serde_json::Value = serde_json::from_str(line).unwrap();
-            let (g, w) = (numbers(&got["embedding"]), numbers(want));
-            // Both unit length: the cosine is the dot product.
-            worst_cos = worst_cos.min(g.iter().zip(&w).map(|(a, b)| a * b).sum());
-            let diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs());
-            worst_diff = worst_diff.max(diff.fold(0.0, f64::max));
+            let (cos, diff) = cosine_and_max_diff(&numbers(&got["embedding"]), &numbers(want));
+            worst_cos = worst_cos.min(cos);
+            worst_diff = worst_diff.max(diff);
         }
         if precision == "medium" {
             // bf16 operands: about three significant digits per product.
@@ -424,13 +434,7 @@ fn minilm_at_high_matmul_precision_keeps_sentence_transformers_parity() {
     for (line, item) in out.lines().zip(items) {
         let got: serde_json::Value = serde_json::from_str(line).unwrap();
         let (g, w) = (numbers(&got["embedding"]), numbers(&item["embedding"]));
-        let cos = g.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
-            / (g.iter().map(|a| a * a).sum::<f64>() * w.iter().map(|b| b * b).sum::<f64>()).sqrt();
-        let diff = g
-            .iter()
-            .zip(&w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let (cos, diff) = cosine_and_max_diff(&g, &w);
         assert!(
             cos >= 0.99999 && diff <= 1e-4,
             "{}: cosine {cos}, max |Δ| {diff}",

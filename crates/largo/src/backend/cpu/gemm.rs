@@ -51,10 +51,20 @@ impl GemmProvider {
     /// Whether the provider computes in f32 (all but the AMX ones).
     pub fn is_f32(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if matches!(self, GemmProvider::AmxBf16 | GemmProvider::AmxBf16x3) {
+        if self.amx_terms().is_some() {
             return false;
         }
         true
+    }
+
+    /// How many bf16 terms an AMX provider splits each operand into; None for the f32 ones.
+    #[cfg(target_arch = "x86_64")]
+    fn amx_terms(self) -> Option<super::amx::Terms> {
+        match self {
+            GemmProvider::AmxBf16 => Some(super::amx::Terms::One),
+            GemmProvider::AmxBf16x3 => Some(super::amx::Terms::Two),
+            _ => None,
+        }
     }
 
     /// Every provider this build and CPU can run: the f32 ones (the default first), then the
@@ -262,12 +272,7 @@ impl PackedWeight {
             w.len()
         );
         #[cfg(target_arch = "x86_64")]
-        if !provider.is_f32() && n > 0 && k > 0 {
-            let terms = if provider == GemmProvider::AmxBf16 {
-                super::amx::Terms::One
-            } else {
-                super::amx::Terms::Two
-            };
+        if let (Some(terms), true) = (provider.amx_terms(), n > 0 && k > 0) {
             // op(b) = Wᵀ: element (kk, j) at j·k + kk.
             let b = super::amx::Operand {
                 ptr: w.as_ptr(),
@@ -343,11 +348,6 @@ fn linear_packed_with(
         };
         // Blocks of whole rows: every block reads all of the shared packed W.
         let rows = m.div_ceil(parts).next_multiple_of(16).min(m);
-        let init = match bias {
-            Some(b) => super::amx::Init::Bias(b.as_ptr()),
-            None => super::amx::Init::Zero,
-        };
-        let send_init = SendInit(init);
         c[..m * n]
             .par_chunks_mut(rows * n)
             .zip(a[..m * k].par_chunks(rows * k))
@@ -361,15 +361,20 @@ fn linear_packed_with(
                 // SAFETY: the provider is an AMX one, so `amx::available()`; a holds this
                 // block's rows × k, c its rows × n, disjoint from other blocks; the bias (when
                 // given) holds n values and W's tiles were packed for n and k.
+                let init = match bias {
+                    Some(b) => super::amx::Init::Bias(b.as_ptr()),
+                    None => super::amx::Init::Zero,
+                };
                 unsafe {
-                    let init = send_init;
+                    let rows = c.len() / n;
+                    let tiles = &packed.tiles;
                     super::amx::gemm_bf16_packed(
-                        c.len() / n,
+                        rows,
                         a_rows,
-                        &packed.tiles,
+                        tiles,
                         c.as_mut_ptr(),
                         n,
-                        init.0,
+                        init,
                         epilogue,
                     )
                 }
@@ -405,16 +410,6 @@ pub fn apply_epilogue(m: usize, n: usize, c: &mut [f32], epilogue: Epilogue) {
             .for_each(|rows| f(rows, n, n));
     }
 }
-
-/// An `Init` shared by the threads of one `linear_packed` (its bias pointer is only read).
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SendInit(super::amx::Init);
-// SAFETY: the pointer inside is a bias that outlives the parallel loop and is only read.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SendInit {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SendInit {}
 
 /// `c = a · op(b)` in f32 on the calling thread, for matrices that are row ranges of wider
 /// row-major buffers (one attention head's columns of `[T, C]` Q, K, V, O): row `i` of `a`
@@ -656,11 +651,7 @@ fn matmul_impl(
                 GemmProvider::Mkl => mkl::block(mm, nn, k, a_blk, b_blk, c_blk, n, f32_start()),
                 #[cfg(target_arch = "x86_64")]
                 GemmProvider::AmxBf16 | GemmProvider::AmxBf16x3 => {
-                    let terms = if provider == GemmProvider::AmxBf16 {
-                        super::amx::Terms::One
-                    } else {
-                        super::amx::Terms::Two
-                    };
+                    let terms = provider.amx_terms().expect("an AMX provider");
                     let accumulate = matches!(init, Start::C);
                     amx_block(mm, nn, k, a_blk, b_blk, c_blk, n, accumulate, bias, terms)
                 }
