@@ -5,6 +5,7 @@ use largo::explain::saliency::{attribute, baseline_input, render_png, Baseline, 
 use largo::explain::tokens::attribute_tokens;
 use largo::io::write_atomic;
 use largo::models::store::{load_info, load_mlp, resolve_model_dir};
+use largo::models::ModelKind;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -134,12 +135,13 @@ fn attention(a: AttentionArgs) -> Result<()> {
 fn saliency(a: SaliencyArgs) -> Result<()> {
     let dir = resolve_model_dir(&a.model)?;
     let info = load_info(&dir)?;
-    if info.arch != "mlp" {
-        bail!(
+    match info.model {
+        ModelKind::Mlp(_) => {}
+        ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => bail!(
             "{}: saliency explains an image classifier (an MLP trained on digits); this is a {} model",
             dir.display(),
-            info.arch
-        );
+            info.arch()
+        ),
     }
     let (mut model, _, norm) = load_mlp(&dir)?;
     let side = (model.config.input as f64).sqrt() as usize;

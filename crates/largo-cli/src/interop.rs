@@ -2,12 +2,13 @@
 
 use anyhow::Result;
 use largo::models::inspect::inspect;
-use largo::models::interop::{export, import, ImportArch};
+use largo::models::interop::{export, import, parse_arch};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// seed-mlp, seed-transformer or gpt.
+    /// mlp, gpt or encoder-lm (the `nn.TransformerEncoder` language model of PyTorch's
+    /// tutorial); the earlier names seed-mlp and seed-transformer work too.
     #[arg(long)]
     arch: String,
     /// A `torch.save(model.state_dict())` file (.pt/.pth/.bin) or a .safetensors file.
@@ -25,7 +26,7 @@ pub struct ImportArgs {
 }
 
 pub fn run_import(a: ImportArgs) -> Result<()> {
-    let arch = ImportArch::parse(&a.arch)?;
+    let arch = parse_arch(&a.arch)?;
     let r = import(
         arch,
         &a.weights,
@@ -35,7 +36,7 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     )?;
     println!(
         "imported {} ({} parameters) from {} into {}",
-        r.info.arch,
+        r.info.arch(),
         r.params,
         a.weights.display(),
         a.out.display()

@@ -6,6 +6,7 @@ mod common;
 use common::{fails_with, largo, ok, repo};
 use largo::io::TensorFile;
 use largo::models::store::{load_lm_model, load_mlp};
+use largo::models::ModelKind;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -77,12 +78,15 @@ fn lm_logits(dir: &Path, tokens: &largo::tensor::Tensor) -> Vec<f32> {
 #[test]
 fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = import(tmp.path(), "seed-mlp", "seed_mlp.pt", None, "mlp");
+    let out = import(tmp.path(), "mlp", "seed_mlp.pt", None, "mlp");
     assert!(out.contains("imported mlp (101770 parameters)"), "{out}");
     let r = reference();
     let x = r.get("mlp.input").unwrap();
     let (mut model, info, _) = load_mlp(&tmp.path().join("mlp")).unwrap();
-    assert_eq!(info.mlp.unwrap().hidden, vec![128]);
+    let ModelKind::Mlp(mlp) = info.model else {
+        panic!("imported as {}", info.arch())
+    };
+    assert_eq!(mlp.hidden, vec![128]);
     let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
     assert_logits(
         "seed mlp",
@@ -91,7 +95,7 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
         1e-5,
     );
 
-    // bfloat16 weights are converted to f32 on the way in.
+    // bfloat16 weights are converted to f32 on the way in (`seed-mlp`: the earlier name).
     import(tmp.path(), "seed-mlp", "seed_mlp_bf16.pt", None, "mlp16");
     let (mut model, _, _) = load_mlp(&tmp.path().join("mlp16")).unwrap();
     let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
@@ -108,7 +112,7 @@ fn the_seed_transformer_and_a_nanogpt_checkpoint_give_pytorchs_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let out = import(
         tmp.path(),
-        "seed-transformer",
+        "encoder-lm",
         "seed_transformer.pt",
         Some("seed_transformer.json"),
         "seed",
@@ -201,7 +205,7 @@ fn import_errors_name_the_problem() {
     let dir = tmp.path();
     fails_with(
         &import_cmd(dir, "resnet", "seed_mlp.pt", None, "m"),
-        "unsupported architecture \"resnet\": supported are seed-mlp, seed-transformer, gpt",
+        "unsupported architecture \"resnet\": supported are mlp, gpt, encoder-lm",
     );
     // MLP weights read as a GPT: the tensor the GPT needs is named.
     fails_with(

@@ -1,5 +1,5 @@
 //! Drives the real binary through the language-model pipeline: prepare → train → generate →
-//! eval, for the GPT and the seed's Transformer, and every bad input the issue lists.
+//! eval, for the GPT and the `nn.TransformerEncoder` LM, and every bad input the issue lists.
 
 mod common;
 
@@ -193,7 +193,8 @@ fn prepare_train_generate_eval_a_character_gpt() {
         ),
         "--max-tokens must be ≥ 1",
     );
-    // A checkpoint of one architecture cannot be resumed as another.
+    // A checkpoint of one architecture cannot be resumed as another (the encoder LM by its
+    // earlier name).
     fails_with(
         &largo(
             t,
@@ -316,18 +317,18 @@ fn reduced_matmul_precisions_train_like_f32_and_bad_precisions_are_refused() {
 }
 
 #[test]
-fn the_seed_transformer_trains_and_generates() {
+fn the_encoder_lm_trains_and_generates() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let c = corpus(t);
     let extra = [
-        "model.arch=seed_transformer",
-        "seed_transformer.d_model=32",
-        "seed_transformer.nhead=2",
-        "seed_transformer.d_hid=64",
-        "seed_transformer.nlayers=1",
-        "seed_transformer.max_len=32",
-        "seed_transformer.dropout=0.1",
+        "model.arch=encoder_lm",
+        "encoder_lm.d_model=32",
+        "encoder_lm.nhead=2",
+        "encoder_lm.d_hid=64",
+        "encoder_lm.nlayers=1",
+        "encoder_lm.max_len=32",
+        "encoder_lm.dropout=0.1",
     ];
     ok(&train_tiny(t, c.to_str().unwrap(), "s", &extra));
     assert!(
@@ -428,4 +429,78 @@ fn bad_corpora_tokenizers_and_models_give_clear_errors() {
         &largo(t, &["generate", "--model", "runs/m", "--prompt", "a"]),
         "this is a mlp model, not a language model",
     );
+}
+
+/// A run directory written before the encoder LM's rename (arch "seed_transformer", a
+/// `[seed_transformer]` section, config.json files with that section), stopped at step 10 of
+/// 20: its model loads, and it resumes to the same weights as an uninterrupted run.
+#[test]
+fn a_run_written_before_the_rename_loads_and_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let fixture = common::repo().join("crates/largo-cli/tests/fixtures/old-encoder-lm-run");
+    let copy = |to: &Path| {
+        let status = std::process::Command::new("cp")
+            .args(["-r", fixture.to_str().unwrap(), to.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::create_dir_all(t.join("runs")).unwrap();
+    copy(&t.join("runs/old"));
+    copy(&t.join("untouched"));
+
+    // The saved model directory, as written then.
+    let out = ok(&largo(t, &["inspect", "--model", "untouched/model"]));
+    assert!(out.contains("encoder_lm"), "{out}");
+    ok(&largo(
+        t,
+        &[
+            "generate",
+            "--model",
+            "untouched/model",
+            "--prompt",
+            "the",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ],
+    ));
+    ok(&largo(
+        t,
+        &["export", "--model", "untouched", "--out", "old.safetensors"],
+    ));
+
+    // The whole run from its old config.toml, and the old run resumed: the same weights.
+    ok(&largo(
+        t,
+        &[
+            "train",
+            "--config",
+            "untouched/config.toml",
+            "--set",
+            "run.name=whole",
+            "--set",
+            "data.path=untouched/data",
+            "--set",
+            "train.stop_at=0",
+        ],
+    ));
+    let resumed = largo(
+        t,
+        &["train", "--resume", "runs/old", "--set", "train.stop_at=0"],
+    );
+    let log = String::from_utf8_lossy(&resumed.stderr).to_string();
+    ok(&resumed);
+    assert!(log.contains("training encoder_lm"), "{log}");
+    assert!(log.contains("step     20"), "{log}");
+    let a = std::fs::read(t.join("runs/whole/model/model.safetensors")).unwrap();
+    let b = std::fs::read(t.join("runs/old/model/model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed old run differs from the uninterrupted one"
+    );
+    let saved = std::fs::read_to_string(t.join("runs/old/config.toml")).unwrap();
+    assert!(saved.contains("[encoder_lm]"), "{saved}");
 }

@@ -4,7 +4,7 @@
 //! the defaults have, with values of the same type. Unknown keys are rejected with the nearest
 //! valid name; then the merged table is deserialised into `Config`.
 
-use crate::models::{GptConfig, MlpConfig, Positions, SeedTransformerConfig};
+use crate::models::{Arch, GptConfig, MlpConfig, ModelKind, Positions, SeedTransformerConfig};
 use crate::nn::Activation;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub mlp: MlpConfig,
     pub gpt: GptConfig,
-    pub seed_transformer: SeedTransformerConfig,
+    pub encoder_lm: SeedTransformerConfig,
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
@@ -50,8 +50,9 @@ pub struct DataConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// "mlp", "gpt" or "seed_transformer"; its settings live in the section of the same name.
-    pub arch: String,
+    /// "mlp", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
+    /// live in the section of the same name.
+    pub arch: Arch,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,14 +106,14 @@ impl Default for Config {
                 max_train_samples: 0,
                 tokenizer: "char".into(),
             },
-            model: ModelConfig { arch: "gpt".into() },
+            model: ModelConfig { arch: Arch::Gpt },
             mlp: MlpConfig::default(),
             gpt: GptConfig {
                 positions: Positions::Learned,
                 activation: Activation::Gelu,
                 ..GptConfig::default()
             },
-            seed_transformer: SeedTransformerConfig::default(),
+            encoder_lm: SeedTransformerConfig::default(),
             train: TrainConfig {
                 epochs: 10,
                 batch_size: 16,
@@ -156,7 +157,8 @@ impl Config {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let user: toml::Table = toml::from_str(&text)
                 .map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?;
-            merge(&mut table, user, "")
+            with_current_names(user)
+                .and_then(|user| merge(&mut table, user, ""))
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         }
         for kv in overrides {
@@ -174,7 +176,16 @@ impl Config {
     }
 
     pub fn is_lm(&self) -> bool {
-        self.model.arch != "mlp"
+        self.model.arch.is_lm()
+    }
+
+    /// The model kind with its section's settings.
+    pub fn model(&self) -> ModelKind {
+        match self.model.arch {
+            Arch::Mlp => ModelKind::Mlp(self.mlp.clone()),
+            Arch::Gpt => ModelKind::Gpt(self.gpt.clone()),
+            Arch::EncoderLm => ModelKind::EncoderLm(self.encoder_lm.clone()),
+        }
     }
 
     pub fn to_toml(&self) -> String {
@@ -183,19 +194,15 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Config(m));
-        let (arch, kind) = (self.model.arch.as_str(), self.data.kind.as_str());
-        match (arch, kind) {
-            ("mlp", "mnist") | ("gpt" | "seed_transformer", "text") => {}
-            ("mlp" | "gpt" | "seed_transformer", _) => {
-                return err(format!(
-                    "data.kind = {kind:?} does not suit model.arch = {arch:?}: the MLP takes \"mnist\", language models take \"text\""
-                ))
-            }
-            _ => {
-                return err(format!(
-                    "model.arch = {arch:?}: expected \"mlp\", \"gpt\" or \"seed_transformer\""
-                ))
-            }
+        let (arch, kind) = (self.model.arch, self.data.kind.as_str());
+        let data_kind = match arch {
+            Arch::Mlp => "mnist",
+            Arch::Gpt | Arch::EncoderLm => "text",
+        };
+        if kind != data_kind {
+            return err(format!(
+                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": the MLP takes \"mnist\", language models take \"text\""
+            ));
         }
         if self.is_lm() && self.train.max_steps == 0 {
             return err("train.max_steps must be ≥ 1 for a language model".into());
@@ -228,8 +235,8 @@ impl Config {
                 self.run.name
             ));
         }
-        if self.model.arch == "mlp" {
-            self.mlp.validate()?;
+        if let ModelKind::Mlp(mlp) = self.model() {
+            mlp.validate()?;
         }
         self.optim.validate()?;
         self.schedule.validate()?;
@@ -339,6 +346,46 @@ impl ScheduleConfig {
     }
 }
 
+/// Sections renamed since earlier versions: (old name, current name). Files and `--set` keys
+/// that use an old name keep working.
+const RENAMED_SECTIONS: &[(&str, &str)] = &[("seed_transformer", "encoder_lm")];
+
+/// The name a section had in earlier versions, if it was renamed.
+pub fn earlier_section_name(section: &str) -> Option<&'static str> {
+    RENAMED_SECTIONS
+        .iter()
+        .find(|(_, new)| *new == section)
+        .map(|(old, _)| *old)
+}
+
+/// A user table with renamed sections under their current names.
+fn with_current_names(mut user: toml::Table) -> std::result::Result<toml::Table, String> {
+    for (old, new) in RENAMED_SECTIONS {
+        if let Some(v) = user.remove(*old) {
+            if user.contains_key(*new) {
+                return Err(format!(
+                    "both `[{old}]` and `[{new}]`: `{old}` is the earlier name of `{new}`; keep one"
+                ));
+            }
+            user.insert(new.to_string(), v);
+        }
+    }
+    Ok(user)
+}
+
+/// A `--set` key with a renamed section under its current name.
+fn current_key(key: &str) -> String {
+    for (old, new) in RENAMED_SECTIONS {
+        if let Some(rest) = key
+            .strip_prefix(old)
+            .filter(|r| r.starts_with('.') || r.is_empty())
+        {
+            return format!("{new}{rest}");
+        }
+    }
+    key.to_string()
+}
+
 /// The default configuration as a TOML table: the schema every input is checked against.
 pub fn schema() -> toml::Table {
     match Value::try_from(Config::default()).expect("defaults serialise") {
@@ -444,7 +491,8 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
             "--set {kv:?}: expected key=value, e.g. train.epochs=5"
         )));
     };
-    let key = key.trim();
+    let key = current_key(key.trim());
+    let key = key.as_str();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").expect("parsed key"),
         Err(_) => Value::String(raw.to_string()),
@@ -515,7 +563,7 @@ mod tests {
     #[test]
     fn overrides_are_type_checked() {
         let c = Config::load(None, &["train.epochs=3".into(), "optim.lr=0.5".into()]).unwrap();
-        assert_eq!(c.model.arch, "gpt");
+        assert_eq!(c.model.arch, Arch::Gpt);
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.optim.lr, 0.5);
         let c = Config::load(None, &["mlp.hidden=[32, 16]".into(), "run.name=x".into()]).unwrap();
@@ -549,7 +597,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("expected \"mlp\", \"gpt\" or \"seed_transformer\""),
+            e.contains("expected \"mlp\", \"gpt\" or \"encoder_lm\""),
             "{e}"
         );
         let mlp_dropout = [
@@ -559,5 +607,32 @@ mod tests {
         ];
         let e = Config::load(None, &mlp_dropout).unwrap_err().to_string();
         assert!(e.contains("dropout"), "{e}");
+    }
+
+    #[test]
+    fn earlier_names_of_the_encoder_lm_still_load() {
+        // A config written before the rename: the arch value and its section.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.toml");
+        std::fs::write(
+            &p,
+            "[model]\narch = \"seed_transformer\"\n[seed_transformer]\nnhead = 2\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p), &["seed_transformer.d_model=64".into()]).unwrap();
+        assert_eq!(c.model.arch, Arch::EncoderLm);
+        assert_eq!((c.encoder_lm.nhead, c.encoder_lm.d_model), (2, 64));
+        assert!(c.to_toml().contains("[encoder_lm]"), "{}", c.to_toml());
+        let c = Config::load(None, &["model.arch=seed-transformer".into()]).unwrap();
+        assert_eq!(c.model.arch, Arch::EncoderLm);
+        let c = Config::load(None, &["model.arch=encoder_lm".into()]).unwrap();
+        assert!(matches!(c.model(), ModelKind::EncoderLm(_)));
+        std::fs::write(
+            &p,
+            "[seed_transformer]\nnhead = 2\n[encoder_lm]\nnhead = 4\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("earlier name of `encoder_lm`"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionMaps {
-    /// "gpt", "seed_transformer" or "bert".
+    /// "gpt", "encoder_lm" or "bert".
     pub arch: String,
     /// The tokens as the model saw them (BERT's include [CLS] and [SEP]).
     pub tokens: Vec<String>,

@@ -30,7 +30,7 @@ pub(crate) fn language_model_and_ids(
         return Err(Error::Invalid(format!(
             "{}: {needs}, and this is an {} model",
             model_dir.display(),
-            info.arch
+            info.arch()
         )));
     }
     let (model, info, tokenizer) = load_lm(&model_dir)?;
@@ -45,7 +45,7 @@ pub(crate) fn language_model_and_ids(
             model.spec.block_size
         )));
     }
-    Ok((model, tokenizer, ids, info.arch))
+    Ok((model, tokenizer, ids, info.arch().name().to_string()))
 }
 
 /// Each id decoded on its own: the tokens as a chart or a table shows them.

@@ -120,7 +120,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         let info = load_info(&dir)?;
         (
             "largo",
-            info.arch.clone(),
+            info.arch().name().to_string(),
             serde_json::to_value(&info).expect("config serialises"),
             dir.join(WEIGHTS_FILE),
             tokenizer_summary(&dir.join(TOKENIZER_FILE))?,

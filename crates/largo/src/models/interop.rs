@@ -5,7 +5,7 @@
 //! the seed's `pe` buffer).
 
 use super::store::{load_info, load_mlp, load_params, save_model, ModelInfo};
-use super::{GptConfig, Mlp, MlpConfig, SeedTransformerConfig, TransformerLm};
+use super::{Arch, GptConfig, Mlp, MlpConfig, ModelKind, SeedTransformerConfig, TransformerLm};
 use crate::backend::sinusoidal_table;
 use crate::data::mnist::Normalization;
 use crate::io::{load_weights, save_safetensors, TensorFile};
@@ -16,30 +16,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 
-/// The architectures `largo import` reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImportArch {
-    SeedMlp,
-    SeedTransformer,
-    Gpt,
-}
-
-impl ImportArch {
-    pub const NAMES: &'static str = "seed-mlp, seed-transformer, gpt";
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "seed-mlp" | "mlp" => ImportArch::SeedMlp,
-            "seed-transformer" | "seed_transformer" => ImportArch::SeedTransformer,
-            "gpt" => ImportArch::Gpt,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unsupported architecture {other:?}: supported are {}",
-                    Self::NAMES
-                )))
-            }
-        })
-    }
+/// The architecture named on the command line (`largo import --arch`): `mlp`, `gpt` or
+/// `encoder-lm` (`seed-mlp` and `seed-transformer`, the earlier names, too).
+pub fn parse_arch(s: &str) -> Result<Arch> {
+    Arch::parse(s).ok_or_else(|| {
+        Error::Invalid(format!(
+            "unsupported architecture {s:?}: supported are {}",
+            Arch::cli_names()
+        ))
+    })
 }
 
 /// A weights file (`io::load_weights`), without the prefixes torch.compile and
@@ -84,7 +69,10 @@ fn read_config<T: Serialize + DeserializeOwned + Default>(
     };
     let given = read_json_or_toml(path)?;
     let mut given = match given {
-        serde_json::Value::Object(mut o) => match o.remove(section) {
+        serde_json::Value::Object(mut o) => match o
+            .remove(section)
+            .or_else(|| crate::config::earlier_section_name(section).and_then(|old| o.remove(old)))
+        {
             Some(serde_json::Value::Object(inner)) => inner,
             _ => o,
         },
@@ -127,7 +115,7 @@ pub struct ImportReport {
 /// Reads `weights` as `arch` (sizes from `config`, else inferred from the tensor shapes where
 /// they determine them) and writes a largo model directory to `out`.
 pub fn import(
-    arch: ImportArch,
+    arch: Arch,
     weights: &Path,
     config: Option<&Path>,
     tokenizer: Option<&Path>,
@@ -143,7 +131,7 @@ pub fn import(
         None => None,
     };
     let (model, info): (Box<dyn Module>, ModelInfo) = match arch {
-        ImportArch::SeedMlp => {
+        Arch::Mlp => {
             let mut cfg: MlpConfig = read_config(config, "mlp")?;
             // fc1 … fcK: the chain of linear layers fixes every size.
             let mut widths = Vec::new();
@@ -165,17 +153,14 @@ pub fn import(
             load_params(&mut model, &mut file)?;
             let norm = read_normalization(config)?;
             let info = ModelInfo {
-                arch: "mlp".into(),
-                mlp: Some(cfg),
+                model: ModelKind::Mlp(cfg),
                 normalization: Some(norm),
                 split: None,
-                gpt: None,
-                seed_transformer: None,
             };
             (Box::new(model), info)
         }
-        ImportArch::SeedTransformer => {
-            let mut cfg: SeedTransformerConfig = read_config(config, "seed_transformer")?;
+        Arch::EncoderLm => {
+            let mut cfg: SeedTransformerConfig = read_config(config, "encoder_lm")?;
             let emb = shape_of(&file, "embedding.weight")?;
             if cfg.ntoken == 0 {
                 cfg.ntoken = emb[0];
@@ -202,11 +187,9 @@ pub fn import(
                     dropped.push(format!("{name} (sinusoidal table, recomputed)"));
                 }
             }
-            let model = TransformerLm::new(cfg.spec())?;
-            let (model, info) = finish_lm(model, &mut file, "seed_transformer", None, Some(cfg))?;
-            (model, info)
+            finish_lm(ModelKind::EncoderLm(cfg), &mut file)?
         }
-        ImportArch::Gpt => {
+        Arch::Gpt => {
             let mut cfg: GptConfig = read_config(config, "gpt")?;
             let wte = shape_of(&file, "transformer.wte.weight")?;
             if cfg.vocab_size == 0 {
@@ -246,9 +229,7 @@ pub fn import(
                     dropped.push("lm_head.weight (tied to transformer.wte.weight)".into());
                 }
             }
-            let model = TransformerLm::new(cfg.spec())?;
-            let (model, info) = finish_lm(model, &mut file, "gpt", Some(cfg), None)?;
-            (model, info)
+            finish_lm(ModelKind::Gpt(cfg), &mut file)?
         }
     };
     let params = model.num_params();
@@ -260,21 +241,15 @@ pub fn import(
     })
 }
 
-fn finish_lm(
-    mut model: TransformerLm,
-    file: &mut TensorFile,
-    arch: &str,
-    gpt: Option<GptConfig>,
-    seed: Option<SeedTransformerConfig>,
-) -> Result<(Box<dyn Module>, ModelInfo)> {
+/// Builds the language model `kind` describes and loads its weights from `file`.
+fn finish_lm(kind: ModelKind, file: &mut TensorFile) -> Result<(Box<dyn Module>, ModelInfo)> {
+    let spec = kind.lm_spec().expect("a language model");
+    let mut model = TransformerLm::new(spec)?;
     load_params(&mut model, file)?;
     let info = ModelInfo {
-        arch: arch.into(),
-        mlp: None,
+        model: kind,
         normalization: None,
         split: None,
-        gpt,
-        seed_transformer: seed,
     };
     Ok((Box::new(model), info))
 }
@@ -324,22 +299,22 @@ fn read_normalization(config: Option<&Path>) -> Result<Normalization> {
 pub fn export(dir: &Path, out: &Path) -> Result<usize> {
     let info = load_info(dir)?;
     let mut extra: Vec<(String, Tensor)> = Vec::new();
-    let model: Box<dyn Module> = match info.arch.as_str() {
-        "mlp" => Box::new(load_mlp(dir)?.0),
-        _ => {
+    let model: Box<dyn Module> = match &info.model {
+        ModelKind::Mlp(_) => Box::new(load_mlp(dir)?.0),
+        ModelKind::Gpt(g) => {
             let (model, _) = super::store::load_lm_model(dir)?;
-            if let Some(g) = &info.gpt {
-                if g.tie_weights {
-                    extra.push(("lm_head.weight".into(), model.wte.weight.value.clone()));
-                }
+            if g.tie_weights {
+                extra.push(("lm_head.weight".into(), model.wte.weight.value.clone()));
             }
-            if let Some(s) = &info.seed_transformer {
-                let data = sinusoidal_table(s.max_len, s.d_model);
-                extra.push((
-                    "pe".into(),
-                    Tensor::from_vec(&[s.max_len, s.d_model], data)?,
-                ));
-            }
+            Box::new(model)
+        }
+        ModelKind::EncoderLm(s) => {
+            let (model, _) = super::store::load_lm_model(dir)?;
+            let data = sinusoidal_table(s.max_len, s.d_model);
+            extra.push((
+                "pe".into(),
+                Tensor::from_vec(&[s.max_len, s.d_model], data)?,
+            ));
             Box::new(model)
         }
     };

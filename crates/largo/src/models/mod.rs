@@ -10,3 +10,158 @@ pub mod transformer_lm;
 pub use mlp::{Mlp, MlpConfig};
 pub mod store;
 pub use transformer_lm::{GptConfig, LmSpec, Positions, SeedTransformerConfig, TransformerLm};
+
+use crate::{Error, Result};
+
+/// The model families largo builds and trains. The kind is a type, resolved once from a
+/// training config or a model directory's `config.json`, so every match over it is exhaustive:
+/// a new family is a compile error until each place that must handle it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// The MLP classifier (784-128-10 on MNIST by default).
+    Mlp,
+    /// A GPT decoder shaped like nanoGPT's `model.py`.
+    Gpt,
+    /// The `nn.TransformerEncoder` language model of PyTorch's tutorial ("Language Modeling with
+    /// nn.Transformer"): embedding ×√d, sinusoidal positions, post-norm encoder layers, a linear
+    /// head.
+    EncoderLm,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Mlp, Arch::Gpt, Arch::EncoderLm];
+
+    /// The name in configs, `config.json` and the CLI; also the name of its config section.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Gpt => "gpt",
+            Arch::EncoderLm => "encoder_lm",
+        }
+    }
+
+    /// Reads a name, `-` or `_` alike; the names of earlier versions ("seed_transformer",
+    /// "seed-mlp") still work.
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.replace('-', "_").as_str() {
+            "mlp" | "seed_mlp" => Some(Arch::Mlp),
+            "gpt" => Some(Arch::Gpt),
+            "encoder_lm" | "seed_transformer" => Some(Arch::EncoderLm),
+            _ => None,
+        }
+    }
+
+    /// The name on the command line (`largo import --arch encoder-lm`).
+    pub fn cli_name(self) -> String {
+        self.name().replace('_', "-")
+    }
+
+    /// `mlp, gpt, encoder_lm`, for error messages.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+        names.join(", ")
+    }
+
+    /// `mlp, gpt, encoder-lm`, for the command line's error messages.
+    pub fn cli_names() -> String {
+        let names: Vec<String> = Self::ALL.iter().map(|a| a.cli_name()).collect();
+        names.join(", ")
+    }
+
+    /// `"mlp", "gpt" or "encoder_lm"`, for error messages.
+    pub fn expected() -> String {
+        let names: Vec<String> = Self::ALL
+            .iter()
+            .map(|a| format!("{:?}", a.name()))
+            .collect();
+        let (last, rest) = names.split_last().expect("several kinds");
+        format!("{} or {last}", rest.join(", "))
+    }
+
+    /// Language models train on text and generate; the MLP classifies images.
+    pub fn is_lm(self) -> bool {
+        match self {
+            Arch::Mlp => false,
+            Arch::Gpt | Arch::EncoderLm => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Arch::parse(s)
+            .ok_or_else(|| Error::Invalid(format!("{s:?}: expected {}", Arch::expected())))
+    }
+}
+
+impl TryFrom<String> for Arch {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Arch::parse(&s).ok_or_else(|| format!("model.arch = {s:?}: expected {}", Arch::expected()))
+    }
+}
+
+impl From<Arch> for String {
+    fn from(a: Arch) -> String {
+        a.name().to_string()
+    }
+}
+
+impl serde::Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Arch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Arch::try_from(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A model family with its settings: one config per kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelKind {
+    Mlp(MlpConfig),
+    Gpt(GptConfig),
+    EncoderLm(SeedTransformerConfig),
+}
+
+impl ModelKind {
+    pub fn arch(&self) -> Arch {
+        match self {
+            ModelKind::Mlp(_) => Arch::Mlp,
+            ModelKind::Gpt(_) => Arch::Gpt,
+            ModelKind::EncoderLm(_) => Arch::EncoderLm,
+        }
+    }
+
+    /// The language-model skeleton, for the kinds that are language models.
+    pub fn lm_spec(&self) -> Option<LmSpec> {
+        match self {
+            ModelKind::Mlp(_) => None,
+            ModelKind::Gpt(c) => Some(c.spec()),
+            ModelKind::EncoderLm(c) => Some(c.spec()),
+        }
+    }
+
+    /// Checks the settings (the sizes a model is built from).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelKind::Mlp(c) => c.validate(),
+            ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
+                self.lm_spec().expect("a language model").validate()
+            }
+        }
+    }
+}

@@ -184,7 +184,7 @@ pub fn read_bert_config(dir: &Path) -> Result<BertConfig> {
             format!(
                 "unsupported architecture {model_type:?} (model_type): supported Hugging Face \
                  architectures are bert; largo's own are {}",
-                super::store::SUPPORTED
+                super::Arch::names()
             ),
         ));
     }

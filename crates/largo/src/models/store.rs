@@ -1,7 +1,9 @@
 //! A model directory: `config.json` (architecture, sizes, preprocessing) + `model.safetensors`
 //! with PyTorch `state_dict` names. Written atomically; loading checks every tensor's shape.
 
-use super::{GptConfig, LmSpec, Mlp, MlpConfig, SeedTransformerConfig, TransformerLm};
+use super::{
+    Arch, GptConfig, LmSpec, Mlp, MlpConfig, ModelKind, SeedTransformerConfig, TransformerLm,
+};
 use crate::data::mnist::Normalization;
 use crate::io::{save_safetensors, write_dir_atomic, TensorFile};
 use crate::nn::Module;
@@ -38,35 +40,103 @@ impl SplitInfo {
 }
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const SUPPORTED: &str = "mlp, gpt, seed_transformer";
-
-/// `config.json` of a model directory: the architecture and the settings it needs.
+/// `config.json` of a model directory: the model kind with its settings, and what its
+/// preprocessing needs. On disk: `"arch"`, the section of that name, `"normalization"` and
+/// `"split"` (see [`ModelInfoFile`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ModelInfoFile", into = "ModelInfoFile")]
 pub struct ModelInfo {
-    /// "mlp", "gpt" or "seed_transformer".
-    pub arch: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mlp: Option<MlpConfig>,
-    /// Pixel normalisation measured on the training split (MLP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: ModelKind,
+    /// Pixel normalisation measured on the training split (MLP; required there).
     pub normalization: Option<Normalization>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpt: Option<GptConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed_transformer: Option<SeedTransformerConfig>,
 }
 
 impl ModelInfo {
+    pub fn arch(&self) -> Arch {
+        self.model.arch()
+    }
+
     /// The language-model skeleton this directory describes, if it is one.
     pub fn lm_spec(&self) -> Option<LmSpec> {
-        match self.arch.as_str() {
-            "gpt" => self.gpt.as_ref().map(|c| c.spec()),
-            "seed_transformer" => self.seed_transformer.as_ref().map(|c| c.spec()),
-            _ => None,
+        self.model.lm_spec()
+    }
+}
+
+/// `config.json` as written: the architecture's name and one optional section per kind, of
+/// which the named one must be present. Files written before the encoder LM's rename (arch
+/// `"seed_transformer"` and a section of that name) still load.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelInfoFile {
+    arch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mlp: Option<MlpConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    normalization: Option<Normalization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    split: Option<SplitInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpt: Option<GptConfig>,
+    #[serde(
+        default,
+        alias = "seed_transformer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    encoder_lm: Option<SeedTransformerConfig>,
+}
+
+impl TryFrom<ModelInfoFile> for ModelInfo {
+    type Error = String;
+
+    fn try_from(f: ModelInfoFile) -> std::result::Result<Self, String> {
+        let Some(arch) = Arch::parse(&f.arch) else {
+            return Err(format!(
+                "unsupported architecture {:?}: supported are {}",
+                f.arch,
+                Arch::names()
+            ));
+        };
+        let missing = |section: &str| {
+            format!(
+                "architecture {:?} needs a \"{section}\" section",
+                arch.name()
+            )
+        };
+        let model = match arch {
+            Arch::Mlp => ModelKind::Mlp(f.mlp.ok_or_else(|| missing("mlp"))?),
+            Arch::Gpt => ModelKind::Gpt(f.gpt.ok_or_else(|| missing("gpt"))?),
+            Arch::EncoderLm => {
+                ModelKind::EncoderLm(f.encoder_lm.ok_or_else(|| missing("encoder_lm"))?)
+            }
+        };
+        if arch == Arch::Mlp && f.normalization.is_none() {
+            return Err(missing("normalization"));
         }
+        Ok(ModelInfo {
+            model,
+            normalization: f.normalization,
+            split: f.split,
+        })
+    }
+}
+
+impl From<ModelInfo> for ModelInfoFile {
+    fn from(info: ModelInfo) -> Self {
+        let mut f = ModelInfoFile {
+            arch: info.arch().name().to_string(),
+            mlp: None,
+            normalization: info.normalization,
+            split: info.split,
+            gpt: None,
+            encoder_lm: None,
+        };
+        match info.model {
+            ModelKind::Mlp(c) => f.mlp = Some(c),
+            ModelKind::Gpt(c) => f.gpt = Some(c),
+            ModelKind::EncoderLm(c) => f.encoder_lm = Some(c),
+        }
+        f
     }
 }
 
@@ -113,43 +183,19 @@ pub fn load_info(dir: &Path) -> Result<ModelInfo> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let info: ModelInfo =
         serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("{e}")))?;
-    let missing = |section: &str| {
-        Error::format(
-            &path,
-            format!("architecture {:?} needs a \"{section}\" section", info.arch),
-        )
-    };
-    match info.arch.as_str() {
-        "mlp" => {
-            let mlp = info.mlp.as_ref().ok_or_else(|| missing("mlp"))?;
-            mlp.validate()
-                .map_err(|e| Error::format(&path, e.to_string()))?;
-            if info.normalization.is_none() {
-                return Err(missing("normalization"));
-            }
-        }
-        "gpt" | "seed_transformer" => {
-            let spec = info.lm_spec().ok_or_else(|| missing(&info.arch))?;
-            spec.validate()
-                .map_err(|e| Error::format(&path, e.to_string()))?;
-        }
-        other => {
-            return Err(Error::format(
-                &path,
-                format!("unsupported architecture {other:?}: supported are {SUPPORTED}"),
-            ))
-        }
-    }
+    info.model
+        .validate()
+        .map_err(|e| Error::format(&path, e.to_string()))?;
     Ok(info)
 }
 
 /// Loads an MLP; every tensor must be present with the shape its config implies, and no other.
 pub fn load_mlp(dir: &Path) -> Result<(Mlp, ModelInfo, Normalization)> {
     let info = load_info(dir)?;
-    let (Some(cfg), Some(norm)) = (info.mlp.clone(), info.normalization) else {
+    let (ModelKind::Mlp(cfg), Some(norm)) = (info.model.clone(), info.normalization) else {
         return Err(Error::format(
             dir.join(CONFIG_FILE),
-            format!("this is a {} model, not an MLP classifier", info.arch),
+            format!("this is a {} model, not an MLP classifier", info.arch()),
         ));
     };
     let mut model = Mlp::new(cfg)?;
@@ -178,7 +224,7 @@ pub fn load_lm_model(dir: &Path) -> Result<(TransformerLm, ModelInfo)> {
     let Some(spec) = info.lm_spec() else {
         return Err(Error::format(
             dir.join(CONFIG_FILE),
-            format!("this is a {} model, not a language model", info.arch),
+            format!("this is a {} model, not a language model", info.arch()),
         ));
     };
     let mut model = TransformerLm::new(spec)?;

@@ -245,7 +245,7 @@ pub fn build(run: &Path) -> Result<(Page, Vec<String>)> {
 fn summary_section(run: &Path, cfg: &Config, stats: &RunStats) -> Section {
     let mut facts: Vec<(&str, String)> = vec![
         ("run", run.display().to_string()),
-        ("model", cfg.model.arch.clone()),
+        ("model", cfg.model.arch.to_string()),
         ("data", cfg.data.path.clone()),
         ("steps", stats.steps.to_string()),
     ];

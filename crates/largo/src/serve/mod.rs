@@ -16,7 +16,7 @@ use crate::eval::argmax;
 use crate::generate::Sampling;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
-use crate::models::{Mlp, TransformerLm};
+use crate::models::{Mlp, ModelKind, TransformerLm};
 use crate::nn::Module;
 use crate::{Error, Result};
 use api::{
@@ -65,34 +65,32 @@ impl Served {
         }
         let dir = resolve_model_dir(path)?;
         let info = load_info(&dir)?;
-        if info.arch == "mlp" {
-            let (mut model, _, norm) = load_mlp(&dir)?;
-            let side = (model.config.input as f64).sqrt() as usize;
-            if side * side != model.config.input {
-                return Err(Error::format(
-                    &dir,
-                    format!(
-                        "the classifier takes {} inputs, not a square image: /v1/classify serves image classifiers",
-                        model.config.input
-                    ),
-                ));
+        match info.model {
+            ModelKind::Mlp(_) => {
+                let (mut model, _, norm) = load_mlp(&dir)?;
+                let side = (model.config.input as f64).sqrt() as usize;
+                if side * side != model.config.input {
+                    return Err(Error::format(
+                        &dir,
+                        format!(
+                            "the classifier takes {} inputs, not a square image: /v1/classify serves image classifiers",
+                            model.config.input
+                        ),
+                    ));
+                }
+                model.drop_grads();
+                Ok(Served::Classifier {
+                    model: Mutex::new(model),
+                    norm,
+                    side,
+                })
             }
-            model.drop_grads();
-            return Ok(Served::Classifier {
-                model: Mutex::new(model),
-                norm,
-                side,
-            });
+            ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
+                let (mut model, _, tokenizer) = load_lm(&dir)?;
+                model.drop_grads();
+                Ok(Served::Lm { model, tokenizer })
+            }
         }
-        if info.lm_spec().is_none() {
-            return Err(Error::format(
-                &dir,
-                format!("a {} model cannot be served (language models, digit classifiers and BERT embedding models can)", info.arch),
-            ));
-        }
-        let (mut model, _, tokenizer) = load_lm(&dir)?;
-        model.drop_grads();
-        Ok(Served::Lm { model, tokenizer })
     }
 }
 

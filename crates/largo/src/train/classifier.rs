@@ -1,307 +1,280 @@
-//! The classifier loop (the MLP on MNIST): epochs of shuffled mini-batches, validation after
-//! each epoch, `best/` by the validation metric, early stopping, checkpoints that resume exactly.
+//! The classifier task (the MLP on MNIST): epochs of shuffled mini-batches, validation after
+//! each epoch, `best/` by `train.metric` (accuracy or loss).
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::TrainState;
 use super::dist::Dist;
 use super::metrics::Record;
-use super::optim::Optimizer;
-use super::session::{
-    non_finite, optimizer_step, progress_bar, say, RunLog, TrainOptions, TrainOutcome,
-};
+use super::session::{Metric, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
 use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
-use crate::models::Mlp;
+use crate::models::{Mlp, MlpConfig, ModelKind};
+use crate::nn::Module;
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::path::Path;
-use std::time::Instant;
 
-pub(crate) fn train_classifier(
-    cfg: &Config,
-    opts: &TrainOptions,
-    run: &Path,
-    dist: &Dist,
-) -> Result<TrainOutcome> {
-    let run = run.to_path_buf();
-    let lead = dist.is_lead();
+pub(crate) struct ClassifierTask<'a> {
+    cfg: &'a Config,
+    mlp: MlpConfig,
+    model: Mlp,
+    data: Mnist,
+    split: SplitInfo,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+    /// Fitted on the training split at the start; carried by the checkpoints.
+    norm: Option<Normalization>,
+    /// The current epoch's order of training positions (computed when the epoch starts).
+    order: Vec<usize>,
+    order_epoch: Option<usize>,
+    /// Scratch: a batch of pixels and labels, per-row losses, the logits' gradient.
+    x: Vec<f32>,
+    y: Vec<i64>,
+    row_losses: Vec<f32>,
+    dlogits: Vec<f32>,
+}
 
-    let data = Mnist::load(Path::new(&cfg.data.path), cfg.mlp.classes)?;
-    if data.pixels != cfg.mlp.input {
-        return Err(Error::Config(format!(
-            "mlp.input = {} but the images in {} have {} pixels",
-            cfg.mlp.input, cfg.data.path, data.pixels
-        )));
-    }
-    let seed = cfg.run.seed;
-    let split = SplitInfo {
-        seed,
-        val_fraction: cfg.data.val_fraction,
-        max_train_samples: cfg.data.max_train_samples,
-    };
-    let (train_idx, val_idx) = split.indices(data.len());
-    if train_idx.is_empty() {
-        return Err(Error::Config(
-            "data.val_fraction leaves no training samples".into(),
-        ));
-    }
-    let mut model = Mlp::new(cfg.mlp.clone())?;
-    let mut full_opt = Optimizer::new(cfg.optim.clone());
-
-    let mut state = TrainState::start(seed, None, None);
-    if opts.resume {
-        dist.lead_then_share(|| {
-            let (dir, s) = checkpoint::latest(&run)?;
-            checkpoint::restore(&dir, &s, &mut model, &mut full_opt)?;
-            state = s;
-            Ok(())
-        })?;
-    } else {
-        model.init(&mut Rng::for_stream(seed, stream::INIT));
-        state.normalization = Some(Normalization::fit(&data, &train_idx));
-    }
-    dist.sync_start(&mut model, &mut full_opt, &mut state)?;
-    let mut opt = dist.optimizer(full_opt, &model)?;
-    let mut log = RunLog::open(cfg, &run, lead, opts.resume.then_some(state.step))?;
-    let norm = state
-        .normalization
-        .ok_or_else(|| Error::Invalid("checkpoint lacks the pixel normalisation".into()))?;
-    let info = ModelInfo {
-        arch: "mlp".into(),
-        mlp: Some(cfg.mlp.clone()),
-        normalization: Some(norm),
-        split: Some(split),
-        gpt: None,
-        seed_transformer: None,
-    };
-
-    if lead {
-        eprintln!(
-            "{} parameters; {}",
-            crate::nn::Module::num_params(&model),
-            crate::backend::describe_matmul_precision()
-        );
-    }
-    let t = &cfg.train;
-    let micro_per_epoch = train_idx.len().div_ceil(t.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(t.grad_accum) as u64;
-    let total_steps = steps_per_epoch * t.epochs as u64;
-    let classes = cfg.mlp.classes;
-
-    let bar = progress_bar(opts.progress && lead, total_steps, state.step);
-    let tell = |line: String| {
-        if lead {
-            say(&bar, line)
+impl<'a> ClassifierTask<'a> {
+    pub(crate) fn new(cfg: &'a Config, mlp: &MlpConfig) -> Result<Self> {
+        let data = Mnist::load(Path::new(&cfg.data.path), mlp.classes)?;
+        if data.pixels != mlp.input {
+            return Err(Error::Config(format!(
+                "mlp.input = {} but the images in {} have {} pixels",
+                mlp.input, cfg.data.path, data.pixels
+            )));
         }
-    };
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut dlogits = Vec::new();
-    let mut row_losses = Vec::new();
-    // Sums over the current logging window.
-    let (mut win_loss, mut win_correct, mut win_samples, mut win_norm, mut win_steps) =
-        (0f64, 0u64, 0u64, 0f64, 0u64);
-    let mut win_start = Instant::now();
-    let session_start = Instant::now();
-    let out_of_time = || dist.out_of_time(session_start, t.max_minutes);
-    let mut last_val = (f64::NAN, f64::NAN);
-    let mut stopped_early = false;
-    let mut epochs_run = 0;
-
-    'epochs: while state.epoch < t.epochs && !state.finished {
-        let order = epoch_order(train_idx.len(), seed, state.epoch);
-        let micro: Vec<&[usize]> = order.chunks(t.batch_size).collect();
-        while state.next_batch < micro.len() {
-            // One optimiser step over up to `grad_accum` micro-batches.
-            let group_end = (state.next_batch + t.grad_accum).min(micro.len());
-            let group = &micro[state.next_batch..group_end];
-            let group_samples: usize = group.iter().map(|b| b.len()).sum();
-            let mut step_loss = 0f64;
-            let mut step_correct = 0u64;
-            for (i, positions) in group.iter().enumerate() {
-                // This rank's contiguous share of the micro-batch; every rank draws the seed.
-                let dropout_seed = dist.rank_seed(state.dropout_rng.next_u64());
-                let positions = &positions[dist.slice(positions.len())];
-                if positions.is_empty() {
-                    continue;
-                }
-                let idx: Vec<usize> = positions.iter().map(|&p| train_idx[p]).collect();
-                gather_batch(&data, &norm, &idx, &mut x, &mut y);
-                let n = idx.len();
-                let logits = model.forward(&x, n, true, dropout_seed);
-                row_losses.resize(n, 0.0);
-                let smoothing = t.label_smoothing as f32;
-                let loss =
-                    cross_entropy_forward(logits, &y, classes, -100, smoothing, &mut row_losses)?;
-                let correct = logits
-                    .chunks_exact(classes)
-                    .zip(&y)
-                    .filter(|(r, &t)| argmax(r) == t as usize)
-                    .count() as u64;
-                // Each micro-batch's mean loss is weighted by its share of the step's samples
-                // (with several ranks: this rank's part of it, by its share).
-                let weight = n as f32 / group_samples as f32;
-                dlogits.resize(logits.len(), 0.0);
-                cross_entropy_backward(logits, &y, classes, -100, smoothing, weight, &mut dlogits)?;
-                // The last micro-batch's backward starts the gradient all-reduce as it goes.
-                match dist.grad_hook(i + 1 == group.len()) {
-                    Some(h) => model.backward_with(&dlogits, true, &mut |w, p| h.ready(w, p)),
-                    None => model.backward(&dlogits, true),
-                }
-                step_loss += loss as f64 * weight as f64;
-                step_correct += correct;
-            }
-            dist.grads_done(&mut model)?;
-            if dist.world_size() > 1 {
-                let mut sums = [step_loss, step_correct as f64];
-                dist.sum_f64(&mut sums)?;
-                (step_loss, step_correct) = (sums[0], sums[1] as u64);
-            }
-            win_correct += step_correct;
-            state.epoch_correct += step_correct;
-            if !step_loss.is_finite() {
-                return Err(non_finite(&run, "loss", step_loss, &state));
-            }
-            let (norm_before, lr) =
-                optimizer_step(cfg, &mut model, &mut opt, dist, &state, total_steps, &run)?;
-            state.step += 1;
-            dist.after_step(state.step);
-            state.next_batch = group_end;
-            state.epoch_loss_sum += step_loss * group_samples as f64;
-            state.epoch_samples += group_samples as u64;
-            win_loss += step_loss;
-            win_norm += norm_before;
-            win_samples += group_samples as u64;
-            win_steps += 1;
-
-            if state.step.is_multiple_of(t.log_every.max(1)) || state.next_batch == micro.len() {
-                let secs = win_start.elapsed().as_secs_f64().max(1e-9);
-                let r = Record::Train {
-                    step: state.step,
-                    epoch: state.epoch,
-                    loss: win_loss / win_steps as f64,
-                    accuracy: Some(win_correct as f64 / win_samples as f64),
-                    lr,
-                    grad_norm: win_norm / win_steps as f64,
-                    samples_per_sec: win_samples as f64 / secs,
-                };
-                log.write(&r)?;
-                if let Record::Train {
-                    loss,
-                    accuracy,
-                    samples_per_sec,
-                    ..
-                } = r
-                {
-                    bar.set_message(format!(
-                        "epoch {} loss {loss:.4} acc {:.1}% {samples_per_sec:.0} samples/s",
-                        state.epoch + 1,
-                        100.0 * accuracy.unwrap_or(0.0)
-                    ));
-                }
-                (win_loss, win_correct, win_samples, win_norm, win_steps) = (0.0, 0, 0, 0.0, 0);
-                win_start = Instant::now();
-            }
-            bar.set_position(state.step);
-
-            let at_max = (t.max_steps > 0 && state.step >= t.max_steps)
-                || state.step == t.stop_at
-                || out_of_time()?;
-            if state.next_batch < micro.len()
-                && (at_max
-                    || (t.checkpoint_every > 0 && state.step.is_multiple_of(t.checkpoint_every)))
-            {
-                dist.save_checkpoint(&run, &state, &model, &opt, t.keep_checkpoints)?;
-            }
-            if at_max && state.next_batch < micro.len() {
-                // Mid-epoch: validate the model as it stands so the session ends with a metric,
-                // without a `val` record (the epoch is not over; `--resume` finishes it).
-                last_val = validate(&mut model, &data, &norm, &val_idx, dist)?;
-                break 'epochs;
-            }
+        let split = SplitInfo {
+            seed: cfg.run.seed,
+            val_fraction: cfg.data.val_fraction,
+            max_train_samples: cfg.data.max_train_samples,
+        };
+        let (train_idx, val_idx) = split.indices(data.len());
+        if train_idx.is_empty() {
+            return Err(Error::Config(
+                "data.val_fraction leaves no training samples".into(),
+            ));
         }
+        Ok(ClassifierTask {
+            cfg,
+            mlp: mlp.clone(),
+            model: Mlp::new(mlp.clone())?,
+            data,
+            split,
+            train_idx,
+            val_idx,
+            norm: None,
+            order: Vec::new(),
+            order_epoch: None,
+            x: Vec::new(),
+            y: Vec::new(),
+            row_losses: Vec::new(),
+            dlogits: Vec::new(),
+        })
+    }
 
-        // End of epoch: validate, keep the best, maybe stop, checkpoint.
-        let val = validate(&mut model, &data, &norm, &val_idx, dist)?;
+    /// Micro-batches per epoch.
+    fn micro_batches(&self) -> usize {
+        self.train_idx.len().div_ceil(self.cfg.train.batch_size)
+    }
+
+    fn norm(&self) -> Normalization {
+        self.norm.expect("set by begin()")
+    }
+}
+
+impl Task for ClassifierTask<'_> {
+    fn model(&mut self) -> &mut dyn Module {
+        &mut self.model
+    }
+
+    fn init(&mut self, state: &mut TrainState) {
+        self.model
+            .init(&mut Rng::for_stream(self.cfg.run.seed, stream::INIT));
+        state.normalization = Some(Normalization::fit(&self.data, &self.train_idx));
+    }
+
+    fn begin(&mut self, state: &TrainState) -> Result<()> {
+        self.norm =
+            Some(state.normalization.ok_or_else(|| {
+                Error::Invalid("checkpoint lacks the pixel normalisation".into())
+            })?);
+        Ok(())
+    }
+
+    fn total_steps(&self) -> u64 {
+        let t = &self.cfg.train;
+        self.micro_batches().div_ceil(t.grad_accum) as u64 * t.epochs as u64
+    }
+
+    fn complete(&self, state: &TrainState) -> bool {
+        state.epoch >= self.cfg.train.epochs
+    }
+
+    /// Up to `grad_accum` micro-batches of the epoch's order, from `state.next_batch`.
+    fn forward_backward(&mut self, state: &mut TrainState, dist: &Dist) -> Result<StepSums> {
+        let t = &self.cfg.train;
+        if self.order_epoch != Some(state.epoch) {
+            self.order = epoch_order(self.train_idx.len(), self.cfg.run.seed, state.epoch);
+            self.order_epoch = Some(state.epoch);
+        }
+        let norm = self.norm();
+        let classes = self.mlp.classes;
+        let smoothing = t.label_smoothing as f32;
+        let micro: Vec<&[usize]> = self.order.chunks(t.batch_size).collect();
+        let group = &micro[state.next_batch..(state.next_batch + t.grad_accum).min(micro.len())];
+        let group_samples: usize = group.iter().map(|b| b.len()).sum();
+        let mut sums = StepSums {
+            loss: 0.0,
+            correct: 0,
+            items: group_samples as u64,
+        };
+        for (i, positions) in group.iter().enumerate() {
+            // This rank's contiguous share of the micro-batch; every rank draws the seed.
+            let dropout_seed = dist.rank_seed(state.dropout_rng.next_u64());
+            let positions = &positions[dist.slice(positions.len())];
+            if positions.is_empty() {
+                continue;
+            }
+            let idx: Vec<usize> = positions.iter().map(|&p| self.train_idx[p]).collect();
+            gather_batch(&self.data, &norm, &idx, &mut self.x, &mut self.y);
+            let n = idx.len();
+            let logits = self.model.forward(&self.x, n, true, dropout_seed);
+            self.row_losses.resize(n, 0.0);
+            let loss = cross_entropy_forward(
+                logits,
+                &self.y,
+                classes,
+                -100,
+                smoothing,
+                &mut self.row_losses,
+            )?;
+            let correct = logits
+                .chunks_exact(classes)
+                .zip(&self.y)
+                .filter(|(r, &t)| argmax(r) == t as usize)
+                .count() as u64;
+            // Each micro-batch's mean loss is weighted by its share of the step's samples
+            // (with several ranks: this rank's part of it, by its share).
+            let weight = n as f32 / group_samples as f32;
+            self.dlogits.resize(logits.len(), 0.0);
+            cross_entropy_backward(
+                logits,
+                &self.y,
+                classes,
+                -100,
+                smoothing,
+                weight,
+                &mut self.dlogits,
+            )?;
+            match dist.grad_hook(i + 1 == group.len()) {
+                Some(h) => self
+                    .model
+                    .backward_with(&self.dlogits, true, &mut |w, p| h.ready(w, p)),
+                None => self.model.backward(&self.dlogits, true),
+            }
+            sums.loss += loss as f64 * weight as f64;
+            sums.correct += correct;
+        }
+        Ok(sums)
+    }
+
+    fn after_step(&mut self, state: &mut TrainState, sums: &StepSums) {
+        let end = (state.next_batch + self.cfg.train.grad_accum).min(self.micro_batches());
+        state.next_batch = end;
+        state.epoch_loss_sum += sums.loss * sums.items as f64;
+        state.epoch_correct += sums.correct;
+        state.epoch_samples += sums.items;
+    }
+
+    fn epoch_ends(&self, state: &TrainState) -> bool {
+        state.next_batch == self.micro_batches()
+    }
+
+    fn period_ends(&self, state: &TrainState, _timed_out: bool) -> bool {
+        self.epoch_ends(state)
+    }
+
+    fn at_step_limit(&self, state: &TrainState) -> bool {
+        let max = self.cfg.train.max_steps;
+        max > 0 && state.step >= max
+    }
+
+    fn validate(&mut self, dist: &Dist) -> Result<Validation> {
+        let norm = self.norm();
+        let (loss, accuracy) = validate(&mut self.model, &self.data, &norm, &self.val_idx, dist)?;
+        Ok(Validation {
+            loss,
+            accuracy: Some(accuracy),
+        })
+    }
+
+    fn period_record(&self, state: &TrainState, val: &Validation, _: f64) -> (Record, String) {
         let train_loss = state.epoch_loss_sum / state.epoch_samples.max(1) as f64;
-        let train_acc = state.epoch_correct as f64 / state.epoch_samples.max(1) as f64;
-        log.write(&Record::Val {
-            step: state.step,
-            epoch: state.epoch,
-            train_loss,
-            train_accuracy: train_acc,
-            val_loss: val.0,
-            val_accuracy: val.1,
-        })?;
-        tell(format!(
+        let train_accuracy = state.epoch_correct as f64 / state.epoch_samples.max(1) as f64;
+        let val_accuracy = val.accuracy.unwrap_or(f64::NAN);
+        let line = format!(
             "epoch {:>3}  step {:>6}  train loss {train_loss:.4} acc {:.2}%  val loss {:.4} acc {:.2}%",
             state.epoch + 1,
             state.step,
-            100.0 * train_acc,
-            val.0,
-            100.0 * val.1
-        ));
-        last_val = val;
-        let (metric, higher_better) = match t.metric.as_str() {
-            "val_loss" => (val.0, false),
-            _ => (val.1, true),
+            100.0 * train_accuracy,
+            val.loss,
+            100.0 * val_accuracy
+        );
+        let record = Record::Val {
+            step: state.step,
+            epoch: state.epoch,
+            train_loss,
+            train_accuracy,
+            val_loss: val.loss,
+            val_accuracy,
         };
-        let improved = match state.best_metric {
-            None => true,
-            Some(b) if higher_better => metric > b + t.min_delta,
-            Some(b) => metric < b - t.min_delta,
-        };
-        if improved {
-            state.best_metric = Some(metric);
-            state.best_epoch = Some(state.epoch);
-            state.epochs_without_improvement = 0;
-            if lead {
-                save_model(&run.join("best"), &model, &info, None)?;
-            }
-        } else {
-            state.epochs_without_improvement += 1;
-        }
-        epochs_run += 1;
+        (record, line)
+    }
+
+    fn next_period(&mut self, state: &mut TrainState) {
         state.epoch += 1;
         state.next_batch = 0;
         state.epoch_loss_sum = 0.0;
         state.epoch_correct = 0;
         state.epoch_samples = 0;
-        if t.patience > 0 && state.epochs_without_improvement >= t.patience {
-            tell(format!(
-                "early stopping: no improvement of {} in {} epochs",
-                t.metric, t.patience
-            ));
-            stopped_early = true;
-            state.finished = true;
-        }
-        dist.save_checkpoint(&run, &state, &model, &opt, t.keep_checkpoints)?;
-        if lead {
-            super::plot::plot_run(&run)?;
-        }
-        if (t.max_steps > 0 && state.step >= t.max_steps)
-            || state.step == t.stop_at
-            || out_of_time()?
-        {
-            break;
+    }
+
+    fn period_index(&self, state: &TrainState) -> usize {
+        state.epoch
+    }
+
+    fn periods_name(&self) -> &'static str {
+        "epochs"
+    }
+
+    fn unit(&self) -> &'static str {
+        "samples"
+    }
+
+    fn measures_accuracy(&self) -> bool {
+        true
+    }
+
+    fn metric(&self) -> Metric {
+        match self.cfg.train.metric.as_str() {
+            "val_loss" => Metric::lower_loss(),
+            name => Metric {
+                name: name.to_string(),
+                higher_is_better: true,
+            },
         }
     }
-    bar.finish_and_clear();
-    if lead {
-        save_model(&run.join("model"), &model, &info, None)?;
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let info = ModelInfo {
+            model: ModelKind::Mlp(self.mlp.clone()),
+            normalization: self.norm,
+            split: Some(self.split),
+        };
+        save_model(dir, &self.model, &info, None)
     }
-    dist.finish(&run)?;
-    Ok(TrainOutcome {
-        run_dir: run,
-        steps: state.step,
-        epochs_run,
-        best_metric: state.best_metric,
-        best_epoch: state.best_epoch,
-        last_val_loss: last_val.0,
-        last_val_accuracy: last_val.1,
-        stopped_early,
-    })
 }
 
 /// Validation loss and accuracy; with several ranks each evaluates every N-th batch of 256

@@ -1,34 +1,22 @@
-//! The language-model loop: random windows of the training tokens, AdamW with warmup and cosine,
-//! clipping and accumulation; every `eval_every` steps validation loss and perplexity, `best/`,
-//! a checkpoint, early stopping and the curves.
+//! The language-model task: random windows of the training tokens; every `eval_every` steps
+//! validation loss and perplexity over fixed windows of the validation tokens.
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::TrainState;
 use super::dist::Dist;
 use super::metrics::Record;
-use super::optim::Optimizer;
-use super::session::{
-    non_finite, optimizer_step, progress_bar, say, RunLog, TrainOptions, TrainOutcome,
-};
+use super::session::{Metric, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};
 use crate::models::store::{save_model, ModelInfo};
-use crate::models::{LmSpec, TransformerLm};
+use crate::models::{LmSpec, ModelKind, TransformerLm};
+use crate::nn::Module;
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The model's spec with the vocabulary taken from the data when the config leaves it at 0.
 pub fn lm_spec(cfg: &Config, vocab: usize) -> Result<(LmSpec, ModelInfo)> {
-    let mut info = ModelInfo {
-        arch: cfg.model.arch.clone(),
-        mlp: None,
-        normalization: None,
-        split: None,
-        gpt: None,
-        seed_transformer: None,
-    };
     let set = |v: &mut usize| -> Result<()> {
         if *v == 0 {
             *v = vocab;
@@ -39,20 +27,24 @@ pub fn lm_spec(cfg: &Config, vocab: usize) -> Result<(LmSpec, ModelInfo)> {
         }
         Ok(())
     };
-    let spec = if cfg.model.arch == "gpt" {
-        let mut g = cfg.gpt.clone();
-        set(&mut g.vocab_size)?;
-        let spec = g.spec();
-        info.gpt = Some(g);
-        spec
-    } else {
-        let mut s = cfg.seed_transformer.clone();
-        set(&mut s.ntoken)?;
-        let spec = s.spec();
-        info.seed_transformer = Some(s);
-        spec
-    };
+    let mut model = cfg.model();
+    match &mut model {
+        ModelKind::Gpt(g) => set(&mut g.vocab_size)?,
+        ModelKind::EncoderLm(s) => set(&mut s.ntoken)?,
+        ModelKind::Mlp(_) => {
+            return Err(Error::Config(format!(
+                "model.arch = \"{}\" is not a language model",
+                cfg.model.arch
+            )))
+        }
+    }
+    let spec = model.lm_spec().expect("a language model");
     spec.validate()?;
+    let info = ModelInfo {
+        model,
+        normalization: None,
+        split: None,
+    };
     Ok((spec, info))
 }
 
@@ -185,227 +177,201 @@ fn load_data(cfg: &Config, run: &Path, dist: &Dist) -> Result<TokenData> {
     })
 }
 
-pub(crate) fn train_lm(
-    cfg: &Config,
-    opts: &TrainOptions,
-    run: &Path,
-    dist: &Dist,
-) -> Result<TrainOutcome> {
-    let lead = dist.is_lead();
-    let data = load_data(cfg, run, dist)?;
-    let (spec, info) = lm_spec(cfg, data.meta.vocab_size)?;
-    let (t, b) = (spec.block_size, cfg.train.batch_size);
-    for (name, tokens) in [("training", &data.train), ("validation", &data.val)] {
-        if tokens.len() < t + 2 {
-            return Err(Error::Invalid(format!(
-                "the {name} split of {} has {} tokens, fewer than block_size + 2 = {}",
-                data.dir.display(),
-                tokens.len(),
-                t + 2
+pub(crate) struct LmTask<'a> {
+    cfg: &'a Config,
+    model: TransformerLm,
+    info: ModelInfo,
+    data: TokenData,
+    /// The tokenizer saved next to the model (lead rank only).
+    tokenizer_json: String,
+    /// Scratch: input and target windows, per-row losses, the logits' gradient.
+    x: Vec<u32>,
+    y: Vec<i64>,
+    row_losses: Vec<f32>,
+    dlogits: Vec<f32>,
+}
+
+impl<'a> LmTask<'a> {
+    pub(crate) fn new(cfg: &'a Config, run: &Path, dist: &Dist) -> Result<Self> {
+        let data = load_data(cfg, run, dist)?;
+        let (spec, info) = lm_spec(cfg, data.meta.vocab_size)?;
+        let (t, b) = (spec.block_size, cfg.train.batch_size);
+        for (name, tokens) in [("training", &data.train), ("validation", &data.val)] {
+            if tokens.len() < t + 2 {
+                return Err(Error::Invalid(format!(
+                    "the {name} split of {} has {} tokens, fewer than block_size + 2 = {}",
+                    data.dir.display(),
+                    tokens.len(),
+                    t + 2
+                )));
+            }
+        }
+        if b < dist.world_size() {
+            return Err(Error::Config(format!(
+                "train.batch_size = {b} is the global batch: it must be at least the number of ranks ({})",
+                dist.world_size()
             )));
         }
+        let tokenizer_json = if dist.is_lead() {
+            std::fs::read_to_string(data.dir.join("tokenizer.json"))
+                .map_err(|e| Error::io(data.dir.join("tokenizer.json"), e))?
+        } else {
+            String::new()
+        };
+        Ok(LmTask {
+            cfg,
+            model: TransformerLm::new(spec)?,
+            info,
+            data,
+            tokenizer_json,
+            x: Vec::new(),
+            y: Vec::new(),
+            row_losses: Vec::new(),
+            dlogits: Vec::new(),
+        })
     }
-    if b < dist.world_size() {
-        return Err(Error::Config(format!(
-            "train.batch_size = {b} is the global batch: it must be at least the number of ranks ({})",
-            dist.world_size()
-        )));
-    }
-    let tokenizer_json = if lead {
-        std::fs::read_to_string(data.dir.join("tokenizer.json"))
-            .map_err(|e| Error::io(data.dir.join("tokenizer.json"), e))?
-    } else {
-        String::new()
-    };
-    let mut model = TransformerLm::new(spec)?;
-    let mut full_opt = Optimizer::new(cfg.optim.clone());
-    let seed = cfg.run.seed;
-    let mut state = TrainState::start(seed, Some(Rng::for_stream(seed, stream::SHUFFLE)), None);
-    if opts.resume {
-        dist.lead_then_share(|| {
-            let (dir, s) = checkpoint::latest(run)?;
-            checkpoint::restore(&dir, &s, &mut model, &mut full_opt)?;
-            state = s;
-            Ok(())
-        })?;
-    } else {
-        model.init(&mut Rng::for_stream(seed, stream::INIT));
-    }
-    dist.sync_start(&mut model, &mut full_opt, &mut state)?;
-    let mut opt = dist.optimizer(full_opt, &model)?;
-    if lead {
-        eprintln!(
-            "{} parameters; {}",
-            crate::nn::Module::num_params(&model),
-            crate::backend::describe_matmul_precision()
-        );
-    }
-    let mut log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
-    let tr = &cfg.train;
-    let total = tr.max_steps;
-    let v = model.spec.vocab_size;
-    let bar = progress_bar(opts.progress && lead, total, state.step);
-    let tell = |line: String| {
-        if lead {
-            say(&bar, line)
-        }
-    };
-    let (mut x, mut y, mut rows, mut dlogits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut win_loss, mut win_norm, mut win_steps) = (0f64, 0f64, 0u64);
-    let mut win_start = Instant::now();
-    let session_start = Instant::now();
-    let (mut last_val, mut stopped_early) = (f64::NAN, false);
+}
 
-    while state.step < total && !state.finished {
-        let mut step_loss = 0f64;
-        // Every rank draws the whole global batch of windows and keeps its share of them.
+impl Task for LmTask<'_> {
+    fn model(&mut self) -> &mut dyn Module {
+        &mut self.model
+    }
+
+    fn init(&mut self, state: &mut TrainState) {
+        let seed = self.cfg.run.seed;
+        self.model.init(&mut Rng::for_stream(seed, stream::INIT));
+        state.data_rng = Some(Rng::for_stream(seed, stream::SHUFFLE));
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.cfg.train.max_steps
+    }
+
+    fn complete(&self, state: &TrainState) -> bool {
+        state.step >= self.cfg.train.max_steps
+    }
+
+    /// `grad_accum` micro-batches of `batch_size` random windows; this rank keeps its share.
+    fn forward_backward(&mut self, state: &mut TrainState, dist: &Dist) -> Result<StepSums> {
+        let tr = &self.cfg.train;
+        let (b, t, v) = (
+            tr.batch_size,
+            self.model.spec.block_size,
+            self.model.spec.vocab_size,
+        );
+        let smoothing = tr.label_smoothing as f32;
         let mine = dist.slice(b);
         let bm = mine.len();
+        let mut sums = StepSums {
+            loss: 0.0,
+            correct: 0,
+            items: (tr.grad_accum * b * t) as u64,
+        };
         for micro in 0..tr.grad_accum {
+            // Every rank draws the whole global batch of windows and keeps its share of them.
             let rng = state
                 .data_rng
-                .get_or_insert_with(|| Rng::for_stream(seed, stream::SHUFFLE));
-            random_windows(&data.train, b, t, rng, &mut x, &mut y);
+                .get_or_insert_with(|| Rng::for_stream(self.cfg.run.seed, stream::SHUFFLE));
+            random_windows(&self.data.train, b, t, rng, &mut self.x, &mut self.y);
             let drop_seed = dist.rank_seed(state.dropout_rng.next_u64());
             if bm == 0 {
                 continue;
             }
             let (xs, ys) = (
-                &x[mine.start * t..mine.end * t],
-                &y[mine.start * t..mine.end * t],
+                &self.x[mine.start * t..mine.end * t],
+                &self.y[mine.start * t..mine.end * t],
             );
-            let logits = model.forward(xs, bm, t, None, true, drop_seed)?;
-            rows.resize(bm * t, 0.0);
-            let smoothing = tr.label_smoothing as f32;
-            let loss = cross_entropy_forward(logits, ys, v, -100, smoothing, &mut rows)?;
-            dlogits.resize(logits.len(), 0.0);
+            let logits = self.model.forward(xs, bm, t, None, true, drop_seed)?;
+            self.row_losses.resize(bm * t, 0.0);
+            let loss = cross_entropy_forward(logits, ys, v, -100, smoothing, &mut self.row_losses)?;
+            self.dlogits.resize(logits.len(), 0.0);
             // This rank's mean is weighted by its share of the global batch.
             let scale = if bm == b {
                 1.0 / tr.grad_accum as f32
             } else {
                 bm as f32 / (b * tr.grad_accum) as f32
             };
-            cross_entropy_backward(logits, ys, v, -100, smoothing, scale, &mut dlogits)?;
-            // The last micro-batch's backward starts the gradient all-reduce as it goes.
+            cross_entropy_backward(logits, ys, v, -100, smoothing, scale, &mut self.dlogits)?;
             match dist.grad_hook(micro + 1 == tr.grad_accum) {
-                Some(h) => model.backward_with(&dlogits, &mut |w, p| h.ready(w, p)),
-                None => model.backward(&dlogits),
+                Some(h) => self
+                    .model
+                    .backward_with(&self.dlogits, &mut |w, p| h.ready(w, p)),
+                None => self.model.backward(&self.dlogits),
             }
             if bm == b {
-                step_loss += loss as f64 / tr.grad_accum as f64;
+                sums.loss += loss as f64 / tr.grad_accum as f64;
             } else {
-                step_loss += loss as f64 * (bm as f64 / b as f64) / tr.grad_accum as f64;
+                sums.loss += loss as f64 * (bm as f64 / b as f64) / tr.grad_accum as f64;
             }
         }
-        dist.grads_done(&mut model)?;
-        let mut sum = [step_loss];
-        dist.sum_f64(&mut sum)?;
-        step_loss = sum[0];
-        if !step_loss.is_finite() {
-            return Err(non_finite(run, "loss", step_loss, &state));
-        }
-        let (norm, lr) = optimizer_step(cfg, &mut model, &mut opt, dist, &state, total, run)?;
-        state.step += 1;
-        dist.after_step(state.step);
-        win_loss += step_loss;
-        win_norm += norm;
-        win_steps += 1;
-        if state.step.is_multiple_of(tr.log_every.max(1)) {
-            let secs = win_start.elapsed().as_secs_f64().max(1e-9);
-            let tokens_per_sec = (win_steps as usize * tr.grad_accum * b * t) as f64 / secs;
-            let loss = win_loss / win_steps as f64;
-            log.write(&Record::Train {
-                step: state.step,
-                epoch: 0,
-                loss,
-                accuracy: None,
-                lr,
-                grad_norm: win_norm / win_steps as f64,
-                samples_per_sec: tokens_per_sec,
-            })?;
-            bar.set_message(format!("loss {loss:.4}  {tokens_per_sec:.0} tokens/s"));
-            state.last_train_loss = Some(loss);
-            (win_loss, win_norm, win_steps) = (0.0, 0.0, 0);
-            win_start = Instant::now();
-        }
-        bar.set_position(state.step);
-        let timed_out = dist.out_of_time(session_start, tr.max_minutes)?;
-        let eval_now = state.step == total
+        Ok(sums)
+    }
+
+    /// Every `eval_every` steps, at the last step, and when `train.max_minutes` ends the session.
+    fn period_ends(&self, state: &TrainState, timed_out: bool) -> bool {
+        let tr = &self.cfg.train;
+        state.step == tr.max_steps
             || timed_out
-            || (tr.eval_every > 0 && state.step.is_multiple_of(tr.eval_every));
-        if eval_now {
-            let val = evaluate_lm_dist(&mut model, &data.val, b, t, tr.eval_batches.max(1), dist)?;
-            let train_loss = state.last_train_loss.unwrap_or(step_loss);
-            log.write(&Record::Eval {
-                step: state.step,
-                train_loss,
-                val_loss: val,
-                val_perplexity: val.exp(),
-            })?;
-            tell(format!(
-                "step {:>6}  train loss {train_loss:.4}  val loss {val:.4}  perplexity {:.2}",
-                state.step,
-                val.exp()
-            ));
-            last_val = val;
-            if state
-                .best_metric
-                .is_none_or(|best| val < best - tr.min_delta)
-            {
-                state.best_metric = Some(val);
-                state.best_epoch = Some(state.step as usize);
-                state.epochs_without_improvement = 0;
-                if lead {
-                    save_model(&run.join("best"), &model, &info, Some(&tokenizer_json))?;
-                }
-            } else {
-                state.epochs_without_improvement += 1;
-                if tr.patience > 0 && state.epochs_without_improvement >= tr.patience {
-                    tell(format!(
-                        "early stopping: no improvement of val_loss in {} evaluations",
-                        tr.patience
-                    ));
-                    stopped_early = true;
-                    state.finished = true;
-                }
-            }
-            dist.save_checkpoint(run, &state, &model, &opt, tr.keep_checkpoints)?;
-            if lead {
-                super::plot::plot_run(run)?;
-            }
-        } else if (tr.checkpoint_every > 0 && state.step.is_multiple_of(tr.checkpoint_every))
-            || state.step == tr.stop_at
-        {
-            dist.save_checkpoint(run, &state, &model, &opt, tr.keep_checkpoints)?;
-        }
-        if state.step == tr.stop_at {
-            tell(format!(
-                "stopped at step {} (train.stop_at); continue with --resume",
-                state.step
-            ));
-            break;
-        }
-        if timed_out {
-            tell(format!(
-                "stopped at step {} after train.max_minutes = {}; continue with --resume",
-                state.step, tr.max_minutes
-            ));
-            break;
-        }
+            || (tr.eval_every > 0 && state.step.is_multiple_of(tr.eval_every))
     }
-    bar.finish_and_clear();
-    if lead {
-        save_model(&run.join("model"), &model, &info, Some(&tokenizer_json))?;
+
+    fn validate(&mut self, dist: &Dist) -> Result<Validation> {
+        let tr = &self.cfg.train;
+        let t = self.model.spec.block_size;
+        let loss = evaluate_lm_dist(
+            &mut self.model,
+            &self.data.val,
+            tr.batch_size,
+            t,
+            tr.eval_batches.max(1),
+            dist,
+        )?;
+        Ok(Validation {
+            loss,
+            accuracy: None,
+        })
     }
-    dist.finish(run)?;
-    Ok(TrainOutcome {
-        run_dir: run.to_path_buf(),
-        steps: state.step,
-        epochs_run: 0,
-        best_metric: state.best_metric,
-        best_epoch: state.best_epoch,
-        last_val_loss: last_val,
-        last_val_accuracy: f64::NAN,
-        stopped_early,
-    })
+
+    fn period_record(
+        &self,
+        state: &TrainState,
+        val: &Validation,
+        step_loss: f64,
+    ) -> (Record, String) {
+        let train_loss = state.last_train_loss.unwrap_or(step_loss);
+        let line = format!(
+            "step {:>6}  train loss {train_loss:.4}  val loss {:.4}  perplexity {:.2}",
+            state.step,
+            val.loss,
+            val.loss.exp()
+        );
+        let record = Record::Eval {
+            step: state.step,
+            train_loss,
+            val_loss: val.loss,
+            val_perplexity: val.loss.exp(),
+        };
+        (record, line)
+    }
+
+    fn period_index(&self, state: &TrainState) -> usize {
+        state.step as usize
+    }
+
+    fn periods_name(&self) -> &'static str {
+        "evaluations"
+    }
+
+    fn unit(&self) -> &'static str {
+        "tokens"
+    }
+
+    /// Language models keep the lowest validation loss whatever `train.metric` says.
+    fn metric(&self) -> Metric {
+        Metric::lower_loss()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_model(dir, &self.model, &self.info, Some(&self.tokenizer_json))
+    }
 }

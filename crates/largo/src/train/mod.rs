@@ -1,5 +1,5 @@
-//! Training: optimisers, schedules, the two loops (classifier, language model), checkpoints,
-//! metrics and curves.
+//! Training: the one session (`session`) that every task (`classifier`, `lm`) runs in;
+//! optimisers, schedules, checkpoints, data parallelism, metrics and curves.
 
 pub mod checkpoint;
 pub mod classifier;
@@ -15,6 +15,7 @@ pub use dist::{Dist, DistOptions};
 pub use session::{run_dir, TrainOptions, TrainOutcome};
 
 use crate::config::Config;
+use crate::models::ModelKind;
 use crate::{Error, Result};
 
 /// Trains `cfg`'s model in `run_dir(cfg)`; with `resume`, continues from its latest checkpoint.
@@ -38,10 +39,11 @@ pub fn train_distributed(cfg: &Config, opts: &TrainOptions, dist: &Dist) -> Resu
         existed = run.exists();
         std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))
     })?;
-    let result = if cfg.is_lm() {
-        lm::train_lm(cfg, opts, &run, dist)
-    } else {
-        classifier::train_classifier(cfg, opts, &run, dist)
+    let result = match cfg.model() {
+        ModelKind::Mlp(mlp) => classifier::ClassifierTask::new(cfg, &mlp)
+            .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
+        ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => lm::LmTask::new(cfg, &run, dist)
+            .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
     };
     // A run that failed before its first checkpoint leaves nothing behind.
     if dist.is_lead() && result.is_err() && !existed && !checkpoint::checkpoints_dir(&run).exists()
