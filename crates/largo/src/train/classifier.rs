@@ -129,7 +129,7 @@ pub(crate) fn train_classifier(
                 let idx: Vec<usize> = positions.iter().map(|&p| train_idx[p]).collect();
                 gather_batch(&data, &norm, &idx, &mut x, &mut y);
                 let n = idx.len();
-                let logits = model.forward(&x, n, true, dropout_seed);
+                let logits = model.forward(&x, crate::nn::Forward::train(n, 1, dropout_seed));
                 row_losses.resize(n, 0.0);
                 let smoothing = t.label_smoothing as f32;
                 let loss =

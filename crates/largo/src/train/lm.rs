@@ -153,7 +153,7 @@ fn evaluate_lm_part(
             x.extend_from_slice(&tokens[i..i + t]);
             y.extend(tokens[i + 1..i + t + 1].iter().map(|&v| v as i64));
         }
-        let logits = model.forward(&x, chunk.len(), t, None, false, 0)?;
+        let logits = model.forward(&x, crate::nn::Forward::eval(chunk.len(), t))?;
         rows.resize(chunk.len() * t, 0.0);
         total +=
             cross_entropy_forward(logits, &y, v, -100, 0.0, &mut rows)? as f64 * chunk.len() as f64;
@@ -274,7 +274,7 @@ pub(crate) fn train_lm(
                 &x[mine.start * t..mine.end * t],
                 &y[mine.start * t..mine.end * t],
             );
-            let logits = model.forward(xs, bm, t, None, true, drop_seed)?;
+            let logits = model.forward(xs, crate::nn::Forward::train(bm, t, drop_seed))?;
             rows.resize(bm * t, 0.0);
             let smoothing = tr.label_smoothing as f32;
             let loss = cross_entropy_forward(logits, ys, v, -100, smoothing, &mut rows)?;
