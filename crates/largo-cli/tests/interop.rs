@@ -84,7 +84,9 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
     let x = r.get("mlp.input").unwrap();
     let (mut model, info, _) = load_mlp(&tmp.path().join("mlp")).unwrap();
     assert_eq!(info.mlp.unwrap().hidden, vec![128]);
-    let logits = model.forward(&x.data, Forward::eval(x.shape[0], 1)).to_vec();
+    let logits = model
+        .forward(&x.data, Forward::eval(x.shape[0], 1))
+        .to_vec();
     assert_logits(
         "seed mlp",
         &logits,
@@ -95,7 +97,9 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
     // bfloat16 weights are converted to f32 on the way in.
     import(tmp.path(), "seed-mlp", "seed_mlp_bf16.pt", None, "mlp16");
     let (mut model, _, _) = load_mlp(&tmp.path().join("mlp16")).unwrap();
-    let logits = model.forward(&x.data, Forward::eval(x.shape[0], 1)).to_vec();
+    let logits = model
+        .forward(&x.data, Forward::eval(x.shape[0], 1))
+        .to_vec();
     assert_logits(
         "bf16 mlp",
         &logits,

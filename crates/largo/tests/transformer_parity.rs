@@ -232,7 +232,10 @@ fn seed_transformer_matches_pytorch_with_and_without_key_padding() {
     let logits = m.forward(&x, Forward::eval(2, 6)).unwrap().to_vec();
     assert_close("seed.logits", &logits, t(&f, "seed.logits"), 1e-4);
     let pad: Vec<u8> = t(&f, "seed.key_padding").iter().map(|&v| v as u8).collect();
-    let padded = m.forward(&x, Forward::eval(2, 6).padded(&pad)).unwrap().to_vec();
+    let padded = m
+        .forward(&x, Forward::eval(2, 6).padded(&pad))
+        .unwrap()
+        .to_vec();
     assert_close("seed.pad.logits", &padded, t(&f, "seed.pad.logits"), 1e-4);
     let loss = step(&mut m, &x, &y, 2, 6, 11);
     assert_close("seed.loss", &[loss], t(&f, "seed.loss"), 1e-4);

@@ -273,7 +273,9 @@ mod tests {
             hi[i] += 1e-2;
             let mut lo = x.clone();
             lo[i] -= 1e-2;
-            let fd = (m.forward(&hi, Forward::eval(1, 1))[2] - m.forward(&lo, Forward::eval(1, 1))[2]) / 2e-2;
+            let fd = (m.forward(&hi, Forward::eval(1, 1))[2]
+                - m.forward(&lo, Forward::eval(1, 1))[2])
+                / 2e-2;
             assert!(
                 (fd - a.attributions[i]).abs() < 1e-3,
                 "pixel {i}: {fd} vs {}",

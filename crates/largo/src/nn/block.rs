@@ -1,6 +1,4 @@
-use super::{
-    params, Activation, Forward, KvCache, LayerNorm, Linear, Module, MultiHeadAttention,
-};
+use super::{params, Activation, Forward, KvCache, LayerNorm, Linear, Module, MultiHeadAttention};
 use crate::backend::{add_assign, dropout_backward, dropout_forward};
 use crate::tensor::ensure_len;
 
@@ -162,15 +160,13 @@ impl Block {
         s.rows = rows;
         s.train = pass.train;
         s.seeds = (pass.dropout_seed, pass.dropout_seed ^ 0x5851_F42D_4C95_7F2D);
-        for buf in [
-            &mut s.h1,
-            &mut s.attn_out,
-            &mut s.mid,
-            &mut s.mid_norm,
-            &mut s.h2,
-            &mut s.mlp_out,
-            &mut s.r2,
-        ] {
+        // Pre-norm keeps h1 and h2, post-norm mid_norm and r2.
+        let (norm_a, norm_b) = if *norm_first {
+            (&mut s.h1, &mut s.h2)
+        } else {
+            (&mut s.mid_norm, &mut s.r2)
+        };
+        for buf in [&mut s.attn_out, &mut s.mid, &mut s.mlp_out, norm_a, norm_b] {
             ensure_len(buf, n);
         }
         let attn_pass = pass.reseeded(s.seeds.0 ^ ATTN_SEED);

@@ -294,9 +294,13 @@ pub fn flash_attention_backward(
                                 dropout.apply(&mut dropped[r * cols..(r + 1) * cols], first);
                                 dropout.apply(&mut dpt[r * cols..(r + 1) * cols], first);
                             }
-                            Gemm::tn(cols, d, rows).accumulate().run_serial(dropped, dot, dvt);
+                            Gemm::tn(cols, d, rows)
+                                .accumulate()
+                                .run_serial(dropped, dot, dvt);
                         } else {
-                            Gemm::tn(cols, d, rows).accumulate().run_serial(pt, dot, dvt);
+                            Gemm::tn(cols, d, rows)
+                                .accumulate()
+                                .run_serial(pt, dot, dvt);
                         }
                         // dS = P ⊙ (dP − Dᵢ), with the 1/√D of the scores folded in.
                         for (r, (ds, prow)) in dpt
@@ -310,9 +314,13 @@ pub fn flash_attention_backward(
                             }
                         }
                         let dqt = &mut dq[i0 * d..(i0 + rows) * d];
-                        Gemm::nn(rows, d, cols).accumulate().run_serial(dpt, kt, dqt);
+                        Gemm::nn(rows, d, cols)
+                            .accumulate()
+                            .run_serial(dpt, kt, dqt);
                         let dkt = &mut dk[j0 * d..(j0 + cols) * d];
-                        Gemm::tn(cols, d, rows).accumulate().run_serial(dpt, qt, dkt);
+                        Gemm::tn(cols, d, rows)
+                            .accumulate()
+                            .run_serial(dpt, qt, dkt);
                     }
                 }
             },

@@ -236,27 +236,27 @@ impl Gemm {
 
     /// Splits the product over largo's threads, at the matmul precision in force.
     pub fn run(self, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let Gemm { ta, tb, m, n, k, .. } = self;
-        matmul(ta, tb, m, n, k, a, b, c, self.accumulate);
+        let g = self;
+        matmul(g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
     }
 
     /// On the calling thread only, in f32: for kernels that already run one task per thread.
     pub fn run_serial(self, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let Gemm { ta, tb, m, n, k, .. } = self;
-        matmul_serial(ta, tb, m, n, k, a, b, c, self.accumulate);
+        let g = self;
+        matmul_serial(g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
     }
 
     /// `run` with a chosen provider.
     pub fn run_with(self, provider: GemmProvider, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let Gemm { ta, tb, m, n, k, .. } = self;
-        matmul_with(provider, ta, tb, m, n, k, a, b, c, self.accumulate);
+        let g = self;
+        matmul_with(provider, g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
     }
 
     /// `c = op(a) · op(b) + bias`, the bias (length n) added to every row: a linear layer.
     pub fn run_bias(self, a: &[f32], b: &[f32], bias: &[f32], c: &mut [f32]) {
         assert!(!self.accumulate, "Gemm::run_bias overwrites c");
-        let Gemm { ta, tb, m, n, k, .. } = self;
-        matmul_bias(ta, tb, m, n, k, a, b, bias, c);
+        let g = self;
+        matmul_bias(g.ta, g.tb, g.m, g.n, g.k, a, b, bias, c);
     }
 }
 
