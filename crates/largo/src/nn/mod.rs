@@ -1,7 +1,8 @@
 //! Layers: structs that own their parameters and call the backend's forward and backward.
 //!
 //! A model is a tree of these. Its `forward` stores what `backward` needs in buffers it owns,
-//! `backward` adds into each parameter's `grad`, and the optimiser walks `params_mut()` (see [`Module`]). No tape.
+//! `backward` adds into each parameter's `grad`, and the optimiser walks `params_mut()` (see
+//! [`Module`]). No tape. Forward passes take a [`Forward`]: batch shape, padding, train or eval.
 
 mod attention;
 mod block;
@@ -43,7 +44,7 @@ pub type GradsReady<'a> = dyn FnMut(usize, &mut [(String, &mut Param)]) + 'a;
 
 /// Anything with parameters, named as PyTorch's `state_dict` names them, in a fixed order.
 ///
-/// A module lists its parameters once, with [`params!`]: a destructuring pattern of `Self`
+/// A module lists its parameters once, with `params!`: a destructuring pattern of `Self`
 /// and a body that calls `v.param(name, p)` for each own parameter and `v.child(prefix, m)`
 /// for each sub-module, in `state_dict` order. The macro makes that one listing both walks,
 /// `walk_params` (over `&Param`) and `walk_params_mut` (over `&mut Param`): the pattern binds
@@ -51,9 +52,9 @@ pub type GradsReady<'a> = dyn FnMut(usize, &mut [(String, &mut Param)]) + 'a;
 /// [`Params`] and [`ParamsMut`], have the same methods. Everything else — `params`,
 /// `params_mut`, `zero_grad`, … — is built on the walks.
 pub trait Module {
-    /// Visits every parameter, in order; see [`params!`].
+    /// Visits every parameter, in order; see `params!`.
     fn walk_params<'a>(&'a self, v: &mut Params<'a, '_>);
-    /// The same walk with mutable access (one listing for both: [`params!`]).
+    /// The same walk with mutable access (one listing for both: `params!`).
     fn walk_params_mut<'a>(&'a mut self, v: &mut ParamsMut<'a, '_>);
 
     /// Calls `f(name, p)` for every parameter, in order.
@@ -104,7 +105,7 @@ pub trait Module {
 
 /// Implements [`Module`]'s two walks from one listing:
 ///
-/// ```ignore
+/// ```text
 /// impl Module for Linear {
 ///     params!(Self { weight, bias, .. }, v => {
 ///         v.param("weight", weight);
