@@ -1,6 +1,7 @@
 use anyhow::Result;
 use largo::data::image::{load_digit, Invert};
 use largo::models::store::{load_mlp, resolve_model_dir};
+use largo::nn::Forward;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -49,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let classes = model.config.classes;
     for (path, x) in a.images.iter().zip(inputs) {
-        let logits = model.forward(&x, 1, false, 0);
+        let logits = model.forward(&x, Forward::eval(1, 1));
         let probs = softmax(logits);
         let mut order: Vec<usize> = (0..classes).collect();
         order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));

@@ -7,6 +7,7 @@ use common::{fails_with, largo, ok, repo};
 use largo::io::TensorFile;
 use largo::models::store::{load_lm_model, load_mlp};
 use largo::models::ModelKind;
+use largo::nn::Forward;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -72,7 +73,7 @@ fn lm_logits(dir: &Path, tokens: &largo::tensor::Tensor) -> Vec<f32> {
     let (mut model, _) = load_lm_model(dir).unwrap();
     let (b, t) = (tokens.shape[0], tokens.shape[1]);
     let ids: Vec<u32> = tokens.data.iter().map(|&x| x as u32).collect();
-    model.forward(&ids, b, t, None, false, 0).unwrap().to_vec()
+    model.forward(&ids, Forward::eval(b, t)).unwrap().to_vec()
 }
 
 #[test]
@@ -87,7 +88,9 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
         panic!("imported as {}", info.arch())
     };
     assert_eq!(mlp.hidden, vec![128]);
-    let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
+    let logits = model
+        .forward(&x.data, Forward::eval(x.shape[0], 1))
+        .to_vec();
     assert_logits(
         "seed mlp",
         &logits,
@@ -98,7 +101,9 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
     // bfloat16 weights are converted to f32 on the way in (`seed-mlp`: the earlier name).
     import(tmp.path(), "seed-mlp", "seed_mlp_bf16.pt", None, "mlp16");
     let (mut model, _, _) = load_mlp(&tmp.path().join("mlp16")).unwrap();
-    let logits = model.forward(&x.data, x.shape[0], false, 0).to_vec();
+    let logits = model
+        .forward(&x.data, Forward::eval(x.shape[0], 1))
+        .to_vec();
     assert_logits(
         "bf16 mlp",
         &logits,

@@ -27,7 +27,7 @@ fn main() {
         let (a, b) = (vec![0.5f32; 512 * 512], vec![0.25f32; 512 * 512]);
         let mut c = vec![0f32; 512 * 512];
         for _ in 0..200 {
-            matmul(Trans::N, Trans::N, 512, 512, 512, &a, &b, &mut c, false);
+            Gemm::nn(512, 512, 512).run(&a, &b, &mut c);
         }
         for (label, m, n, k) in shapes {
             let a: Vec<f32> = (0..m * k)
@@ -43,7 +43,7 @@ fn main() {
                 (Trans::N, Trans::T, "NT"),
                 (Trans::T, Trans::N, "TN"),
             ] {
-                let mut run = || matmul(ta, tb, m, n, k, &a, &b, &mut c, false);
+                let mut run = || Gemm::new(ta, tb, m, n, k).run(&a, &b, &mut c);
                 run();
                 // The fastest of 20: this machine's neighbours slow single runs by up to 2×.
                 let mut s = f64::MAX;

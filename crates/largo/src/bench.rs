@@ -1,11 +1,9 @@
 //! Benchmarks behind `largo bench`: GEMM GFLOP/s and MLP training throughput.
 //! Numbers are medians of many timed repetitions after a warm-up.
 
-use crate::backend::{
-    cross_entropy_backward, cross_entropy_forward, matmul_with, GemmProvider, Trans,
-};
+use crate::backend::{cross_entropy_backward, cross_entropy_forward, Gemm, GemmProvider};
 use crate::models::{Mlp, MlpConfig};
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::rng::Rng;
 use crate::train::optim::{OptimConfig, Optimizer};
 use crate::Result;
@@ -69,7 +67,7 @@ pub fn bench_gemm() -> Vec<GemmResult> {
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
             let mut c = vec![0f32; m * n];
             let secs = time_median(0.3, 10, || {
-                matmul_with(provider, Trans::N, Trans::N, m, n, k, &a, &b, &mut c, false)
+                Gemm::nn(m, n, k).run_with(provider, &a, &b, &mut c)
             });
             out.push(GemmResult {
                 provider,
@@ -126,7 +124,7 @@ pub fn bench_mlp(batch: usize, steps: usize) -> Result<f64> {
         let yb = &y[b * batch..(b + 1) * batch];
         let t = Instant::now();
         model.zero_grad();
-        let logits = model.forward(xb, batch, true, s as u64);
+        let logits = model.forward(xb, Forward::train(batch, 1, s as u64));
         cross_entropy_forward(logits, yb, cfg.classes, -100, 0.0, &mut losses)?;
         cross_entropy_backward(logits, yb, cfg.classes, -100, 0.0, 1.0, &mut dlogits)?;
         model.backward(&dlogits, true);
@@ -174,7 +172,7 @@ pub fn bench_gpt_train(vocab: usize) -> Result<(f64, f64)> {
         let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
         let y: Vec<i64> = (0..b * t).map(|_| rng.below(vocab) as i64).collect();
         let start = Instant::now();
-        let logits = model.forward(&x, b, t, None, true, step)?;
+        let logits = model.forward(&x, Forward::train(b, t, step))?;
         cross_entropy_forward(logits, &y, vocab, -100, 0.0, &mut rows)?;
         cross_entropy_backward(logits, &y, vocab, -100, 0.0, 1.0, &mut dlogits)?;
         model.backward(&dlogits);

@@ -7,7 +7,7 @@ use common::assert_close;
 use largo::backend::*;
 use largo::io::TensorFile;
 use largo::models::{Mlp, MlpConfig};
-use largo::nn::{Activation, Embedding, LayerNorm, Linear, Module, Param};
+use largo::nn::{Activation, Embedding, Forward, LayerNorm, Linear, Module, Param};
 use largo::tensor::Tensor;
 use largo::train::optim::{clip_grad_norm, OptimConfig, Optimizer};
 use largo::train::schedule::ScheduleConfig;
@@ -172,7 +172,9 @@ fn mlp_logits_loss_and_every_gradient_match_pytorch() {
         p.value.data = t(&f, &format!("mlp.{name}")).to_vec();
     }
     let targets: Vec<i64> = t(&f, "mlp.targets").iter().map(|&v| v as i64).collect();
-    let logits = mlp.forward(t(&f, "mlp.x"), 4, true, 0).to_vec();
+    let logits = mlp
+        .forward(t(&f, "mlp.x"), Forward::train(4, 1, 0))
+        .to_vec();
     assert_close("mlp.logits", &logits, t(&f, "mlp.logits"), TOL);
     let loss = cross_entropy_forward(&logits, &targets, 3, -100, 0.0, &mut [0.0; 4]).unwrap();
     assert_close("mlp.loss", &[loss], t(&f, "mlp.loss"), TOL);

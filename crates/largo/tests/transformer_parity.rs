@@ -7,7 +7,7 @@ use common::assert_close;
 use largo::backend::*;
 use largo::io::TensorFile;
 use largo::models::{GptConfig, Positions, SeedTransformerConfig, TransformerLm};
-use largo::nn::{Activation, Module};
+use largo::nn::{Activation, Forward, Module};
 use largo::train::optim::{OptimConfig, Optimizer};
 use std::path::Path;
 
@@ -152,7 +152,7 @@ fn targets(f: &TensorFile, name: &str) -> Vec<i64> {
 
 /// Forward, loss, backward; returns the loss.
 fn step(m: &mut TransformerLm, x: &[u32], y: &[i64], b: usize, tt: usize, v: usize) -> f32 {
-    let logits = m.forward(x, b, tt, None, true, 0).unwrap().to_vec();
+    let logits = m.forward(x, Forward::train(b, tt, 0)).unwrap().to_vec();
     let loss = cross_entropy_forward(&logits, y, v, -100, 0.0, &mut vec![0.0; b * tt]).unwrap();
     let mut d = vec![0.0; logits.len()];
     cross_entropy_backward(&logits, y, v, -100, 0.0, 1.0, &mut d).unwrap();
@@ -167,7 +167,7 @@ fn gpt_logits_loss_and_every_parameter_gradient_match_pytorch() {
     let names: Vec<String> = m.params().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
     let (x, y) = (ids(&f, "gpt.idx"), targets(&f, "gpt.targets"));
-    let logits = m.forward(&x, 2, 8, None, false, 0).unwrap().to_vec();
+    let logits = m.forward(&x, Forward::eval(2, 8)).unwrap().to_vec();
     assert_close("gpt.logits", &logits, t(&f, "gpt.logits"), 1e-4);
     let loss = step(&mut m, &x, &y, 2, 8, 11);
     assert_close("gpt.loss", &[loss], t(&f, "gpt.loss"), 1e-4);
@@ -229,10 +229,13 @@ fn seed_transformer_matches_pytorch_with_and_without_key_padding() {
         p.value.data = t(&f, &format!("seed.param.{name}")).to_vec();
     }
     let (x, y) = (ids(&f, "seed.src"), targets(&f, "seed.targets"));
-    let logits = m.forward(&x, 2, 6, None, false, 0).unwrap().to_vec();
+    let logits = m.forward(&x, Forward::eval(2, 6)).unwrap().to_vec();
     assert_close("seed.logits", &logits, t(&f, "seed.logits"), 1e-4);
     let pad: Vec<u8> = t(&f, "seed.key_padding").iter().map(|&v| v as u8).collect();
-    let padded = m.forward(&x, 2, 6, Some(&pad), false, 0).unwrap().to_vec();
+    let padded = m
+        .forward(&x, Forward::eval(2, 6).padded(&pad))
+        .unwrap()
+        .to_vec();
     assert_close("seed.pad.logits", &padded, t(&f, "seed.pad.logits"), 1e-4);
     let loss = step(&mut m, &x, &y, 2, 6, 11);
     assert_close("seed.loss", &[loss], t(&f, "seed.loss"), 1e-4);
@@ -265,7 +268,7 @@ fn kv_cache_logits_equal_full_forward_logits() {
             }
         }
         let x = &ids(&f, "gpt.idx")[..8];
-        let full = m.forward(x, 1, 8, None, false, 0).unwrap().to_vec();
+        let full = m.forward(x, Forward::eval(1, 8)).unwrap().to_vec();
         let mut cache = m.new_cache();
         // A 3-token prefill, then one token at a time.
         let mut got = m.forward_cached(&x[..3], &mut cache).unwrap();
@@ -353,11 +356,11 @@ fn dropout_paths_backpropagate_exactly() {
         let x: Vec<u32> = vec![1, 3, 5, 0, 2, 6, 4, 4, 1, 0, 3, 2];
         let y: Vec<i64> = vec![3, 5, 0, 2, 6, 4, 4, 1, 0, 3, 2, 1];
         let loss = |m: &mut TransformerLm| -> f64 {
-            let logits = m.forward(&x, 2, 6, None, true, 99).unwrap().to_vec();
+            let logits = m.forward(&x, Forward::train(2, 6, 99)).unwrap().to_vec();
             cross_entropy_forward(&logits, &y, 7, -100, 0.0, &mut [0.0; 12]).unwrap() as f64
         };
         m.zero_grad();
-        let logits = m.forward(&x, 2, 6, None, true, 99).unwrap().to_vec();
+        let logits = m.forward(&x, Forward::train(2, 6, 99)).unwrap().to_vec();
         let mut d = vec![0.0; logits.len()];
         cross_entropy_backward(&logits, &y, 7, -100, 0.0, 1.0, &mut d).unwrap();
         m.backward(&d);
@@ -394,7 +397,7 @@ fn dropout_paths_backpropagate_exactly() {
         assert!(checked > 30);
         // Dropout really is on: a different seed gives a different loss.
         let a = loss(&mut m);
-        let logits = m.forward(&x, 2, 6, None, true, 100).unwrap().to_vec();
+        let logits = m.forward(&x, Forward::train(2, 6, 100)).unwrap().to_vec();
         let b = cross_entropy_forward(&logits, &y, 7, -100, 0.0, &mut [0.0; 12]).unwrap() as f64;
         assert!((a - b).abs() > 1e-4, "dropout had no effect");
     }

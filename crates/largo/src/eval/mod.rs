@@ -6,6 +6,7 @@ pub mod sweep;
 use crate::backend::cross_entropy_forward;
 use crate::data::mnist::{gather_batch, Mnist, Normalization};
 use crate::models::Mlp;
+use crate::nn::Forward;
 use crate::Result;
 use serde::Serialize;
 
@@ -54,7 +55,7 @@ pub fn evaluate(
     let mut loss_sum = 0f64;
     for chunk in indices.chunks(batch_size.max(1)) {
         gather_batch(data, norm, chunk, &mut x, &mut y);
-        let logits = model.forward(&x, chunk.len(), false, 0);
+        let logits = model.forward(&x, Forward::eval(chunk.len(), 1));
         losses.resize(chunk.len(), 0.0);
         let mean = cross_entropy_forward(logits, &y, classes, -100, 0.0, &mut losses)?;
         loss_sum += mean as f64 * chunk.len() as f64;

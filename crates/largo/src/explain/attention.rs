@@ -3,6 +3,7 @@
 
 use super::{language_model_and_ids, token_texts, viridis_rgb, visible_token};
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
+use crate::nn::Forward;
 use crate::train::plot::ensure_font;
 use crate::{Error, Result};
 use plotters::prelude::*;
@@ -50,7 +51,7 @@ impl AttentionMaps {
         for block in &mut model.blocks {
             block.attn.keep_probs = true;
         }
-        model.forward(&ids, 1, t, None, false, 0)?;
+        model.forward(&ids, Forward::eval(1, t))?;
         let heads = model.spec.n_head;
         let weights = model
             .blocks

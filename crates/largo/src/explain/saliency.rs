@@ -13,6 +13,7 @@ use super::diverging_rgb;
 use crate::data::mnist::Normalization;
 use crate::eval::argmax;
 use crate::models::Mlp;
+use crate::nn::Forward;
 use crate::train::plot::ensure_font;
 use crate::{Error, Result};
 use plotters::prelude::*;
@@ -121,7 +122,7 @@ pub fn attribute(
             classes - 1
         )));
     }
-    let logits = model.forward(x, 1, false, 0).to_vec();
+    let logits = model.forward(x, Forward::eval(1, 1)).to_vec();
     let predicted = argmax(&logits);
     let target = target.unwrap_or(predicted);
     let probabilities = softmax(&logits);
@@ -142,7 +143,7 @@ pub fn attribute(
                     "--steps {steps}: expected 1 to 100000"
                 )));
             }
-            let f_base = model.forward(baseline, 1, false, 0)[target] as f64;
+            let f_base = model.forward(baseline, Forward::eval(1, 1))[target] as f64;
             // All points of the path in one batch; each row's gradient weighted 1/steps sums
             // to the midpoint-rule mean of the gradient along the path.
             let mut path = Vec::with_capacity(steps * n_in);
@@ -154,7 +155,7 @@ pub fn attribute(
                         .map(|(&xi, &bi)| bi + alpha * (xi - bi)),
                 );
             }
-            model.forward(&path, steps, false, 0);
+            model.forward(&path, Forward::eval(steps, 1));
             let grads = model.input_grad(&one_hot(steps, 1.0 / steps as f32));
             let mut mean_grad = vec![0f32; n_in];
             for row in grads.chunks_exact(n_in) {
@@ -272,7 +273,9 @@ mod tests {
             hi[i] += 1e-2;
             let mut lo = x.clone();
             lo[i] -= 1e-2;
-            let fd = (m.forward(&hi, 1, false, 0)[2] - m.forward(&lo, 1, false, 0)[2]) / 2e-2;
+            let fd = (m.forward(&hi, Forward::eval(1, 1))[2]
+                - m.forward(&lo, Forward::eval(1, 1))[2])
+                / 2e-2;
             assert!(
                 (fd - a.attributions[i]).abs() < 1e-3,
                 "pixel {i}: {fd} vs {}",

@@ -6,7 +6,7 @@ use super::{diverging_rgb, html_escape, language_model_and_ids, token_texts, vis
 use crate::eval::argmax;
 use crate::models::sentence::is_hf_dir;
 use crate::models::TransformerLm;
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -70,7 +70,7 @@ pub fn grad_times_input(
     target: Option<u32>,
 ) -> Result<(Vec<f32>, u32, f32, f32)> {
     let (t, v, c) = (ids.len(), model.spec.vocab_size, model.spec.n_embd);
-    let logits = model.forward(ids, 1, t, None, false, 0)?;
+    let logits = model.forward(ids, Forward::eval(1, t))?;
     let last = &logits[(t - 1) * v..t * v];
     let target = target.unwrap_or(argmax(last) as u32);
     let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -193,7 +193,7 @@ mod tests {
                     let mut m2 = model.clone();
                     let row = &mut m2.wte.weight.value.data[id as usize * c..(id as usize + 1) * c];
                     row.iter_mut().for_each(|x| *x *= 1.0 + eps);
-                    let l = m2.forward(&ids, 1, ids.len(), None, false, 0).unwrap();
+                    let l = m2.forward(&ids, Forward::eval(1, ids.len())).unwrap();
                     l[(ids.len() - 1) * 11 + 6] as f64
                 };
                 let fd = (f_at(1e-2) - f_at(-1e-2)) / 2e-2;

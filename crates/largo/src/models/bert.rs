@@ -6,7 +6,7 @@
 //! result equals a padded batch with an attention mask, without computing the padding.
 
 use crate::backend::{add_assign, attention_packed_forward};
-use crate::nn::{prefixed, Activation, Embedding, LayerNorm, Linear, Module, Param};
+use crate::nn::{params, Activation, Embedding, LayerNorm, Linear, Module};
 use crate::tensor::ensure_len;
 use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -268,73 +268,35 @@ impl Bert {
 }
 
 impl Module for BertLayer {
-    fn params(&self) -> Vec<(String, &Param)> {
-        let mut v = prefixed("attention.self.query", self.query.params());
-        v.extend(prefixed("attention.self.key", self.key.params()));
-        v.extend(prefixed("attention.self.value", self.value.params()));
-        v.extend(prefixed("attention.output.dense", self.attn_out.params()));
-        v.extend(prefixed(
-            "attention.output.LayerNorm",
-            self.attn_norm.params(),
-        ));
-        v.extend(prefixed("intermediate.dense", self.intermediate.params()));
-        v.extend(prefixed("output.dense", self.output.params()));
-        v.extend(prefixed("output.LayerNorm", self.out_norm.params()));
-        v
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut v = prefixed("attention.self.query", self.query.params_mut());
-        v.extend(prefixed("attention.self.key", self.key.params_mut()));
-        v.extend(prefixed("attention.self.value", self.value.params_mut()));
-        v.extend(prefixed(
-            "attention.output.dense",
-            self.attn_out.params_mut(),
-        ));
-        v.extend(prefixed(
-            "attention.output.LayerNorm",
-            self.attn_norm.params_mut(),
-        ));
-        v.extend(prefixed(
-            "intermediate.dense",
-            self.intermediate.params_mut(),
-        ));
-        v.extend(prefixed("output.dense", self.output.params_mut()));
-        v.extend(prefixed("output.LayerNorm", self.out_norm.params_mut()));
-        v
-    }
+    params!(Self {
+        query,
+        key,
+        value,
+        attn_out,
+        attn_norm,
+        intermediate,
+        output,
+        out_norm,
+    }, v => {
+        v.child("attention.self.query", query);
+        v.child("attention.self.key", key);
+        v.child("attention.self.value", value);
+        v.child("attention.output.dense", attn_out);
+        v.child("attention.output.LayerNorm", attn_norm);
+        v.child("intermediate.dense", intermediate);
+        v.child("output.dense", output);
+        v.child("output.LayerNorm", out_norm);
+    });
 }
 
 impl Module for Bert {
-    fn params(&self) -> Vec<(String, &Param)> {
-        let mut v = prefixed("embeddings.word_embeddings", self.word.params());
-        v.extend(prefixed(
-            "embeddings.position_embeddings",
-            self.position.params(),
-        ));
-        v.extend(prefixed(
-            "embeddings.token_type_embeddings",
-            self.token_type.params(),
-        ));
-        v.extend(prefixed("embeddings.LayerNorm", self.emb_norm.params()));
-        for (i, l) in self.layers.iter().enumerate() {
-            v.extend(prefixed(&format!("encoder.layer.{i}"), l.params()));
+    params!(Self { word, position, token_type, emb_norm, layers, .. }, v => {
+        v.child("embeddings.word_embeddings", word);
+        v.child("embeddings.position_embeddings", position);
+        v.child("embeddings.token_type_embeddings", token_type);
+        v.child("embeddings.LayerNorm", emb_norm);
+        for (i, layer) in std::iter::zip(0.., layers) {
+            v.child(&format!("encoder.layer.{i}"), layer);
         }
-        v
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut v = prefixed("embeddings.word_embeddings", self.word.params_mut());
-        v.extend(prefixed(
-            "embeddings.position_embeddings",
-            self.position.params_mut(),
-        ));
-        v.extend(prefixed(
-            "embeddings.token_type_embeddings",
-            self.token_type.params_mut(),
-        ));
-        v.extend(prefixed("embeddings.LayerNorm", self.emb_norm.params_mut()));
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            v.extend(prefixed(&format!("encoder.layer.{i}"), l.params_mut()));
-        }
-        v
-    }
+    });
 }

@@ -4,7 +4,7 @@
 //! Parameter names are PyTorch's: `fc1.weight`, `fc1.bias`, `fc2.weight`, …
 
 use crate::backend::{dropout_backward, dropout_forward};
-use crate::nn::{prefixed, Activation, GradsReady, Linear, Module, Param};
+use crate::nn::{params, Activation, Forward, GradsReady, Linear, Module};
 use crate::rng::Rng;
 use crate::tensor::ensure_len;
 use crate::{bail, Result};
@@ -56,8 +56,10 @@ struct Activations {
     /// Output of each hidden layer after activation and dropout (the next layer's input).
     out: Vec<Vec<f32>>,
     logits: Vec<f32>,
-    grad_a: Vec<f32>,
-    grad_b: Vec<f32>,
+    /// Backward: the gradient of the current layer's output …
+    d_out: Vec<f32>,
+    /// … and of its input (the previous layer's output), before the activation's backward.
+    d_in: Vec<f32>,
     dropout_seed: u64,
 }
 
@@ -93,8 +95,10 @@ impl Mlp {
         }
     }
 
-    /// x: [batch, input] → logits: [batch, classes]. With `train`, dropout uses `dropout_seed`.
-    pub fn forward(&mut self, x: &[f32], batch: usize, train: bool, dropout_seed: u64) -> &[f32] {
+    /// x: [rows, input] → logits: [rows, classes], rows = `pass.rows()` independent examples
+    /// (`Forward::eval(n, 1)`). In training, dropout masks come from `pass.dropout_seed`.
+    pub fn forward(&mut self, x: &[f32], pass: Forward) -> &[f32] {
+        let (batch, train, dropout_seed) = (pass.rows(), pass.train, pass.dropout_seed);
         let cfg = &self.config;
         let a = &mut self.acts;
         let n_hidden = cfg.hidden.len();
@@ -158,7 +162,7 @@ impl Mlp {
         // Layer l's parameters start at index 2·l (weight and bias each).
         let mut report = |m: &mut Self, l: usize| {
             if let Some(f) = on_ready.as_mut() {
-                let start = m.layers[..l].iter().map(|x| x.params().len()).sum();
+                let start = m.layers[..l].iter().map(|x| x.num_tensors()).sum();
                 f(start, &mut m.params_mut());
             }
         };
@@ -167,25 +171,26 @@ impl Mlp {
         let batch = a.batch;
         let n_hidden = self.config.hidden.len();
         let p = if train { self.config.dropout } else { 0.0 };
-        ensure_len(&mut a.grad_a, dlogits.len());
-        a.grad_a.copy_from_slice(dlogits);
+        ensure_len(&mut a.d_out, dlogits.len());
+        a.d_out.copy_from_slice(dlogits);
         for l in (0..=n_hidden).rev() {
             let layer = &mut self.layers[l];
             let x: &[f32] = if l == 0 { &a.input } else { &a.out[l - 1] };
             if l == 0 {
-                layer.backward(x, &a.grad_a, batch, dx.as_deref_mut());
+                layer.backward(x, &a.d_out, batch, dx.as_deref_mut());
                 report(self, 0);
                 break;
             }
-            // grad_b = d(out of layer l-1), then through dropout and the activation in place.
-            ensure_len(&mut a.grad_b, batch * layer.in_features);
-            layer.backward(x, &a.grad_a, batch, Some(&mut a.grad_b));
+            // d_in = d(out of layer l-1), then through dropout; the activation's backward makes it
+            // the next d_out.
+            ensure_len(&mut a.d_in, batch * layer.in_features);
+            layer.backward(x, &a.d_out, batch, Some(&mut a.d_in));
             report(self, l);
-            dropout_backward(&mut a.grad_b, p, layer_seed(a.dropout_seed, l - 1));
-            ensure_len(&mut a.grad_a, a.grad_b.len());
+            dropout_backward(&mut a.d_in, p, layer_seed(a.dropout_seed, l - 1));
+            ensure_len(&mut a.d_out, a.d_in.len());
             self.config
                 .activation
-                .backward(&a.pre[l - 1], &a.grad_b, &mut a.grad_a);
+                .backward(&a.pre[l - 1], &a.d_in, &mut a.d_out);
         }
         self.acts = acts;
     }
@@ -196,20 +201,11 @@ fn layer_seed(seed: u64, layer: usize) -> u64 {
 }
 
 impl Module for Mlp {
-    fn params(&self) -> Vec<(String, &Param)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&format!("fc{}", i + 1), l.params()))
-            .collect()
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        self.layers
-            .iter_mut()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&format!("fc{}", i + 1), l.params_mut()))
-            .collect()
-    }
+    params!(Self { layers, .. }, v => {
+        for (i, layer) in std::iter::zip(1.., layers) {
+            v.child(&format!("fc{i}"), layer);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -232,7 +228,7 @@ mod tests {
         let run = |hook: bool| {
             let mut m = Mlp::new(cfg.clone()).unwrap();
             m.init(&mut Rng::new(5));
-            let logits = m.forward(&x, batch, true, 9).to_vec();
+            let logits = m.forward(&x, Forward::train(batch, 1, 9)).to_vec();
             let d: Vec<f32> = logits.iter().map(|v| v.cos() * 0.1).collect();
             for (_, p) in m.params_mut() {
                 p.grad

@@ -7,10 +7,10 @@
 //!   `nlayers` post-norm ReLU `nn.TransformerEncoderLayer`s, optional causal mask, linear head
 //!   `decoder`, with PyTorch's names (`transformer_encoder.layers.0.self_attn.in_proj_weight`, …).
 
-use crate::backend::{dropout_backward, dropout_forward, sinusoidal_table};
+use crate::backend::{dropout_backward, dropout_forward, sinusoidal_table, Gemm};
 use crate::nn::{
-    prefixed, Activation, Block, BlockStyle, Embedding, GradsReady, KvCache, LayerNorm, Linear,
-    Module, Param,
+    params, Activation, Block, BlockStyle, Embedding, Forward, GradsReady, KvCache, LayerNorm,
+    Linear, Module,
 };
 use crate::rng::Rng;
 use crate::tensor::ensure_len;
@@ -194,8 +194,10 @@ struct Saved {
     logits: Vec<f32>,
     dropout_seed: u64,
     train: bool,
-    g_a: Vec<f32>,
-    g_b: Vec<f32>,
+    /// Backward: the gradient of the residual stream where backward has reached [B,T,C] …
+    d_resid: Vec<f32>,
+    /// … and of the boundary below it, being computed (then the two swap).
+    d_resid_below: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -312,32 +314,16 @@ impl TransformerLm {
         match &self.head {
             Some(h) => h.forward(x, rows, logits),
             None => {
+                // Tied to the token embedding: logits [rows, V] = x [rows, C] · wteᵀ.
                 let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
-                crate::backend::matmul(
-                    crate::backend::Trans::N,
-                    crate::backend::Trans::T,
-                    rows,
-                    v,
-                    c,
-                    x,
-                    &self.wte.weight.value.data,
-                    logits,
-                    false,
-                );
+                Gemm::nt(rows, v, c).run(x, &self.wte.weight.value.data, logits);
             }
         }
     }
 
-    /// ids [B,T] → logits [B,T,V]. `key_padding` [B,T] marks padded positions (non-zero).
-    pub fn forward(
-        &mut self,
-        ids: &[u32],
-        b: usize,
-        t: usize,
-        key_padding: Option<&[u8]>,
-        train: bool,
-        dropout_seed: u64,
-    ) -> Result<&[f32]> {
+    /// ids [B,T] → logits [B,T,V]; attention skips the keys `pass.key_padding` marks.
+    pub fn forward(&mut self, ids: &[u32], pass: Forward) -> Result<&[f32]> {
+        let (b, t, train, dropout_seed) = (pass.batch, pass.time, pass.train, pass.dropout_seed);
         if t > self.spec.block_size {
             bail!(
                 "sequence of {t} tokens is longer than the model's block size {}",
@@ -367,7 +353,7 @@ impl TransformerLm {
             let (before, after) = s.xs.split_at_mut(l + 1);
             let seed =
                 dropout_seed.wrapping_add((l as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            block.forward(&before[l], b, t, key_padding, train, seed, &mut after[0]);
+            block.forward(&before[l], pass.reseeded(seed), &mut after[0]);
         }
         ensure_len(&mut s.normed, n);
         ensure_len(&mut s.logits, b * t * v);
@@ -404,18 +390,18 @@ impl TransformerLm {
     /// Indices in `params_mut` order of the first parameter of each block, of `ln_f` and of
     /// the untied head (each the number of parameters before it).
     fn param_starts(&self) -> (Vec<usize>, usize, usize) {
-        let mut at = self.wte.params().len() + self.wpe.as_ref().map_or(0, |p| p.params().len());
+        let mut at = self.wte.num_tensors() + self.wpe.as_ref().map_or(0, |p| p.num_tensors());
         let blocks = self
             .blocks
             .iter()
             .map(|b| {
                 let start = at;
-                at += b.params().len();
+                at += b.num_tensors();
                 start
             })
             .collect();
         let ln_f = at;
-        let head = at + self.ln_f.as_ref().map_or(0, |l| l.params().len());
+        let head = at + self.ln_f.as_ref().map_or(0, |l| l.num_tensors());
         (blocks, ln_f, head)
     }
 
@@ -430,60 +416,42 @@ impl TransformerLm {
         let (c, v) = (self.spec.n_embd, self.spec.vocab_size);
         let rows = s.b * s.t;
         let n = rows * c;
-        ensure_len(&mut s.g_a, n);
-        ensure_len(&mut s.g_b, n);
+        ensure_len(&mut s.d_resid, n);
+        ensure_len(&mut s.d_resid_below, n);
         let last = &s.xs[self.blocks.len()];
         let head_in: &[f32] = if self.ln_f.is_some() { &s.normed } else { last };
-        // Head: d(head input) into g_a.
+        // Head: d(head input) into d_resid.
         match &mut self.head {
-            Some(h) => h.backward(head_in, dlogits, rows, Some(&mut s.g_a)),
+            Some(h) => h.backward(head_in, dlogits, rows, Some(&mut s.d_resid)),
             None => {
-                use crate::backend::{matmul, Trans};
-                matmul(
-                    Trans::N,
-                    Trans::N,
-                    rows,
-                    c,
-                    v,
-                    dlogits,
-                    &self.wte.weight.value.data,
-                    &mut s.g_a,
-                    false,
-                );
-                matmul(
-                    Trans::T,
-                    Trans::N,
-                    v,
-                    c,
-                    rows,
-                    dlogits,
-                    head_in,
-                    &mut self.wte.weight.grad,
-                    true,
-                );
+                let wte = &mut self.wte.weight;
+                Gemm::nn(rows, c, v).run(dlogits, &wte.value.data, &mut s.d_resid);
+                Gemm::tn(v, c, rows)
+                    .accumulate()
+                    .run(dlogits, head_in, &mut wte.grad);
             }
         }
         if let (Some(st), Some(_)) = (&starts, &self.head) {
             report(self, st.2);
         }
         if let Some(ln) = &mut self.ln_f {
-            ln.backward(last, &s.g_a, rows, &mut s.g_b);
-            std::mem::swap(&mut s.g_a, &mut s.g_b);
+            ln.backward(last, &s.d_resid, rows, &mut s.d_resid_below);
+            std::mem::swap(&mut s.d_resid, &mut s.d_resid_below);
             if let Some(st) = &starts {
                 report(self, st.1);
             }
         }
         for l in (0..self.blocks.len()).rev() {
-            self.blocks[l].backward(&s.xs[l], &s.g_a, &mut s.g_b);
-            std::mem::swap(&mut s.g_a, &mut s.g_b);
+            self.blocks[l].backward(&s.xs[l], &s.d_resid, &mut s.d_resid_below);
+            std::mem::swap(&mut s.d_resid, &mut s.d_resid_below);
             if let Some(st) = &starts {
                 report(self, st.0[l]);
             }
         }
         let p = if s.train { self.spec.dropout } else { 0.0 };
-        dropout_backward(&mut s.g_a, p, s.dropout_seed);
+        dropout_backward(&mut s.d_resid, p, s.dropout_seed);
         if let Some(wpe) = &mut self.wpe {
-            for (i, row) in s.g_a.chunks_exact(c).enumerate() {
+            for (i, row) in s.d_resid.chunks_exact(c).enumerate() {
                 let pos = i % s.t;
                 for (g, &d) in wpe.weight.grad[pos * c..(pos + 1) * c].iter_mut().zip(row) {
                     *g += d;
@@ -492,9 +460,9 @@ impl TransformerLm {
         }
         if self.spec.embed_scale {
             let scale = (c as f32).sqrt();
-            s.g_a.iter_mut().for_each(|g| *g *= scale);
+            s.d_resid.iter_mut().for_each(|g| *g *= scale);
         }
-        self.wte.backward(&s.ids, &s.g_a);
+        self.wte.backward(&s.ids, &s.d_resid);
         self.s = s;
         if starts.is_some() {
             report(self, 0);
@@ -504,7 +472,7 @@ impl TransformerLm {
     /// After `backward`: the gradient with respect to each position's token embedding row
     /// (`wte[id]`, before scaling and positions), [B, T, C]. What gradient × input needs.
     pub fn token_embedding_grad(&self) -> &[f32] {
-        &self.s.g_a[..self.s.b * self.s.t * self.spec.n_embd]
+        &self.s.d_resid[..self.s.b * self.s.t * self.spec.n_embd]
     }
 
     /// New caches for one sequence, one per layer.
@@ -576,10 +544,10 @@ impl TransformerLm {
     }
 }
 
-impl TransformerLm {
+impl LmSpec {
     /// Name prefixes of (embedding, learned positions, layers, head): nanoGPT's or PyTorch's.
-    fn names(&self) -> (&'static str, &'static str, &'static str, &'static str) {
-        if self.spec.style_gpt {
+    fn param_prefixes(&self) -> (&'static str, &'static str, &'static str, &'static str) {
+        if self.style_gpt {
             (
                 "transformer.wte",
                 "transformer.wpe",
@@ -598,42 +566,22 @@ impl TransformerLm {
 }
 
 impl Module for TransformerLm {
-    fn params(&self) -> Vec<(String, &Param)> {
-        let (emb, pos, layers, head) = self.names();
-        let mut v = prefixed(emb, self.wte.params());
-        if let Some(wpe) = &self.wpe {
-            v.extend(prefixed(pos, wpe.params()));
+    params!(Self { spec, wte, wpe, blocks, ln_f, head, .. }, v => {
+        let (emb, pos, layers, head_name) = spec.param_prefixes();
+        v.child(emb, wte);
+        if let Some(wpe) = wpe {
+            v.child(pos, wpe);
         }
-        for (i, b) in self.blocks.iter().enumerate() {
-            v.extend(prefixed(&format!("{layers}.{i}"), b.params()));
+        for (i, block) in std::iter::zip(0.., blocks) {
+            v.child(&format!("{layers}.{i}"), block);
         }
-        if let Some(ln) = &self.ln_f {
-            v.extend(prefixed("transformer.ln_f", ln.params()));
+        if let Some(ln) = ln_f {
+            v.child("transformer.ln_f", ln);
         }
-        if let Some(h) = &self.head {
-            v.extend(prefixed(head, h.params()));
+        if let Some(h) = head {
+            v.child(head_name, h);
         }
-        v
-    }
-
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let (emb, pos, layers, head) = self.names();
-        let mut v = Vec::new();
-        v.extend(prefixed(emb, self.wte.params_mut()));
-        if let Some(wpe) = &mut self.wpe {
-            v.extend(prefixed(pos, wpe.params_mut()));
-        }
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            v.extend(prefixed(&format!("{layers}.{i}"), b.params_mut()));
-        }
-        if let Some(ln) = &mut self.ln_f {
-            v.extend(prefixed("transformer.ln_f", ln.params_mut()));
-        }
-        if let Some(h) = &mut self.head {
-            v.extend(prefixed(head, h.params_mut()));
-        }
-        v
-    }
+    });
 }
 
 #[cfg(test)]
@@ -647,7 +595,7 @@ mod tests {
         m.init(&mut Rng::new(7));
         let (b, t, v) = (2, 5, m.spec.vocab_size);
         let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
-        let logits = m.forward(&ids, b, t, None, true, 3).unwrap().to_vec();
+        let logits = m.forward(&ids, Forward::train(b, t, 3)).unwrap().to_vec();
         let dlogits: Vec<f32> = logits.iter().map(|x| x.sin() * 0.1).collect();
         // Some gradient from an earlier micro-batch, to which backward adds.
         for (_, p) in m.params_mut() {
@@ -698,7 +646,7 @@ mod tests {
         // The plain backward gives the same gradients.
         let mut plain = TransformerLm::new(m.spec.clone()).unwrap();
         plain.init(&mut Rng::new(7));
-        plain.forward(&ids, b, t, None, true, 3).unwrap();
+        plain.forward(&ids, Forward::train(b, t, 3)).unwrap();
         for (_, p) in plain.params_mut() {
             p.grad
                 .iter_mut()

@@ -1,4 +1,4 @@
-use super::{Linear, Module, Param};
+use super::{Forward, Linear};
 use crate::backend::{
     attention_backward, attention_forward, flash_attention_backward, flash_attention_forward,
     merge_heads, merge_qkv_heads, rope_backward, rope_forward, rope_tables, split_heads,
@@ -84,23 +84,14 @@ impl MultiHeadAttention {
         }
     }
 
-    /// x [B,T,C] → out [B,T,C]. `key_padding` [B,T]: non-zero marks padding to ignore.
-    /// With `train`, attention probabilities are dropped with `self.dropout` (mask from `seed`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &mut self,
-        x: &[f32],
-        b: usize,
-        t: usize,
-        key_padding: Option<&[u8]>,
-        train: bool,
-        seed: u64,
-        out: &mut [f32],
-    ) {
-        let drop = if train && self.dropout > 0.0 {
+    /// x [B,T,C] → out [B,T,C], skipping the keys `pass.key_padding` marks. In training,
+    /// attention probabilities are dropped with `self.dropout` (mask from `pass.dropout_seed`).
+    pub fn forward(&mut self, x: &[f32], pass: Forward, out: &mut [f32]) {
+        let (b, t, key_padding) = (pass.batch, pass.time, pass.key_padding);
+        let drop = if pass.train && self.dropout > 0.0 {
             AttnDropout {
                 p: self.dropout,
-                seed,
+                seed: pass.dropout_seed,
             }
         } else {
             AttnDropout::NONE
@@ -291,26 +282,5 @@ impl KvCache {
             len: 0,
             capacity,
         }
-    }
-}
-
-impl MultiHeadAttention {
-    /// Parameters under the given names for (qkv weight, qkv bias, proj prefix).
-    pub fn named(&self, qkv_w: &str, qkv_b: &str, proj: &str) -> Vec<(String, &Param)> {
-        let mut v = vec![(qkv_w.to_string(), &self.qkv.weight)];
-        if let Some(b) = &self.qkv.bias {
-            v.push((qkv_b.to_string(), b));
-        }
-        v.extend(super::prefixed(proj, self.proj.params()));
-        v
-    }
-
-    pub fn named_mut(&mut self, qkv_w: &str, qkv_b: &str, proj: &str) -> Vec<(String, &mut Param)> {
-        let mut v = vec![(qkv_w.to_string(), &mut self.qkv.weight)];
-        if let Some(b) = &mut self.qkv.bias {
-            v.push((qkv_b.to_string(), b));
-        }
-        v.extend(super::prefixed(proj, self.proj.params_mut()));
-        v
     }
 }

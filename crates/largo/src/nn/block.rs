@@ -1,4 +1,4 @@
-use super::{Activation, KvCache, LayerNorm, Linear, Module, MultiHeadAttention, Param};
+use super::{params, Activation, Forward, KvCache, LayerNorm, Linear, Module, MultiHeadAttention};
 use crate::backend::{add_assign, dropout_backward, dropout_forward};
 use crate::tensor::ensure_len;
 
@@ -30,29 +30,81 @@ pub struct Block {
     s: Saved,
 }
 
+/// What backward needs from the last forward, and backward's scratch; sized for its batch.
 #[derive(Clone, Debug, Default)]
 struct Saved {
     rows: usize,
-    /// Input of attention (ln1(x) in pre-norm, x in post-norm is `x` itself).
+    /// Dropout seeds of the attention and the MLP branch.
+    seeds: (u64, u64),
+    train: bool,
+    /// Pre-norm: ln1(x), the attention's input (post-norm feeds it x itself).
     h1: Vec<f32>,
     attn_out: Vec<f32>,
     /// Residual stream between the branches (before ln1 in post-norm).
     mid: Vec<f32>,
     /// Post-norm: ln1(mid), the MLP's input and the second residual's base.
     mid_norm: Vec<f32>,
+    /// Pre-norm: ln2(mid), the MLP's input.
     h2: Vec<f32>,
-    pre_act: Vec<f32>,
-    act: Vec<f32>,
     mlp_out: Vec<f32>,
     /// Post-norm: the sum before ln2.
     r2: Vec<f32>,
-    seeds: (u64, u64),
-    train: bool,
-    // backward scratch
-    g1: Vec<f32>,
-    g2: Vec<f32>,
-    g_wide: Vec<f32>,
-    g_wide2: Vec<f32>,
+    mlp: MlpSaved,
+    // backward scratch, each [B,T,C]
+    /// Gradient of the residual stream (post-norm: first of r2, then of mid).
+    d_resid: Vec<f32>,
+    /// Gradient of a branch's output, then through its dropout.
+    d_branch_out: Vec<f32>,
+    /// Gradient of a branch's input (ln1's or ln2's output, or mid_norm).
+    d_branch_in: Vec<f32>,
+}
+
+/// The MLP's hidden activations and their gradients, each [B,T,F].
+#[derive(Clone, Debug, Default)]
+struct MlpSaved {
+    /// fc's output, the activation's input.
+    pre_act: Vec<f32>,
+    /// act(pre_act) after hidden dropout, proj's input.
+    act: Vec<f32>,
+    d_act: Vec<f32>,
+    d_pre_act: Vec<f32>,
+}
+
+/// The MLP branch borrowed from its block: fc → activation → hidden dropout → proj.
+struct FeedForward<'a> {
+    fc: &'a mut Linear,
+    proj: &'a mut Linear,
+    activation: Activation,
+    /// Hidden dropout probability (0 outside training) and its mask seed.
+    dropout: f32,
+    seed: u64,
+    saved: &'a mut MlpSaved,
+}
+
+impl FeedForward<'_> {
+    /// x [rows, C] → out [rows, C].
+    fn forward(&mut self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let s = &mut *self.saved;
+        let f = self.fc.out_features;
+        ensure_len(&mut s.pre_act, rows * f);
+        ensure_len(&mut s.act, rows * f);
+        self.fc.forward(x, rows, &mut s.pre_act);
+        self.activation.forward(&s.pre_act, &mut s.act);
+        dropout_forward(&mut s.act, self.dropout, self.seed);
+        self.proj.forward(&s.act, rows, out);
+    }
+
+    /// Adds into parameter grads; writes the gradient of the MLP's input `x` into `dx`.
+    fn backward(&mut self, x: &[f32], dout: &[f32], rows: usize, dx: &mut [f32]) {
+        let s = &mut *self.saved;
+        ensure_len(&mut s.d_act, s.act.len());
+        ensure_len(&mut s.d_pre_act, s.act.len());
+        self.proj.backward(&s.act, dout, rows, Some(&mut s.d_act));
+        dropout_backward(&mut s.d_act, self.dropout, self.seed);
+        self.activation
+            .backward(&s.pre_act, &s.d_act, &mut s.d_pre_act);
+        self.fc.backward(x, &s.d_pre_act, rows, Some(dx));
+    }
 }
 
 impl Block {
@@ -79,177 +131,136 @@ impl Block {
         }
     }
 
-    /// Dropout on the feed-forward hidden layer: `nn.TransformerEncoderLayer` has it, nanoGPT not.
-    fn hidden_dropout(&self) -> f32 {
-        match (self.style, self.s.train) {
+    /// Dropout on the MLP's hidden layer: `nn.TransformerEncoderLayer` has it, nanoGPT not.
+    fn hidden_dropout(&self, train: bool) -> f32 {
+        match (self.style, train) {
             (BlockStyle::TorchEncoder, true) => self.dropout,
             _ => 0.0,
         }
     }
 
-    fn mlp_forward(&mut self, x: &[f32], rows: usize, out: &mut [f32]) {
-        let p = self.hidden_dropout();
-        let s = &mut self.s;
-        let f = self.fc.out_features;
-        ensure_len(&mut s.pre_act, rows * f);
-        ensure_len(&mut s.act, rows * f);
-        self.fc.forward(x, rows, &mut s.pre_act);
-        self.activation.forward(&s.pre_act, &mut s.act);
-        dropout_forward(&mut s.act, p, s.seeds.1 ^ HIDDEN_SEED);
-        self.proj.forward(&s.act, rows, out);
-    }
-
-    /// Adds into parameter grads; writes dx of the MLP's input into `dx`.
-    fn mlp_backward(&mut self, x: &[f32], dout: &[f32], rows: usize, dx: &mut [f32]) {
-        let p = self.hidden_dropout();
-        let s = &mut self.s;
-        ensure_len(&mut s.g_wide, s.act.len());
-        ensure_len(&mut s.g_wide2, s.act.len());
-        self.proj.backward(&s.act, dout, rows, Some(&mut s.g_wide));
-        dropout_backward(&mut s.g_wide, p, s.seeds.1 ^ HIDDEN_SEED);
-        self.activation
-            .backward(&s.pre_act, &s.g_wide, &mut s.g_wide2);
-        self.fc.backward(x, &s.g_wide2, rows, Some(dx));
-    }
-
     /// x [B,T,C] → y [B,T,C].
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &mut self,
-        x: &[f32],
-        b: usize,
-        t: usize,
-        key_padding: Option<&[u8]>,
-        train: bool,
-        seed: u64,
-        y: &mut [f32],
-    ) {
+    pub fn forward(&mut self, x: &[f32], pass: Forward, y: &mut [f32]) {
         let c = self.ln1.dim();
-        let rows = b * t;
+        let rows = pass.rows();
         let n = rows * c;
-        let p = if train { self.dropout } else { 0.0 };
-        let mut s = std::mem::take(&mut self.s);
+        let p = if pass.train { self.dropout } else { 0.0 };
+        let hidden_p = self.hidden_dropout(pass.train);
+        let Block {
+            ln1,
+            attn,
+            ln2,
+            fc,
+            proj,
+            activation,
+            norm_first,
+            s,
+            ..
+        } = self;
         s.rows = rows;
-        s.train = train;
-        s.seeds = (seed, seed ^ 0x5851_F42D_4C95_7F2D);
-        for buf in [
-            &mut s.h1,
-            &mut s.attn_out,
-            &mut s.mid,
-            &mut s.mid_norm,
-            &mut s.h2,
-            &mut s.mlp_out,
-            &mut s.r2,
-        ] {
+        s.train = pass.train;
+        s.seeds = (pass.dropout_seed, pass.dropout_seed ^ 0x5851_F42D_4C95_7F2D);
+        // Pre-norm keeps h1 and h2, post-norm mid_norm and r2.
+        let (norm_a, norm_b) = if *norm_first {
+            (&mut s.h1, &mut s.h2)
+        } else {
+            (&mut s.mid_norm, &mut s.r2)
+        };
+        for buf in [&mut s.attn_out, &mut s.mid, &mut s.mlp_out, norm_a, norm_b] {
             ensure_len(buf, n);
         }
-        if self.norm_first {
-            self.ln1.forward(&x[..n], rows, &mut s.h1);
-            self.attn.forward(
-                &s.h1,
-                b,
-                t,
-                key_padding,
-                train,
-                s.seeds.0 ^ ATTN_SEED,
-                &mut s.attn_out,
-            );
+        let attn_pass = pass.reseeded(s.seeds.0 ^ ATTN_SEED);
+        let mut mlp = FeedForward {
+            fc,
+            proj,
+            activation: *activation,
+            dropout: hidden_p,
+            seed: s.seeds.1 ^ HIDDEN_SEED,
+            saved: &mut s.mlp,
+        };
+        if *norm_first {
+            // mid = x + drop(attn(ln1(x))); y = mid + drop(mlp(ln2(mid))).
+            ln1.forward(&x[..n], rows, &mut s.h1);
+            attn.forward(&s.h1, attn_pass, &mut s.attn_out);
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
             add(&x[..n], &s.attn_out, &mut s.mid);
-            self.ln2.forward(&s.mid, rows, &mut s.h2);
-            self.s = s;
-            let mut out = std::mem::take(&mut self.s.mlp_out);
-            let h2 = std::mem::take(&mut self.s.h2);
-            self.mlp_forward(&h2, rows, &mut out);
-            dropout_forward(&mut out, p, self.s.seeds.1);
-            add(&self.s.mid, &out, &mut y[..n]);
-            self.s.h2 = h2;
-            self.s.mlp_out = out;
+            ln2.forward(&s.mid, rows, &mut s.h2);
+            mlp.forward(&s.h2, rows, &mut s.mlp_out);
+            dropout_forward(&mut s.mlp_out, p, s.seeds.1);
+            add(&s.mid, &s.mlp_out, &mut y[..n]);
         } else {
-            self.attn.forward(
-                &x[..n],
-                b,
-                t,
-                key_padding,
-                train,
-                s.seeds.0 ^ ATTN_SEED,
-                &mut s.attn_out,
-            );
+            // mid = x + drop(attn(x)); r2 = ln1(mid) + drop(mlp(ln1(mid))); y = ln2(r2).
+            attn.forward(&x[..n], attn_pass, &mut s.attn_out);
             dropout_forward(&mut s.attn_out, p, s.seeds.0);
             add(&x[..n], &s.attn_out, &mut s.mid);
-            self.ln1.forward(&s.mid, rows, &mut s.mid_norm);
-            self.s = s;
-            let mut out = std::mem::take(&mut self.s.mlp_out);
-            let h = std::mem::take(&mut self.s.mid_norm);
-            self.mlp_forward(&h, rows, &mut out);
-            dropout_forward(&mut out, p, self.s.seeds.1);
-            let mut r2 = std::mem::take(&mut self.s.r2);
-            add(&h, &out, &mut r2);
-            self.ln2.forward(&r2, rows, &mut y[..n]);
-            self.s.r2 = r2;
-            self.s.mid_norm = h;
-            self.s.mlp_out = out;
+            ln1.forward(&s.mid, rows, &mut s.mid_norm);
+            mlp.forward(&s.mid_norm, rows, &mut s.mlp_out);
+            dropout_forward(&mut s.mlp_out, p, s.seeds.1);
+            add(&s.mid_norm, &s.mlp_out, &mut s.r2);
+            ln2.forward(&s.r2, rows, &mut y[..n]);
         }
     }
 
     /// dy [B,T,C] → dx [B,T,C], adding into every parameter's grad. `x` is forward's input
     /// (the model keeps the residual stream, so the block does not copy it).
     pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let rows = self.s.rows;
-        let n = self.s.mid.len();
-        let p = if self.s.train { self.dropout } else { 0.0 };
-        let (seed_attn, seed_mlp) = self.s.seeds;
-        let mut g1 = std::mem::take(&mut self.s.g1);
-        let mut g2 = std::mem::take(&mut self.s.g2);
-        ensure_len(&mut g1, n);
-        ensure_len(&mut g2, n);
-        if self.norm_first {
-            // y = mid + drop(mlp(ln2(mid))); mid = x + drop(attn(ln1(x))).
-            g1.copy_from_slice(&dy[..n]);
-            dropout_backward(&mut g1, p, seed_mlp);
-            let h2 = std::mem::take(&mut self.s.h2);
-            self.mlp_backward(&h2, &g1, rows, &mut g2);
-            self.s.h2 = h2;
-            // g1 = d mid = dy + ln2ᵀ(g2)
-            let mid = std::mem::take(&mut self.s.mid);
-            self.ln2.backward(&mid, &g2, rows, &mut g1);
-            self.s.mid = mid;
-            add_assign(&mut g1, &dy[..n]);
+        let train = self.s.train;
+        let p = if train { self.dropout } else { 0.0 };
+        let hidden_p = self.hidden_dropout(train);
+        let Block {
+            ln1,
+            attn,
+            ln2,
+            fc,
+            proj,
+            activation,
+            norm_first,
+            s,
+            ..
+        } = self;
+        let rows = s.rows;
+        let n = s.mid.len();
+        let (seed_attn, seed_mlp) = s.seeds;
+        for buf in [&mut s.d_resid, &mut s.d_branch_out, &mut s.d_branch_in] {
+            ensure_len(buf, n);
+        }
+        let mut mlp = FeedForward {
+            fc,
+            proj,
+            activation: *activation,
+            dropout: hidden_p,
+            seed: seed_mlp ^ HIDDEN_SEED,
+            saved: &mut s.mlp,
+        };
+        let (d_resid, d_out, d_in) = (&mut s.d_resid, &mut s.d_branch_out, &mut s.d_branch_in);
+        if *norm_first {
+            // y = mid + drop(mlp(h2)), h2 = ln2(mid); mid = x + drop(attn(h1)), h1 = ln1(x).
+            d_out.copy_from_slice(&dy[..n]);
+            dropout_backward(d_out, p, seed_mlp);
+            mlp.backward(&s.h2, d_out, rows, d_in);
+            // d mid = dy + ln2ᵀ(d h2)
+            ln2.backward(&s.mid, d_in, rows, d_resid);
+            add_assign(d_resid, &dy[..n]);
             // attention branch
-            g2.copy_from_slice(&g1);
-            dropout_backward(&mut g2, p, seed_attn);
-            let h1 = std::mem::take(&mut self.s.h1);
-            let mut d_h1 = std::mem::take(&mut self.s.mid_norm);
-            ensure_len(&mut d_h1, n);
-            self.attn.backward(&h1, &g2, &mut d_h1);
-            self.ln1.backward(&x[..n], &d_h1, rows, &mut dx[..n]);
-            add_assign(&mut dx[..n], &g1);
-            self.s.h1 = h1;
-            self.s.mid_norm = d_h1;
+            d_out.copy_from_slice(d_resid);
+            dropout_backward(d_out, p, seed_attn);
+            attn.backward(&s.h1, d_out, d_in);
+            ln1.backward(&x[..n], d_in, rows, &mut dx[..n]);
+            add_assign(&mut dx[..n], d_resid);
         } else {
             // y = ln2(r2), r2 = h + drop(mlp(h)), h = ln1(mid), mid = x + drop(attn(x)).
-            let r2 = std::mem::take(&mut self.s.r2);
-            self.ln2.backward(&r2, dy, rows, &mut g1);
-            self.s.r2 = r2;
-            g2.copy_from_slice(&g1);
-            dropout_backward(&mut g2, p, seed_mlp);
-            let h = std::mem::take(&mut self.s.mid_norm);
-            let mut d_h = std::mem::take(&mut self.s.h2);
-            ensure_len(&mut d_h, n);
-            self.mlp_backward(&h, &g2, rows, &mut d_h);
-            add_assign(&mut d_h, &g1);
-            self.s.mid_norm = h;
-            let mid = std::mem::take(&mut self.s.mid);
-            self.ln1.backward(&mid, &d_h, rows, &mut g1);
-            self.s.mid = mid;
-            self.s.h2 = d_h;
-            g2.copy_from_slice(&g1);
-            dropout_backward(&mut g2, p, seed_attn);
-            self.attn.backward(&x[..n], &g2, &mut dx[..n]);
-            add_assign(&mut dx[..n], &g1);
+            ln2.backward(&s.r2, dy, rows, d_resid);
+            d_out.copy_from_slice(d_resid);
+            dropout_backward(d_out, p, seed_mlp);
+            mlp.backward(&s.mid_norm, d_out, rows, d_in);
+            add_assign(d_in, d_resid);
+            // d mid = ln1ᵀ(d h)
+            ln1.backward(&s.mid, d_in, rows, d_resid);
+            d_out.copy_from_slice(d_resid);
+            dropout_backward(d_out, p, seed_attn);
+            attn.backward(&x[..n], d_out, &mut dx[..n]);
+            add_assign(&mut dx[..n], d_resid);
         }
-        self.s.g1 = g1;
-        self.s.g2 = g2;
     }
 
     /// Inference on new positions of several sequences, each with its own KV cache:
@@ -302,62 +313,33 @@ fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 }
 
 impl Module for Block {
-    fn params(&self) -> Vec<(String, &Param)> {
-        use super::prefixed;
-        match self.style {
+    // nanoGPT's and PyTorch's names, each in its module's order.
+    params!(Self { ln1, attn, ln2, fc, proj, style, .. }, v => {
+        let MultiHeadAttention { qkv, proj: attn_proj, .. } = attn;
+        let Linear { weight: qkv_weight, bias: qkv_bias, .. } = qkv;
+        match style {
             BlockStyle::Gpt => {
-                let mut v = prefixed("ln_1", self.ln1.params());
-                v.extend(
-                    self.attn
-                        .named("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj"),
-                );
-                v.extend(prefixed("ln_2", self.ln2.params()));
-                v.extend(prefixed("mlp.c_fc", self.fc.params()));
-                v.extend(prefixed("mlp.c_proj", self.proj.params()));
-                v
+                v.child("ln_1", ln1);
+                v.param("attn.c_attn.weight", qkv_weight);
+                if let Some(b) = qkv_bias {
+                    v.param("attn.c_attn.bias", b);
+                }
+                v.child("attn.c_proj", attn_proj);
+                v.child("ln_2", ln2);
+                v.child("mlp.c_fc", fc);
+                v.child("mlp.c_proj", proj);
             }
             BlockStyle::TorchEncoder => {
-                let mut v = self.attn.named(
-                    "self_attn.in_proj_weight",
-                    "self_attn.in_proj_bias",
-                    "self_attn.out_proj",
-                );
-                v.extend(prefixed("linear1", self.fc.params()));
-                v.extend(prefixed("linear2", self.proj.params()));
-                v.extend(prefixed("norm1", self.ln1.params()));
-                v.extend(prefixed("norm2", self.ln2.params()));
-                v
+                v.param("self_attn.in_proj_weight", qkv_weight);
+                if let Some(b) = qkv_bias {
+                    v.param("self_attn.in_proj_bias", b);
+                }
+                v.child("self_attn.out_proj", attn_proj);
+                v.child("linear1", fc);
+                v.child("linear2", proj);
+                v.child("norm1", ln1);
+                v.child("norm2", ln2);
             }
         }
-    }
-
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        use super::prefixed;
-        match self.style {
-            BlockStyle::Gpt => {
-                let mut v = prefixed("ln_1", self.ln1.params_mut());
-                v.extend(self.attn.named_mut(
-                    "attn.c_attn.weight",
-                    "attn.c_attn.bias",
-                    "attn.c_proj",
-                ));
-                v.extend(prefixed("ln_2", self.ln2.params_mut()));
-                v.extend(prefixed("mlp.c_fc", self.fc.params_mut()));
-                v.extend(prefixed("mlp.c_proj", self.proj.params_mut()));
-                v
-            }
-            BlockStyle::TorchEncoder => {
-                let mut v = self.attn.named_mut(
-                    "self_attn.in_proj_weight",
-                    "self_attn.in_proj_bias",
-                    "self_attn.out_proj",
-                );
-                v.extend(prefixed("linear1", self.fc.params_mut()));
-                v.extend(prefixed("linear2", self.proj.params_mut()));
-                v.extend(prefixed("norm1", self.ln1.params_mut()));
-                v.extend(prefixed("norm2", self.ln2.params_mut()));
-                v
-            }
-        }
-    }
+    });
 }

@@ -1,4 +1,4 @@
-use super::{Module, Param};
+use super::{params, Module, Param};
 use crate::backend::{embedding_backward, embedding_forward};
 use crate::rng::Rng;
 use crate::Result;
@@ -38,10 +38,7 @@ impl Embedding {
 }
 
 impl Module for Embedding {
-    fn params(&self) -> Vec<(String, &Param)> {
-        vec![("weight".into(), &self.weight)]
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        vec![("weight".into(), &mut self.weight)]
-    }
+    params!(Self { weight, .. }, v => {
+        v.param("weight", weight);
+    });
 }

@@ -1,4 +1,4 @@
-use super::{Module, Param};
+use super::{params, Module, Param};
 use crate::backend::{layernorm_backward, layernorm_forward};
 use crate::tensor::ensure_len;
 
@@ -78,13 +78,8 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
-    fn params(&self) -> Vec<(String, &Param)> {
-        vec![("weight".into(), &self.weight), ("bias".into(), &self.bias)]
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        vec![
-            ("weight".into(), &mut self.weight),
-            ("bias".into(), &mut self.bias),
-        ]
-    }
+    params!(Self { weight, bias, .. }, v => {
+        v.param("weight", weight);
+        v.param("bias", bias);
+    });
 }

@@ -1,8 +1,6 @@
 use super::Activation;
-use super::{Module, Param};
-use crate::backend::{
-    apply_epilogue, linear_packed, matmul, matmul_bias, Epilogue, PackedWeight, Trans,
-};
+use super::{params, Module, Param};
+use crate::backend::{apply_epilogue, linear_packed, Epilogue, Gemm, PackedWeight};
 use crate::rng::Rng;
 use std::sync::Arc;
 
@@ -14,7 +12,7 @@ pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
     /// The weight packed for the AMX kernels (`pack_for_inference`); dropped by `backward` and
-    /// `params_mut`, the ways training changes the weight.
+    /// by a mutable walk of the parameters (`params_mut`, …), the ways training changes it.
     packed: Option<Arc<PackedWeight>>,
 }
 
@@ -71,8 +69,8 @@ impl Linear {
         let bias = self.bias.as_ref().map(|b| b.value.data.as_slice());
         match (&self.packed, bias) {
             (Some(p), _) => return linear_packed(rows, o, i, x, w, p, bias, y, epilogue),
-            (None, Some(b)) => matmul_bias(Trans::N, Trans::T, rows, o, i, x, w, b, y),
-            (None, None) => matmul(Trans::N, Trans::T, rows, o, i, x, w, y, false),
+            (None, Some(b)) => Gemm::nt(rows, o, i).run_bias(x, w, b, y),
+            (None, None) => Gemm::nt(rows, o, i).run(x, w, y),
         }
         apply_epilogue(rows, o, y, epilogue);
     }
@@ -82,29 +80,13 @@ impl Linear {
         self.packed = None;
         let (i, o) = (self.in_features, self.out_features);
         if let Some(dx) = dx {
-            matmul(
-                Trans::N,
-                Trans::N,
-                rows,
-                i,
-                o,
-                dy,
-                &self.weight.value.data,
-                dx,
-                false,
-            );
+            // dx [rows, in] = dy [rows, out] · W [out, in]
+            Gemm::nn(rows, i, o).run(dy, &self.weight.value.data, dx);
         }
-        matmul(
-            Trans::T,
-            Trans::N,
-            o,
-            i,
-            rows,
-            dy,
-            x,
-            &mut self.weight.grad,
-            true,
-        );
+        // dW [out, in] += dyᵀ · x [rows, in]
+        Gemm::tn(o, i, rows)
+            .accumulate()
+            .run(dy, x, &mut self.weight.grad);
         if let Some(b) = &mut self.bias {
             crate::backend::add_bias_grad(&dy[..rows * o], o, &mut b.grad);
         }
@@ -112,19 +94,11 @@ impl Linear {
 }
 
 impl Module for Linear {
-    fn params(&self) -> Vec<(String, &Param)> {
-        let mut v = vec![("weight".to_string(), &self.weight)];
-        if let Some(b) = &self.bias {
-            v.push(("bias".to_string(), b));
+    params!(Self { weight, bias, packed, .. }, v => {
+        v.derived(packed);
+        v.param("weight", weight);
+        if let Some(b) = bias {
+            v.param("bias", b);
         }
-        v
-    }
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        self.packed = None;
-        let mut v = vec![("weight".to_string(), &mut self.weight)];
-        if let Some(b) = &mut self.bias {
-            v.push(("bias".to_string(), b));
-        }
-        v
-    }
+    });
 }

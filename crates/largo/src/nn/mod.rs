@@ -1,7 +1,8 @@
 //! Layers: structs that own their parameters and call the backend's forward and backward.
 //!
 //! A model is a tree of these. Its `forward` stores what `backward` needs in buffers it owns,
-//! `backward` adds into each parameter's `grad`, and the optimiser walks `params_mut()`. No tape.
+//! `backward` adds into each parameter's `grad`, and the optimiser walks `params_mut()` (see
+//! [`Module`]). No tape. Forward passes take a [`Forward`]: batch shape, padding, train or eval.
 
 mod attention;
 mod block;
@@ -42,37 +43,220 @@ impl Param {
 pub type GradsReady<'a> = dyn FnMut(usize, &mut [(String, &mut Param)]) + 'a;
 
 /// Anything with parameters, named as PyTorch's `state_dict` names them, in a fixed order.
+///
+/// A module lists its parameters once, with `params!`: a destructuring pattern of `Self`
+/// and a body that calls `v.param(name, p)` for each own parameter and `v.child(prefix, m)`
+/// for each sub-module, in `state_dict` order. The macro makes that one listing both walks,
+/// `walk_params` (over `&Param`) and `walk_params_mut` (over `&mut Param`): the pattern binds
+/// the fields by shared or by mutable reference (match ergonomics), and the two visitors,
+/// [`Params`] and [`ParamsMut`], have the same methods. Everything else — `params`,
+/// `params_mut`, `zero_grad`, … — is built on the walks.
 pub trait Module {
-    fn params(&self) -> Vec<(String, &Param)>;
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)>;
+    /// Visits every parameter, in order; see `params!`.
+    fn walk_params<'a>(&'a self, v: &mut Params<'a, '_>);
+    /// The same walk with mutable access (one listing for both: `params!`).
+    fn walk_params_mut<'a>(&'a mut self, v: &mut ParamsMut<'a, '_>);
+
+    /// Calls `f(name, p)` for every parameter, in order.
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Param)) {
+        self.walk_params(&mut Params::new(f));
+    }
+
+    /// Calls `f(name, p)` for every parameter, in order, with mutable access.
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&str, &'a mut Param)) {
+        self.walk_params_mut(&mut ParamsMut::new(f));
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = Vec::new();
+        self.visit_params(&mut |name, p| v.push((name.to_string(), p)));
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = Vec::new();
+        self.visit_params_mut(&mut |name, p| v.push((name.to_string(), p)));
+        v
+    }
 
     fn zero_grad(&mut self) {
-        for (_, p) in self.params_mut() {
-            p.zero_grad();
-        }
+        self.visit_params_mut(&mut |_, p| p.zero_grad());
     }
 
     /// Frees every gradient buffer: a model loaded only for inference needs none.
     fn drop_grads(&mut self) {
-        for (_, p) in self.params_mut() {
-            p.grad = Vec::new();
-        }
+        self.visit_params_mut(&mut |_, p| p.grad = Vec::new());
     }
 
+    /// Number of parameter tensors (the length of `params()`).
+    fn num_tensors(&self) -> usize {
+        let mut n = 0;
+        self.visit_params(&mut |_, _| n += 1);
+        n
+    }
+
+    /// Number of scalar parameters.
     fn num_params(&self) -> usize {
-        self.params().iter().map(|(_, p)| p.value.numel()).sum()
+        let mut n = 0;
+        self.visit_params(&mut |_, p| n += p.value.numel());
+        n
     }
 }
 
-/// Prefixes a child's names: `fc1` + `weight` → `fc1.weight`.
-pub fn prefixed<'a, P>(prefix: &str, items: Vec<(String, P)>) -> Vec<(String, P)>
-where
-    P: 'a,
-{
-    items
-        .into_iter()
-        .map(|(n, p)| (format!("{prefix}.{n}"), p))
-        .collect()
+/// Implements [`Module`]'s two walks from one listing:
+///
+/// ```text
+/// impl Module for Linear {
+///     params!(Self { weight, bias, .. }, v => {
+///         v.param("weight", weight);
+///         if let Some(b) = bias {
+///             v.param("bias", b);
+///         }
+///     });
+/// }
+/// ```
+///
+/// The pattern binds `&Param` in `walk_params` and `&mut Param` in `walk_params_mut`, so the
+/// body must only pass the bindings on (to `v.param`, `v.child`, `v.derived`, or a pattern).
+macro_rules! params {
+    ($this:pat, $v:ident => $body:block) => {
+        fn walk_params<'a>(&'a self, $v: &mut $crate::nn::Params<'a, '_>) {
+            let $this = self;
+            $body
+        }
+        fn walk_params_mut<'a>(&'a mut self, $v: &mut $crate::nn::ParamsMut<'a, '_>) {
+            let $this = self;
+            $body
+        }
+    };
+}
+pub(crate) use params;
+
+/// The shared walk's visitor: full dotted names (`fc1` + `weight` → `fc1.weight`) to `f`.
+pub struct Params<'a, 'f> {
+    name: String,
+    f: &'f mut dyn FnMut(&str, &'a Param),
+}
+
+/// The mutable walk's visitor: the same methods as [`Params`].
+pub struct ParamsMut<'a, 'f> {
+    name: String,
+    f: &'f mut dyn FnMut(&str, &'a mut Param),
+}
+
+impl<'a, 'f> Params<'a, 'f> {
+    pub fn new(f: &'f mut dyn FnMut(&str, &'a Param)) -> Self {
+        Params {
+            name: String::new(),
+            f,
+        }
+    }
+
+    pub fn param(&mut self, name: &str, p: &'a Param) {
+        let len = self.name.len();
+        self.name.push_str(name);
+        (self.f)(&self.name, p);
+        self.name.truncate(len);
+    }
+
+    /// A sub-module's parameters, named `prefix.<its name>`.
+    pub fn child<M: Module + ?Sized>(&mut self, prefix: &str, m: &'a M) {
+        let len = self.name.len();
+        self.name.push_str(prefix);
+        self.name.push('.');
+        m.walk_params(self);
+        self.name.truncate(len);
+    }
+
+    /// A cache derived from the parameters: kept by a shared walk.
+    pub fn derived<T>(&mut self, _cache: &Option<T>) {}
+}
+
+impl<'a, 'f> ParamsMut<'a, 'f> {
+    pub fn new(f: &'f mut dyn FnMut(&str, &'a mut Param)) -> Self {
+        ParamsMut {
+            name: String::new(),
+            f,
+        }
+    }
+
+    pub fn param(&mut self, name: &str, p: &'a mut Param) {
+        let len = self.name.len();
+        self.name.push_str(name);
+        (self.f)(&self.name, p);
+        self.name.truncate(len);
+    }
+
+    /// A sub-module's parameters, named `prefix.<its name>`.
+    pub fn child<M: Module + ?Sized>(&mut self, prefix: &str, m: &'a mut M) {
+        let len = self.name.len();
+        self.name.push_str(prefix);
+        self.name.push('.');
+        m.walk_params_mut(self);
+        self.name.truncate(len);
+    }
+
+    /// A cache derived from the parameters (packed weights): cleared, since whoever walks the
+    /// parameters mutably may change them.
+    pub fn derived<T>(&mut self, cache: &mut Option<T>) {
+        *cache = None;
+    }
+}
+
+/// What one forward pass runs on and how: the batch's shape, its key padding, and whether it
+/// trains (dropout on, masks drawn from `dropout_seed`) or evaluates.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward<'a> {
+    pub batch: usize,
+    /// Positions per sequence (1 for a model of single examples, such as the MLP).
+    pub time: usize,
+    /// [B,T]: non-zero marks a padded position that attention ignores.
+    pub key_padding: Option<&'a [u8]>,
+    pub train: bool,
+    pub dropout_seed: u64,
+}
+
+impl<'a> Forward<'a> {
+    /// Inference: no dropout, no padding.
+    pub fn eval(batch: usize, time: usize) -> Self {
+        Forward {
+            batch,
+            time,
+            key_padding: None,
+            train: false,
+            dropout_seed: 0,
+        }
+    }
+
+    /// Training: dropout masks drawn from `dropout_seed`.
+    pub fn train(batch: usize, time: usize, dropout_seed: u64) -> Self {
+        Forward {
+            train: true,
+            dropout_seed,
+            ..Forward::eval(batch, time)
+        }
+    }
+
+    /// The same pass with key padding [B,T] (non-zero: padded).
+    pub fn padded(self, key_padding: &'a [u8]) -> Self {
+        Forward {
+            key_padding: Some(key_padding),
+            ..self
+        }
+    }
+
+    /// The same pass with another dropout seed (a sub-module's own masks).
+    pub fn reseeded(self, dropout_seed: u64) -> Self {
+        Forward {
+            dropout_seed,
+            ..self
+        }
+    }
+
+    /// Batch × time: the rows of a [B,T,C] activation.
+    pub fn rows(&self) -> usize {
+        self.batch * self.time
+    }
 }
 
 /// Activation functions selectable by configuration.

@@ -15,7 +15,7 @@ use crate::explain::attention::AttentionMaps;
 use crate::explain::saliency::{attribute, baseline_input, render_png, Baseline, Method};
 use crate::generate::{generate, Sampling};
 use crate::models::store::{load_lm, load_mlp, resolve_model_dir};
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::train::metrics::{read_records, Record};
 use crate::{Error, Result};
 use std::path::{Component, Path, PathBuf};
@@ -599,7 +599,7 @@ fn saliency_section(
             .iter()
             .map(|&p| norm.apply(p))
             .collect();
-        let predicted = argmax(model.forward(&x, 1, false, 0));
+        let predicted = argmax(model.forward(&x, Forward::eval(1, 1)));
         let label = data.labels[i] as usize;
         let list = if predicted == label {
             &mut right

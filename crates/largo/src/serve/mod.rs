@@ -17,7 +17,7 @@ use crate::generate::Sampling;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
 use crate::models::{Mlp, ModelKind, TransformerLm};
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::{Error, Result};
 use api::{
     bool_field, constant_time_eq, integer_field, number_field, parse_object, string_field,
@@ -555,7 +555,7 @@ async fn classify(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
     let logits = model
         .lock()
         .expect("classifier")
-        .forward(&x, 1, false, 0)
+        .forward(&x, Forward::eval(1, 1))
         .to_vec();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();

@@ -11,7 +11,7 @@ use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
 use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::{Mlp, MlpConfig, ModelKind};
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::path::Path;
@@ -140,7 +140,7 @@ impl Task for ClassifierTask<'_> {
             let idx: Vec<usize> = positions.iter().map(|&p| self.train_idx[p]).collect();
             gather_batch(&self.data, &norm, &idx, &mut self.x, &mut self.y);
             let n = idx.len();
-            let logits = self.model.forward(&self.x, n, true, dropout_seed);
+            let logits = self.model.forward(&self.x, Forward::train(n, 1, dropout_seed));
             self.row_losses.resize(n, 0.0);
             let loss = cross_entropy_forward(
                 logits,

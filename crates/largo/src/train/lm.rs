@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};
 use crate::models::store::{save_model, ModelInfo};
 use crate::models::{LmSpec, ModelKind, TransformerLm};
-use crate::nn::Module;
+use crate::nn::{Forward, Module};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ fn evaluate_lm_part(
             x.extend_from_slice(&tokens[i..i + t]);
             y.extend(tokens[i + 1..i + t + 1].iter().map(|&v| v as i64));
         }
-        let logits = model.forward(&x, chunk.len(), t, None, false, 0)?;
+        let logits = model.forward(&x, Forward::eval(chunk.len(), t))?;
         rows.resize(chunk.len() * t, 0.0);
         total +=
             cross_entropy_forward(logits, &y, v, -100, 0.0, &mut rows)? as f64 * chunk.len() as f64;
@@ -281,7 +281,7 @@ impl Task for LmTask<'_> {
                 &self.x[mine.start * t..mine.end * t],
                 &self.y[mine.start * t..mine.end * t],
             );
-            let logits = self.model.forward(xs, bm, t, None, true, drop_seed)?;
+            let logits = self.model.forward(xs, Forward::train(bm, t, drop_seed))?;
             self.row_losses.resize(bm * t, 0.0);
             let loss = cross_entropy_forward(logits, ys, v, -100, smoothing, &mut self.row_losses)?;
             self.dlogits.resize(logits.len(), 0.0);

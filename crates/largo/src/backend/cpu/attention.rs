@@ -6,7 +6,7 @@
 //! This version keeps the T×T probabilities (memory quadratic in T): attention maps read them.
 //! Training and generation use the tiled kernel of `flash.rs`, which never stores them.
 
-use super::gemm::{matmul_rows_serial, matmul_serial, Trans};
+use super::gemm::{matmul_rows_serial, Gemm, Trans};
 use super::math::{exp_fast, lanes_sum};
 use rayon::prelude::*;
 
@@ -201,7 +201,7 @@ pub fn attention_forward(
             let (qh, kh, vh) = (&q[bh * t * d..], &k[kv..kv + tk * d], &v[kv..kv + tk * d]);
             let pad = key_padding.map(|p| &p[b * tk..(b + 1) * tk]);
             // Scores S = Q·Kᵀ [T,Tk], then a masked, scaled softmax per row, in place.
-            matmul_serial(Trans::N, Trans::T, t, tk, d, qh, kh, att, false);
+            Gemm::nt(t, tk, d).run_serial(qh, kh, att);
             for (i, row) in att.chunks_exact_mut(tk).enumerate() {
                 // Keys past `limit` are in the future of query i.
                 let limit = if causal { (i + offset + 1).min(tk) } else { tk };
@@ -213,9 +213,9 @@ pub fn attention_forward(
             if dropout.p > 0.0 {
                 let mut dropped = att.to_vec();
                 dropout.apply(&mut dropped, bh * t * tk);
-                matmul_serial(Trans::N, Trans::N, t, d, tk, &dropped, vh, o, false);
+                Gemm::nn(t, d, tk).run_serial(&dropped, vh, o);
             } else {
-                matmul_serial(Trans::N, Trans::N, t, d, tk, att, vh, o, false);
+                Gemm::nn(t, d, tk).run_serial(att, vh, o);
             }
         });
 }
@@ -319,15 +319,15 @@ pub fn attention_backward(
                 &dout[at..at + t * d],
             );
             let p = &att[bh * t * t..(bh + 1) * t * t];
-            matmul_serial(Trans::N, Trans::T, t, t, d, doh, vh, ds, false);
+            Gemm::nt(t, t, d).run_serial(doh, vh, ds);
             if dropout.p > 0.0 {
                 // O used D(P): dV = D(P)ᵀ·dO, and dP = D(dP) through the same mask.
                 let mut dropped = p.to_vec();
                 dropout.apply(&mut dropped, bh * t * t);
-                matmul_serial(Trans::T, Trans::N, t, d, t, &dropped, doh, dv, false);
+                Gemm::tn(t, d, t).run_serial(&dropped, doh, dv);
                 dropout.apply(ds, bh * t * t);
             } else {
-                matmul_serial(Trans::T, Trans::N, t, d, t, p, doh, dv, false);
+                Gemm::tn(t, d, t).run_serial(p, doh, dv);
             }
             // Softmax backward, row by row; the 1/√D of the scores folds in here.
             for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
@@ -336,8 +336,8 @@ pub fn attention_backward(
                     *x = pv * (*x - dot) * scale;
                 }
             }
-            matmul_serial(Trans::N, Trans::N, t, d, t, ds, kh, dq, false);
-            matmul_serial(Trans::T, Trans::N, t, d, t, ds, qh, dk, false);
+            Gemm::nn(t, d, t).run_serial(ds, kh, dq);
+            Gemm::tn(t, d, t).run_serial(ds, qh, dk);
         });
 }
 

@@ -13,7 +13,7 @@
 //! probabilities (attention maps).
 
 use super::attention::{max_of, AttnDropout, AttnShape};
-use super::gemm::{matmul_serial, Trans};
+use super::gemm::Gemm;
 use super::math::{exp_fast, lanes_sum};
 use rayon::prelude::*;
 
@@ -179,7 +179,7 @@ pub fn flash_attention_forward(
                         let st = &mut sc[..rows * cols];
                         // S = Q·Kᵀ for this tile [rows, cols].
                         let kt = &kh[j0 * d..(j0 + cols) * d];
-                        matmul_serial(Trans::N, Trans::T, rows, cols, d, qt, kt, st, false);
+                        Gemm::nt(rows, cols, d).run_serial(qt, kt, st);
                         for (r, srow) in st.chunks_exact_mut(cols).enumerate() {
                             let i = i0 + r;
                             let (live, pad) = mask.live(i, j0, cols);
@@ -195,7 +195,7 @@ pub fn flash_attention_forward(
                         }
                         // O += P·V [rows, D].
                         let vt = &vh[j0 * d..(j0 + cols) * d];
-                        matmul_serial(Trans::N, Trans::N, rows, d, cols, st, vt, ot, true);
+                        Gemm::nn(rows, d, cols).accumulate().run_serial(st, vt, ot);
                     }
                     for r in 0..rows {
                         let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
@@ -278,8 +278,8 @@ pub fn flash_attention_backward(
                         let (pt, dpt) = (&mut p[..rows * cols], &mut dp[..rows * cols]);
                         let (kt, vt) = (&kh[j0 * d..(j0 + cols) * d], &vh[j0 * d..(j0 + cols) * d]);
                         // P = exp(S·scale − lse), recomputed; dP = dO·Vᵀ.
-                        matmul_serial(Trans::N, Trans::T, rows, cols, d, qt, kt, pt, false);
-                        matmul_serial(Trans::N, Trans::T, rows, cols, d, dot, vt, dpt, false);
+                        Gemm::nt(rows, cols, d).run_serial(qt, kt, pt);
+                        Gemm::nt(rows, cols, d).run_serial(dot, vt, dpt);
                         for (r, prow) in pt.chunks_exact_mut(cols).enumerate() {
                             let (live, pad) = mask.live(i0 + r, j0, cols);
                             probs_from_lse_row(prow, live, pad, scale, lse[i0 + r]);
@@ -294,19 +294,13 @@ pub fn flash_attention_backward(
                                 dropout.apply(&mut dropped[r * cols..(r + 1) * cols], first);
                                 dropout.apply(&mut dpt[r * cols..(r + 1) * cols], first);
                             }
-                            matmul_serial(
-                                Trans::T,
-                                Trans::N,
-                                cols,
-                                d,
-                                rows,
-                                dropped,
-                                dot,
-                                dvt,
-                                true,
-                            );
+                            Gemm::tn(cols, d, rows)
+                                .accumulate()
+                                .run_serial(dropped, dot, dvt);
                         } else {
-                            matmul_serial(Trans::T, Trans::N, cols, d, rows, pt, dot, dvt, true);
+                            Gemm::tn(cols, d, rows)
+                                .accumulate()
+                                .run_serial(pt, dot, dvt);
                         }
                         // dS = P ⊙ (dP − Dᵢ), with the 1/√D of the scores folded in.
                         for (r, (ds, prow)) in dpt
@@ -320,9 +314,13 @@ pub fn flash_attention_backward(
                             }
                         }
                         let dqt = &mut dq[i0 * d..(i0 + rows) * d];
-                        matmul_serial(Trans::N, Trans::N, rows, d, cols, dpt, kt, dqt, true);
+                        Gemm::nn(rows, d, cols)
+                            .accumulate()
+                            .run_serial(dpt, kt, dqt);
                         let dkt = &mut dk[j0 * d..(j0 + cols) * d];
-                        matmul_serial(Trans::T, Trans::N, cols, d, rows, dpt, qt, dkt, true);
+                        Gemm::tn(cols, d, rows)
+                            .accumulate()
+                            .run_serial(dpt, qt, dkt);
                     }
                 }
             },

@@ -183,6 +183,83 @@ pub fn gemm_provider() -> &'static str {
     default_provider().name()
 }
 
+/// One matrix product `c[m,n] (+)= op(a)[m,k] · op(b)[k,n]`, described once and run with
+/// `run` (all threads), `run_serial` (the calling thread) or `run_bias` (a linear layer):
+/// `Gemm::nt(rows, out, in).run(x, w, y)` is y = x·Wᵀ; `.accumulate()` adds into c.
+///
+/// `a` is stored `[m,k]` (`Trans::N`) or `[k,m]` (`Trans::T`); likewise `b` is `[k,n]` or `[n,k]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub ta: Trans,
+    pub tb: Trans,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `c += …` instead of `c = …`.
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    pub fn new(ta: Trans, tb: Trans, m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            accumulate: false,
+        }
+    }
+
+    /// `a · b`.
+    pub fn nn(m: usize, n: usize, k: usize) -> Self {
+        Self::new(Trans::N, Trans::N, m, n, k)
+    }
+
+    /// `a · bᵀ`.
+    pub fn nt(m: usize, n: usize, k: usize) -> Self {
+        Self::new(Trans::N, Trans::T, m, n, k)
+    }
+
+    /// `aᵀ · b`.
+    pub fn tn(m: usize, n: usize, k: usize) -> Self {
+        Self::new(Trans::T, Trans::N, m, n, k)
+    }
+
+    /// Adds the product into c.
+    pub fn accumulate(self) -> Self {
+        Gemm {
+            accumulate: true,
+            ..self
+        }
+    }
+
+    /// Splits the product over largo's threads, at the matmul precision in force.
+    pub fn run(self, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let g = self;
+        matmul(g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
+    }
+
+    /// On the calling thread only, in f32: for kernels that already run one task per thread.
+    pub fn run_serial(self, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let g = self;
+        matmul_serial(g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
+    }
+
+    /// `run` with a chosen provider.
+    pub fn run_with(self, provider: GemmProvider, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let g = self;
+        matmul_with(provider, g.ta, g.tb, g.m, g.n, g.k, a, b, c, g.accumulate);
+    }
+
+    /// `c = op(a) · op(b) + bias`, the bias (length n) added to every row: a linear layer.
+    pub fn run_bias(self, a: &[f32], b: &[f32], bias: &[f32], c: &mut [f32]) {
+        assert!(!self.accumulate, "Gemm::run_bias overwrites c");
+        let g = self;
+        matmul_bias(g.ta, g.tb, g.m, g.n, g.k, a, b, bias, c);
+    }
+}
+
 /// `c[m,n] = op(a)[m,k] · op(b)[k,n]`, or `c += …` when `accumulate`.
 ///
 /// `a` is stored `[m,k]` (`Trans::N`) or `[k,m]` (`Trans::T`); likewise `b` is `[k,n]` or `[n,k]`.
