@@ -101,7 +101,7 @@ pub fn render_gemm(results: &[GemmResult]) -> String {
     s
 }
 
-/// Training samples/s of the seed's MLP (784-128-10, AdamW) on random data, batch `batch`.
+/// Training samples/s of the MNIST MLP (784-128-10, AdamW) on random data, batch `batch`.
 pub fn bench_mlp(batch: usize, steps: usize) -> Result<f64> {
     let cfg = MlpConfig::default();
     let mut model = Mlp::new(cfg.clone())?;

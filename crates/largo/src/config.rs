@@ -4,7 +4,7 @@
 //! the defaults have, with values of the same type. Unknown keys are rejected with the nearest
 //! valid name; then the merged table is deserialised into `Config`.
 
-use crate::models::{Arch, GptConfig, MlpConfig, ModelKind, Positions, SeedTransformerConfig};
+use crate::models::{Arch, EncoderLmConfig, GptConfig, MlpConfig, ModelKind, Positions};
 use crate::nn::Activation;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub mlp: MlpConfig,
     pub gpt: GptConfig,
-    pub encoder_lm: SeedTransformerConfig,
+    pub encoder_lm: EncoderLmConfig,
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
@@ -113,7 +113,7 @@ impl Default for Config {
                 activation: Activation::Gelu,
                 ..GptConfig::default()
             },
-            encoder_lm: SeedTransformerConfig::default(),
+            encoder_lm: EncoderLmConfig::default(),
             train: TrainConfig {
                 epochs: 10,
                 batch_size: 16,

@@ -1,4 +1,4 @@
-//! Attention, rotary and sinusoidal positions, the GPT and the seed's Transformer LM against
+//! Attention, rotary and sinusoidal positions, the GPT and the `nn.TransformerEncoder` LM against
 //! PyTorch (references from `tools/gen_transformer_fixtures.py`).
 
 mod common;
@@ -6,7 +6,7 @@ mod common;
 use common::assert_close;
 use largo::backend::*;
 use largo::io::TensorFile;
-use largo::models::{GptConfig, Positions, SeedTransformerConfig, TransformerLm};
+use largo::models::{EncoderLmConfig, GptConfig, Positions, TransformerLm};
 use largo::nn::{Activation, Forward, Module};
 use largo::train::optim::{OptimConfig, Optimizer};
 use std::path::Path;
@@ -212,9 +212,9 @@ fn ten_adamw_steps_of_the_gpt_follow_pytorchs_losses() {
 }
 
 #[test]
-fn seed_transformer_matches_pytorch_with_and_without_key_padding() {
+fn encoder_lm_matches_pytorch_with_and_without_key_padding() {
     let f = fixtures();
-    let cfg = SeedTransformerConfig {
+    let cfg = EncoderLmConfig {
         ntoken: 11,
         d_model: 8,
         nhead: 2,
@@ -333,7 +333,7 @@ fn dropout_paths_backpropagate_exactly() {
             tie_weights: true,
         }
         .spec(),
-        SeedTransformerConfig {
+        EncoderLmConfig {
             ntoken: 7,
             d_model: 8,
             nhead: 2,

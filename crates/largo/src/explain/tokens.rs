@@ -151,7 +151,7 @@ impl TokenAttribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{GptConfig, SeedTransformerConfig};
+    use crate::models::{EncoderLmConfig, GptConfig};
     use crate::rng::Rng;
 
     /// score_t is the derivative of the logit when e_t is scaled by (1 + ε): checked by finite
@@ -169,18 +169,18 @@ mod tests {
             ..GptConfig::default()
         }
         .spec();
-        // The seed's model scales embeddings by √d and adds sinusoidal positions.
-        let seed = SeedTransformerConfig {
+        // The encoder LM scales embeddings by √d and adds sinusoidal positions.
+        let encoder = EncoderLmConfig {
             ntoken: 11,
             d_model: 16,
             nhead: 2,
             d_hid: 32,
             nlayers: 2,
             max_len: 8,
-            ..SeedTransformerConfig::default()
+            ..EncoderLmConfig::default()
         }
         .spec();
-        for spec in [gpt, seed] {
+        for spec in [gpt, encoder] {
             let mut model = TransformerLm::new(spec).unwrap();
             model.init(&mut Rng::new(5));
             let ids = [3u32, 7, 1, 9, 4];

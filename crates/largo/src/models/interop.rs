@@ -1,11 +1,12 @@
 //! PyTorch interop: `import` turns a `state_dict` (a `torch.save` file or safetensors) of the
-//! seed's MLP, the seed's Transformer LM or a nanoGPT GPT into a largo model directory;
+//! MNIST MLP, the `nn.TransformerEncoder` language model of PyTorch's tutorial or a nanoGPT
+//! GPT into a largo model directory;
 //! `export` writes a model's parameters back as safetensors under PyTorch's names, including
 //! what PyTorch's strict `load_state_dict` expects beyond largo's parameters (tied `lm_head`,
-//! the seed's `pe` buffer).
+//! the encoder LM's `pe` buffer).
 
 use super::store::{load_info, load_mlp, load_params, save_model, ModelInfo};
-use super::{Arch, GptConfig, Mlp, MlpConfig, ModelKind, SeedTransformerConfig, TransformerLm};
+use super::{Arch, EncoderLmConfig, GptConfig, Mlp, MlpConfig, ModelKind, TransformerLm};
 use crate::backend::sinusoidal_table;
 use crate::data::mnist::Normalization;
 use crate::io::{load_weights, save_safetensors, TensorFile};
@@ -144,7 +145,7 @@ pub fn import(
             if widths.len() < 2 {
                 return Err(Error::format(
                     weights,
-                    "expected linear layers fc1.weight, fc2.weight, … (the seed MLP's names)",
+                    "expected linear layers fc1.weight, fc2.weight, … (the MNIST MLP's names)",
                 ));
             }
             cfg.classes = widths.pop().expect("≥ 2 layers");
@@ -160,7 +161,7 @@ pub fn import(
             (Box::new(model), info)
         }
         Arch::EncoderLm => {
-            let mut cfg: SeedTransformerConfig = read_config(config, "encoder_lm")?;
+            let mut cfg: EncoderLmConfig = read_config(config, "encoder_lm")?;
             let emb = shape_of(&file, "embedding.weight")?;
             if cfg.ntoken == 0 {
                 cfg.ntoken = emb[0];

@@ -1,4 +1,4 @@
-//! The seed's MLP classifier: fc1 (784→128) → ReLU → fc2 (128→10), any depth and width.
+//! The MNIST MLP classifier: fc1 (784→128) → ReLU → fc2 (128→10), any depth and width.
 //!
 //! `y = W⁽ᴸ⁾·σ(…σ(W⁽¹⁾·x + b⁽¹⁾)…) + b⁽ᴸ⁾`, returning logits; the loss applies the softmax.
 //! Parameter names are PyTorch's: `fc1.weight`, `fc1.bias`, `fc2.weight`, …

@@ -9,7 +9,7 @@ pub mod transformer_lm;
 
 pub use mlp::{Mlp, MlpConfig};
 pub mod store;
-pub use transformer_lm::{GptConfig, LmSpec, Positions, SeedTransformerConfig, TransformerLm};
+pub use transformer_lm::{EncoderLmConfig, GptConfig, LmSpec, Positions, TransformerLm};
 
 use crate::{Error, Result};
 
@@ -134,7 +134,7 @@ impl<'de> serde::Deserialize<'de> for Arch {
 pub enum ModelKind {
     Mlp(MlpConfig),
     Gpt(GptConfig),
-    EncoderLm(SeedTransformerConfig),
+    EncoderLm(EncoderLmConfig),
 }
 
 impl ModelKind {

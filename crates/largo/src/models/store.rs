@@ -1,9 +1,7 @@
 //! A model directory: `config.json` (architecture, sizes, preprocessing) + `model.safetensors`
 //! with PyTorch `state_dict` names. Written atomically; loading checks every tensor's shape.
 
-use super::{
-    Arch, GptConfig, LmSpec, Mlp, MlpConfig, ModelKind, SeedTransformerConfig, TransformerLm,
-};
+use super::{Arch, EncoderLmConfig, GptConfig, LmSpec, Mlp, MlpConfig, ModelKind, TransformerLm};
 use crate::data::mnist::Normalization;
 use crate::io::{save_safetensors, write_dir_atomic, TensorFile};
 use crate::nn::Module;
@@ -83,7 +81,7 @@ struct ModelInfoFile {
         alias = "seed_transformer",
         skip_serializing_if = "Option::is_none"
     )]
-    encoder_lm: Option<SeedTransformerConfig>,
+    encoder_lm: Option<EncoderLmConfig>,
 }
 
 impl TryFrom<ModelInfoFile> for ModelInfo {

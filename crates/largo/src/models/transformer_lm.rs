@@ -3,7 +3,8 @@
 //!
 //! * `GptConfig`: a GPT decoder shaped like nanoGPT's `model.py` (pre-norm, GELU, learned
 //!   positions, final `ln_f`, head tied to `wte`), with nanoGPT's parameter names.
-//! * `SeedTransformerConfig`: the seed's LM done right — embedding ×√d + sinusoidal encoding,
+//! * `EncoderLmConfig`: the `nn.TransformerEncoder` language model of PyTorch's tutorial
+//!   ("Language Modeling with nn.Transformer"), done right — embedding ×√d + sinusoidal encoding,
 //!   `nlayers` post-norm ReLU `nn.TransformerEncoderLayer`s, optional causal mask, linear head
 //!   `decoder`, with PyTorch's names (`transformer_encoder.layers.0.self_attn.in_proj_weight`, …).
 
@@ -64,7 +65,7 @@ impl Default for GptConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SeedTransformerConfig {
+pub struct EncoderLmConfig {
     /// 0: taken from the tokenizer of the data.
     pub ntoken: usize,
     pub d_model: usize,
@@ -79,9 +80,9 @@ pub struct SeedTransformerConfig {
     pub causal: bool,
 }
 
-impl Default for SeedTransformerConfig {
+impl Default for EncoderLmConfig {
     fn default() -> Self {
-        SeedTransformerConfig {
+        EncoderLmConfig {
             ntoken: 0,
             d_model: 256,
             nhead: 8,
@@ -95,9 +96,10 @@ impl Default for SeedTransformerConfig {
 }
 
 /// The skeleton's settings, derived from either config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LmSpec {
-    pub style_gpt: bool,
+    /// Whose parameter names (and head bias) the model has: nanoGPT's or PyTorch's encoder's.
+    pub style: BlockStyle,
     pub vocab_size: usize,
     pub block_size: usize,
     pub n_layer: usize,
@@ -117,7 +119,7 @@ pub struct LmSpec {
 impl GptConfig {
     pub fn spec(&self) -> LmSpec {
         LmSpec {
-            style_gpt: true,
+            style: BlockStyle::Gpt,
             vocab_size: self.vocab_size,
             block_size: self.block_size,
             n_layer: self.n_layer,
@@ -136,10 +138,10 @@ impl GptConfig {
     }
 }
 
-impl SeedTransformerConfig {
+impl EncoderLmConfig {
     pub fn spec(&self) -> LmSpec {
         LmSpec {
-            style_gpt: false,
+            style: BlockStyle::TorchEncoder,
             vocab_size: self.ntoken,
             block_size: self.max_len,
             n_layer: self.nlayers,
@@ -218,11 +220,7 @@ impl TransformerLm {
     pub fn new(spec: LmSpec) -> Result<Self> {
         spec.validate()?;
         let (c, v) = (spec.n_embd, spec.vocab_size);
-        let style = if spec.style_gpt {
-            BlockStyle::Gpt
-        } else {
-            BlockStyle::TorchEncoder
-        };
+        let style = spec.style;
         let blocks = (0..spec.n_layer)
             .map(|_| {
                 let mut b = Block::new(
@@ -250,7 +248,9 @@ impl TransformerLm {
             },
             blocks,
             ln_f: spec.final_norm.then(|| LayerNorm::new(c, 1e-5)),
-            head: (!spec.tie_weights).then(|| Linear::new(c, v, !spec.style_gpt)),
+            // nanoGPT's untied head has no bias; the encoder's `decoder` has one.
+            head: (!spec.tie_weights)
+                .then(|| Linear::new(c, v, spec.style == BlockStyle::TorchEncoder)),
             spec,
             s: Saved::default(),
         })
@@ -547,20 +547,19 @@ impl TransformerLm {
 impl LmSpec {
     /// Name prefixes of (embedding, learned positions, layers, head): nanoGPT's or PyTorch's.
     fn param_prefixes(&self) -> (&'static str, &'static str, &'static str, &'static str) {
-        if self.style_gpt {
-            (
+        match self.style {
+            BlockStyle::Gpt => (
                 "transformer.wte",
                 "transformer.wpe",
                 "transformer.h",
                 "lm_head",
-            )
-        } else {
-            (
+            ),
+            BlockStyle::TorchEncoder => (
                 "embedding",
                 "pos_embedding",
                 "transformer_encoder.layers",
                 "decoder",
-            )
+            ),
         }
     }
 }
@@ -629,7 +628,7 @@ mod tests {
             }
         }
         // The watermark after block l (reported last block first) is its first parameter.
-        let layers = if m.spec.style_gpt {
+        let layers = if m.spec.style == BlockStyle::Gpt {
             "transformer.h"
         } else {
             "transformer_encoder.layers"
@@ -676,7 +675,7 @@ mod tests {
         check_watermarks(gpt(Positions::Learned, true).spec(), "gpt tied");
         check_watermarks(gpt(Positions::Learned, false).spec(), "gpt untied");
         check_watermarks(gpt(Positions::Rotary, true).spec(), "gpt rotary");
-        let seed = SeedTransformerConfig {
+        let encoder = EncoderLmConfig {
             ntoken: 11,
             d_model: 8,
             nhead: 2,
@@ -686,6 +685,6 @@ mod tests {
             max_len: 8,
             causal: true,
         };
-        check_watermarks(seed.spec(), "seed transformer");
+        check_watermarks(encoder.spec(), "encoder lm");
     }
 }

@@ -140,7 +140,9 @@ impl Task for ClassifierTask<'_> {
             let idx: Vec<usize> = positions.iter().map(|&p| self.train_idx[p]).collect();
             gather_batch(&self.data, &norm, &idx, &mut self.x, &mut self.y);
             let n = idx.len();
-            let logits = self.model.forward(&self.x, Forward::train(n, 1, dropout_seed));
+            let logits = self
+                .model
+                .forward(&self.x, Forward::train(n, 1, dropout_seed));
             self.row_losses.resize(n, 0.0);
             let loss = cross_entropy_forward(
                 logits,
