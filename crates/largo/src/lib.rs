@@ -1,7 +1,8 @@
 //! largo: build, train, evaluate, explain and serve neural networks on its own engine.
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
-//! `models` → `train` → `eval` → `generate` → `serve`; `config` and `io` serve them all.
+//! `models` → `train` → `eval` → `sweep` (whole training runs compared) → `generate` → `serve`;
+//! `config` and `io` serve them all.
 
 pub mod backend;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod nn;
 pub mod report;
 pub mod rng;
 pub mod serve;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

@@ -1,7 +1,4 @@
-//! Evaluation: loss, accuracy, per-class precision/recall/F1 and the confusion matrix; `sweep`
-//! compares whole training runs.
-
-pub mod sweep;
+//! Evaluation: loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
 
 use crate::backend::cross_entropy_forward;
 use crate::data::mnist::{gather_batch, Mnist, Normalization};
