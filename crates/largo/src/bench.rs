@@ -194,7 +194,7 @@ pub fn bench_gpt_generate(vocab: usize, n: usize) -> Result<f64> {
     let start = Instant::now();
     let mut logits = model.forward_cached(&[0], &mut cache)?;
     for _ in 1..n {
-        let next = crate::eval::argmax(&logits) as u32;
+        let next = crate::tensor::argmax(&logits) as u32;
         logits = model.forward_cached(&[next], &mut cache)?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())

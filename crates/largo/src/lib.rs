@@ -1,15 +1,14 @@
 //! largo: build, train, evaluate, explain and serve neural networks on its own engine.
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
-//! `models` → `train` → `eval` → `sweep` (whole training runs compared) → `generate` → `serve`;
-//! `config` and `io` serve them all.
+//! `models` → `train` (and the evaluation it validates with) → `sweep` (whole training runs
+//! compared) → `generate` → `serve`; `config` and `io` serve them all.
 
 pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
-pub mod eval;
 pub mod explain;
 pub mod generate;
 pub mod io;

@@ -11,7 +11,7 @@
 use super::attention::encode_png;
 use super::diverging_rgb;
 use crate::data::mnist::Normalization;
-use crate::eval::argmax;
+use crate::tensor::argmax;
 use crate::models::Mlp;
 use crate::train::plot::ensure_font;
 use crate::{Error, Result};

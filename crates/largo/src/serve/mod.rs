@@ -12,7 +12,7 @@ pub mod load;
 
 use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
 use crate::data::mnist::Normalization;
-use crate::eval::argmax;
+use crate::tensor::argmax;
 use crate::generate::Sampling;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};

@@ -3,6 +3,7 @@
 
 use super::checkpoint::{self, TrainState};
 use super::dist::Dist;
+use super::eval::evaluate;
 use super::metrics::Record;
 use super::optim::Optimizer;
 use super::session::{
@@ -11,10 +12,10 @@ use super::session::{
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
-use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::Mlp;
 use crate::rng::{stream, Rng};
+use crate::tensor::argmax;
 use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
