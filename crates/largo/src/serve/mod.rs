@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod batching;
-pub mod load;
 
 use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
 use crate::data::mnist::Normalization;
