@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod draw;
 pub mod error;
 pub mod explain;
 pub mod generate;
