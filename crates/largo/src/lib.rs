@@ -2,7 +2,9 @@
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
 //! `models` → `train` (and the evaluation it validates with) → `sweep` (whole training runs
-//! compared) → `generate` → `serve`; `config` and `io` serve them all.
+//! compared) → `explain` → `generate` → `serve`, with `report` and `bench` on top; `config`,
+//! `io` and `draw` (the pictures' font, PNG encoding and axes) serve them all. A stage imports
+//! earlier stages only, never a later one.
 
 pub mod backend;
 pub mod bench;
