@@ -1,5 +1,5 @@
 use anyhow::{bail, Context, Result};
-use largo::serve::load::{self, LoadConfig, Workload};
+use largo::bench::load::{self, LoadConfig, Workload};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -283,7 +283,7 @@ fn bench_serve(
         };
         let mut report = load::run_load(&cfg)?;
         // VmHWM is the peak since the server started, so after `both` it covers both loads.
-        report.server_peak_rss_mb = server_pid.and_then(load::peak_rss_mb_of);
+        report.server_peak_rss_mb = server_pid.and_then(largo::bench::peak_rss_mb_of);
         if a.json {
             println!("{}", report.to_json());
         } else {

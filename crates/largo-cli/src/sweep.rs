@@ -1,5 +1,5 @@
 use anyhow::Result;
-use largo::eval::sweep::{Event, Status, Sweep, SweepArgs, Trial};
+use largo::sweep::{Event, Status, Sweep, SweepArgs, Trial};
 use std::path::PathBuf;
 
 /// Each trial is a normal training run in <run.out_dir>/<sweep>/<trial>/. Running the same

@@ -1,14 +1,17 @@
 //! largo: build, train, evaluate, explain and serve neural networks on its own engine.
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
-//! `models` → `train` → `eval` → `generate` → `serve`; `config` and `io` serve them all.
+//! `models` → `train` (and the evaluation it validates with) → `sweep` (whole training runs
+//! compared) → `explain` → `generate` → `serve`, with `report` and `bench` on top; `config`,
+//! `io` and `draw` (the pictures' font, PNG encoding and axes) serve them all. A stage imports
+//! earlier stages only, never a later one.
 
 pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod draw;
 pub mod error;
-pub mod eval;
 pub mod explain;
 pub mod generate;
 pub mod io;
@@ -17,6 +20,7 @@ pub mod nn;
 pub mod report;
 pub mod rng;
 pub mod serve;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

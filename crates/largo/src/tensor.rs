@@ -32,6 +32,17 @@ impl Tensor {
     }
 }
 
+/// Index of the largest value (the first one on ties): the class a row of logits predicts.
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Grow-only scratch buffer: resizing to a smaller batch keeps the allocation, so
 /// activations are allocated once per largest batch shape and reused every step.
 pub fn ensure_len(buf: &mut Vec<f32>, n: usize) {

@@ -2,9 +2,9 @@
 //! rendered as a grid of heatmaps (query tokens down, key tokens across) or written as JSON.
 
 use super::{language_model_and_ids, token_texts, viridis_rgb, visible_token};
+use crate::draw;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::nn::Forward;
-use crate::train::plot::ensure_font;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -138,7 +138,6 @@ impl AttentionMaps {
 
     /// A PNG of the selected maps: one row per layer, one column per head, tokens on both axes.
     pub fn render_png(&self, selection: &[(usize, usize)]) -> Result<Vec<u8>> {
-        ensure_font();
         let t = self.tokens.len();
         // Layers down and heads across; a single row or column of maps wraps after four.
         let layers = dedup(selection.iter().map(|s| s.0)).len();
@@ -162,10 +161,8 @@ impl AttentionMaps {
         let label_w = longest * font * 6 / 10 + 6;
         let body = cell * t as u32;
         let (panel_w, panel_h) = (label_w + body + 16, 22 + body + label_w + 8);
-        let (w, h) = (panel_w * n_cols, panel_h * n_rows);
-        let mut buf = vec![255u8; (w * h * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let size = (panel_w * n_cols, panel_h * n_rows);
+        draw::png(size, |root| {
             let draw_err = |e: DrawingAreaErrorKind<_>| Error::Invalid(format!("drawing: {e}"));
             let title = ("sans-serif", 13).into_font().color(&BLACK);
             let left = ("sans-serif", font)
@@ -213,9 +210,8 @@ impl AttentionMaps {
                     }
                 }
             }
-            root.present().map_err(draw_err)?;
-        }
-        encode_png(buf, w, h)
+            Ok(())
+        })
     }
 }
 
@@ -235,16 +231,6 @@ fn shorten(s: &str, max: usize) -> String {
     } else {
         s.chars().take(max - 1).chain(['…']).collect()
     }
-}
-
-/// An RGB buffer as PNG bytes.
-pub fn encode_png(rgb: Vec<u8>, w: u32, h: u32) -> Result<Vec<u8>> {
-    let img = image::RgbImage::from_raw(w, h, rgb)
-        .ok_or_else(|| Error::Invalid("image buffer has the wrong size".into()))?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| Error::Invalid(format!("PNG encoding: {e}")))?;
-    Ok(out.into_inner())
 }
 
 #[cfg(test)]

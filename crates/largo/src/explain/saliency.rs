@@ -8,13 +8,12 @@
 //!
 //! f is the target class's logit (before the softmax), as Captum attributes a model's raw output.
 
-use super::attention::encode_png;
 use super::diverging_rgb;
 use crate::data::mnist::Normalization;
-use crate::eval::argmax;
+use crate::draw;
 use crate::models::Mlp;
 use crate::nn::Forward;
-use crate::train::plot::ensure_font;
+use crate::tensor::argmax;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -193,7 +192,6 @@ pub fn render_png(
     a: &Attribution,
     caption: &str,
 ) -> Result<Vec<u8>> {
-    ensure_font();
     let scale = 10u32;
     let panel = side as u32 * scale;
     let (gap, top) = (12u32, 30u32);
@@ -203,9 +201,7 @@ pub fn render_png(
         .iter()
         .fold(0f32, |m, v| m.max(v.abs()))
         .max(f32::MIN_POSITIVE);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+    draw::png((w, h), |root| {
         let draw_err = |e: DrawingAreaErrorKind<_>| Error::Invalid(format!("drawing: {e}"));
         root.draw(&Text::new(
             caption.to_string(),
@@ -235,9 +231,8 @@ pub fn render_png(
                 .map_err(draw_err)?;
             }
         }
-        root.present().map_err(draw_err)?;
-    }
-    encode_png(buf, w, h)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! the logit of the predicted (or chosen) next token at the last position.
 
 use super::{diverging_rgb, html_escape, language_model_and_ids, token_texts, visible_token};
-use crate::eval::argmax;
 use crate::models::sentence::is_hf_dir;
 use crate::models::TransformerLm;
 use crate::nn::{Forward, Module};
+use crate::tensor::argmax;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::path::Path;

@@ -54,7 +54,7 @@ pub struct Generation {
 /// Samples a token id from logits according to `s`.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     if s.temperature == 0.0 {
-        return crate::eval::argmax(logits) as u32;
+        return crate::tensor::argmax(logits) as u32;
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));

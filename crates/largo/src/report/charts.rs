@@ -1,14 +1,12 @@
 //! The report's charts, drawn in memory as PNG bytes: curves over training steps (with the
 //! gap between two of them shaded) and a hyper-parameter's values against a sweep's metric.
 
-use crate::explain::attention::encode_png;
-use crate::train::plot::ensure_font;
+use crate::draw::{self, bounds, Canvas, DrawResult, Padding};
 use crate::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 type Points = Vec<(f64, f64)>;
-type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 pub const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 pub const TRAIN_LIGHT: RGBColor = RGBColor(158, 202, 225);
@@ -47,39 +45,18 @@ fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
         .filter(|p| p.0.is_finite() && p.1.is_finite())
 }
 
-/// The axis ranges that hold every point, with a little room above and below.
-fn bounds<'a>(
-    points: impl Iterator<Item = (f64, f64)> + 'a,
-) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in points {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        return (0.0..1.0, 0.0..1.0);
-    }
-    let dy = ((y1 - y0) * 0.06).max(y1.abs() * 0.01).max(1e-6);
-    (x0.min(0.0)..x1.max(x0 + 1.0), (y0 - dy)..(y1 + dy))
-}
+/// A little room above and below the points.
+const PADDING: Padding = Padding {
+    span: 0.06,
+    top: 0.01,
+    from_zero: false,
+};
 
-/// Runs `draw` on a white canvas of `size` and returns the PNG.
-fn render(
-    size: (u32, u32),
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> DrawResult,
-) -> Result<Vec<u8>> {
-    ensure_font();
-    let (w, h) = size;
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw(&root)
-            .and_then(|_| root.present().map_err(Into::into))
-            .map_err(|e| Error::Invalid(format!("cannot draw a chart: {e}")))?;
-    }
-    encode_png(buf, w, h)
+/// Runs `paint` on a white canvas of `size` and returns the PNG.
+fn render(size: (u32, u32), paint: impl FnOnce(&Canvas) -> DrawResult) -> Result<Vec<u8>> {
+    draw::png(size, |root| {
+        paint(root).map_err(|e| Error::Invalid(format!("cannot draw a chart: {e}")))
+    })
 }
 
 /// The corner where a legend of `entries` lines, the longest `chars` characters, hides the
@@ -141,7 +118,7 @@ pub fn line_chart(c: &LineChart) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|s| finite(&s.points))
             .chain(band_points);
-        let (xr, yr) = bounds(all);
+        let (xr, yr) = bounds(all, PADDING);
         // The legend avoids the curves' vertices and the midpoints of their segments.
         let mut occupied = Vec::new();
         for s in &c.series {
@@ -298,7 +275,7 @@ pub fn scatter_chart(
         .collect();
     let longest = kinds.iter().map(|k| k.chars().count()).max().unwrap_or(0);
     render(size, |root| {
-        let (_, yr) = bounds(points.iter().map(|p| (0.0, p.1)));
+        let (_, yr) = bounds(points.iter().map(|p| (0.0, p.1)), PADDING);
         let mut builder = ChartBuilder::on(root);
         builder
             .caption(title, ("sans-serif", 17))

@@ -4,7 +4,7 @@
 use super::charts::{self, LineChart, Mark, Series, TrialPoint, XAxis, VAL_COLOR};
 use super::html::{self, Page, Section};
 use super::run::RunStats;
-use crate::eval::sweep::{Grid, Status, SweepState, Trial};
+use crate::sweep::{Grid, Status, SweepState, Trial};
 use crate::train::metrics::read_records;
 use crate::{Error, Result};
 use plotters::style::{Color, Palette, Palette99, RGBColor};
@@ -432,7 +432,7 @@ fn best_config_section(dir: &Path) -> Result<Section> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::sweep::Plan;
+    use crate::sweep::Plan;
 
     #[test]
     fn csv_fields_may_hold_commas_quotes_and_newlines() {

@@ -8,16 +8,15 @@
 
 pub mod api;
 pub mod batching;
-pub mod load;
 
 use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
 use crate::data::mnist::Normalization;
-use crate::eval::argmax;
 use crate::generate::Sampling;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
 use crate::models::{Mlp, ModelKind, TransformerLm};
 use crate::nn::{Forward, Module};
+use crate::tensor::argmax;
 use crate::{Error, Result};
 use api::{
     bool_field, constant_time_eq, integer_field, number_field, parse_object, string_field,

@@ -3,16 +3,17 @@
 
 use super::checkpoint::TrainState;
 use super::dist::Dist;
+use super::eval::evaluate;
 use super::metrics::Record;
 use super::session::{Metric, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
-use crate::eval::{argmax, evaluate};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::{Mlp, MlpConfig, ModelKind};
 use crate::nn::{Forward, Module};
 use crate::rng::{stream, Rng};
+use crate::tensor::argmax;
 use crate::{Error, Result};
 use std::path::Path;
 

@@ -1,20 +1,10 @@
 //! `curves.png`: training and validation loss (left) and accuracy (right) from `metrics.jsonl`.
 
 use super::metrics::{read_records, Record};
-use crate::{Error, Result};
+use crate::draw::{self, bounds, Canvas, DrawResult, Padding};
+use crate::Result;
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
-
-static FONT: Once = Once::new();
-
-/// plotters draws text with a font we ship, so charts look the same on every machine.
-pub fn ensure_font() {
-    FONT.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../../../../assets/fonts/DejaVuSansMono.ttf");
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
-    });
-}
 
 type Series = Vec<(f64, f64)>;
 
@@ -50,52 +40,21 @@ pub fn plot_run(run: &Path) -> Result<()> {
         }
     }
     let out = run.join("curves.png");
-    let tmp = run.join(".curves.tmp.png");
     // A language model's right panel is its validation perplexity.
     let right = if perplexity.is_empty() {
         ("accuracy %", "train (per epoch)", &train_acc, &val_acc)
     } else {
         ("validation perplexity", "", &train_acc, &perplexity)
     };
-    draw(&tmp, &train_loss, &val_loss, right)
-        .map_err(|e| Error::format(&out, format!("cannot draw curves: {e}")))?;
-    let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let _ = std::fs::remove_file(&tmp);
-    crate::io::write_atomic(&out, &bytes)
-}
-
-fn range(series: &[&Series], pad_zero: bool) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
-    let pts = series
-        .iter()
-        .flat_map(|s| s.iter())
-        .filter(|p| p.1.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        return (0.0..1.0, 0.0..1.0);
-    }
-    if pad_zero {
-        y0 = y0.min(0.0);
-    }
-    let dy = ((y1 - y0) * 0.05).max(1e-6);
-    (x0.min(0.0)..x1.max(x0 + 1.0), (y0 - dy)..(y1 + dy))
+    draw::write_png(&out, (1100, 420), "curves", |root| {
+        panels(root, &train_loss, &val_loss, right)
+    })
 }
 
 type Panel<'a> = (&'a str, &'a str, &'a Series, &'a Series);
 
-fn draw(
-    path: &Path,
-    train_loss: &Series,
-    val_loss: &Series,
-    right: Panel,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    ensure_font();
-    let root = BitMapBackend::new(path, (1100, 420)).into_drawing_area();
+/// Loss on the left, `right` on the right.
+fn panels(root: &Canvas, train_loss: &Series, val_loss: &Series, right: Panel) -> DrawResult {
     root.fill(&WHITE)?;
     let (left, right_area) = root.split_horizontally(550);
     let panels = [
@@ -110,7 +69,13 @@ fn draw(
         (right_area, right.0, right.2, right.3, right.1, false),
     ];
     for (area, title, train, val, train_label, pad_zero) in panels {
-        let (xr, yr) = range(&[train, val], pad_zero);
+        let points = train.iter().chain(val).copied().filter(|p| p.1.is_finite());
+        let pad = Padding {
+            span: 0.05,
+            top: 0.0,
+            from_zero: pad_zero,
+        };
+        let (xr, yr) = bounds(points, pad);
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -140,6 +105,5 @@ fn draw(
             .label_font(("sans-serif", 13))
             .draw()?;
     }
-    root.present()?;
     Ok(())
 }

@@ -180,14 +180,6 @@ pub fn parse_url(url: &str) -> Result<String> {
     Ok(hostport.to_string())
 }
 
-/// Peak resident set size (VmHWM) of process `pid`, in MB; None where /proc cannot tell.
-pub fn peak_rss_mb_of(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// The first model `/v1/models` lists for `workload` (by its `capability`; a server that
 /// reports none is taken to serve the workload with its first model). None when it lists none.
 pub fn discover_model(addr: &str, workload: Workload) -> Result<Option<String>> {

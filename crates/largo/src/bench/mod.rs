@@ -1,5 +1,10 @@
-//! Benchmarks behind `largo bench`: GEMM GFLOP/s and MLP training throughput.
-//! Numbers are medians of many timed repetitions after a warm-up.
+//! Benchmarks behind `largo bench`: GEMM GFLOP/s, MLP and GPT training throughput, generation
+//! and embedding speed. Numbers are medians of many timed repetitions after a warm-up.
+//!
+//! `load` is the HTTP load generator behind `largo bench serve`, which measures a running server
+//! (largo's or another) from outside.
+
+pub mod load;
 
 use crate::backend::{cross_entropy_backward, cross_entropy_forward, Gemm, GemmProvider};
 use crate::models::{Mlp, MlpConfig};
@@ -192,7 +197,7 @@ pub fn bench_gpt_generate(vocab: usize, n: usize) -> Result<f64> {
     let start = Instant::now();
     let mut logits = model.forward_cached(&[0], &mut cache)?;
     for _ in 1..n {
-        let next = crate::eval::argmax(&logits) as u32;
+        let next = crate::tensor::argmax(&logits) as u32;
         logits = model.forward_cached(&[next], &mut cache)?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
@@ -247,16 +252,20 @@ pub fn bench_embed(
     Ok(refs.len() as f64 / best)
 }
 
-/// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is unavailable.
+/// Peak resident set size (VmHWM) of this process, in MB; 0 where /proc cannot tell.
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    peak_rss_mb_in("/proc/self/status").unwrap_or(0.0)
+}
+
+/// Peak resident set size (VmHWM) of process `pid` (a server under load), in MB; None where
+/// /proc cannot tell.
+pub fn peak_rss_mb_of(pid: u32) -> Option<f64> {
+    peak_rss_mb_in(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_mb_in(status: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(status).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -1,12 +1,13 @@
-//! Evaluation: loss, accuracy, per-class precision/recall/F1 and the confusion matrix; `sweep`
-//! compares whole training runs.
-
-pub mod sweep;
+//! A classifier's evaluation over a set of samples: loss, accuracy, per-class
+//! precision/recall/F1 and the confusion matrix. Training validates with it after each epoch;
+//! `largo eval` and the report score a saved model with it. (A language model's is
+//! `lm::evaluate_lm`.)
 
 use crate::backend::cross_entropy_forward;
 use crate::data::mnist::{gather_batch, Mnist, Normalization};
 use crate::models::Mlp;
 use crate::nn::Forward;
+use crate::tensor::argmax;
 use crate::Result;
 use serde::Serialize;
 
@@ -27,17 +28,6 @@ pub struct Evaluation {
     pub per_class: Vec<ClassMetrics>,
     /// confusion[true][predicted]
     pub confusion: Vec<Vec<u64>>,
-}
-
-/// Index of the largest value (the first one on ties).
-pub fn argmax(xs: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Runs the model over `indices` of `data` in batches, without dropout.
