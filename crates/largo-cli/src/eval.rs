@@ -1,8 +1,8 @@
 use anyhow::Result;
 use largo::data::mnist::Mnist;
 use largo::data::text::TokenData;
+use largo::eval::evaluate;
 use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
-use largo::train::eval::evaluate;
 use largo::train::lm::evaluate_lm;
 use std::path::PathBuf;
 

@@ -348,21 +348,17 @@ impl ScheduleConfig {
 
 /// Sections renamed since earlier versions: (old name, current name). Files and `--set` keys
 /// that use an old name keep working.
-const RENAMED_SECTIONS: &[(&str, &str)] = &[("seed_transformer", "encoder_lm")];
-
-/// The name a section had in earlier versions, if it was renamed.
-pub fn earlier_section_name(section: &str) -> Option<&'static str> {
-    RENAMED_SECTIONS
-        .iter()
-        .find(|(_, new)| *new == section)
-        .map(|(old, _)| *old)
+fn renamed_sections() -> impl Iterator<Item = (&'static str, &'static str)> {
+    Arch::ALL
+        .into_iter()
+        .filter_map(|a| a.earlier_name().map(|old| (old, a.name())))
 }
 
 /// A user table with renamed sections under their current names.
 fn with_current_names(mut user: toml::Table) -> std::result::Result<toml::Table, String> {
-    for (old, new) in RENAMED_SECTIONS {
-        if let Some(v) = user.remove(*old) {
-            if user.contains_key(*new) {
+    for (old, new) in renamed_sections() {
+        if let Some(v) = user.remove(old) {
+            if user.contains_key(new) {
                 return Err(format!(
                     "both `[{old}]` and `[{new}]`: `{old}` is the earlier name of `{new}`; keep one"
                 ));
@@ -375,7 +371,7 @@ fn with_current_names(mut user: toml::Table) -> std::result::Result<toml::Table,
 
 /// A `--set` key with a renamed section under its current name.
 fn current_key(key: &str) -> String {
-    for (old, new) in RENAMED_SECTIONS {
+    for (old, new) in renamed_sections() {
         if let Some(rest) = key
             .strip_prefix(old)
             .filter(|r| r.starts_with('.') || r.is_empty())

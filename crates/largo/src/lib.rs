@@ -1,10 +1,11 @@
 //! largo: build, train, evaluate, explain and serve neural networks on its own engine.
 //!
 //! The modules follow the pipeline: `data` → `nn` (layers over the `backend` kernels) →
-//! `models` → `train` (and the evaluation it validates with) → `sweep` (whole training runs
-//! compared) → `explain` → `generate` → `serve`, with `report` and `bench` on top; `config`,
-//! `io` and `draw` (the pictures' font, PNG encoding and axes) serve them all. A stage imports
-//! earlier stages only, never a later one.
+//! `models` → `train` → `eval` → `sweep` (whole training runs compared) → `explain` →
+//! `generate` → `serve`, with `report` and `bench` on top; `config`, `io` and `draw` (the
+//! pictures' font, PNG encoding and axes) serve them all. A stage imports earlier stages only,
+//! never a later one: what training's validation and evaluation share sits below both (a
+//! model's own scoring pass, `Mlp::score`; `train::lm::evaluate_lm`).
 
 pub mod backend;
 pub mod bench;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod data;
 pub mod draw;
 pub mod error;
+pub mod eval;
 pub mod explain;
 pub mod generate;
 pub mod io;

@@ -59,10 +59,10 @@ fn read_json_or_toml(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// A config from a JSON or TOML file: either the fields themselves or a largo training config
-/// with a `[section]`; fields it leaves out take their defaults, unknown fields are errors.
+/// with the arch's `[section]` (or its earlier name); fields it leaves out take their defaults, unknown fields are errors.
 fn read_config<T: Serialize + DeserializeOwned + Default>(
     path: Option<&Path>,
-    section: &str,
+    arch: Arch,
 ) -> Result<T> {
     let mut value = serde_json::to_value(T::default()).expect("config serialises");
     let Some(path) = path else {
@@ -71,8 +71,8 @@ fn read_config<T: Serialize + DeserializeOwned + Default>(
     let given = read_json_or_toml(path)?;
     let mut given = match given {
         serde_json::Value::Object(mut o) => match o
-            .remove(section)
-            .or_else(|| crate::config::earlier_section_name(section).and_then(|old| o.remove(old)))
+            .remove(arch.name())
+            .or_else(|| arch.earlier_name().and_then(|old| o.remove(old)))
         {
             Some(serde_json::Value::Object(inner)) => inner,
             _ => o,
@@ -80,7 +80,7 @@ fn read_config<T: Serialize + DeserializeOwned + Default>(
         _ => return Err(Error::format(path, "expected a JSON object or TOML table")),
     };
     // nanoGPT's `bias` switch: largo's GPT always has biases.
-    if section == "gpt" {
+    if arch == Arch::Gpt {
         match given.remove("bias") {
             None | Some(serde_json::Value::Bool(true)) => {}
             Some(other) => {
@@ -133,7 +133,7 @@ pub fn import(
     };
     let (model, info): (Box<dyn Module>, ModelInfo) = match arch {
         Arch::Mlp => {
-            let mut cfg: MlpConfig = read_config(config, "mlp")?;
+            let mut cfg: MlpConfig = read_config(config, Arch::Mlp)?;
             // fc1 … fcK: the chain of linear layers fixes every size.
             let mut widths = Vec::new();
             while let Ok(shape) = shape_of(&file, &format!("fc{}.weight", widths.len() + 1)) {
@@ -161,7 +161,7 @@ pub fn import(
             (Box::new(model), info)
         }
         Arch::EncoderLm => {
-            let mut cfg: EncoderLmConfig = read_config(config, "encoder_lm")?;
+            let mut cfg: EncoderLmConfig = read_config(config, Arch::EncoderLm)?;
             let emb = shape_of(&file, "embedding.weight")?;
             if cfg.ntoken == 0 {
                 cfg.ntoken = emb[0];
@@ -191,7 +191,7 @@ pub fn import(
             finish_lm(ModelKind::EncoderLm(cfg), &mut file)?
         }
         Arch::Gpt => {
-            let mut cfg: GptConfig = read_config(config, "gpt")?;
+            let mut cfg: GptConfig = read_config(config, Arch::Gpt)?;
             let wte = shape_of(&file, "transformer.wte.weight")?;
             if cfg.vocab_size == 0 {
                 cfg.vocab_size = wte[0];

@@ -44,10 +44,19 @@ impl Arch {
     /// "seed-mlp") still work.
     pub fn parse(s: &str) -> Option<Arch> {
         match s.replace('-', "_").as_str() {
-            "mlp" | "seed_mlp" => Some(Arch::Mlp),
-            "gpt" => Some(Arch::Gpt),
-            "encoder_lm" | "seed_transformer" => Some(Arch::EncoderLm),
-            _ => None,
+            // `largo import --arch seed-mlp` named the MLP (its section was always `mlp`).
+            "seed_mlp" => Some(Arch::Mlp),
+            name => Self::ALL
+                .into_iter()
+                .find(|a| a.name() == name || a.earlier_name() == Some(name)),
+        }
+    }
+
+    /// The name it (and its config section) had in earlier versions, if it was renamed.
+    pub fn earlier_name(self) -> Option<&'static str> {
+        match self {
+            Arch::EncoderLm => Some("seed_transformer"),
+            Arch::Mlp | Arch::Gpt => None,
         }
     }
 

@@ -10,13 +10,13 @@ use super::html::{self, escape, Page, Section};
 use crate::config::Config;
 use crate::data::mnist::{split_indices, Mnist};
 use crate::data::text::{decode, encode, TokenData};
+use crate::eval::{evaluate, Evaluation};
 use crate::explain::attention::AttentionMaps;
 use crate::explain::saliency::{attribute, baseline_input, render_png, Baseline, Method};
 use crate::generate::{generate, Sampling};
 use crate::models::store::{load_lm, load_mlp, resolve_model_dir};
 use crate::nn::{Forward, Module};
 use crate::tensor::argmax;
-use crate::train::eval::{evaluate, Evaluation};
 use crate::train::metrics::{read_records, Record};
 use crate::{Error, Result};
 use std::path::{Component, Path, PathBuf};
@@ -848,7 +848,7 @@ mod tests {
 
     #[test]
     fn confusion_cells_are_shaded_by_their_share_of_the_row() {
-        let e = crate::train::eval::summarize(vec![vec![3, 1], vec![0, 4]], 0.0, 8);
+        let e = crate::eval::summarize(vec![vec![3, 1], vec![0, 4]], 0.0, 8);
         let html = confusion_html(&e);
         assert!(html.contains("rgba(31, 119, 180, 0.750)"), "{html}");
         assert!(html.contains("rgba(214, 39, 40, 0.250)"), "{html}");

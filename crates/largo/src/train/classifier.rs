@@ -3,7 +3,6 @@
 
 use super::checkpoint::TrainState;
 use super::dist::Dist;
-use super::eval::evaluate;
 use super::metrics::Record;
 use super::session::{Metric, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
@@ -280,8 +279,8 @@ impl Task for ClassifierTask<'_> {
     }
 }
 
-/// Validation loss and accuracy; with several ranks each evaluates every N-th batch of 256
-/// and the sums are added.
+/// Validation loss and accuracy; with several ranks each scores every N-th batch of 256 and
+/// the sums are added.
 fn validate(
     model: &mut Mlp,
     data: &Mnist,
@@ -290,9 +289,6 @@ fn validate(
     dist: &Dist,
 ) -> Result<(f64, f64)> {
     const BATCH: usize = 256;
-    if dist.world_size() == 1 {
-        return evaluate(model, data, norm, val_idx, BATCH).map(|v| (v.loss, v.accuracy));
-    }
     let mine: Vec<usize> = val_idx
         .chunks(BATCH)
         .skip(dist.rank())
@@ -300,12 +296,8 @@ fn validate(
         .flatten()
         .copied()
         .collect();
-    let mut sums = [0.0, 0.0];
-    if !mine.is_empty() {
-        let v = evaluate(model, data, norm, &mine, BATCH)?;
-        let correct: u64 = (0..v.confusion.len()).map(|c| v.confusion[c][c]).sum();
-        sums = [v.loss * mine.len() as f64, correct as f64];
-    }
+    let scores = model.score(data, norm, &mine, BATCH)?;
+    let mut sums = [scores.loss_sum, scores.correct() as f64];
     dist.sum_f64(&mut sums)?;
     let n = val_idx.len();
     Ok(if n > 0 {

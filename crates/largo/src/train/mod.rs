@@ -4,7 +4,6 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod dist;
-pub mod eval;
 pub mod lm;
 pub mod metrics;
 pub mod optim;

@@ -1,13 +1,10 @@
-//! A classifier's evaluation over a set of samples: loss, accuracy, per-class
-//! precision/recall/F1 and the confusion matrix. Training validates with it after each epoch;
-//! `largo eval` and the report score a saved model with it. (A language model's is
-//! `lm::evaluate_lm`.)
+//! Evaluating a trained model. A classifier: loss, accuracy, per-class precision/recall/F1
+//! and the confusion matrix over a set of samples, from the same pass training validates with
+//! (`Mlp::score`). A language model: loss and perplexity over fixed windows
+//! (`train::lm::evaluate_lm`, training's validation).
 
-use crate::backend::cross_entropy_forward;
-use crate::data::mnist::{gather_batch, Mnist, Normalization};
+use crate::data::mnist::{Mnist, Normalization};
 use crate::models::Mlp;
-use crate::nn::Forward;
-use crate::tensor::argmax;
 use crate::Result;
 use serde::Serialize;
 
@@ -38,22 +35,8 @@ pub fn evaluate(
     indices: &[usize],
     batch_size: usize,
 ) -> Result<Evaluation> {
-    let classes = model.config.classes;
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut losses = Vec::new();
-    let mut loss_sum = 0f64;
-    for chunk in indices.chunks(batch_size.max(1)) {
-        gather_batch(data, norm, chunk, &mut x, &mut y);
-        let logits = model.forward(&x, Forward::eval(chunk.len(), 1));
-        losses.resize(chunk.len(), 0.0);
-        let mean = cross_entropy_forward(logits, &y, classes, -100, 0.0, &mut losses)?;
-        loss_sum += mean as f64 * chunk.len() as f64;
-        for (row, &t) in logits.chunks_exact(classes).zip(&y) {
-            confusion[t as usize][argmax(row)] += 1;
-        }
-    }
-    Ok(summarize(confusion, loss_sum, indices.len()))
+    let scores = model.score(data, norm, indices, batch_size)?;
+    Ok(summarize(scores.confusion, scores.loss_sum, indices.len()))
 }
 
 pub fn summarize(confusion: Vec<Vec<u64>>, loss_sum: f64, samples: usize) -> Evaluation {
