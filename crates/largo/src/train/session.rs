@@ -185,176 +185,260 @@ pub(crate) fn run(
     dist: &Dist,
     task: &mut dyn Task,
 ) -> Result<TrainOutcome> {
-    let lead = dist.is_lead();
     let t = &cfg.train;
-    let seed = cfg.run.seed;
-    let mut full_opt = Optimizer::new(cfg.optim.clone());
-    let mut state = TrainState::start(seed, None, None);
-    if opts.resume {
-        dist.lead_then_share(|| {
-            let (dir, s) = checkpoint::latest(run)?;
-            checkpoint::restore(&dir, &s, task.model(), &mut full_opt)?;
-            state = s;
-            Ok(())
-        })?;
-    } else {
-        task.init(&mut state);
-    }
-    dist.sync_start(task.model(), &mut full_opt, &mut state)?;
-    let mut opt = dist.optimizer(full_opt, task.model())?;
-    task.begin(&state)?;
-    if lead {
-        eprintln!(
-            "{} parameters; {}",
-            task.model().num_params(),
-            crate::backend::describe_matmul_precision()
-        );
-    }
-    let mut log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
-
-    let total_steps = task.total_steps();
-    let metric = task.metric();
-    let has_accuracy = task.measures_accuracy();
-    let bar = progress_bar(opts.progress && lead, total_steps, state.step);
-    let tell = |line: String| {
-        if lead {
-            say(&bar, line)
-        }
-    };
-    let mut window = Window::default();
-    let mut window_start = Instant::now();
-    let session_start = Instant::now();
-    let first_epoch = state.epoch;
-    let mut last_val = Validation {
-        loss: f64::NAN,
-        accuracy: None,
-    };
-    let mut stopped_early = false;
-
-    while !task.complete(&state) && !state.finished {
-        let mut sums = task.forward_backward(&mut state, dist)?;
-        dist.grads_done(task.model())?;
-        let mut global = [sums.loss, sums.correct as f64];
-        dist.sum_f64(&mut global)?;
-        (sums.loss, sums.correct) = (global[0], global[1] as u64);
-        if !sums.loss.is_finite() {
-            return Err(non_finite(run, "loss", sums.loss, &state));
-        }
-        let (norm, lr) =
-            optimizer_step(cfg, task.model(), &mut opt, dist, &state, total_steps, run)?;
-        state.step += 1;
-        dist.after_step(state.step);
-        task.after_step(&mut state, &sums);
-        window.loss += sums.loss;
-        window.correct += sums.correct;
-        window.items += sums.items;
-        window.grad_norm += norm;
-        window.steps += 1;
-
-        if state.step.is_multiple_of(t.log_every.max(1)) || task.epoch_ends(&state) {
-            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            let loss = window.loss / window.steps as f64;
-            let accuracy = has_accuracy.then(|| window.correct as f64 / window.items as f64);
-            let rate = window.items as f64 / secs;
-            log.write(&Record::Train {
-                step: state.step,
-                epoch: state.epoch,
-                loss,
-                accuracy,
-                lr,
-                grad_norm: window.grad_norm / window.steps as f64,
-                samples_per_sec: rate,
-            })?;
-            bar.set_message(match accuracy {
-                Some(a) => format!(
-                    "epoch {} loss {loss:.4} acc {:.1}% {rate:.0} {}/s",
-                    state.epoch + 1,
-                    100.0 * a,
-                    task.unit()
-                ),
-                None => format!("loss {loss:.4}  {rate:.0} {}/s", task.unit()),
-            });
-            state.last_train_loss = Some(loss);
-            window = Window::default();
-            window_start = Instant::now();
-        }
-        bar.set_position(state.step);
-
-        let timed_out = dist.out_of_time(session_start, t.max_minutes)?;
-        let stop_reason = if state.step == t.stop_at {
+    let mut s = Session::start(cfg, opts, run, dist, task)?;
+    while !task.complete(&s.state) && !s.state.finished {
+        let step_loss = s.step(task)?;
+        let timed_out = dist.out_of_time(s.started, t.max_minutes)?;
+        let stop_reason = if s.state.step == t.stop_at {
             Some("(train.stop_at)".to_string())
         } else if timed_out {
             Some(format!("after train.max_minutes = {}", t.max_minutes))
         } else {
             None
         };
-        let stop = stop_reason.is_some() || task.at_step_limit(&state);
-        if task.period_ends(&state, timed_out) {
-            let val = task.validate(dist)?;
-            let (record, line) = task.period_record(&state, &val, sums.loss);
-            log.write(&record)?;
-            tell(line);
-            last_val = val;
-            let value = metric.of(&val);
-            if metric.improves(value, state.best_metric, t.min_delta) {
-                state.best_metric = Some(value);
-                state.best_epoch = Some(task.period_index(&state));
-                state.epochs_without_improvement = 0;
-                if lead {
-                    task.save(&run.join("best"))?;
-                }
-            } else {
-                state.epochs_without_improvement += 1;
-            }
-            task.next_period(&mut state);
-            if t.patience > 0 && state.epochs_without_improvement >= t.patience {
-                tell(format!(
-                    "early stopping: no improvement of {} in {} {}",
-                    metric.name,
-                    t.patience,
-                    task.periods_name()
-                ));
-                stopped_early = true;
-                state.finished = true;
-            }
-            dist.save_checkpoint(run, &state, task.model(), &opt, t.keep_checkpoints)?;
-            if lead {
-                super::plot::plot_run(run)?;
-            }
-        } else if stop || (t.checkpoint_every > 0 && state.step.is_multiple_of(t.checkpoint_every))
+        let stop = stop_reason.is_some() || task.at_step_limit(&s.state);
+        if task.period_ends(&s.state, timed_out) {
+            s.close_period(task, step_loss)?;
+        } else if stop
+            || (t.checkpoint_every > 0 && s.state.step.is_multiple_of(t.checkpoint_every))
         {
-            dist.save_checkpoint(run, &state, task.model(), &opt, t.keep_checkpoints)?;
+            s.checkpoint(task)?;
             if stop {
                 // Between validations: score the model as it stands, without a record (the
                 // period is not over; `--resume` finishes it).
-                last_val = task.validate(dist)?;
+                s.last_val = task.validate(dist)?;
             }
         }
         if stop {
             if let Some(reason) = stop_reason {
-                tell(format!(
+                s.tell(format!(
                     "stopped at step {} {reason}; continue with --resume",
-                    state.step
+                    s.state.step
                 ));
             }
             break;
         }
     }
-    bar.finish_and_clear();
-    if lead {
-        task.save(&run.join("model"))?;
+    s.finish(task)
+}
+
+/// A training session in progress: the trainer's state and everything around it.
+struct Session<'a> {
+    cfg: &'a Config,
+    run: &'a Path,
+    dist: &'a Dist,
+    opt: TrainOptimizer,
+    state: TrainState,
+    log: RunLog,
+    bar: ProgressBar,
+    metric: Metric,
+    total_steps: u64,
+    window: Window,
+    window_start: Instant,
+    started: Instant,
+    /// The epoch the session started in (epochs run = the difference at the end).
+    first_epoch: usize,
+    last_val: Validation,
+    stopped_early: bool,
+}
+
+impl<'a> Session<'a> {
+    /// A fresh start (the task initialises its weights) or the run's latest checkpoint, the
+    /// same on every rank.
+    fn start(
+        cfg: &'a Config,
+        opts: &TrainOptions,
+        run: &'a Path,
+        dist: &'a Dist,
+        task: &mut dyn Task,
+    ) -> Result<Self> {
+        let mut full_opt = Optimizer::new(cfg.optim.clone());
+        let mut state = TrainState::start(cfg.run.seed, None, None);
+        if opts.resume {
+            dist.lead_then_share(|| {
+                let (dir, s) = checkpoint::latest(run)?;
+                checkpoint::restore(&dir, &s, task.model(), &mut full_opt)?;
+                state = s;
+                Ok(())
+            })?;
+        } else {
+            task.init(&mut state);
+        }
+        dist.sync_start(task.model(), &mut full_opt, &mut state)?;
+        let opt = dist.optimizer(full_opt, task.model())?;
+        task.begin(&state)?;
+        let lead = dist.is_lead();
+        if lead {
+            eprintln!(
+                "{} parameters; {}",
+                task.model().num_params(),
+                crate::backend::describe_matmul_precision()
+            );
+        }
+        let log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
+        let total_steps = task.total_steps();
+        Ok(Session {
+            cfg,
+            run,
+            dist,
+            opt,
+            bar: progress_bar(opts.progress && lead, total_steps, state.step),
+            log,
+            metric: task.metric(),
+            total_steps,
+            window: Window::default(),
+            window_start: Instant::now(),
+            started: Instant::now(),
+            first_epoch: state.epoch,
+            state,
+            last_val: Validation {
+                loss: f64::NAN,
+                accuracy: None,
+            },
+            stopped_early: false,
+        })
     }
-    dist.finish(run)?;
-    Ok(TrainOutcome {
-        run_dir: run.to_path_buf(),
-        steps: state.step,
-        epochs_run: state.epoch - first_epoch,
-        best_metric: state.best_metric,
-        best_epoch: state.best_epoch,
-        last_val_loss: last_val.loss,
-        last_val_accuracy: last_val.accuracy.unwrap_or(f64::NAN),
-        stopped_early,
-    })
+
+    /// Progress lines are the lead rank's.
+    fn tell(&self, line: String) {
+        if self.dist.is_lead() {
+            say(&self.bar, line)
+        }
+    }
+
+    /// One optimiser step: the task's forward and backward, the loss summed over the ranks and
+    /// checked, the update, the logging window. Returns the step's loss.
+    fn step(&mut self, task: &mut dyn Task) -> Result<f64> {
+        let mut sums = task.forward_backward(&mut self.state, self.dist)?;
+        self.dist.grads_done(task.model())?;
+        let mut global = [sums.loss, sums.correct as f64];
+        self.dist.sum_f64(&mut global)?;
+        (sums.loss, sums.correct) = (global[0], global[1] as u64);
+        if !sums.loss.is_finite() {
+            return Err(non_finite(self.run, "loss", sums.loss, &self.state));
+        }
+        let (norm, lr) = optimizer_step(
+            self.cfg,
+            task.model(),
+            &mut self.opt,
+            self.dist,
+            &self.state,
+            self.total_steps,
+            self.run,
+        )?;
+        self.state.step += 1;
+        self.dist.after_step(self.state.step);
+        task.after_step(&mut self.state, &sums);
+        let w = &mut self.window;
+        w.loss += sums.loss;
+        w.correct += sums.correct;
+        w.items += sums.items;
+        w.grad_norm += norm;
+        w.steps += 1;
+        let log_every = self.cfg.train.log_every.max(1);
+        if self.state.step.is_multiple_of(log_every) || task.epoch_ends(&self.state) {
+            self.close_window(task, lr)?;
+        }
+        self.bar.set_position(self.state.step);
+        Ok(sums.loss)
+    }
+
+    /// Writes the logging window's means (a `train` record) and starts the next window.
+    fn close_window(&mut self, task: &dyn Task, lr: f64) -> Result<()> {
+        let w = std::mem::take(&mut self.window);
+        let secs = self.window_start.elapsed().as_secs_f64().max(1e-9);
+        self.window_start = Instant::now();
+        let loss = w.loss / w.steps as f64;
+        let accuracy = task
+            .measures_accuracy()
+            .then(|| w.correct as f64 / w.items as f64);
+        let rate = w.items as f64 / secs;
+        self.log.write(&Record::Train {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            loss,
+            accuracy,
+            lr,
+            grad_norm: w.grad_norm / w.steps as f64,
+            samples_per_sec: rate,
+        })?;
+        self.bar.set_message(match accuracy {
+            Some(a) => format!(
+                "epoch {} loss {loss:.4} acc {:.1}% {rate:.0} {}/s",
+                self.state.epoch + 1,
+                100.0 * a,
+                task.unit()
+            ),
+            None => format!("loss {loss:.4}  {rate:.0} {}/s", task.unit()),
+        });
+        self.state.last_train_loss = Some(loss);
+        Ok(())
+    }
+
+    /// The end of a validation period: validate, record, keep the best model, move to the next
+    /// period, stop early when it is time, checkpoint, redraw the curves.
+    fn close_period(&mut self, task: &mut dyn Task, step_loss: f64) -> Result<()> {
+        let t = &self.cfg.train;
+        let val = task.validate(self.dist)?;
+        let (record, line) = task.period_record(&self.state, &val, step_loss);
+        self.log.write(&record)?;
+        self.tell(line);
+        self.last_val = val;
+        let value = self.metric.of(&val);
+        let state = &mut self.state;
+        if self.metric.improves(value, state.best_metric, t.min_delta) {
+            state.best_metric = Some(value);
+            state.best_epoch = Some(task.period_index(state));
+            state.epochs_without_improvement = 0;
+            if self.dist.is_lead() {
+                task.save(&self.run.join("best"))?;
+            }
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        task.next_period(state);
+        if t.patience > 0 && state.epochs_without_improvement >= t.patience {
+            state.finished = true;
+            self.stopped_early = true;
+            self.tell(format!(
+                "early stopping: no improvement of {} in {} {}",
+                self.metric.name,
+                t.patience,
+                task.periods_name()
+            ));
+        }
+        self.checkpoint(task)?;
+        if self.dist.is_lead() {
+            super::plot::plot_run(self.run)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, task: &mut dyn Task) -> Result<()> {
+        let keep = self.cfg.train.keep_checkpoints;
+        self.dist
+            .save_checkpoint(self.run, &self.state, task.model(), &self.opt, keep)
+    }
+
+    /// Saves `model/` and closes the data-parallel counters.
+    fn finish(self, task: &mut dyn Task) -> Result<TrainOutcome> {
+        self.bar.finish_and_clear();
+        if self.dist.is_lead() {
+            task.save(&self.run.join("model"))?;
+        }
+        self.dist.finish(self.run)?;
+        Ok(TrainOutcome {
+            run_dir: self.run.to_path_buf(),
+            steps: self.state.step,
+            epochs_run: self.state.epoch - self.first_epoch,
+            best_metric: self.state.best_metric,
+            best_epoch: self.state.best_epoch,
+            last_val_loss: self.last_val.loss,
+            last_val_accuracy: self.last_val.accuracy.unwrap_or(f64::NAN),
+            stopped_early: self.stopped_early,
+        })
+    }
 }
 
 /// One optimiser step after gradients are summed: all-reduce them over the ranks (nothing to
