@@ -1,14 +1,14 @@
 """Generate PyTorch checkpoints for `largo import` tests.
 
 Writes crates/largo-cli/tests/fixtures/import/:
-    seed_mlp.pt            torch.save(state_dict) of the seed MLP (fc1 784->128, ReLU, fc2 128->10),
+    mlp.pt            torch.save(state_dict) of the MNIST MLP (fc1 784->128, ReLU, fc2 128->10),
                            after 5 AdamW steps; keys fc1.weight, fc1.bias, fc2.weight, fc2.bias (F32)
-    seed_mlp_bf16.pt       the same state_dict converted to bfloat16
-    seed_mlp.json          {"input":784,"hidden":[128],"classes":10}
-    seed_transformer.pt    state_dict of the seed Transformer LM (SeedLM below: embedding,
+    mlp_bf16.pt       the same state_dict converted to bfloat16
+    mlp.json          {"input":784,"hidden":[128],"classes":10}
+    encoder_lm.pt    state_dict of the nn.TransformerEncoder LM (EncoderLM below: embedding,
                            sinusoidal PE buffer "pe", post-norm ReLU nn.TransformerEncoder,
                            decoder Linear, causal mask), after 5 AdamW steps
-    seed_transformer.json  its config
+    encoder_lm.json  its config
     gpt.pt                 tiny nanoGPT state_dict (nanoGPT's names, lm_head.weight tied to
                            transformer.wte.weight: one shared storage, two keys)
     gpt.json               its config (nanoGPT GPTConfig keys + largo's [gpt] keys)
@@ -20,7 +20,7 @@ Writes crates/largo-cli/tests/fixtures/import/:
         seed.tokens [2,10] (token ids as f32)  seed.logits [2,10,24] (causal mask)
         gpt.tokens [2,16]  (token ids as f32)   gpt.logits [2,16,24]
 
-Note: torch.save names the zip's top folder after the file (seed_mlp/data.pkl, ...), while
+Note: torch.save names the zip's top folder after the file (mlp/data.pkl, ...; the committed files were first saved as seed_mlp.pt etc., their earlier names), while
 malicious.pt uses archive/ (what torch.save writes for file objects) - a reader must accept any.
 
 Run from the repository root:
@@ -38,14 +38,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from gen_transformer_fixtures import SeedLM, gpt_forward, gpt_init
+from gen_transformer_fixtures import EncoderLM, gpt_forward, gpt_init
 
 OUT = Path("crates/largo-cli/tests/fixtures/import")
 
 
-# ---- seed program (a): the MLP ----
+# ---- program (a): the MNIST MLP ----
 
-class SeedMLP(nn.Module):
+class MnistMLP(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(784, 128)
@@ -56,9 +56,9 @@ class SeedMLP(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
-# ---- seed program (b): the Transformer LM: SeedLM of gen_transformer_fixtures.py, with dropout ----
+# ---- program (b): the nn.TransformerEncoder LM of PyTorch's tutorial: EncoderLM of gen_transformer_fixtures.py, with dropout ----
 
-SEED_CFG = {"ntoken": 24, "d_model": 16, "nhead": 2, "d_hid": 32, "nlayers": 2,
+ENCODER_CFG = {"ntoken": 24, "d_model": 16, "nhead": 2, "d_hid": 32, "nlayers": 2,
             "dropout": 0.1, "max_len": 32, "causal": True}
 MLP_CFG = {"input": 784, "hidden": [128], "classes": 10}
 
@@ -74,7 +74,7 @@ GPT_CFG = {"vocab_size": 24, "block_size": 16, "n_layer": 2, "n_head": 2, "n_emb
 
 def train_mlp():
     torch.manual_seed(0)
-    model = SeedMLP()
+    model = MnistMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, y = torch.randn(8, 784), torch.randint(0, 10, (8,))
     model.train()
@@ -86,10 +86,10 @@ def train_mlp():
     return model.eval()
 
 
-def train_seed():
+def train_encoder_lm():
     torch.manual_seed(0)
-    c = SEED_CFG
-    model = SeedLM(c["ntoken"], c["d_model"], c["nhead"], c["d_hid"], c["nlayers"],
+    c = ENCODER_CFG
+    model = EncoderLM(c["ntoken"], c["d_model"], c["nhead"], c["d_hid"], c["nlayers"],
                    max_len=c["max_len"], dropout=c["dropout"]).float()  # pe buffer too
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     data = torch.randint(0, c["ntoken"], (4, 12))
@@ -143,23 +143,23 @@ def main():
     with torch.no_grad():
         ref["mlp.input"], ref["mlp.logits"] = x, mlp(x)
     sd = mlp.state_dict()
-    torch.save(sd, OUT / "seed_mlp.pt")
+    torch.save(sd, OUT / "mlp.pt")
     sd_bf16 = {k: v.to(torch.bfloat16) for k, v in sd.items()}
-    torch.save(sd_bf16, OUT / "seed_mlp_bf16.pt")
-    mlp16 = SeedMLP().eval()
+    torch.save(sd_bf16, OUT / "mlp_bf16.pt")
+    mlp16 = MnistMLP().eval()
     mlp16.load_state_dict({k: v.float() for k, v in sd_bf16.items()})
     with torch.no_grad():
         ref["mlp_bf16.logits"] = mlp16(x)
-    (OUT / "seed_mlp.json").write_text(json.dumps(MLP_CFG) + "\n")
+    (OUT / "mlp.json").write_text(json.dumps(MLP_CFG) + "\n")
 
-    # (b) seed Transformer LM
-    seed = train_seed()
+    # (b) the encoder LM
+    seed = train_encoder_lm()
     torch.manual_seed(2)
-    tokens = torch.randint(0, SEED_CFG["ntoken"], (2, 10))
+    tokens = torch.randint(0, ENCODER_CFG["ntoken"], (2, 10))
     with torch.no_grad():
         ref["seed.tokens"], ref["seed.logits"] = tokens.float(), seed(tokens)
-    torch.save(seed.state_dict(), OUT / "seed_transformer.pt")
-    (OUT / "seed_transformer.json").write_text(json.dumps(SEED_CFG) + "\n")
+    torch.save(seed.state_dict(), OUT / "encoder_lm.pt")
+    (OUT / "encoder_lm.json").write_text(json.dumps(ENCODER_CFG) + "\n")
 
     # (c) tiny nanoGPT, tied head
     torch.manual_seed(3)
@@ -184,7 +184,7 @@ def main():
     print("malicious.pt data.pkl:\n" + dis)
     for name, t in sorted(ref.items()):
         print(f"  reference {name:18s} {list(t.shape)}")
-    print("seed_transformer.pt keys:", ", ".join(seed.state_dict().keys()))
+    print("encoder_lm.pt keys:", ", ".join(seed.state_dict().keys()))
     total = 0
     for p in sorted(OUT.iterdir()):
         total += p.stat().st_size

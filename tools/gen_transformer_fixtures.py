@@ -142,9 +142,9 @@ def gpt_fixtures(fx):
     fx["gpt_train.losses"] = torch.tensor(losses, dtype=f64)
 
 
-# ---- the seed's Transformer LM (PyTorch tutorial shape), done right ----
+# ---- the nn.TransformerEncoder LM (PyTorch tutorial shape), done right ----
 
-class SeedLM(nn.Module):
+class EncoderLM(nn.Module):
     def __init__(self, V, d, nhead, d_hid, nlayers, max_len=64, dropout=0.0):
         super().__init__()
         self.d = d
@@ -164,7 +164,7 @@ class SeedLM(nn.Module):
 
 def seed_fixtures(fx):
     V, T = 11, 6
-    model = SeedLM(V, d=8, nhead=2, d_hid=16, nlayers=2).double().train()  # train(): no fast path
+    model = EncoderLM(V, d=8, nhead=2, d_hid=16, nlayers=2).double().train()  # train(): no fast path
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(init_param(name, p.shape))

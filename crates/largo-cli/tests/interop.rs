@@ -1,5 +1,5 @@
 //! `largo import`, `export`, `inspect` and `embed` through the real binary. The .pt files are
-//! the seed's two PyTorch programs (and a nanoGPT GPT) trained a few steps by
+//! the MNIST MLP and the `nn.TransformerEncoder` LM (and a nanoGPT GPT) trained a few steps by
 //! tools/gen_import_fixtures.py, with their logits in reference.safetensors.
 
 mod common;
@@ -77,9 +77,9 @@ fn lm_logits(dir: &Path, tokens: &largo::tensor::Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
+fn the_mnist_mlp_from_torch_save_gives_pytorchs_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = import(tmp.path(), "mlp", "seed_mlp.pt", None, "mlp");
+    let out = import(tmp.path(), "mlp", "mlp.pt", None, "mlp");
     assert!(out.contains("imported mlp (101770 parameters)"), "{out}");
     let r = reference();
     let x = r.get("mlp.input").unwrap();
@@ -92,14 +92,14 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
         .forward(&x.data, Forward::eval(x.shape[0], 1))
         .to_vec();
     assert_logits(
-        "seed mlp",
+        "mnist mlp",
         &logits,
         &r.get("mlp.logits").unwrap().data,
         1e-5,
     );
 
     // bfloat16 weights are converted to f32 on the way in (`seed-mlp`: the earlier name).
-    import(tmp.path(), "seed-mlp", "seed_mlp_bf16.pt", None, "mlp16");
+    import(tmp.path(), "seed-mlp", "mlp_bf16.pt", None, "mlp16");
     let (mut model, _, _) = load_mlp(&tmp.path().join("mlp16")).unwrap();
     let logits = model
         .forward(&x.data, Forward::eval(x.shape[0], 1))
@@ -113,20 +113,20 @@ fn the_seed_mlp_from_torch_save_gives_pytorchs_logits() {
 }
 
 #[test]
-fn the_seed_transformer_and_a_nanogpt_checkpoint_give_pytorchs_logits() {
+fn the_encoder_lm_and_a_nanogpt_checkpoint_give_pytorchs_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let out = import(
         tmp.path(),
         "encoder-lm",
-        "seed_transformer.pt",
-        Some("seed_transformer.json"),
+        "encoder_lm.pt",
+        Some("encoder_lm.json"),
         "seed",
     );
     assert!(out.contains("pe (sinusoidal table, recomputed)"), "{out}");
     let r = reference();
     let logits = lm_logits(&tmp.path().join("seed"), r.get("seed.tokens").unwrap());
     assert_logits(
-        "seed transformer",
+        "encoder lm",
         &logits,
         &r.get("seed.logits").unwrap().data,
         1e-5,
@@ -142,13 +142,9 @@ fn the_seed_transformer_and_a_nanogpt_checkpoint_give_pytorchs_logits() {
 fn export_writes_back_every_tensor_pytorch_saved_under_its_name() {
     let tmp = tempfile::tempdir().unwrap();
     for (arch, weights, config) in [
-        (
-            "seed-transformer",
-            "seed_transformer.pt",
-            Some("seed_transformer.json"),
-        ),
+        ("seed-transformer", "encoder_lm.pt", Some("encoder_lm.json")),
         ("gpt", "gpt.pt", Some("gpt.json")),
-        ("seed-mlp", "seed_mlp.pt", None),
+        ("seed-mlp", "mlp.pt", None),
     ] {
         import(tmp.path(), arch, weights, config, arch);
         let st = tmp.path().join(format!("{arch}.safetensors"));
@@ -209,12 +205,12 @@ fn import_errors_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     fails_with(
-        &import_cmd(dir, "resnet", "seed_mlp.pt", None, "m"),
+        &import_cmd(dir, "resnet", "mlp.pt", None, "m"),
         "unsupported architecture \"resnet\": supported are mlp, gpt, encoder-lm",
     );
     // MLP weights read as a GPT: the tensor the GPT needs is named.
     fails_with(
-        &import_cmd(dir, "gpt", "seed_mlp.pt", None, "m"),
+        &import_cmd(dir, "gpt", "mlp.pt", None, "m"),
         "missing tensor transformer.wte.weight",
     );
     // A config that disagrees with the tensors: the tensor and both shapes are named.
@@ -225,7 +221,7 @@ fn import_errors_name_the_problem() {
         &import_cmd(
             dir,
             "seed-transformer",
-            "seed_transformer.pt",
+            "encoder_lm.pt",
             Some(cfg_name),
             "m",
         ),
@@ -236,7 +232,7 @@ fn import_errors_name_the_problem() {
         &import_cmd(
             dir,
             "seed-transformer",
-            "seed_transformer.pt",
+            "encoder_lm.pt",
             Some(cfg_name),
             "m",
         ),
