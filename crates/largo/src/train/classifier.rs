@@ -3,8 +3,7 @@
 
 use super::checkpoint::TrainState;
 use super::dist::Dist;
-use super::metrics::Record;
-use super::session::{Metric, StepSums, Task, Validation};
+use super::session::{Metric, Schedule, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
@@ -103,13 +102,10 @@ impl Task for ClassifierTask<'_> {
         Ok(())
     }
 
-    fn total_steps(&self) -> u64 {
-        let t = &self.cfg.train;
-        self.micro_batches().div_ceil(t.grad_accum) as u64 * t.epochs as u64
-    }
-
-    fn complete(&self, state: &TrainState) -> bool {
-        state.epoch >= self.cfg.train.epochs
+    fn schedule(&self) -> Schedule {
+        Schedule::Epochs {
+            micro_batches: self.micro_batches(),
+        }
     }
 
     /// Up to `grad_accum` micro-batches of the epoch's order, from `state.next_batch`.
@@ -125,11 +121,7 @@ impl Task for ClassifierTask<'_> {
         let micro: Vec<&[usize]> = self.order.chunks(t.batch_size).collect();
         let group = &micro[state.next_batch..(state.next_batch + t.grad_accum).min(micro.len())];
         let group_samples: usize = group.iter().map(|b| b.len()).sum();
-        let mut sums = StepSums {
-            loss: 0.0,
-            correct: 0,
-            items: group_samples as u64,
-        };
+        let (mut loss_sum, mut correct_sum) = (0f64, 0u64);
         for (i, positions) in group.iter().enumerate() {
             // This rank's contiguous share of the micro-batch; every rank draws the seed.
             let dropout_seed = dist.rank_seed(state.dropout_rng.next_u64());
@@ -176,31 +168,14 @@ impl Task for ClassifierTask<'_> {
                     .backward_with(&self.dlogits, true, &mut |w, p| h.ready(w, p)),
                 None => self.model.backward(&self.dlogits, true),
             }
-            sums.loss += loss as f64 * weight as f64;
-            sums.correct += correct;
+            loss_sum += loss as f64 * weight as f64;
+            correct_sum += correct;
         }
-        Ok(sums)
-    }
-
-    fn after_step(&mut self, state: &mut TrainState, sums: &StepSums) {
-        let end = (state.next_batch + self.cfg.train.grad_accum).min(self.micro_batches());
-        state.next_batch = end;
-        state.epoch_loss_sum += sums.loss * sums.items as f64;
-        state.epoch_correct += sums.correct;
-        state.epoch_samples += sums.items;
-    }
-
-    fn epoch_ends(&self, state: &TrainState) -> bool {
-        state.next_batch == self.micro_batches()
-    }
-
-    fn period_ends(&self, state: &TrainState, _timed_out: bool) -> bool {
-        self.epoch_ends(state)
-    }
-
-    fn at_step_limit(&self, state: &TrainState) -> bool {
-        let max = self.cfg.train.max_steps;
-        max > 0 && state.step >= max
+        Ok(StepSums {
+            loss: loss_sum,
+            correct: Some(correct_sum),
+            items: group_samples as u64,
+        })
     }
 
     fn validate(&mut self, dist: &Dist) -> Result<Validation> {
@@ -212,51 +187,8 @@ impl Task for ClassifierTask<'_> {
         })
     }
 
-    fn period_record(&self, state: &TrainState, val: &Validation, _: f64) -> (Record, String) {
-        let train_loss = state.epoch_loss_sum / state.epoch_samples.max(1) as f64;
-        let train_accuracy = state.epoch_correct as f64 / state.epoch_samples.max(1) as f64;
-        let val_accuracy = val.accuracy.unwrap_or(f64::NAN);
-        let line = format!(
-            "epoch {:>3}  step {:>6}  train loss {train_loss:.4} acc {:.2}%  val loss {:.4} acc {:.2}%",
-            state.epoch + 1,
-            state.step,
-            100.0 * train_accuracy,
-            val.loss,
-            100.0 * val_accuracy
-        );
-        let record = Record::Val {
-            step: state.step,
-            epoch: state.epoch,
-            train_loss,
-            train_accuracy,
-            val_loss: val.loss,
-            val_accuracy,
-        };
-        (record, line)
-    }
-
-    fn next_period(&mut self, state: &mut TrainState) {
-        state.epoch += 1;
-        state.next_batch = 0;
-        state.epoch_loss_sum = 0.0;
-        state.epoch_correct = 0;
-        state.epoch_samples = 0;
-    }
-
-    fn period_index(&self, state: &TrainState) -> usize {
-        state.epoch
-    }
-
-    fn periods_name(&self) -> &'static str {
-        "epochs"
-    }
-
     fn unit(&self) -> &'static str {
         "samples"
-    }
-
-    fn measures_accuracy(&self) -> bool {
-        true
     }
 
     fn metric(&self) -> Metric {

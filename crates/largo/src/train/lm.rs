@@ -3,8 +3,7 @@
 
 use super::checkpoint::TrainState;
 use super::dist::Dist;
-use super::metrics::Record;
-use super::session::{Metric, StepSums, Task, Validation};
+use super::session::{Metric, Schedule, StepSums, Task, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::text::{prepare_text, random_windows, CleanOptions, TokenData, TokenizerSpec};
@@ -243,12 +242,8 @@ impl Task for LmTask<'_> {
         state.data_rng = Some(Rng::for_stream(seed, stream::SHUFFLE));
     }
 
-    fn total_steps(&self) -> u64 {
-        self.cfg.train.max_steps
-    }
-
-    fn complete(&self, state: &TrainState) -> bool {
-        state.step >= self.cfg.train.max_steps
+    fn schedule(&self) -> Schedule {
+        Schedule::Steps
     }
 
     /// `grad_accum` micro-batches of `batch_size` random windows; this rank keeps its share.
@@ -264,7 +259,7 @@ impl Task for LmTask<'_> {
         let bm = mine.len();
         let mut sums = StepSums {
             loss: 0.0,
-            correct: 0,
+            correct: None,
             items: (tr.grad_accum * b * t) as u64,
         };
         for micro in 0..tr.grad_accum {
@@ -307,14 +302,6 @@ impl Task for LmTask<'_> {
         Ok(sums)
     }
 
-    /// Every `eval_every` steps, at the last step, and when `train.max_minutes` ends the session.
-    fn period_ends(&self, state: &TrainState, timed_out: bool) -> bool {
-        let tr = &self.cfg.train;
-        state.step == tr.max_steps
-            || timed_out
-            || (tr.eval_every > 0 && state.step.is_multiple_of(tr.eval_every))
-    }
-
     fn validate(&mut self, dist: &Dist) -> Result<Validation> {
         let tr = &self.cfg.train;
         let t = self.model.spec.block_size;
@@ -330,36 +317,6 @@ impl Task for LmTask<'_> {
             loss,
             accuracy: None,
         })
-    }
-
-    fn period_record(
-        &self,
-        state: &TrainState,
-        val: &Validation,
-        step_loss: f64,
-    ) -> (Record, String) {
-        let train_loss = state.last_train_loss.unwrap_or(step_loss);
-        let line = format!(
-            "step {:>6}  train loss {train_loss:.4}  val loss {:.4}  perplexity {:.2}",
-            state.step,
-            val.loss,
-            val.loss.exp()
-        );
-        let record = Record::Eval {
-            step: state.step,
-            train_loss,
-            val_loss: val.loss,
-            val_perplexity: val.loss.exp(),
-        };
-        (record, line)
-    }
-
-    fn period_index(&self, state: &TrainState) -> usize {
-        state.step as usize
-    }
-
-    fn periods_name(&self) -> &'static str {
-        "evaluations"
     }
 
     fn unit(&self) -> &'static str {

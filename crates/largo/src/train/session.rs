@@ -9,7 +9,7 @@ use super::checkpoint::{self, TrainState};
 use super::dist::{Dist, TrainOptimizer};
 use super::metrics::{MetricsLog, Record};
 use super::optim::{clip_grad_norm, grad_norm, Optimizer};
-use crate::config::Config;
+use crate::config::{Config, TrainConfig};
 use crate::nn::Module;
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,8 +46,8 @@ pub(crate) struct StepSums {
     /// The step's mean loss, weighted by this rank's share of the step's samples (the session
     /// sums it over the ranks).
     pub loss: f64,
-    /// Correct predictions on this rank (tasks without an accuracy: 0).
-    pub correct: u64,
+    /// Correct predictions on this rank, for tasks that measure an accuracy.
+    pub correct: Option<u64>,
     /// Samples (or tokens) the whole step consumed over all ranks, for the throughput.
     pub items: u64,
 }
@@ -90,9 +90,21 @@ impl Metric {
     }
 }
 
+/// How a task's optimiser steps are grouped into validation periods.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Schedule {
+    /// `train.epochs` passes over the training set of `micro_batches` micro-batches each (a step
+    /// takes `train.grad_accum` of them), validated after each epoch; `train.max_steps` > 0
+    /// ends the run sooner. Classifiers.
+    Epochs { micro_batches: usize },
+    /// `train.max_steps` steps, validated every `train.eval_every`, at the end, and when
+    /// `train.max_minutes` ends the session. Language models.
+    Steps,
+}
+
 /// What a kind of training brings to the session: its model and data, one optimiser step's
-/// forward and backward, its validation periods (epochs, or every `eval_every` steps) and the
-/// model directory it saves. Everything else is the session's.
+/// forward and backward, its schedule, its validation and the model directory it saves.
+/// Everything else is the session's.
 pub(crate) trait Task {
     fn model(&mut self) -> &mut dyn Module;
 
@@ -105,73 +117,166 @@ pub(crate) trait Task {
         Ok(())
     }
 
-    /// Optimiser steps the schedule spans (the learning-rate schedule's length).
-    fn total_steps(&self) -> u64;
+    fn schedule(&self) -> Schedule;
 
-    /// The run is done: every epoch, or every step, taken.
-    fn complete(&self, state: &TrainState) -> bool;
-
-    /// Forward and backward of the next optimiser step's micro-batches on this rank, the
-    /// gradients summed into the model; the step's last backward passes the gradients to
-    /// `dist.grad_hook(true)` as they become final.
+    /// Forward and backward of the next optimiser step's micro-batches on this rank (with
+    /// epochs: micro-batches `state.next_batch..` of epoch `state.epoch`), the gradients summed
+    /// into the model; the step's last backward passes the gradients to `dist.grad_hook(true)`
+    /// as they become final.
     fn forward_backward(&mut self, state: &mut TrainState, dist: &Dist) -> Result<StepSums>;
-
-    /// After the optimiser step (`state.step` counts it): the task's position in its data.
-    fn after_step(&mut self, _state: &mut TrainState, _sums: &StepSums) {}
-
-    /// The step just taken ends an epoch (a logging window closes there too).
-    fn epoch_ends(&self, _state: &TrainState) -> bool {
-        false
-    }
-
-    /// The step just taken closes a validation period: validate, record, keep the best,
-    /// checkpoint. `timed_out`: `train.max_minutes` has passed.
-    fn period_ends(&self, state: &TrainState, timed_out: bool) -> bool;
-
-    /// The task's own limit on steps short of `complete` (classifiers: `train.max_steps`).
-    fn at_step_limit(&self, _state: &TrainState) -> bool {
-        false
-    }
 
     fn validate(&mut self, dist: &Dist) -> Result<Validation>;
 
-    /// The metrics record and the progress line of a closed period. `step_loss`: the last
-    /// step's training loss.
-    fn period_record(
-        &self,
-        state: &TrainState,
-        val: &Validation,
-        step_loss: f64,
-    ) -> (Record, String);
-
-    /// Moves past a closed period (classifiers: to the next epoch).
-    fn next_period(&mut self, _state: &mut TrainState) {}
-
-    /// Which period `best_epoch` counts: the epoch or the step.
-    fn period_index(&self, state: &TrainState) -> usize;
-
-    /// "epochs" or "evaluations", for the early-stopping message.
-    fn periods_name(&self) -> &'static str;
+    fn metric(&self) -> Metric;
 
     /// What the throughput counts: "samples" or "tokens".
     fn unit(&self) -> &'static str;
 
-    /// Training records carry an accuracy (classifiers).
-    fn measures_accuracy(&self) -> bool {
-        false
-    }
-
-    fn metric(&self) -> Metric;
-
     /// Writes the model directory (`best/`, `model/`).
     fn save(&self, dir: &Path) -> Result<()>;
+}
+
+impl Schedule {
+    /// Optimiser steps the run spans (the learning-rate schedule's length).
+    fn total_steps(self, t: &TrainConfig) -> u64 {
+        match self {
+            Schedule::Epochs { micro_batches } => {
+                micro_batches.div_ceil(t.grad_accum) as u64 * t.epochs as u64
+            }
+            Schedule::Steps => t.max_steps,
+        }
+    }
+
+    /// Every epoch, or every step, taken.
+    fn complete(self, t: &TrainConfig, state: &TrainState) -> bool {
+        match self {
+            Schedule::Epochs { .. } => state.epoch >= t.epochs,
+            Schedule::Steps => state.step >= t.max_steps,
+        }
+    }
+
+    /// After an optimiser step: the position in the epoch and the epoch's running sums.
+    fn advance(self, t: &TrainConfig, state: &mut TrainState, sums: &StepSums) {
+        if let Schedule::Epochs { micro_batches } = self {
+            state.next_batch = (state.next_batch + t.grad_accum).min(micro_batches);
+            state.epoch_loss_sum += sums.loss * sums.items as f64;
+            state.epoch_correct += sums.correct.unwrap_or(0);
+            state.epoch_samples += sums.items;
+        }
+    }
+
+    /// The step just taken ends an epoch (a logging window closes there too).
+    fn epoch_ends(self, state: &TrainState) -> bool {
+        match self {
+            Schedule::Epochs { micro_batches } => state.next_batch == micro_batches,
+            Schedule::Steps => false,
+        }
+    }
+
+    /// The step just taken closes a validation period.
+    fn period_ends(self, t: &TrainConfig, state: &TrainState, timed_out: bool) -> bool {
+        match self {
+            Schedule::Epochs { .. } => self.epoch_ends(state),
+            Schedule::Steps => {
+                state.step == t.max_steps
+                    || timed_out
+                    || (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every))
+            }
+        }
+    }
+
+    /// `train.max_steps` cuts an epoch-based run short.
+    fn at_step_limit(self, t: &TrainConfig, state: &TrainState) -> bool {
+        match self {
+            Schedule::Epochs { .. } => t.max_steps > 0 && state.step >= t.max_steps,
+            Schedule::Steps => false,
+        }
+    }
+
+    /// The metrics record and the progress line of a closed period. `step_loss`: the last
+    /// step's training loss.
+    fn period_record(
+        self,
+        state: &TrainState,
+        val: &Validation,
+        step_loss: f64,
+    ) -> (Record, String) {
+        match self {
+            Schedule::Epochs { .. } => {
+                let samples = state.epoch_samples.max(1) as f64;
+                let train_loss = state.epoch_loss_sum / samples;
+                let train_accuracy = state.epoch_correct as f64 / samples;
+                let val_accuracy = val.accuracy.unwrap_or(f64::NAN);
+                let line = format!(
+                    "epoch {:>3}  step {:>6}  train loss {train_loss:.4} acc {:.2}%  val loss {:.4} acc {:.2}%",
+                    state.epoch + 1,
+                    state.step,
+                    100.0 * train_accuracy,
+                    val.loss,
+                    100.0 * val_accuracy
+                );
+                let record = Record::Val {
+                    step: state.step,
+                    epoch: state.epoch,
+                    train_loss,
+                    train_accuracy,
+                    val_loss: val.loss,
+                    val_accuracy,
+                };
+                (record, line)
+            }
+            Schedule::Steps => {
+                let train_loss = state.last_train_loss.unwrap_or(step_loss);
+                let line = format!(
+                    "step {:>6}  train loss {train_loss:.4}  val loss {:.4}  perplexity {:.2}",
+                    state.step,
+                    val.loss,
+                    val.loss.exp()
+                );
+                let record = Record::Eval {
+                    step: state.step,
+                    train_loss,
+                    val_loss: val.loss,
+                    val_perplexity: val.loss.exp(),
+                };
+                (record, line)
+            }
+        }
+    }
+
+    /// Moves past a closed period: with epochs, to the next one.
+    fn next_period(self, state: &mut TrainState) {
+        if let Schedule::Epochs { .. } = self {
+            state.epoch += 1;
+            state.next_batch = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_correct = 0;
+            state.epoch_samples = 0;
+        }
+    }
+
+    /// What `best_epoch` counts: the epoch, or the step.
+    fn period_index(self, state: &TrainState) -> usize {
+        match self {
+            Schedule::Epochs { .. } => state.epoch,
+            Schedule::Steps => state.step as usize,
+        }
+    }
+
+    /// For the early-stopping message.
+    fn periods_name(self) -> &'static str {
+        match self {
+            Schedule::Epochs { .. } => "epochs",
+            Schedule::Steps => "evaluations",
+        }
+    }
 }
 
 /// Sums over the current logging window.
 #[derive(Default)]
 struct Window {
     loss: f64,
-    correct: u64,
+    correct: Option<u64>,
     items: u64,
     grad_norm: f64,
     steps: u64,
@@ -186,8 +291,9 @@ pub(crate) fn run(
     task: &mut dyn Task,
 ) -> Result<TrainOutcome> {
     let t = &cfg.train;
+    let schedule = task.schedule();
     let mut s = Session::start(cfg, opts, run, dist, task)?;
-    while !task.complete(&s.state) && !s.state.finished {
+    while !schedule.complete(t, &s.state) && !s.state.finished {
         let step_loss = s.step(task)?;
         let timed_out = dist.out_of_time(s.started, t.max_minutes)?;
         let stop_reason = if s.state.step == t.stop_at {
@@ -197,8 +303,8 @@ pub(crate) fn run(
         } else {
             None
         };
-        let stop = stop_reason.is_some() || task.at_step_limit(&s.state);
-        if task.period_ends(&s.state, timed_out) {
+        let stop = stop_reason.is_some() || schedule.at_step_limit(t, &s.state);
+        if schedule.period_ends(t, &s.state, timed_out) {
             s.close_period(task, step_loss)?;
         } else if stop
             || (t.checkpoint_every > 0 && s.state.step.is_multiple_of(t.checkpoint_every))
@@ -232,6 +338,7 @@ struct Session<'a> {
     state: TrainState,
     log: RunLog,
     bar: ProgressBar,
+    schedule: Schedule,
     metric: Metric,
     total_steps: u64,
     window: Window,
@@ -277,7 +384,8 @@ impl<'a> Session<'a> {
             );
         }
         let log = RunLog::open(cfg, run, lead, opts.resume.then_some(state.step))?;
-        let total_steps = task.total_steps();
+        let schedule = task.schedule();
+        let total_steps = schedule.total_steps(&cfg.train);
         Ok(Session {
             cfg,
             run,
@@ -285,6 +393,7 @@ impl<'a> Session<'a> {
             opt,
             bar: progress_bar(opts.progress && lead, total_steps, state.step),
             log,
+            schedule,
             metric: task.metric(),
             total_steps,
             window: Window::default(),
@@ -312,9 +421,10 @@ impl<'a> Session<'a> {
     fn step(&mut self, task: &mut dyn Task) -> Result<f64> {
         let mut sums = task.forward_backward(&mut self.state, self.dist)?;
         self.dist.grads_done(task.model())?;
-        let mut global = [sums.loss, sums.correct as f64];
+        let mut global = [sums.loss, sums.correct.unwrap_or(0) as f64];
         self.dist.sum_f64(&mut global)?;
-        (sums.loss, sums.correct) = (global[0], global[1] as u64);
+        sums.loss = global[0];
+        sums.correct = sums.correct.map(|_| global[1] as u64);
         if !sums.loss.is_finite() {
             return Err(non_finite(self.run, "loss", sums.loss, &self.state));
         }
@@ -329,15 +439,16 @@ impl<'a> Session<'a> {
         )?;
         self.state.step += 1;
         self.dist.after_step(self.state.step);
-        task.after_step(&mut self.state, &sums);
+        self.schedule
+            .advance(&self.cfg.train, &mut self.state, &sums);
         let w = &mut self.window;
         w.loss += sums.loss;
-        w.correct += sums.correct;
+        w.correct = sums.correct.map(|c| w.correct.unwrap_or(0) + c);
         w.items += sums.items;
         w.grad_norm += norm;
         w.steps += 1;
         let log_every = self.cfg.train.log_every.max(1);
-        if self.state.step.is_multiple_of(log_every) || task.epoch_ends(&self.state) {
+        if self.state.step.is_multiple_of(log_every) || self.schedule.epoch_ends(&self.state) {
             self.close_window(task, lr)?;
         }
         self.bar.set_position(self.state.step);
@@ -350,9 +461,7 @@ impl<'a> Session<'a> {
         let secs = self.window_start.elapsed().as_secs_f64().max(1e-9);
         self.window_start = Instant::now();
         let loss = w.loss / w.steps as f64;
-        let accuracy = task
-            .measures_accuracy()
-            .then(|| w.correct as f64 / w.items as f64);
+        let accuracy = w.correct.map(|c| c as f64 / w.items as f64);
         let rate = w.items as f64 / secs;
         self.log.write(&Record::Train {
             step: self.state.step,
@@ -381,7 +490,7 @@ impl<'a> Session<'a> {
     fn close_period(&mut self, task: &mut dyn Task, step_loss: f64) -> Result<()> {
         let t = &self.cfg.train;
         let val = task.validate(self.dist)?;
-        let (record, line) = task.period_record(&self.state, &val, step_loss);
+        let (record, line) = self.schedule.period_record(&self.state, &val, step_loss);
         self.log.write(&record)?;
         self.tell(line);
         self.last_val = val;
@@ -389,7 +498,7 @@ impl<'a> Session<'a> {
         let state = &mut self.state;
         if self.metric.improves(value, state.best_metric, t.min_delta) {
             state.best_metric = Some(value);
-            state.best_epoch = Some(task.period_index(state));
+            state.best_epoch = Some(self.schedule.period_index(state));
             state.epochs_without_improvement = 0;
             if self.dist.is_lead() {
                 task.save(&self.run.join("best"))?;
@@ -397,7 +506,7 @@ impl<'a> Session<'a> {
         } else {
             state.epochs_without_improvement += 1;
         }
-        task.next_period(state);
+        self.schedule.next_period(state);
         if t.patience > 0 && state.epochs_without_improvement >= t.patience {
             state.finished = true;
             self.stopped_early = true;
@@ -405,7 +514,7 @@ impl<'a> Session<'a> {
                 "early stopping: no improvement of {} in {} {}",
                 self.metric.name,
                 t.patience,
-                task.periods_name()
+                self.schedule.periods_name()
             ));
         }
         self.checkpoint(task)?;
