@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod inspect;
 pub mod interop;
+pub mod llama;
 pub mod mlp;
 pub mod sentence;
 pub mod transformer_lm;

@@ -386,6 +386,26 @@ fn rope_rotate(x: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32], sign
     });
 }
 
+/// Rotary embedding of rows laid out [t, heads·D] (a projection's output, position i in row i),
+/// in place, with cos/sin [t, D/2]: the half-split pairs (j, j + D/2) of each head, as Hugging
+/// Face's `rotate_half`.
+pub fn rope_rows_forward(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    x.par_chunks_mut(heads * d)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            for head in row.chunks_exact_mut(d) {
+                let (x1, x2) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x1[j], x2[j]);
+                    x1[j] = a * c[j] - b * s[j];
+                    x2[j] = b * c[j] + a * s[j];
+                }
+            }
+        });
+}
+
 /// The sinusoidal position table of "Attention Is All You Need" [max_len, d]:
 /// even channels sin(pos·ω), odd channels cos(pos·ω), ω = 10000^(−2i/d).
 pub fn sinusoidal_table(max_len: usize, d: usize) -> Vec<f32> {

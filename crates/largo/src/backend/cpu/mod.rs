@@ -41,6 +41,7 @@ pub mod gemm;
 pub mod layernorm;
 pub mod loss;
 pub mod math;
+pub mod rmsnorm;
 
 pub use activation::*;
 pub use attention::*;
@@ -50,6 +51,7 @@ pub use flash::*;
 pub use gemm::*;
 pub use layernorm::*;
 pub use loss::*;
+pub use rmsnorm::*;
 
 /// acc[j] += Σ_rows f(row)[j] for rows of `cols` values: each thread owns a range of columns and
 /// walks every row, so the sum order (and the result) does not depend on the thread count.

@@ -1,0 +1,504 @@
+//! Llama-family decoders: Llama 2/3, SmolLM, TinyLlama (`llama`) and Qwen2 (`qwen2`, with
+//! query/key/value biases). Token embedding → layers of (RMSNorm → grouped-query attention
+//! with rotary positions → residual, RMSNorm → SwiGLU MLP → residual) → RMSNorm → head (tied
+//! to the embedding or separate).
+//!
+//! Every weight inside has Hugging Face's name and layout, whatever file it came from (GGUF's
+//! permuted query/key rows are put back at load), and rotary positions use Hugging Face's
+//! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
+//! values of the positions seen so far.
+
+use crate::backend::{
+    add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, swiglu_forward, Gemm,
+};
+use crate::{bail, Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Which Hugging Face class (and GGUF `general.architecture`) a decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlamaArch {
+    /// `LlamaForCausalLM`, GGUF `llama`.
+    Llama,
+    /// `Qwen2ForCausalLM`, GGUF `qwen2`: biases on the query, key and value projections.
+    Qwen2,
+}
+
+impl LlamaArch {
+    pub const SUPPORTED: &'static str = "LlamaForCausalLM (llama), Qwen2ForCausalLM (qwen2)";
+
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            LlamaArch::Llama => "LlamaForCausalLM",
+            LlamaArch::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
+/// How rotary frequencies are stretched for contexts longer than training's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear { factor: f64 },
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// The decoder's sizes, named as Hugging Face's `config.json` names them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub arch: LlamaArch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q, k and v (Qwen2; Llama's `attention_bias`).
+    pub attention_bias: bool,
+}
+
+impl LlamaConfig {
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        if c.vocab_size == 0 || c.hidden_size == 0 || c.num_hidden_layers == 0 {
+            bail!("llama config: vocab_size, hidden_size and num_hidden_layers must be ≥ 1");
+        }
+        if c.num_attention_heads == 0
+            || c.num_key_value_heads == 0
+            || !c.num_attention_heads.is_multiple_of(c.num_key_value_heads)
+        {
+            bail!(
+                "llama config: num_attention_heads = {} must be a multiple of num_key_value_heads = {}",
+                c.num_attention_heads,
+                c.num_key_value_heads
+            );
+        }
+        if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
+            bail!(
+                "llama config: head_dim = {} must be even and ≥ 2",
+                c.head_dim
+            );
+        }
+        if !(c.rms_norm_eps > 0.0 && c.rope_theta > 0.0) {
+            bail!("llama config: rms_norm_eps and rope_theta must be > 0");
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// The inverse frequency of each of the head_dim/2 rotary pairs, after scaling.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let d = self.head_dim;
+        (0..d / 2)
+            .map(|i| {
+                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64);
+                match &self.rope_scaling {
+                    None => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    }) => {
+                        let old = *original_max_position_embeddings as f64;
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < old / high_freq_factor {
+                            f
+                        } else if wavelen > old / low_freq_factor {
+                            f / factor
+                        } else {
+                            let smooth =
+                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Parameters in the model (the tied head counted once).
+    pub fn num_params(&self) -> usize {
+        let (c, f, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
+        let (q, kv) = (self.q_dim(), self.kv_dim());
+        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
+        let layer = 2 * c + c * q + 2 * c * kv + q * c + bias + 3 * c * f;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * c
+        };
+        self.vocab_size * c + l * layer + c + head
+    }
+}
+
+/// A weight matrix [rows = out features, cols = in features], row-major (PyTorch's layout).
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            bail!(
+                "a [{rows}, {cols}] matrix needs {} values, got {}",
+                rows * cols,
+                data.len()
+            );
+        }
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// y [n, rows] = x [n, cols] · selfᵀ.
+    fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        Gemm::nt(n, self.rows, self.cols).run(x, &self.data, &mut y[..n * self.rows]);
+    }
+}
+
+/// One decoder layer's weights (Hugging Face: `model.layers.{i}.…`).
+#[derive(Clone, Debug)]
+pub struct LlamaLayer {
+    pub input_layernorm: Vec<f32>,
+    pub q_proj: Matrix,
+    pub k_proj: Matrix,
+    pub v_proj: Matrix,
+    /// Qwen2's (and `attention_bias` Llamas') q, k, v biases.
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    pub o_proj: Matrix,
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_proj: Matrix,
+    pub up_proj: Matrix,
+    pub down_proj: Matrix,
+}
+
+/// A Llama-family decoder ready to run.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// `model.embed_tokens.weight` [vocab, hidden].
+    pub embed_tokens: Matrix,
+    pub layers: Vec<LlamaLayer>,
+    /// `model.norm.weight`.
+    pub norm: Vec<f32>,
+    /// `lm_head.weight`; `None` when tied to the embedding.
+    pub lm_head: Option<Matrix>,
+    inv_freq: Vec<f64>,
+}
+
+/// Keys and values of the positions a sequence has seen, per layer, in blocks of
+/// `BLOCK_TOKENS` positions allocated as the sequence grows. f32, [position, kv heads × head_dim].
+#[derive(Clone, Debug)]
+pub struct LlamaCache {
+    kv_dim: usize,
+    len: usize,
+    /// layers[l] = (key blocks, value blocks).
+    layers: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+}
+
+/// Buffers of one forward pass, reused across its layers.
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+/// Positions per KV-cache block.
+pub const BLOCK_TOKENS: usize = 32;
+
+impl LlamaCache {
+    pub fn new(config: &LlamaConfig) -> Self {
+        LlamaCache {
+            kv_dim: config.kv_dim(),
+            len: 0,
+            layers: vec![(Vec::new(), Vec::new()); config.num_hidden_layers],
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held (whole blocks).
+    pub fn bytes(&self) -> usize {
+        let blocks: usize = self.layers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        blocks * BLOCK_TOKENS * self.kv_dim * 4
+    }
+
+    /// Stores k, v [t, kv_dim] of layer `l` at positions len..len+t (len moves in `advance`).
+    fn store(&mut self, l: usize, k: &[f32], v: &[f32], t: usize) {
+        let kv = self.kv_dim;
+        let (kb, vb) = &mut self.layers[l];
+        for i in 0..t {
+            let pos = self.len + i;
+            let (block, off) = (pos / BLOCK_TOKENS, pos % BLOCK_TOKENS);
+            if block == kb.len() {
+                kb.push(vec![0.0; BLOCK_TOKENS * kv]);
+                vb.push(vec![0.0; BLOCK_TOKENS * kv]);
+            }
+            kb[block][off * kv..(off + 1) * kv].copy_from_slice(&k[i * kv..(i + 1) * kv]);
+            vb[block][off * kv..(off + 1) * kv].copy_from_slice(&v[i * kv..(i + 1) * kv]);
+        }
+    }
+
+    /// Copies key (or value) head `h` of positions 0..n of layer `l` into `out` [n, head_dim].
+    fn gather_head(&self, l: usize, values: bool, h: usize, d: usize, n: usize, out: &mut [f32]) {
+        let kv = self.kv_dim;
+        let blocks = if values {
+            &self.layers[l].1
+        } else {
+            &self.layers[l].0
+        };
+        for pos in 0..n {
+            let src = &blocks[pos / BLOCK_TOKENS][(pos % BLOCK_TOKENS) * kv + h * d..][..d];
+            out[pos * d..(pos + 1) * d].copy_from_slice(src);
+        }
+    }
+
+    fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Forgets every position (the blocks are freed).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        for (k, v) in &mut self.layers {
+            k.clear();
+            v.clear();
+        }
+    }
+}
+
+impl Llama {
+    pub fn new(
+        config: LlamaConfig,
+        embed_tokens: Matrix,
+        layers: Vec<LlamaLayer>,
+        norm: Vec<f32>,
+        lm_head: Option<Matrix>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let inv_freq = config.rope_inv_freq();
+        Ok(Llama {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// Runs `ids` at the positions after those in `cache` (a prompt, or the next token) and
+    /// returns the logits [rows, vocab] of every position (`all`) or of the last one only.
+    pub fn forward(&self, ids: &[u32], cache: &mut LlamaCache, all: bool) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let (t, c) = (ids.len(), cfg.hidden_size);
+        if t == 0 {
+            bail!("no tokens to run");
+        }
+        let start = cache.len();
+        if start + t > cfg.max_position_embeddings {
+            return Err(Error::Invalid(format!(
+                "{} positions exceed the model's context of {} (max_position_embeddings)",
+                start + t,
+                cfg.max_position_embeddings
+            )));
+        }
+        // x: [t, C], the residual stream.
+        let mut x = vec![0f32; t * c];
+        for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
+            let id = id as usize;
+            if id >= cfg.vocab_size {
+                bail!("token id {id} is outside the vocabulary of {}", cfg.vocab_size);
+            }
+            row.copy_from_slice(&self.embed_tokens.data[id * c..(id + 1) * c]);
+        }
+        let mut s = Scratch::default();
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, start, t);
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(l, layer, &mut x, t, cache, &cos, &sin, &mut s);
+            self.mlp_block(layer, &mut x, t, &mut s);
+        }
+        cache.advance(t);
+        // Final norm and head over the rows asked for: [rows, C] → [rows, vocab].
+        let rows = if all { t } else { 1 };
+        let last = &x[(t - rows) * c..];
+        let mut normed = vec![0f32; rows * c];
+        rms_norm(last, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut logits = vec![0f32; rows * cfg.vocab_size];
+        head.forward(&normed, rows, &mut logits);
+        Ok(logits)
+    }
+
+    /// x += o_proj(attention(rope(q), rope(k), v)) over the cached positions and these t.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        l: usize,
+        layer: &LlamaLayer,
+        x: &mut [f32],
+        t: usize,
+        cache: &mut LlamaCache,
+        cos: &[f32],
+        sin: &[f32],
+        s: &mut Scratch,
+    ) {
+        let cfg = &self.config;
+        let (c, d) = (cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        s.normed.resize(t * c, 0.0);
+        rms_norm(x, &layer.input_layernorm, cfg.rms_norm_eps as f32, &mut s.normed);
+        // q: [t, H·D], k, v: [t, KVH·D].
+        s.q.resize(t * qd, 0.0);
+        s.k.resize(t * kvd, 0.0);
+        s.v.resize(t * kvd, 0.0);
+        layer.q_proj.forward(&s.normed, t, &mut s.q);
+        layer.k_proj.forward(&s.normed, t, &mut s.k);
+        layer.v_proj.forward(&s.normed, t, &mut s.v);
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            add_row_bias(&mut s.q, bq);
+            add_row_bias(&mut s.k, bk);
+            add_row_bias(&mut s.v, bv);
+        }
+        rope_rows(&mut s.q, heads, d, cos, sin);
+        rope_rows(&mut s.k, kv_heads, d, cos, sin);
+        cache.store(l, &s.k, &s.v, t);
+        let start = cache.len();
+        let n = start + t;
+        // Each query head attends over its group's key/value head: [t, D] × [n, D]ᵀ → [t, n],
+        // causal (query i sees positions ≤ start + i), softmax, × [n, D].
+        s.attn.resize(t * qd, 0.0);
+        let group = heads / kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let cache_ref = &*cache;
+        let q = &s.q;
+        let outs: Vec<Vec<f32>> = (0..heads)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let mut keys = vec![0f32; n * d];
+                let mut values = vec![0f32; n * d];
+                cache_ref.gather_head(l, false, kvh, d, n, &mut keys);
+                cache_ref.gather_head(l, true, kvh, d, n, &mut values);
+                let mut qh = vec![0f32; t * d];
+                for i in 0..t {
+                    qh[i * d..(i + 1) * d].copy_from_slice(&q[i * qd + h * d..][..d]);
+                }
+                let mut scores = vec![0f32; t * n];
+                Gemm::nt(t, n, d).run_serial(&qh, &keys, &mut scores);
+                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    let visible = start + i + 1;
+                    softmax_in_place(&mut row[..visible], scale);
+                    row[visible..].fill(0.0);
+                }
+                let mut out = vec![0f32; t * d];
+                Gemm::nn(t, d, n).run_serial(&scores, &values, &mut out);
+                out
+            })
+            .collect();
+        for (h, out) in outs.iter().enumerate() {
+            for i in 0..t {
+                s.attn[i * qd + h * d..][..d].copy_from_slice(&out[i * d..(i + 1) * d]);
+            }
+        }
+        s.proj.resize(t * c, 0.0);
+        layer.o_proj.forward(&s.attn, t, &mut s.proj);
+        add_assign(x, &s.proj);
+    }
+
+    /// x += down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x).
+    fn mlp_block(&self, layer: &LlamaLayer, x: &mut [f32], t: usize, s: &mut Scratch) {
+        let cfg = &self.config;
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        s.normed.resize(t * c, 0.0);
+        rms_norm(x, &layer.post_attention_layernorm, cfg.rms_norm_eps as f32, &mut s.normed);
+        s.gate.resize(t * f, 0.0);
+        s.up.resize(t * f, 0.0);
+        layer.gate_proj.forward(&s.normed, t, &mut s.gate);
+        layer.up_proj.forward(&s.normed, t, &mut s.up);
+        swiglu_forward(&mut s.gate, &s.up);
+        s.proj.resize(t * c, 0.0);
+        layer.down_proj.forward(&s.gate, t, &mut s.proj);
+        add_assign(x, &s.proj);
+    }
+
+    /// Greedy or sampled continuation is the caller's; this gives the next token's logits
+    /// after `prompt` from an empty cache.
+    pub fn prompt_logits(&self, prompt: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = LlamaCache::new(&self.config);
+        self.forward(prompt, &mut cache, false)
+    }
+}
+
+/// cos and sin [t, D/2] of positions start..start+t.
+fn rope_cos_sin(inv_freq: &[f64], start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(t * inv_freq.len());
+    let mut sin = Vec::with_capacity(t * inv_freq.len());
+    for pos in start..start + t {
+        for &f in inv_freq {
+            // Hugging Face computes the angle in f32 (inv_freq and positions as f32).
+            let angle = (pos as f32) * (f as f32);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
+fn softmax_in_place(row: &mut [f32], scale: f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v * scale - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+fn add_row_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
