@@ -35,6 +35,18 @@ pub struct TrainOutcome {
     /// NaN for tasks without an accuracy.
     pub last_val_accuracy: f64,
     pub stopped_early: bool,
+    /// The final model's score on `data.test_path`, when the run has one and ended.
+    pub test: Option<TestScore>,
+}
+
+/// A score on held-out test files after training, apart from validation.
+#[derive(Clone, Debug)]
+pub struct TestScore {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+    /// The files scored.
+    pub files: Vec<PathBuf>,
 }
 
 pub fn run_dir(cfg: &Config) -> PathBuf {
@@ -163,6 +175,12 @@ pub(crate) trait Task {
 
     fn metric(&self) -> Metric;
 
+    /// Once the run has ended (not when a session stops for `--resume`): the final model's
+    /// score on the task's test data, if it has any.
+    fn test(&mut self, _dist: &Dist) -> Result<Option<TestScore>> {
+        Ok(None)
+    }
+
     /// Writes the model directory (`best/`, `model/`).
     fn save(&self, dir: &Path) -> Result<()>;
 }
@@ -230,6 +248,8 @@ pub(crate) fn run(
         accuracy: None,
     };
     let mut stopped_early = false;
+    // A session stopped by `train.stop_at` or `train.max_minutes` (continued with --resume).
+    let mut paused = false;
 
     while !task.complete(&state) && !state.finished {
         let mut sums = task.forward_backward(&mut state, dist)?;
@@ -331,6 +351,7 @@ pub(crate) fn run(
             }
         }
         if stop {
+            paused = stop_reason.is_some();
             if let Some(reason) = stop_reason {
                 tell(format!(
                     "stopped at step {} {reason}; continue with --resume",
@@ -344,6 +365,35 @@ pub(crate) fn run(
     if lead {
         task.save(&run.join("model"))?;
     }
+    let test = if paused { None } else { task.test(dist)? };
+    if let Some(t) = &test {
+        log.write(&Record::Test {
+            step: state.step,
+            test_loss: t.loss,
+            test_accuracy: t.accuracy,
+            samples: t.samples,
+            files: t.files.iter().map(|f| f.display().to_string()).collect(),
+        })?;
+        let names: Vec<String> = t
+            .files
+            .iter()
+            .map(|f| {
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let dir = t.files[0].parent().unwrap_or(Path::new("."));
+        tell(format!(
+            "test (final model): loss {:.4} acc {:.2}% on {} samples ({} in {})",
+            t.loss,
+            100.0 * t.accuracy,
+            t.samples,
+            names.join(", "),
+            dir.display()
+        ));
+    }
     dist.finish(run)?;
     Ok(TrainOutcome {
         run_dir: run.to_path_buf(),
@@ -354,6 +404,7 @@ pub(crate) fn run(
         last_val_loss: last_val.loss,
         last_val_accuracy: last_val.accuracy.unwrap_or(f64::NAN),
         stopped_early,
+        test,
     })
 }
 
@@ -479,6 +530,9 @@ mod tests {
                 Record::Val { step, val_loss, .. } | Record::Eval { step, val_loss, .. } => {
                     ('V', *step, *val_loss)
                 }
+                Record::Test {
+                    step, test_loss, ..
+                } => ('X', *step, *test_loss),
             })
             .collect()
     }
