@@ -56,6 +56,8 @@ pub fn run(a: Args) -> Result<()> {
     if !skipped.is_empty() {
         eprintln!("{}", skipped.describe());
     }
+    // A prompt the vocabulary cannot spell is refused before anything is printed.
+    largo::data::text::encode(&tokenizer, &prompt).map_err(|e| hint_unknown(e, a.unknown))?;
     let start = Instant::now();
     let mut out = std::io::stdout().lock();
     write!(out, "{prompt}")?;
@@ -63,8 +65,7 @@ pub fn run(a: Args) -> Result<()> {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
         true
-    })
-    .map_err(|e| hint_unknown(e, a.unknown))?;
+    })?;
     writeln!(out)?;
     if g.truncated > 0 {
         eprintln!(
