@@ -1,19 +1,32 @@
 use anyhow::Result;
-use largo::data::mnist::Mnist;
+use largo::data::mnist::{Mnist, MnistFiles};
 use largo::data::text::TokenData;
 use largo::eval::evaluate;
 use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
 use largo::train::lm::evaluate_lm;
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Split {
-    /// Every sample in the directory.
+    /// Every sample of the train-* files.
     All,
     /// The validation split the model was trained with (same seed and fraction).
     Val,
     /// The training split the model was trained with.
     Train,
+    /// Every sample of the t10k-* files (MNIST's test set).
+    Test,
+}
+
+impl Split {
+    fn name(self) -> &'static str {
+        match self {
+            Split::All => "all",
+            Split::Val => "val",
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -25,9 +38,10 @@ pub struct Args {
     /// (its validation tokens are scored).
     #[arg(long)]
     data: PathBuf,
-    /// Classifier only: which samples to score.
-    #[arg(long, value_enum, default_value = "all")]
-    split: Split,
+    /// Classifier only: which samples to score. Default: all of the train-* files, or the
+    /// t10k-* files when the directory has only those.
+    #[arg(long, value_enum)]
+    split: Option<Split>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -41,7 +55,30 @@ pub fn run(a: Args) -> Result<()> {
         return eval_lm(&a, &dir);
     }
     let (mut model, info, norm) = load_mlp(&dir)?;
-    let data = Mnist::load(&a.data, model.config.classes)?;
+    let split = a.split.unwrap_or(
+        if !MnistFiles::Train.present_in(&a.data) && MnistFiles::Test.present_in(&a.data) {
+            Split::Test
+        } else {
+            Split::All
+        },
+    );
+    let files = if split == Split::Test {
+        MnistFiles::Test
+    } else {
+        MnistFiles::Train
+    };
+    let data = Mnist::load_files(&a.data, files, model.config.classes).map_err(|e| {
+        let hint = match files {
+            MnistFiles::Train if MnistFiles::Test.present_in(&a.data) => {
+                "; it has the t10k-* test files: score them with --split test"
+            }
+            MnistFiles::Test if MnistFiles::Train.present_in(&a.data) => {
+                "; it has train-* files: score them with --split all, val or train"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     if data.pixels != model.config.input {
         anyhow::bail!(
             "{}: images have {} pixels, the model expects {}",
@@ -50,8 +87,8 @@ pub fn run(a: Args) -> Result<()> {
             model.config.input
         );
     }
-    let indices: Vec<usize> = match a.split {
-        Split::All => (0..data.len()).collect(),
+    let indices: Vec<usize> = match split {
+        Split::All | Split::Test => (0..data.len()).collect(),
         Split::Val | Split::Train => {
             let Some(s) = info.split else {
                 anyhow::bail!(
@@ -60,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
                 );
             };
             let (train, val) = s.indices(data.len());
-            if matches!(a.split, Split::Val) {
+            if split == Split::Val {
                 val
             } else {
                 train
@@ -71,10 +108,15 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("the chosen split of {} is empty", a.data.display());
     }
     let e = evaluate(&mut model, &data, &norm, &indices, a.batch_size.max(1))?;
+    let files: Vec<String> = data.files.iter().map(|f| f.display().to_string()).collect();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        let mut v = serde_json::to_value(&e)?;
+        v["split"] = split.name().into();
+        v["files"] = files.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("model {}", dir.display());
+        println!("split {}: {}", split.name(), files.join(", "));
         print!("{}", e.render());
     }
     Ok(())

@@ -1,4 +1,6 @@
+use crate::prepare::{hint_unknown, UnknownArg};
 use anyhow::Result;
+use largo::data::text::{drop_unknown, Skipped};
 use largo::generate::{generate, Sampling};
 use largo::models::store::{load_lm, resolve_model_dir};
 use std::io::Write;
@@ -31,6 +33,10 @@ pub struct Args {
     /// Stop when this text is generated (repeatable); it is not printed.
     #[arg(long)]
     stop: Vec<String>,
+    /// Prompt characters a character-level vocabulary lacks: `error` (refuse, naming them) or
+    /// `skip` (drop them and report how many of each).
+    #[arg(long, value_enum, default_value = "error")]
+    unknown: UnknownArg,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -45,10 +51,17 @@ pub fn run(a: Args) -> Result<()> {
         stop: a.stop.clone(),
     };
     sampling.validate()?;
+    let mut skipped = Skipped::default();
+    let prompt = drop_unknown(&tokenizer, &a.prompt, a.unknown.into(), &mut skipped);
+    if !skipped.is_empty() {
+        eprintln!("{}", skipped.describe());
+    }
+    // A prompt the vocabulary cannot spell is refused before anything is printed.
+    largo::data::text::encode(&tokenizer, &prompt).map_err(|e| hint_unknown(e, a.unknown))?;
     let start = Instant::now();
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
-    let g = generate(&model, &tokenizer, &a.prompt, &sampling, |piece| {
+    write!(out, "{prompt}")?;
+    let g = generate(&model, &tokenizer, &prompt, &sampling, |piece| {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
         true

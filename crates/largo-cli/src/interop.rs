@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use largo::models::inspect::inspect;
-use largo::models::interop::{export, import, parse_arch};
+use largo::models::interop::{export, import, parse_arch, Rename};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -23,16 +23,29 @@ pub struct ImportArgs {
     /// The largo model directory to write.
     #[arg(long)]
     out: PathBuf,
+    /// Map the file's tensor names to largo's by prefix, e.g. `--rename net.fc.=decoder.`
+    /// (repeatable; the first matching prefix applies).
+    #[arg(long, value_name = "OLD=NEW")]
+    rename: Vec<String>,
+}
+
+fn parse_renames(given: &[String]) -> Result<Vec<Rename>> {
+    Ok(given
+        .iter()
+        .map(|s| s.parse())
+        .collect::<largo::Result<_>>()?)
 }
 
 pub fn run_import(a: ImportArgs) -> Result<()> {
     let arch = parse_arch(&a.arch)?;
+    let renames = parse_renames(&a.rename)?;
     let r = import(
         arch,
         &a.weights,
         a.config.as_deref(),
         a.tokenizer.as_deref(),
         &a.out,
+        &renames,
     )?;
     println!(
         "imported {} ({} parameters) from {} into {}",
@@ -41,6 +54,9 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
         a.weights.display(),
         a.out.display()
     );
+    for n in &r.renamed {
+        println!("  renamed: {n}");
+    }
     for d in &r.dropped {
         println!("  not a parameter: {d}");
     }
@@ -55,12 +71,20 @@ pub struct ExportArgs {
     /// The safetensors file to write, with PyTorch state_dict names.
     #[arg(long)]
     out: PathBuf,
+    /// Write names as your program has them, by prefix, e.g. `--rename decoder.=fc.`
+    /// (repeatable; the first matching prefix applies).
+    #[arg(long, value_name = "OLD=NEW")]
+    rename: Vec<String>,
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
+    let renames = parse_renames(&a.rename)?;
     let dir = largo::models::store::resolve_model_dir(&a.model)?;
-    let n = export(&dir, &a.out)?;
-    println!("wrote {n} tensors to {}", a.out.display());
+    let r = export(&dir, &a.out, &renames)?;
+    println!("wrote {} tensors to {}", r.tensors, a.out.display());
+    for n in &r.renamed {
+        println!("  renamed: {n}");
+    }
     println!(
         "load in PyTorch: model.load_state_dict(safetensors.torch.load_file({:?}))",
         a.out.display().to_string()

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use largo::data::text::{prepare_text, CleanOptions, TokenizerSpec};
+use largo::data::text::{prepare_text, CleanOptions, TokenizerSpec, Unknown};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -29,6 +29,35 @@ pub struct TextArgs {
     seed: u64,
     #[arg(long)]
     out: PathBuf,
+    /// Characters a given character-level tokenizer lacks: `error` (refuse the text, naming
+    /// them) or `skip` (drop them and report how many of each).
+    #[arg(long, value_enum, default_value = "error")]
+    unknown: UnknownArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownArg {
+    Error,
+    Skip,
+}
+
+impl From<UnknownArg> for Unknown {
+    fn from(u: UnknownArg) -> Self {
+        match u {
+            UnknownArg::Error => Unknown::Error,
+            UnknownArg::Skip => Unknown::Skip,
+        }
+    }
+}
+
+/// The error for characters a vocabulary lacks, with the flag that drops them.
+pub fn hint_unknown(e: largo::Error, unknown: UnknownArg) -> anyhow::Error {
+    let msg = e.to_string();
+    if unknown == UnknownArg::Error && msg.contains("characters the vocabulary lacks") {
+        anyhow::anyhow!("{msg} (--unknown skip drops them)")
+    } else {
+        e.into()
+    }
 }
 
 pub fn run(what: What) -> Result<()> {
@@ -38,7 +67,19 @@ pub fn run(what: What) -> Result<()> {
         nfc: a.nfc,
         lowercase: a.lowercase,
     };
-    let s = prepare_text(&a.inputs, &spec, a.val_fraction, &clean, a.seed, &a.out)?;
+    let s = prepare_text(
+        &a.inputs,
+        &spec,
+        a.val_fraction,
+        &clean,
+        a.seed,
+        &a.out,
+        a.unknown.into(),
+    )
+    .map_err(|e| hint_unknown(e, a.unknown))?;
+    if !s.skipped.is_empty() {
+        eprintln!("{}", s.skipped.describe());
+    }
     let m = &s.meta;
     println!(
         "{}: vocabulary {} ({}), train {} tokens from {} documents, val {} tokens from {} ({}), ids as {}",

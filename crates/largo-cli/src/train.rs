@@ -144,6 +144,15 @@ fn train_run(a: &Args, dist: &Dist) -> Result<()> {
                 e + 1
             );
         }
+        if let Some(t) = &out.test {
+            println!(
+                "test (final model, not used for training or selection): loss {:.4}, accuracy {:.2}% on {} samples of {}",
+                t.loss,
+                100.0 * t.accuracy,
+                t.samples,
+                cfg.data.test_path
+            );
+        }
     }
     if out.stopped_early {
         println!("stopped early (patience {})", cfg.train.patience);

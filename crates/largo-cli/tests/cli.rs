@@ -456,3 +456,116 @@ fn a_model_whose_weights_do_not_match_its_config_is_refused() {
         "cannot decode image",
     );
 }
+
+/// MNIST's test files (`t10k-*`): `eval --split test` (the default when only they exist) and
+/// `data.test_path`, a final score after training apart from validation.
+#[test]
+fn the_mnist_test_files_are_scored_by_eval_and_after_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let test_dir = repo().join("data/mnist-test");
+    let test_path = format!("data.test_path={}", test_dir.display());
+    let out = run_train(t, "r", &[&test_path]);
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("test (final model, not used for training or selection): loss")
+            && stdout.contains("on 200 samples of"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("test (final model): loss")
+            && stderr.contains("(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in"),
+        "{stderr}"
+    );
+    let metrics = std::fs::read_to_string(t.join("runs/r/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "test", "{last}");
+    assert_eq!(last["samples"], 200);
+    let test_accuracy = last["test_accuracy"].as_f64().unwrap();
+    assert!(test_accuracy > 0.5, "{last}");
+    assert!(last["files"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("t10k-images-idx3-ubyte.gz"));
+    // Validation records are untouched: the test score is not one of them.
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"val\""))
+            .count()
+            == 2
+    );
+
+    // eval on a directory with only t10k-* scores them, says which, and agrees with training.
+    let eval = |data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "runs/r/model",
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        largo(t, &args)
+    };
+    let ev = ok(&eval(&test_dir, &[]));
+    assert!(
+        ev.contains("split test: ") && ev.contains("t10k-labels-idx1-ubyte.gz"),
+        "{ev}"
+    );
+    assert!(ev.contains("samples 200"), "{ev}");
+    let js: serde_json::Value = serde_json::from_str(&ok(&eval(&test_dir, &["--json"]))).unwrap();
+    assert_eq!(js["split"], "test");
+    assert_eq!(js["samples"], 200);
+    assert!((js["accuracy"].as_f64().unwrap() - test_accuracy).abs() < 1e-9);
+    assert!(js["files"][1]
+        .as_str()
+        .unwrap()
+        .ends_with("t10k-labels-idx1-ubyte.gz"));
+
+    // Both kinds of files: the default stays the train-* files; --split test picks t10k-*.
+    let both = t.join("both");
+    std::fs::create_dir_all(&both).unwrap();
+    for dir in [bundled_mnist(), test_dir.clone()] {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, both.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let js: serde_json::Value = serde_json::from_str(&ok(&eval(&both, &["--json"]))).unwrap();
+    assert_eq!(
+        (js["split"].as_str(), js["samples"].as_u64()),
+        (Some("all"), Some(1000))
+    );
+    assert!(js["files"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("train-images-idx3-ubyte.gz"));
+    let js: serde_json::Value =
+        serde_json::from_str(&ok(&eval(&both, &["--json", "--split", "test"]))).unwrap();
+    assert_eq!(
+        (js["split"].as_str(), js["samples"].as_u64()),
+        (Some("test"), Some(200))
+    );
+
+    // The wrong files for the split say which flag reads the files that are there.
+    fails_with(
+        &eval(&test_dir, &["--split", "val"]),
+        "missing train-images-idx3-ubyte.gz (or train-images-idx3-ubyte) in the MNIST directory; it has the t10k-* test files: score them with --split test",
+    );
+    fails_with(
+        &eval(&bundled_mnist(), &["--split", "test"]),
+        "missing t10k-images-idx3-ubyte.gz",
+    );
+    // data.test_path: a directory of MNIST files, for the MLP only.
+    fails_with(
+        &run_train(t, "bad", &["data.test_path=nowhere"]),
+        "data.test_path: nowhere: data directory not found",
+    );
+    fails_with(
+        &largo(t, &["train", "--set", "data.test_path=data/mnist-test"]),
+        "a test set after training is for the MLP",
+    );
+    assert!(!t.join("runs/bad").exists());
+}

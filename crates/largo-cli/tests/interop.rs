@@ -447,3 +447,157 @@ fn minilm_at_high_matmul_precision_keeps_sentence_transformers_parity() {
         );
     }
 }
+
+/// `state_dict` of the seed Transformer with every name passed through `rename` (largo's own
+/// reader and writer; no Python).
+fn renamed_copy(dir: &Path, name: &str, rename: impl Fn(&str) -> String) -> PathBuf {
+    let file = largo::io::load_weights(&fixture("encoder_lm.pt")).unwrap();
+    let tensors: Vec<(String, &largo::tensor::Tensor)> =
+        file.tensors.iter().map(|(n, t)| (rename(n), t)).collect();
+    let path = dir.join(name);
+    largo::io::save_safetensors(&path, &tensors, None).unwrap();
+    path
+}
+
+/// PyTorch's Transformer program names the head `fc`; other programs prefix or rename modules.
+#[test]
+fn an_encoder_lm_head_named_fc_and_renamed_prefixes_import_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    import(
+        t,
+        "encoder-lm",
+        "encoder_lm.pt",
+        Some("encoder_lm.json"),
+        "orig",
+    );
+    let r = reference();
+    let tokens = r.get("seed.tokens").unwrap();
+    let want = lm_logits(&t.join("orig"), tokens);
+
+    // `fc.*` is taken as the head without being told, and said so.
+    let fc = renamed_copy(t, "fc.safetensors", |n| n.replace("decoder.", "fc."));
+    let out = import(
+        t,
+        "seed-transformer",
+        fc.to_str().unwrap(),
+        Some("encoder_lm.json"),
+        "fc",
+    );
+    assert!(
+        out.contains("  renamed: fc.* → decoder.* (2 tensors)"),
+        "{out}"
+    );
+    assert_eq!(lm_logits(&t.join("fc"), tokens), want);
+
+    // Any other naming: --rename OLD.=NEW. (repeatable), before the fc.* rule.
+    let wrapped = renamed_copy(t, "wrapped.safetensors", |n| {
+        let n = n
+            .replace("embedding.", "tok_emb.")
+            .replace("decoder.", "fc.");
+        format!("net.{n}")
+    });
+    let w = wrapped.to_str().unwrap();
+    let c = fixture("encoder_lm.json");
+    let c = c.to_str().unwrap();
+    let args = |extra: &[&'static str], out: &'static str| {
+        let mut v = vec![
+            "import",
+            "--arch",
+            "encoder-lm",
+            "--weights",
+            w,
+            "--config",
+            c,
+        ];
+        v.extend(extra);
+        v.extend(["--out", out]);
+        v
+    };
+    let out = ok(&largo(
+        t,
+        &args(
+            &["--rename", "net.tok_emb.=embedding.", "--rename", "net.="],
+            "wrapped",
+        ),
+    ));
+    assert!(
+        out.contains("renamed: net.tok_emb.* → embedding.* (1 tensor)"),
+        "{out}"
+    );
+    assert!(out.contains("renamed: net.* → *"), "{out}");
+    assert!(
+        out.contains("renamed: fc.* → decoder.* (2 tensors)"),
+        "{out}"
+    );
+    assert_eq!(lm_logits(&t.join("wrapped"), tokens), want);
+    fails_with(
+        &largo(t, &args(&["--rename", "net.=", "--rename", "model.="], "x")),
+        "--rename model.=: no tensor name of",
+    );
+    fails_with(
+        &largo(t, &args(&["--rename", "net."], "x")),
+        "expected OLD=NEW",
+    );
+    fails_with(&largo(t, &args(&[], "x")), "embedding.weight");
+    assert!(!t.join("x").exists());
+
+    // Export writes the names the user's program expects.
+    let st = t.join("fc-out.safetensors");
+    let st = st.to_str().unwrap();
+    let out = ok(&largo(
+        t,
+        &[
+            "export",
+            "--model",
+            "orig",
+            "--out",
+            st,
+            "--rename",
+            "decoder.=fc.",
+        ],
+    ));
+    assert!(
+        out.contains("renamed: decoder.* → fc.* (2 tensors)"),
+        "{out}"
+    );
+    let written = TensorFile::load(Path::new(st)).unwrap();
+    assert!(written.tensors.contains_key("fc.weight") && written.tensors.contains_key("fc.bias"));
+    assert!(!written.tensors.keys().any(|n| n.starts_with("decoder.")));
+    assert_eq!(written.tensors.len(), fc_len(&fc));
+    fails_with(
+        &largo(
+            t,
+            &[
+                "export",
+                "--model",
+                "orig",
+                "--out",
+                "y.safetensors",
+                "--rename",
+                "head.=fc.",
+            ],
+        ),
+        "--rename head.=fc.: no tensor name of",
+    );
+    fails_with(
+        &largo(
+            t,
+            &[
+                "export",
+                "--model",
+                "orig",
+                "--out",
+                "y.safetensors",
+                "--rename",
+                "x",
+            ],
+        ),
+        "expected OLD=NEW",
+    );
+    assert!(!t.join("y.safetensors").exists());
+}
+
+fn fc_len(p: &Path) -> usize {
+    largo::io::load_weights(p).unwrap().tensors.len()
+}

@@ -504,3 +504,98 @@ fn a_run_written_before_the_rename_loads_and_resumes_bit_identical() {
     let saved = std::fs::read_to_string(t.join("runs/old/config.toml")).unwrap();
     assert!(saved.contains("[encoder_lm]"), "{saved}");
 }
+
+/// A character vocabulary meets held-out text with characters it lacks: refused by default,
+/// naming them; `--unknown skip` drops them and counts them, in `prepare text` and `generate`.
+#[test]
+fn characters_a_vocabulary_lacks_are_refused_or_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("plays")).unwrap();
+    for (i, text) in [
+        "to be or not to be\n",
+        "the rest is silence\n",
+        "out damned spot\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(t.join(format!("plays/{i}.txt")), text.repeat(40)).unwrap();
+    }
+    ok(&largo(
+        t,
+        &["prepare", "text", "--input", "plays", "--out", "p"],
+    ));
+    std::fs::write(t.join("held_out.txt"), "to_be or_not | to be\n").unwrap();
+    let prepare = |extra: &[&str]| {
+        let mut args = vec![
+            "prepare",
+            "text",
+            "--input",
+            "held_out.txt",
+            "--tokenizer",
+            "p/tokenizer.json",
+            "--val-fraction",
+            "0",
+            "--out",
+            "h",
+        ];
+        args.extend(extra);
+        largo(t, &args)
+    };
+    let refused = prepare(&[]);
+    fails_with(
+        &refused,
+        "held_out.txt: the text has characters the vocabulary lacks: '_', '|' (--unknown skip drops them)",
+    );
+    assert!(!t.join("h").exists());
+    let skipped = prepare(&["--unknown", "skip"]);
+    ok(&skipped);
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(
+        stderr.contains("skipped 3 characters the vocabulary lacks: '_' ×2, '|' ×1"),
+        "{stderr}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("h/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["train_tokens"], "tobe ornot  to be\n".len());
+    let bad = prepare(&["--unknown", "ignore"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'ignore' for '--unknown"));
+
+    // generate: the prompt's unknown characters.
+    ok(&train_tiny(
+        t,
+        "p",
+        "g",
+        &[
+            "train.max_steps=2",
+            "train.eval_every=2",
+            "train.eval_batches=1",
+        ],
+    ));
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            "runs/g",
+            "--prompt",
+            "to_be",
+            "--max-tokens",
+            "3",
+        ];
+        args.extend(extra);
+        largo(t, &args)
+    };
+    fails_with(
+        &gen(&[]),
+        "the text has characters the vocabulary lacks: '_' (--unknown skip drops them)",
+    );
+    let out = gen(&["--unknown", "skip"]);
+    assert!(ok(&out).starts_with("tobe"), "{}", ok(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped 1 character the vocabulary lacks: '_' ×1"),
+        "{stderr}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct DataConfig {
     pub max_train_samples: usize,
     /// For raw text: "char", "bpe:<vocab size>" or a tokenizer.json path.
     pub tokenizer: String,
+    /// MNIST only: a directory of `t10k-*` (or else `train-*`) files scored once after
+    /// training, reported apart from validation ("": none).
+    pub test_path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +108,7 @@ impl Default for Config {
                 val_fraction: 0.1,
                 max_train_samples: 0,
                 tokenizer: "char".into(),
+                test_path: String::new(),
             },
             model: ModelConfig { arch: Arch::Gpt },
             mlp: MlpConfig::default(),
@@ -202,6 +206,12 @@ impl Config {
         if kind != data_kind {
             return err(format!(
                 "data.kind = {kind:?} does not suit model.arch = \"{arch}\": the MLP takes \"mnist\", language models take \"text\""
+            ));
+        }
+        if self.is_lm() && !self.data.test_path.is_empty() {
+            return err(format!(
+                "data.test_path = {:?}: a test set after training is for the MLP (MNIST files); score a language model with `largo eval`",
+                self.data.test_path
             ));
         }
         if self.is_lm() && self.train.max_steps == 0 {

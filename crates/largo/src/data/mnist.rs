@@ -8,6 +8,31 @@ use std::path::{Path, PathBuf};
 
 pub const IMAGES: &str = "train-images-idx3-ubyte";
 pub const LABELS: &str = "train-labels-idx1-ubyte";
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+/// Which pair of files of an MNIST directory: `train-*` or `t10k-*` (the test set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MnistFiles {
+    Train,
+    Test,
+}
+
+impl MnistFiles {
+    /// The (images, labels) file stems.
+    pub fn stems(self) -> (&'static str, &'static str) {
+        match self {
+            MnistFiles::Train => (IMAGES, LABELS),
+            MnistFiles::Test => (TEST_IMAGES, TEST_LABELS),
+        }
+    }
+
+    /// Whether `dir` holds this pair's images file (`<stem>` or `<stem>.gz`).
+    pub fn present_in(self, dir: &Path) -> bool {
+        let stem = self.stems().0;
+        dir.join(format!("{stem}.gz")).is_file() || dir.join(stem).is_file()
+    }
+}
 
 /// Images as raw bytes [n, rows·cols] and labels [n].
 #[derive(Clone, Debug)]
@@ -16,6 +41,8 @@ pub struct Mnist {
     pub labels: Vec<u8>,
     pub pixels: usize,
     pub classes: usize,
+    /// The images and labels files it was read from.
+    pub files: [PathBuf; 2],
 }
 
 /// Finds `<stem>` or `<stem>.gz` in `dir`.
@@ -41,8 +68,14 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 impl Mnist {
     /// Loads `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]` from `dir`.
     pub fn load(dir: &Path, classes: usize) -> Result<Self> {
-        let img_path = find(dir, IMAGES)?;
-        let lbl_path = find(dir, LABELS)?;
+        Self::load_files(dir, MnistFiles::Train, classes)
+    }
+
+    /// Loads the `train-*` or the `t10k-*` pair of `dir`.
+    pub fn load_files(dir: &Path, which: MnistFiles, classes: usize) -> Result<Self> {
+        let (images_stem, labels_stem) = which.stems();
+        let img_path = find(dir, images_stem)?;
+        let lbl_path = find(dir, labels_stem)?;
         let images = read_idx(&img_path)?;
         let labels = read_idx(&lbl_path)?;
         if images.dims.len() != 3 {
@@ -90,6 +123,7 @@ impl Mnist {
             images: images.data,
             labels: labels.data,
             classes,
+            files: [img_path, lbl_path],
         })
     }
 

@@ -191,6 +191,72 @@ pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(enc.get_ids().to_vec())
 }
 
+/// What to do with characters a character-level vocabulary lacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unknown {
+    /// Refuse the text, naming them (the default).
+    #[default]
+    Error,
+    /// Drop them and count them.
+    Skip,
+}
+
+/// Characters dropped under [`Unknown::Skip`], counted by character.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skipped(pub std::collections::BTreeMap<char, usize>);
+
+impl Skipped {
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `skipped 3 characters the vocabulary lacks: '_' ×2, '|' ×1` (most frequent first).
+    pub fn describe(&self) -> String {
+        let mut counts: Vec<(char, usize)> = self.0.iter().map(|(&c, &n)| (c, n)).collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total = self.total();
+        format!(
+            "skipped {total} character{} the vocabulary lacks: {}",
+            if total == 1 { "" } else { "s" },
+            counts
+                .iter()
+                .map(|(c, n)| format!("{c:?} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// `text` ready for [`encode`]: under [`Unknown::Skip`] without the characters a
+/// character-level vocabulary lacks (each counted into `skipped`); otherwise unchanged.
+pub fn drop_unknown<'t>(
+    tokenizer: &Tokenizer,
+    text: &'t str,
+    unknown: Unknown,
+    skipped: &mut Skipped,
+) -> std::borrow::Cow<'t, str> {
+    if unknown == Unknown::Error || unknown_chars(tokenizer, text).is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let vocab = tokenizer.get_vocab(false);
+    let mut buf = [0u8; 4];
+    let kept = text
+        .chars()
+        .filter(|c| {
+            let known = vocab.contains_key(&*c.encode_utf8(&mut buf));
+            if !known {
+                *skipped.0.entry(*c).or_default() += 1;
+            }
+            known
+        })
+        .collect();
+    std::borrow::Cow::Owned(kept)
+}
+
 /// Characters a merge-free (character-level) vocabulary cannot encode; empty for other models.
 fn unknown_chars(tokenizer: &Tokenizer, text: &str) -> Vec<char> {
     let is_char_level = tokenizer.get_pre_tokenizer().is_none()
@@ -219,9 +285,12 @@ pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
 
 pub struct PrepareSummary {
     pub meta: TextMeta,
+    /// Characters dropped under [`Unknown::Skip`].
+    pub skipped: Skipped,
 }
 
 /// Reads, cleans, splits (whole documents into validation), tokenises and writes `out`.
+/// `unknown`: what becomes of characters a given character-level tokenizer lacks.
 pub fn prepare_text(
     inputs: &[PathBuf],
     spec: &TokenizerSpec,
@@ -229,6 +298,7 @@ pub fn prepare_text(
     clean: &CleanOptions,
     seed: u64,
     out: &Path,
+    unknown: Unknown,
 ) -> Result<PrepareSummary> {
     if !(0.0..1.0).contains(&val_fraction) {
         return Err(Error::Invalid(format!(
@@ -275,11 +345,13 @@ pub fn prepare_text(
         TokenizerSpec::File(p) => load_tokenizer(p)?,
     };
     let vocab_size = tokenizer.get_vocab_size(true);
-    let encode_all = |docs: &[(String, String)]| -> Result<Vec<u32>> {
+    let mut skipped = Skipped::default();
+    let mut encode_all = |docs: &[(String, String)]| -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for (name, text) in docs {
+            let text = drop_unknown(&tokenizer, text, unknown, &mut skipped);
             ids.extend(
-                encode(&tokenizer, text).map_err(|e| Error::Invalid(format!("{name}: {e}")))?,
+                encode(&tokenizer, &text).map_err(|e| Error::Invalid(format!("{name}: {e}")))?,
             );
         }
         Ok(ids)
@@ -316,7 +388,7 @@ pub fn prepare_text(
                 .as_bytes(),
         )
     })?;
-    Ok(PrepareSummary { meta })
+    Ok(PrepareSummary { meta, skipped })
 }
 
 type Docs = Vec<(String, String)>;
@@ -463,6 +535,23 @@ mod tests {
         // Reloadable from its JSON like any tokenizer.json.
         let back = Tokenizer::from_str(&tok.to_string(false).unwrap()).unwrap();
         assert_eq!(encode(&back, "low").unwrap(), encode(&tok, "low").unwrap());
+    }
+
+    #[test]
+    fn skip_drops_and_counts_the_characters_a_vocabulary_lacks() {
+        let tok = char_tokenizer(&"ab c".chars().collect()).unwrap();
+        let mut skipped = Skipped::default();
+        let kept = drop_unknown(&tok, "a_b|c_", Unknown::Skip, &mut skipped);
+        assert_eq!(kept, "abc");
+        assert_eq!(
+            skipped.describe(),
+            "skipped 3 characters the vocabulary lacks: '_' ×2, '|' ×1"
+        );
+        // The default leaves the text to encode's error.
+        let mut none = Skipped::default();
+        assert_eq!(drop_unknown(&tok, "a_", Unknown::Error, &mut none), "a_");
+        assert!(none.is_empty());
+        assert!(encode(&tok, "a_").is_err());
     }
 
     #[test]

@@ -28,6 +28,88 @@ pub fn parse_arch(s: &str) -> Result<Arch> {
     })
 }
 
+/// A prefix mapping of tensor names (`--rename OLD.=NEW.`): a name that starts with `from`
+/// starts with `to` instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
+}
+
+impl std::str::FromStr for Rename {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('=') {
+            Some((from, to)) if from != to => Ok(Rename {
+                from: from.to_string(),
+                to: to.to_string(),
+            }),
+            Some(_) => Err(Error::Invalid(format!(
+                "--rename {s:?}: both sides are the same prefix"
+            ))),
+            None => Err(Error::Invalid(format!(
+                "--rename {s:?}: expected OLD=NEW, a prefix of the names and its replacement (e.g. fc.=decoder.)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Rename {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}* → {}*", self.from, self.to)
+    }
+}
+
+/// Applies `renames` to `names` in place (for each name, the first rename whose prefix it has).
+/// Every rename must match a name, and no two names may end up the same. Returns one note per
+/// rename: `fc.* → decoder.* (2 tensors)`. `what` names the names' source, for errors.
+fn apply_renames(names: &mut [String], renames: &[Rename], what: &str) -> Result<Vec<String>> {
+    let mut counts = vec![0usize; renames.len()];
+    for name in names.iter_mut() {
+        if let Some(i) = renames.iter().position(|r| name.starts_with(&r.from)) {
+            let r = &renames[i];
+            *name = format!("{}{}", r.to, &name[r.from.len()..]);
+            counts[i] += 1;
+        }
+    }
+    if let Some(i) = counts.iter().position(|&n| n == 0) {
+        let mut sample: Vec<&str> = names.iter().map(String::as_str).take(6).collect();
+        if names.len() > sample.len() {
+            sample.push("…");
+        }
+        return Err(Error::Invalid(format!(
+            "--rename {}={}: no tensor name of {what} starts with {:?} (its names: {})",
+            renames[i].from,
+            renames[i].to,
+            renames[i].from,
+            sample.join(", ")
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(Error::Invalid(format!(
+            "--rename: two tensors of {what} would both be named {dup}"
+        )));
+    }
+    Ok(renames
+        .iter()
+        .zip(counts)
+        .map(|(r, n)| format!("{r} ({n} tensor{})", if n == 1 { "" } else { "s" }))
+        .collect())
+}
+
+/// Renames the tensors of `file` by `renames` (see [`apply_renames`]).
+fn rename_file(file: &mut TensorFile, renames: &[Rename], path: &Path) -> Result<Vec<String>> {
+    if renames.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut names, tensors): (Vec<String>, Vec<Tensor>) =
+        std::mem::take(&mut file.tensors).into_iter().unzip();
+    let notes = apply_renames(&mut names, renames, &path.display().to_string())?;
+    file.tensors = names.into_iter().zip(tensors).collect();
+    Ok(notes)
+}
+
 /// A weights file (`io::load_weights`), without the prefixes torch.compile and
 /// DistributedDataParallel wrappers add to every name.
 fn read_weights(path: &Path) -> Result<TensorFile> {
@@ -111,18 +193,24 @@ pub struct ImportReport {
     pub params: usize,
     /// Tensors of the file that are not parameters and were checked or dropped, with why.
     pub dropped: Vec<String>,
+    /// Names mapped to largo's: `--rename`s, and the head `fc.*` of PyTorch's Transformer
+    /// program (`fc.* → decoder.* (2 tensors)`).
+    pub renamed: Vec<String>,
 }
 
 /// Reads `weights` as `arch` (sizes from `config`, else inferred from the tensor shapes where
-/// they determine them) and writes a largo model directory to `out`.
+/// they determine them) and writes a largo model directory to `out`. `renames` map the file's
+/// names to largo's first.
 pub fn import(
     arch: Arch,
     weights: &Path,
     config: Option<&Path>,
     tokenizer: Option<&Path>,
     out: &Path,
+    renames: &[Rename],
 ) -> Result<ImportReport> {
     let mut file = read_weights(weights)?;
+    let mut renamed = rename_file(&mut file, renames, weights)?;
     let mut dropped = Vec::new();
     let tokenizer_json = match tokenizer {
         Some(p) => {
@@ -162,6 +250,15 @@ pub fn import(
         }
         Arch::EncoderLm => {
             let mut cfg: EncoderLmConfig = read_config(config, Arch::EncoderLm)?;
+            // PyTorch's Transformer program names the head `fc` (`self.fc = nn.Linear(…)`).
+            let has = |n: &str| file.tensors.contains_key(n);
+            if !has("decoder.weight") && has("fc.weight") {
+                let fc = Rename {
+                    from: "fc.".into(),
+                    to: "decoder.".into(),
+                };
+                renamed.extend(rename_file(&mut file, &[fc], weights)?);
+            }
             let emb = shape_of(&file, "embedding.weight")?;
             if cfg.ntoken == 0 {
                 cfg.ntoken = emb[0];
@@ -239,6 +336,7 @@ pub fn import(
         info,
         params,
         dropped,
+        renamed,
     })
 }
 
@@ -295,9 +393,17 @@ fn read_normalization(config: Option<&Path>) -> Result<Normalization> {
     }
 }
 
-/// Writes every parameter of the model in `dir` to `out` (safetensors, PyTorch names), plus the
-/// tensors PyTorch's strict loading needs. Returns the number of tensors written.
-pub fn export(dir: &Path, out: &Path) -> Result<usize> {
+/// What `export` wrote.
+#[derive(Debug)]
+pub struct ExportReport {
+    pub tensors: usize,
+    /// One note per `--rename`: `decoder.* → fc.* (2 tensors)`.
+    pub renamed: Vec<String>,
+}
+
+/// Writes every parameter of the model in `dir` to `out` (safetensors, PyTorch names, mapped by
+/// `renames`), plus the tensors PyTorch's strict loading needs.
+pub fn export(dir: &Path, out: &Path, renames: &[Rename]) -> Result<ExportReport> {
     let info = load_info(dir)?;
     let mut extra: Vec<(String, Tensor)> = Vec::new();
     let model: Box<dyn Module> = match &info.model {
@@ -323,8 +429,54 @@ pub fn export(dir: &Path, out: &Path) -> Result<usize> {
     let mut tensors: Vec<(String, &Tensor)> =
         params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
     tensors.extend(extra.iter().map(|(n, t)| (n.clone(), t)));
+    let renamed = if renames.is_empty() {
+        Vec::new()
+    } else {
+        let mut names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+        let notes = apply_renames(&mut names, renames, &dir.display().to_string())?;
+        for ((n, _), new) in tensors.iter_mut().zip(names) {
+            *n = new;
+        }
+        notes
+    };
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     save_safetensors(out, &tensors, Some(meta))?;
-    Ok(tensors.len())
+    Ok(ExportReport {
+        tensors: tensors.len(),
+        renamed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renames_map_prefixes_and_refuse_what_matches_nothing() {
+        let r: Rename = "fc.=decoder.".parse().unwrap();
+        let mut names = vec![
+            "fc.weight".to_string(),
+            "fc.bias".into(),
+            "fc1.weight".into(),
+        ];
+        let notes = apply_renames(&mut names, std::slice::from_ref(&r), "f").unwrap();
+        assert_eq!(names, ["decoder.weight", "decoder.bias", "fc1.weight"]);
+        assert_eq!(notes, ["fc.* → decoder.* (2 tensors)"]);
+        let e = apply_renames(&mut names, &[r], "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--rename fc.=decoder.: no tensor name of f starts with \"fc.\""),
+            "{e}"
+        );
+        let e = "fc.decoder.".parse::<Rename>().unwrap_err().to_string();
+        assert!(e.contains("expected OLD=NEW"), "{e}");
+        let clash: Rename = "a.=b.".parse().unwrap();
+        let mut names = vec!["a.x".to_string(), "b.x".into()];
+        let e = apply_renames(&mut names, &[clash], "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would both be named b.x"), "{e}");
+    }
 }

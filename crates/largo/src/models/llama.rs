@@ -128,8 +128,8 @@ impl LlamaConfig {
                         } else if wavelen > old / low_freq_factor {
                             f / factor
                         } else {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     }
@@ -140,7 +140,11 @@ impl LlamaConfig {
 
     /// Parameters in the model (the tied head counted once).
     pub fn num_params(&self) -> usize {
-        let (c, f, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
+        let (c, f, l) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        );
         let (q, kv) = (self.q_dim(), self.kv_dim());
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
         let layer = 2 * c + c * q + 2 * c * kv + q * c + bias + 3 * c * f;
@@ -344,7 +348,10 @@ impl Llama {
         for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
             let id = id as usize;
             if id >= cfg.vocab_size {
-                bail!("token id {id} is outside the vocabulary of {}", cfg.vocab_size);
+                bail!(
+                    "token id {id} is outside the vocabulary of {}",
+                    cfg.vocab_size
+                );
             }
             row.copy_from_slice(&self.embed_tokens.data[id * c..(id + 1) * c]);
         }
@@ -384,7 +391,12 @@ impl Llama {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         s.normed.resize(t * c, 0.0);
-        rms_norm(x, &layer.input_layernorm, cfg.rms_norm_eps as f32, &mut s.normed);
+        rms_norm(
+            x,
+            &layer.input_layernorm,
+            cfg.rms_norm_eps as f32,
+            &mut s.normed,
+        );
         // q: [t, H·D], k, v: [t, KVH·D].
         s.q.resize(t * qd, 0.0);
         s.k.resize(t * kvd, 0.0);
@@ -448,7 +460,12 @@ impl Llama {
         let cfg = &self.config;
         let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
         s.normed.resize(t * c, 0.0);
-        rms_norm(x, &layer.post_attention_layernorm, cfg.rms_norm_eps as f32, &mut s.normed);
+        rms_norm(
+            x,
+            &layer.post_attention_layernorm,
+            cfg.rms_norm_eps as f32,
+            &mut s.normed,
+        );
         s.gate.resize(t * f, 0.0);
         s.up.resize(t * f, 0.0);
         layer.gate_proj.forward(&s.normed, t, &mut s.gate);

@@ -99,6 +99,7 @@ impl RunStats {
                     train_accuracy: None,
                     val_accuracy: None,
                 }),
+                Record::Test { .. } => {}
             }
         }
         s

@@ -3,10 +3,10 @@
 
 use super::checkpoint::TrainState;
 use super::dist::Dist;
-use super::session::{Metric, Schedule, StepSums, Task, Validation};
+use super::session::{Metric, Schedule, StepSums, Task, TestScore, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
-use crate::data::mnist::{epoch_order, gather_batch, Mnist, Normalization};
+use crate::data::mnist::{epoch_order, gather_batch, Mnist, MnistFiles, Normalization};
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
 use crate::models::{Mlp, MlpConfig, ModelKind};
 use crate::nn::{Forward, Module};
@@ -23,6 +23,8 @@ pub(crate) struct ClassifierTask<'a> {
     split: SplitInfo,
     train_idx: Vec<usize>,
     val_idx: Vec<usize>,
+    /// `data.test_path`'s files, scored once after training.
+    test: Option<Mnist>,
     /// Fitted on the training split at the start; carried by the checkpoints.
     norm: Option<Normalization>,
     /// The current epoch's order of training positions (computed when the epoch starts).
@@ -55,6 +57,10 @@ impl<'a> ClassifierTask<'a> {
                 "data.val_fraction leaves no training samples".into(),
             ));
         }
+        let test = match cfg.data.test_path.as_str() {
+            "" => None,
+            path => Some(load_test(Path::new(path), mlp)?),
+        };
         Ok(ClassifierTask {
             cfg,
             mlp: mlp.clone(),
@@ -63,6 +69,7 @@ impl<'a> ClassifierTask<'a> {
             split,
             train_idx,
             val_idx,
+            test,
             norm: None,
             order: Vec::new(),
             order_epoch: None,
@@ -201,6 +208,21 @@ impl Task for ClassifierTask<'_> {
         }
     }
 
+    fn test(&mut self, dist: &Dist) -> Result<Option<TestScore>> {
+        let Some(test) = &self.test else {
+            return Ok(None);
+        };
+        let norm = self.norm();
+        let all: Vec<usize> = (0..test.len()).collect();
+        let (loss, accuracy) = validate(&mut self.model, test, &norm, &all, dist)?;
+        Ok(Some(TestScore {
+            loss,
+            accuracy,
+            samples: test.len(),
+            files: test.files.to_vec(),
+        }))
+    }
+
     fn save(&self, dir: &Path) -> Result<()> {
         let info = ModelInfo {
             model: ModelKind::Mlp(self.mlp.clone()),
@@ -209,6 +231,29 @@ impl Task for ClassifierTask<'_> {
         };
         save_model(dir, &self.model, &info, None)
     }
+}
+
+/// `data.test_path`: its `t10k-*` files, or else its `train-*` files, all of them.
+fn load_test(dir: &Path, mlp: &MlpConfig) -> Result<Mnist> {
+    let which = if !MnistFiles::Test.present_in(dir) && MnistFiles::Train.present_in(dir) {
+        MnistFiles::Train
+    } else {
+        MnistFiles::Test
+    };
+    let test = Mnist::load_files(dir, which, mlp.classes).map_err(|e| {
+        Error::Config(format!(
+            "data.test_path: {e} (it takes a directory of t10k-* or train-* files)"
+        ))
+    })?;
+    if test.pixels != mlp.input {
+        return Err(Error::Config(format!(
+            "data.test_path: mlp.input = {} but the images in {} have {} pixels",
+            mlp.input,
+            dir.display(),
+            test.pixels
+        )));
+    }
+    Ok(test)
 }
 
 /// Validation loss and accuracy; with several ranks each scores every N-th batch of 256 and

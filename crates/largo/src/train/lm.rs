@@ -64,6 +64,7 @@ pub fn load_or_prepare(cfg: &Config, run: &Path) -> Result<TokenData> {
             &clean,
             cfg.run.seed,
             &prepared,
+            crate::data::text::Unknown::Error,
         )?;
         let m = &s.meta;
         eprintln!(

@@ -36,14 +36,24 @@ pub enum Record {
         val_loss: f64,
         val_perplexity: f64,
     },
+    /// Once, after training (classifiers with `data.test_path`): the final model on the test
+    /// files, apart from validation.
+    Test {
+        step: u64,
+        test_loss: f64,
+        test_accuracy: f64,
+        samples: usize,
+        files: Vec<String>,
+    },
 }
 
 impl Record {
     pub fn step(&self) -> u64 {
         match self {
-            Record::Train { step, .. } | Record::Val { step, .. } | Record::Eval { step, .. } => {
-                *step
-            }
+            Record::Train { step, .. }
+            | Record::Val { step, .. }
+            | Record::Eval { step, .. }
+            | Record::Test { step, .. } => *step,
         }
     }
 }
@@ -102,6 +112,7 @@ pub fn read_losses(path: &Path) -> Result<Vec<(u64, f64)>> {
                 ..
             } => vec![(step, train_loss), (step, val_loss)],
             Record::Eval { step, val_loss, .. } => vec![(step, val_loss)],
+            Record::Test { .. } => vec![],
         })
         .collect())
 }

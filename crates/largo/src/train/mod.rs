@@ -12,7 +12,7 @@ pub mod schedule;
 pub mod session;
 
 pub use dist::{Dist, DistOptions};
-pub use session::{run_dir, TrainOptions, TrainOutcome};
+pub use session::{run_dir, TestScore, TrainOptions, TrainOutcome};
 
 use crate::config::Config;
 use crate::models::ModelKind;

@@ -37,6 +37,7 @@ pub fn plot_run(run: &Path) -> Result<()> {
                 val_loss.push((step as f64, vl));
                 perplexity.push((step as f64, val_perplexity));
             }
+            Record::Test { .. } => {}
         }
     }
     let out = run.join("curves.png");

@@ -35,6 +35,18 @@ pub struct TrainOutcome {
     /// NaN for tasks without an accuracy.
     pub last_val_accuracy: f64,
     pub stopped_early: bool,
+    /// The final model's score on `data.test_path`, when the run has one and ended.
+    pub test: Option<TestScore>,
+}
+
+/// A score on held-out test files after training, apart from validation.
+#[derive(Clone, Debug)]
+pub struct TestScore {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+    /// The files scored.
+    pub files: Vec<PathBuf>,
 }
 
 pub fn run_dir(cfg: &Config) -> PathBuf {
@@ -131,6 +143,12 @@ pub(crate) trait Task {
 
     /// What the throughput counts: "samples" or "tokens".
     fn unit(&self) -> &'static str;
+
+    /// Once the run has ended (not when a session stops for `--resume`): the final model's
+    /// score on the task's test data, if it has any.
+    fn test(&mut self, _dist: &Dist) -> Result<Option<TestScore>> {
+        Ok(None)
+    }
 
     /// Writes the model directory (`best/`, `model/`).
     fn save(&self, dir: &Path) -> Result<()>;
@@ -317,6 +335,7 @@ pub(crate) fn run(
             }
         }
         if stop {
+            s.paused = stop_reason.is_some();
             if let Some(reason) = stop_reason {
                 s.tell(format!(
                     "stopped at step {} {reason}; continue with --resume",
@@ -348,6 +367,8 @@ struct Session<'a> {
     first_epoch: usize,
     last_val: Validation,
     stopped_early: bool,
+    /// Stopped by `train.stop_at` or `train.max_minutes`, to be continued with `--resume`.
+    paused: bool,
 }
 
 impl<'a> Session<'a> {
@@ -406,6 +427,7 @@ impl<'a> Session<'a> {
                 accuracy: None,
             },
             stopped_early: false,
+            paused: false,
         })
     }
 
@@ -530,11 +552,49 @@ impl<'a> Session<'a> {
             .save_checkpoint(self.run, &self.state, task.model(), &self.opt, keep)
     }
 
-    /// Saves `model/` and closes the data-parallel counters.
-    fn finish(self, task: &mut dyn Task) -> Result<TrainOutcome> {
+    /// Saves `model/`, scores it on the task's test data when the run has ended, and closes
+    /// the data-parallel counters.
+    fn finish(mut self, task: &mut dyn Task) -> Result<TrainOutcome> {
         self.bar.finish_and_clear();
         if self.dist.is_lead() {
             task.save(&self.run.join("model"))?;
+        }
+        let test = if self.paused {
+            None
+        } else {
+            task.test(self.dist)?
+        };
+        if let Some(t) = &test {
+            self.log.write(&Record::Test {
+                step: self.state.step,
+                test_loss: t.loss,
+                test_accuracy: t.accuracy,
+                samples: t.samples,
+                files: t.files.iter().map(|f| f.display().to_string()).collect(),
+            })?;
+            let names: Vec<String> = t
+                .files
+                .iter()
+                .map(|f| {
+                    f.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            let dir = t
+                .files
+                .first()
+                .and_then(|f| f.parent())
+                .unwrap_or(Path::new("."));
+            self.tell(format!(
+                "test (final model): loss {:.4} acc {:.2}% on {} samples ({} in {})",
+                t.loss,
+                100.0 * t.accuracy,
+                t.samples,
+                names.join(", "),
+                dir.display()
+            ));
         }
         self.dist.finish(self.run)?;
         Ok(TrainOutcome {
@@ -546,6 +606,7 @@ impl<'a> Session<'a> {
             last_val_loss: self.last_val.loss,
             last_val_accuracy: self.last_val.accuracy.unwrap_or(f64::NAN),
             stopped_early: self.stopped_early,
+            test,
         })
     }
 }
@@ -672,6 +733,9 @@ mod tests {
                 Record::Val { step, val_loss, .. } | Record::Eval { step, val_loss, .. } => {
                     ('V', *step, *val_loss)
                 }
+                Record::Test {
+                    step, test_loss, ..
+                } => ('X', *step, *test_loss),
             })
             .collect()
     }

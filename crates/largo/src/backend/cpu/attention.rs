@@ -394,7 +394,10 @@ pub fn rope_rows_forward(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin
     x.par_chunks_mut(heads * d)
         .enumerate()
         .for_each(|(i, row)| {
-            let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            let (c, s) = (
+                &cos[i * half..(i + 1) * half],
+                &sin[i * half..(i + 1) * half],
+            );
             for head in row.chunks_exact_mut(d) {
                 let (x1, x2) = head.split_at_mut(half);
                 for j in 0..half {
