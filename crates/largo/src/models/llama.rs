@@ -219,8 +219,7 @@ pub struct Llama {
 pub struct LlamaCache {
     kv_dim: usize,
     len: usize,
-    /// layers[l] = (key blocks, value blocks).
-    layers: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    layers: Vec<LayerCache>,
 }
 
 /// Buffers of one forward pass, reused across its layers.
@@ -236,6 +235,13 @@ struct Scratch {
     up: Vec<f32>,
 }
 
+/// One layer's keys and values, block by block ([BLOCK_TOKENS, kv_dim] each).
+#[derive(Clone, Debug, Default)]
+struct LayerCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
 /// Positions per KV-cache block.
 pub const BLOCK_TOKENS: usize = 32;
 
@@ -244,7 +250,7 @@ impl LlamaCache {
         LlamaCache {
             kv_dim: config.kv_dim(),
             len: 0,
-            layers: vec![(Vec::new(), Vec::new()); config.num_hidden_layers],
+            layers: vec![LayerCache::default(); config.num_hidden_layers],
         }
     }
 
@@ -259,14 +265,21 @@ impl LlamaCache {
 
     /// Bytes held (whole blocks).
     pub fn bytes(&self) -> usize {
-        let blocks: usize = self.layers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let blocks: usize = self
+            .layers
+            .iter()
+            .map(|c| c.keys.len() + c.values.len())
+            .sum();
         blocks * BLOCK_TOKENS * self.kv_dim * 4
     }
 
     /// Stores k, v [t, kv_dim] of layer `l` at positions len..len+t (len moves in `advance`).
     fn store(&mut self, l: usize, k: &[f32], v: &[f32], t: usize) {
         let kv = self.kv_dim;
-        let (kb, vb) = &mut self.layers[l];
+        let LayerCache {
+            keys: kb,
+            values: vb,
+        } = &mut self.layers[l];
         for i in 0..t {
             let pos = self.len + i;
             let (block, off) = (pos / BLOCK_TOKENS, pos % BLOCK_TOKENS);
@@ -283,9 +296,9 @@ impl LlamaCache {
     fn gather_head(&self, l: usize, values: bool, h: usize, d: usize, n: usize, out: &mut [f32]) {
         let kv = self.kv_dim;
         let blocks = if values {
-            &self.layers[l].1
+            &self.layers[l].values
         } else {
-            &self.layers[l].0
+            &self.layers[l].keys
         };
         for pos in 0..n {
             let src = &blocks[pos / BLOCK_TOKENS][(pos % BLOCK_TOKENS) * kv + h * d..][..d];
@@ -300,9 +313,9 @@ impl LlamaCache {
     /// Forgets every position (the blocks are freed).
     pub fn clear(&mut self) {
         self.len = 0;
-        for (k, v) in &mut self.layers {
-            k.clear();
-            v.clear();
+        for c in &mut self.layers {
+            c.keys.clear();
+            c.values.clear();
         }
     }
 }

@@ -184,6 +184,18 @@ pub fn gelu_erf_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     });
 }
 
+/// SwiGLU's product, in place on the gate: gate = silu(gate) ⊙ up, silu(g) = g·σ(g).
+pub fn swiglu_forward(gate: &mut [f32], up: &[f32]) {
+    const CHUNK: usize = 16 * 1024;
+    gate.par_chunks_mut(CHUNK)
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,16 +219,4 @@ mod tests {
         }
         assert!(y.iter().all(|v| v.is_finite()));
     }
-}
-
-/// SwiGLU's product, in place on the gate: gate = silu(gate) ⊙ up, silu(g) = g·σ(g).
-pub fn swiglu_forward(gate: &mut [f32], up: &[f32]) {
-    const CHUNK: usize = 16 * 1024;
-    gate.par_chunks_mut(CHUNK)
-        .zip(up.par_chunks(CHUNK))
-        .for_each(|(g, u)| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-        });
 }
