@@ -145,7 +145,7 @@ impl Bytes {
     }
     /// Pads to 32 bytes and appends the data section.
     fn data(&mut self, data: &[u8]) -> &mut Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(data);

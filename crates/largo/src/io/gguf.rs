@@ -545,7 +545,7 @@ impl GgufFile {
                     ))
                 })?;
             let row = dims.first().copied().unwrap_or(1);
-            if row % dtype.block_values() as u64 != 0 {
+            if !row.is_multiple_of(dtype.block_values() as u64) {
                 return Err(named(format!(
                     "row length {row} (at offset {dims_at}) is not a multiple of {dtype}'s \
                      block of {} values",
@@ -555,7 +555,7 @@ impl GgufFile {
             let n_bytes = dtype
                 .bytes_for(elements)
                 .ok_or_else(|| named(format!("{elements} {dtype} values overflow 64 bits")))?;
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(named(format!(
                     "data offset {offset} (at offset {offset_at}) is not a multiple of the \
                      alignment {alignment}"

@@ -134,7 +134,7 @@ impl GgmlType {
     /// Bytes that `values` values take, or None when they are not whole blocks (or overflow).
     pub fn bytes_for(self, values: u64) -> Option<u64> {
         let bv = self.block_values() as u64;
-        if values % bv != 0 {
+        if !values.is_multiple_of(bv) {
             return None;
         }
         (values / bv).checked_mul(self.block_bytes() as u64)
@@ -191,7 +191,7 @@ const BLOCKS_PER_TASK: usize = 1024;
 /// Expands `bytes` (whole blocks of `dtype`) into `out`, which must hold exactly their values.
 pub fn dequantize(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let (bv, bb) = (dtype.block_values(), dtype.block_bytes());
-    if out.len() % bv != 0 || bytes.len() != out.len() / bv * bb {
+    if !out.len().is_multiple_of(bv) || bytes.len() != out.len() / bv * bb {
         return Err(Error::Invalid(format!(
             "dequantize {dtype}: {} bytes do not hold {} values ({} bytes per {} values)",
             bytes.len(),
