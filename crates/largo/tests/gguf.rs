@@ -2,7 +2,7 @@
 //! `gguf.quants.dequantize` outputs (tools/gen_gguf_fixtures.py), hand-built bad files, a
 //! mutation test, and the shared SmolLM2 file when it is present.
 
-use largo::io::gguf::{GgmlType, GgufFile, GgufValue, ValueType};
+use largo::io::gguf::{GgmlType, GgufArray, GgufFile, GgufValue};
 use largo::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -63,14 +63,11 @@ fn metadata_of_every_value_type_reads_back() {
     );
     assert_eq!(
         m("test.array_bool"),
-        GgufValue::Array {
-            item_type: ValueType::Bool,
-            items: vec![
-                GgufValue::Bool(true),
-                GgufValue::Bool(false),
-                GgufValue::Bool(true)
-            ],
-        }
+        GgufValue::Array(GgufArray::Bool(vec![true, false, true]))
+    );
+    assert_eq!(
+        f.get_array("test.array_u8").unwrap(),
+        &GgufArray::U8(vec![1, 2, 255])
     );
     assert_eq!(
         m("test.array_u8").summary(8, 20),
@@ -331,6 +328,10 @@ fn bad_tensor_infos_are_refused_naming_the_tensor() {
     );
     let mut b = Bytes::header(3, 1, 0);
     b.tensor("w", &[1 << 32, 1 << 32, 2], 0, 0).data(&[0u8; 64]);
+    refused(&b.0, &["tensor w", "overflow 64 bits"]);
+    // No elements, but dimensions whose product would overflow a shape's.
+    let mut b = Bytes::header(3, 1, 0);
+    b.tensor("w", &[1 << 40, 1 << 40, 0], 0, 0).data(&[0u8; 64]);
     refused(&b.0, &["tensor w", "overflow 64 bits"]);
     let mut b = Bytes::header(3, 2, 0);
     b.tensor("w", &[4], 0, 0)

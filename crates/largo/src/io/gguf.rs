@@ -21,6 +21,13 @@ const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_DEPTH: usize = 4;
 const DEFAULT_ALIGNMENT: u32 = 32;
 
+/// Room reserved up front for a list whose count the file gives: the count is already checked
+/// against the bytes left, but a String or a tensor info takes several times its file bytes in
+/// memory, so beyond this the list grows only as entries actually parse.
+fn initial_capacity(count: usize) -> usize {
+    count.min(1 << 16)
+}
+
 /// A metadata value, with GGUF's value types.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GgufValue {
@@ -36,11 +43,110 @@ pub enum GgufValue {
     F64(f64),
     Bool(bool),
     String(String),
-    /// Items all of one type (`item_type`, kept so that an empty array still has one).
-    Array {
-        item_type: ValueType,
-        items: Vec<GgufValue>,
-    },
+    Array(GgufArray),
+}
+
+/// An array's items, all of one type, stored as that type: a u8 array takes one byte per item
+/// in memory as in the file, so a corrupted count cannot make the reader allocate many times
+/// the file's size.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GgufArray {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<GgufArray>),
+}
+
+impl GgufArray {
+    pub fn item_type(&self) -> ValueType {
+        match self {
+            GgufArray::U8(_) => ValueType::U8,
+            GgufArray::I8(_) => ValueType::I8,
+            GgufArray::U16(_) => ValueType::U16,
+            GgufArray::I16(_) => ValueType::I16,
+            GgufArray::U32(_) => ValueType::U32,
+            GgufArray::I32(_) => ValueType::I32,
+            GgufArray::U64(_) => ValueType::U64,
+            GgufArray::I64(_) => ValueType::I64,
+            GgufArray::F32(_) => ValueType::F32,
+            GgufArray::F64(_) => ValueType::F64,
+            GgufArray::Bool(_) => ValueType::Bool,
+            GgufArray::String(_) => ValueType::String,
+            GgufArray::Array(_) => ValueType::Array,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            GgufArray::U8(v) => v.len(),
+            GgufArray::I8(v) => v.len(),
+            GgufArray::U16(v) => v.len(),
+            GgufArray::I16(v) => v.len(),
+            GgufArray::U32(v) => v.len(),
+            GgufArray::I32(v) => v.len(),
+            GgufArray::U64(v) => v.len(),
+            GgufArray::I64(v) => v.len(),
+            GgufArray::F32(v) => v.len(),
+            GgufArray::F64(v) => v.len(),
+            GgufArray::Bool(v) => v.len(),
+            GgufArray::String(v) => v.len(),
+            GgufArray::Array(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `array of 3 string`.
+    pub fn type_description(&self) -> String {
+        format!("array of {} {}", self.len(), self.item_type().name())
+    }
+
+    /// The type and length plus the first `max_items` items.
+    pub fn summary(&self, max_items: usize, max_chars: usize) -> String {
+        fn first<T>(v: &[T], n: usize, show: impl Fn(&T) -> String) -> Vec<String> {
+            v.iter().take(n).map(show).collect()
+        }
+        let n = max_items;
+        let shown = match self {
+            GgufArray::U8(v) => first(v, n, |x| x.to_string()),
+            GgufArray::I8(v) => first(v, n, |x| x.to_string()),
+            GgufArray::U16(v) => first(v, n, |x| x.to_string()),
+            GgufArray::I16(v) => first(v, n, |x| x.to_string()),
+            GgufArray::U32(v) => first(v, n, |x| x.to_string()),
+            GgufArray::I32(v) => first(v, n, |x| x.to_string()),
+            GgufArray::U64(v) => first(v, n, |x| x.to_string()),
+            GgufArray::I64(v) => first(v, n, |x| x.to_string()),
+            GgufArray::F32(v) => first(v, n, |x| format!("{x:?}")),
+            GgufArray::F64(v) => first(v, n, |x| format!("{x:?}")),
+            GgufArray::Bool(v) => first(v, n, |x| x.to_string()),
+            GgufArray::String(v) => first(v, n, |x| quote_cut(x, max_chars)),
+            GgufArray::Array(v) => first(v, n, |x| x.summary(max_items, max_chars)),
+        };
+        let more = if self.len() > max_items { ", …" } else { "" };
+        format!("{}: [{}{more}]", self.type_description(), shown.join(", "))
+    }
+}
+
+/// A string quoted, cut after `max_chars` characters.
+fn quote_cut(s: &str, max_chars: usize) -> String {
+    let n = s.chars().count();
+    if n <= max_chars {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(max_chars).collect();
+        format!("{head:?}… ({n} chars)")
+    }
 }
 
 /// GGUF's value type ids.
@@ -130,16 +236,14 @@ impl GgufValue {
             GgufValue::F64(_) => ValueType::F64,
             GgufValue::Bool(_) => ValueType::Bool,
             GgufValue::String(_) => ValueType::String,
-            GgufValue::Array { .. } => ValueType::Array,
+            GgufValue::Array(_) => ValueType::Array,
         }
     }
 
     /// The type as a reader would name it: `u32`, `string`, `array of 3 string`.
     pub fn type_description(&self) -> String {
         match self {
-            GgufValue::Array { item_type, items } => {
-                format!("array of {} {}", items.len(), item_type.name())
-            }
+            GgufValue::Array(a) => a.type_description(),
             v => v.value_type().name().to_string(),
         }
     }
@@ -174,25 +278,8 @@ impl GgufValue {
             GgufValue::F32(v) => format!("{v:?}"),
             GgufValue::F64(v) => format!("{v:?}"),
             GgufValue::Bool(v) => v.to_string(),
-            GgufValue::String(s) => {
-                let n = s.chars().count();
-                if n <= max_chars {
-                    format!("{s:?}")
-                } else {
-                    let head: String = s.chars().take(max_chars).collect();
-                    format!("{head:?}… ({n} chars)")
-                }
-            }
-            GgufValue::Array { items, .. } => {
-                let shown: Vec<String> = items
-                    .iter()
-                    .take(max_items)
-                    .map(|v| v.summary(max_items, max_chars))
-                    .collect();
-                let more = if items.len() > max_items { ", …" } else { "" };
-                let item_type = self.type_description();
-                format!("{item_type}: [{}{more}]", shown.join(", "))
-            }
+            GgufValue::String(s) => quote_cut(s, max_chars),
+            GgufValue::Array(a) => a.summary(max_items, max_chars),
         }
     }
 }
@@ -211,14 +298,14 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn num_elements(&self) -> u64 {
-        // Checked at open: the product fits, since the tensor's bytes fit in the file.
+        // Checked at open: no partial product overflows.
         self.dims.iter().product()
     }
 
     /// Outermost dimension first, as Hugging Face and largo write shapes: a GGUF `[in, out]`
     /// matrix is `[out, in]`.
     pub fn shape(&self) -> Vec<usize> {
-        // Each dimension is at most the element count, which fits in usize (checked at open).
+        // The product of the nonzero dimensions fits in usize (checked at open).
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 }
@@ -365,29 +452,86 @@ impl<'a> Reader<'a> {
                 }
             }
             ValueType::String => GgufValue::String(self.string("string")?),
-            ValueType::Array => {
-                let at = self.pos;
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(format!(
-                        "array at offset {at} nests deeper than {MAX_ARRAY_DEPTH} levels"
-                    ));
+            ValueType::Array => GgufValue::Array(self.array_value(depth)?),
+        })
+    }
+
+    /// `n` fixed-size items decoded by `decode`, the bytes bounds-checked in one go.
+    fn items<T, const N: usize>(
+        &mut self,
+        n: usize,
+        what: &str,
+        decode: fn([u8; N]) -> T,
+    ) -> std::result::Result<Vec<T>, String> {
+        // n ≤ bytes left / N (checked by `count`), so this cannot overflow.
+        let bytes = self.take((n * N) as u64, what)?;
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| decode(c.try_into().expect("N bytes")))
+            .collect())
+    }
+
+    fn array_value(&mut self, depth: usize) -> std::result::Result<GgufArray, String> {
+        let at = self.pos;
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(format!(
+                "array at offset {at} nests deeper than {MAX_ARRAY_DEPTH} levels"
+            ));
+        }
+        let type_id = self.u32("array item type")?;
+        let item_type = ValueType::from_id(type_id)
+            .ok_or_else(|| format!("array at offset {at} has unknown item type {type_id}"))?;
+        let n = self.count(
+            item_type.min_bytes(),
+            &format!("array of {}: item count", item_type.name()),
+        )?;
+        let what = item_type.name();
+        Ok(match item_type {
+            ValueType::U8 => GgufArray::U8(self.items(n, what, |b: [u8; 1]| b[0])?),
+            ValueType::I8 => GgufArray::I8(self.items(n, what, i8::from_le_bytes)?),
+            ValueType::U16 => GgufArray::U16(self.items(n, what, u16::from_le_bytes)?),
+            ValueType::I16 => GgufArray::I16(self.items(n, what, i16::from_le_bytes)?),
+            ValueType::U32 => GgufArray::U32(self.items(n, what, u32::from_le_bytes)?),
+            ValueType::I32 => GgufArray::I32(self.items(n, what, i32::from_le_bytes)?),
+            ValueType::U64 => GgufArray::U64(self.items(n, what, u64::from_le_bytes)?),
+            ValueType::I64 => GgufArray::I64(self.items(n, what, i64::from_le_bytes)?),
+            ValueType::F32 => GgufArray::F32(self.items(n, what, f32::from_le_bytes)?),
+            ValueType::F64 => GgufArray::F64(self.items(n, what, f64::from_le_bytes)?),
+            ValueType::Bool => {
+                let bytes = self.take(n as u64, what)?;
+                let mut v = Vec::with_capacity(n);
+                for (i, &b) in bytes.iter().enumerate() {
+                    match b {
+                        0 | 1 => v.push(b == 1),
+                        _ => {
+                            return Err(format!(
+                                "item {i}: bool at offset {} is {b}, not 0 or 1",
+                                at + 12 + i
+                            ))
+                        }
+                    }
                 }
-                let type_id = self.u32("array item type")?;
-                let item_type = ValueType::from_id(type_id).ok_or_else(|| {
-                    format!("array at offset {at} has unknown item type {type_id}")
-                })?;
-                let n = self.count(
-                    item_type.min_bytes(),
-                    &format!("array of {}: item count", item_type.name()),
-                )?;
-                let mut items = Vec::with_capacity(n);
+                GgufArray::Bool(v)
+            }
+            ValueType::String => {
+                let mut v = Vec::with_capacity(initial_capacity(n));
                 for i in 0..n {
-                    let v = self
-                        .value(item_type, depth + 1)
-                        .map_err(|m| format!("item {i}: {m}"))?;
-                    items.push(v);
+                    v.push(
+                        self.string("string")
+                            .map_err(|m| format!("item {i}: {m}"))?,
+                    );
                 }
-                GgufValue::Array { item_type, items }
+                GgufArray::String(v)
+            }
+            ValueType::Array => {
+                let mut v = Vec::with_capacity(initial_capacity(n));
+                for i in 0..n {
+                    v.push(
+                        self.array_value(depth + 1)
+                            .map_err(|m| format!("item {i}: {m}"))?,
+                    );
+                }
+                GgufArray::Array(v)
             }
         })
     }
@@ -455,8 +599,8 @@ impl GgufFile {
         // At least a key length, a value type and one byte of value per key.
         let n_kv = r.count(13, "metadata count").map_err(fail)?;
 
-        let mut metadata = Vec::with_capacity(n_kv);
-        let mut metadata_index = HashMap::with_capacity(n_kv);
+        let mut metadata = Vec::with_capacity(initial_capacity(n_kv));
+        let mut metadata_index = HashMap::with_capacity(initial_capacity(n_kv));
         for i in 0..n_kv {
             let at = r.pos;
             let key = r
@@ -503,7 +647,7 @@ impl GgufFile {
                 r.left()
             )));
         }
-        let mut infos = Vec::with_capacity(n_tensors);
+        let mut infos = Vec::with_capacity(initial_capacity(n_tensors));
         for i in 0..n_tensors {
             let name = r
                 .string("tensor name")
@@ -532,18 +676,22 @@ impl GgufFile {
             .ok_or_else(|| fail("the data section's start overflows".to_string()))?;
 
         let file_len = map.len() as u64;
-        let mut tensors = Vec::with_capacity(n_tensors);
-        let mut tensor_index = HashMap::with_capacity(n_tensors);
+        let mut tensors = Vec::with_capacity(infos.len());
+        let mut tensor_index = HashMap::with_capacity(infos.len());
         for (name, dims, dtype, offset, dims_at, offset_at) in infos {
             let named = |m: String| fail(format!("tensor {name}: {m}"));
-            let elements = dims
+            // Every partial product must fit too (shape products run in any order), so the
+            // product is taken with zeros counted as ones.
+            let span = dims
                 .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
+                .filter(|&span| usize::try_from(span).is_ok())
                 .ok_or_else(|| {
                     named(format!(
                         "dimensions {dims:?} (at offset {dims_at}) overflow 64 bits"
                     ))
                 })?;
+            let elements = if dims.contains(&0) { 0 } else { span };
             let row = dims.first().copied().unwrap_or(1);
             if !row.is_multiple_of(dtype.block_values() as u64) {
                 return Err(named(format!(
@@ -573,11 +721,6 @@ impl GgufFile {
                          section from {data_start})"
                     )))
                 }
-            }
-            // The bytes fit in the file, so the element count (at most 32 per byte) fits in
-            // usize wherever the file could be mapped; say so rather than truncate if not.
-            if usize::try_from(elements.saturating_mul(4)).is_err() {
-                return Err(named(format!("{elements} elements do not fit in memory")));
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(named("appears twice in the tensor infos".into()));
@@ -697,43 +840,32 @@ impl GgufFile {
         }
     }
 
-    /// The items of an array whose items are all of one scalar type, through `pick`.
-    fn get_array<'a, T>(
-        &'a self,
-        key: &str,
-        expected: &str,
-        pick: impl Fn(&'a GgufValue) -> Option<T>,
-    ) -> Result<Vec<T>> {
-        let v = self.required(key)?;
-        match v {
-            GgufValue::Array { items, .. } => items
-                .iter()
-                .map(&pick)
-                .collect::<Option<Vec<T>>>()
-                .ok_or_else(|| self.wrong_type(key, v, expected)),
-            v => Err(self.wrong_type(key, v, expected)),
+    pub fn get_array(&self, key: &str) -> Result<&GgufArray> {
+        match self.required(key)? {
+            GgufValue::Array(a) => Ok(a),
+            v => Err(self.wrong_type(key, v, "an array")),
         }
     }
 
-    pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.get_array(key, "an array of string", |v| match v {
-            GgufValue::String(s) => Some(s.as_str()),
-            _ => None,
-        })
+    pub fn get_str_array(&self, key: &str) -> Result<&[String]> {
+        match self.required(key)? {
+            GgufValue::Array(GgufArray::String(v)) => Ok(v),
+            v => Err(self.wrong_type(key, v, "an array of string")),
+        }
     }
 
-    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.get_array(key, "an array of f32", |v| match v {
-            GgufValue::F32(x) => Some(*x),
-            _ => None,
-        })
+    pub fn get_f32_array(&self, key: &str) -> Result<&[f32]> {
+        match self.required(key)? {
+            GgufValue::Array(GgufArray::F32(v)) => Ok(v),
+            v => Err(self.wrong_type(key, v, "an array of f32")),
+        }
     }
 
-    pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        self.get_array(key, "an array of i32", |v| match v {
-            GgufValue::I32(x) => Some(*x),
-            _ => None,
-        })
+    pub fn get_i32_array(&self, key: &str) -> Result<&[i32]> {
+        match self.required(key)? {
+            GgufValue::Array(GgufArray::I32(v)) => Ok(v),
+            v => Err(self.wrong_type(key, v, "an array of i32")),
+        }
     }
 
     /// Tensor infos in file order.
