@@ -1,7 +1,7 @@
 //! `largo import`, `largo export` and `largo inspect`: PyTorch and Hugging Face files in and out.
 
 use anyhow::Result;
-use largo::models::inspect::inspect;
+use largo::models::inspect::{gguf_file_of, inspect, inspect_gguf, GgufInspection};
 use largo::models::interop::{export, import, parse_arch, Rename};
 use std::path::PathBuf;
 
@@ -94,7 +94,8 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// A largo model or run directory, or a Hugging Face BERT directory.
+    /// A largo model or run directory, a Hugging Face BERT directory, or a GGUF file (or a
+    /// directory holding one).
     #[arg(long)]
     model: PathBuf,
     /// The whole description as one JSON object.
@@ -103,6 +104,15 @@ pub struct InspectArgs {
 }
 
 pub fn run_inspect(a: InspectArgs) -> Result<()> {
+    if let Some(file) = gguf_file_of(&a.model)? {
+        let i = inspect_gguf(&file)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&i)?);
+        } else {
+            print_gguf(&i);
+        }
+        return Ok(());
+    }
     let i = inspect(&a.model)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i)?);
@@ -127,4 +137,29 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
         println!("  {m:<width$}  {n:>12}");
     }
     Ok(())
+}
+
+fn print_gguf(i: &GgufInspection) {
+    let or_none = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
+    println!("model:        {}", i.file.display());
+    println!(
+        "format:       gguf v{} ({})",
+        i.version,
+        or_none(&i.architecture)
+    );
+    println!("name:         {}", or_none(&i.name));
+    println!("tensors:      {}", i.tensors);
+    println!("parameters:   {}", i.total_params);
+    println!("tensor types:");
+    for (t, n, bytes) in &i.tensor_types {
+        println!(
+            "  {t:<6} {n:>5} tensors  {:>10.2} MiB",
+            *bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    println!("metadata:     {} keys", i.metadata.len());
+    let width = i.metadata.iter().map(|m| m.0.len()).max().unwrap_or(0);
+    for (key, _, value) in &i.metadata {
+        println!("  {key:<width$}  {value}");
+    }
 }

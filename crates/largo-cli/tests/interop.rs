@@ -271,6 +271,55 @@ fn inspect_describes_largo_and_hugging_face_directories() {
 }
 
 #[test]
+fn inspect_describes_a_gguf_file_and_refuses_a_broken_one_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("crates/largo/tests/fixtures/gguf");
+    let blocks = fixtures.join("blocks.gguf");
+    let out = ok(&largo(
+        tmp.path(),
+        &["inspect", "--model", blocks.to_str().unwrap()],
+    ));
+    assert!(out.contains("format:       gguf v3 (fixture)"), "{out}");
+    assert!(
+        out.contains("name:         largo block-type fixture"),
+        "{out}"
+    );
+    assert!(out.contains("parameters:   5632"), "{out}");
+    assert!(out.contains("Q6_K       1 tensors"), "{out}");
+    assert!(out.contains("test.array_nested"), "{out}");
+    assert!(
+        out.contains("array of 3 string: [\"a\", \"\", \"ü\"]"),
+        "{out}"
+    );
+
+    // A directory holding one GGUF file, as JSON.
+    let dir = tmp.path().join("tiny");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(fixtures.join("tiny.gguf"), dir.join("tiny.gguf")).unwrap();
+    let out = ok(&largo(
+        tmp.path(),
+        &["inspect", "--model", "tiny", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["tensors"], 5);
+    assert_eq!(v["total_params"], 8 + 8 + 64 + 64 + 256);
+
+    // A truncated copy, and two files in one directory: clean errors naming the file.
+    let bytes = std::fs::read(fixtures.join("tiny.gguf")).unwrap();
+    std::fs::write(tmp.path().join("cut.gguf"), &bytes[..300]).unwrap();
+    fails_with(
+        &largo(tmp.path(), &["inspect", "--model", "cut.gguf"]),
+        "cut.gguf: GGUF:",
+    );
+    std::fs::copy(fixtures.join("tiny.gguf"), dir.join("again.gguf")).unwrap();
+    fails_with(
+        &largo(tmp.path(), &["inspect", "--model", "tiny"]),
+        "2 GGUF files here (again.gguf, tiny.gguf): name one",
+    );
+}
+
+#[test]
 fn embed_at_reduced_matmul_precision_stays_close_to_sentence_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = repo().join("crates/largo/tests/fixtures/tiny-bert");

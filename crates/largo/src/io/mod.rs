@@ -1,5 +1,6 @@
-//! Files: atomic writes (temp file, fsync, rename) and safetensors in both directions.
+//! Files: atomic writes (temp file, fsync, rename), safetensors in both directions, GGUF read.
 
+pub mod gguf;
 pub mod torch_pickle;
 
 use crate::tensor::Tensor;

@@ -1,8 +1,10 @@
 //! What a model directory holds: architecture and config, parameters per module, dtypes on
-//! disk, tokenizer. Reads largo model directories and Hugging Face BERT directories.
+//! disk, tokenizer. Reads largo model directories, Hugging Face BERT directories and GGUF
+//! files (metadata, tensor types, parameter count).
 
 use super::sentence::{is_hf_dir, read_bert_config, SentenceEncoder};
-use super::store::{load_info, resolve_model_dir, TOKENIZER_FILE, WEIGHTS_FILE};
+use super::store::{load_info, resolve_model_dir, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use crate::io::gguf::GgufFile;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -156,6 +158,107 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         dtypes,
         tokenizer,
         pooling,
+    })
+}
+
+/// What a GGUF file holds.
+#[derive(Debug, Serialize)]
+pub struct GgufInspection {
+    pub file: PathBuf,
+    pub version: u32,
+    /// `general.architecture` (e.g. "llama"), `general.name`.
+    pub architecture: Option<String>,
+    pub name: Option<String>,
+    /// Every key in file order with its value type and its value summarised (long arrays
+    /// cut to their first items, long strings to their first characters).
+    pub metadata: Vec<(String, String, String)>,
+    /// Per tensor type: tensors and bytes.
+    pub tensor_types: Vec<(String, usize, u64)>,
+    pub tensors: usize,
+    pub total_params: u64,
+}
+
+/// Array items and string characters shown per metadata value.
+const SHOWN_ITEMS: usize = 6;
+const SHOWN_CHARS: usize = 60;
+
+/// The GGUF file that `path` names: the file itself (told by its magic, whatever its name), or
+/// the one `.gguf` in a directory that is neither a largo nor a Hugging Face model directory.
+/// None when `path` is something else; an error when a directory holds several.
+pub fn gguf_file_of(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_file() {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+        let named_gguf = path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("gguf"));
+        // A .gguf that is not GGUF is still opened, so that the reader says what is wrong.
+        return Ok((named_gguf || (n == 4 && &magic == b"GGUF")).then(|| path.to_path_buf()));
+    }
+    if !path.is_dir() || is_hf_dir(path) {
+        return Ok(None);
+    }
+    if ["", "best", "model"]
+        .iter()
+        .any(|sub| path.join(sub).join(CONFIG_FILE).is_file())
+    {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        })
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        n => Err(Error::format(
+            path,
+            format!(
+                "{n} GGUF files here ({}): name one",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+pub fn inspect_gguf(path: &Path) -> Result<GgufInspection> {
+    let f = GgufFile::open(path)?;
+    let text = |key: &str| f.get_str(key).ok().map(str::to_string);
+    Ok(GgufInspection {
+        file: path.to_path_buf(),
+        version: f.version(),
+        architecture: text("general.architecture"),
+        name: text("general.name"),
+        metadata: f
+            .metadata_entries()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.type_description(),
+                    v.summary(SHOWN_ITEMS, SHOWN_CHARS),
+                )
+            })
+            .collect(),
+        tensor_types: f
+            .type_histogram()
+            .into_iter()
+            .map(|(t, (n, bytes))| (t.name().to_string(), n, bytes))
+            .collect(),
+        tensors: f.tensors().len(),
+        total_params: f.parameter_count(),
     })
 }
 
