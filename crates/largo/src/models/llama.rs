@@ -340,6 +340,22 @@ impl Llama {
         })
     }
 
+    /// Divides each rotary frequency by its factor (GGUF's `rope_freqs.weight`, Llama 3's
+    /// scaling as stored by llama.cpp).
+    pub fn divide_rope_frequencies(&mut self, factors: &[f32]) -> Result<()> {
+        if factors.len() != self.inv_freq.len() {
+            bail!(
+                "rope_freqs.weight has {} factors, the head needs {}",
+                factors.len(),
+                self.inv_freq.len()
+            );
+        }
+        for (f, &d) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= d as f64;
+        }
+        Ok(())
+    }
+
     /// Runs `ids` at the positions after those in `cache` (a prompt, or the next token) and
     /// returns the logits [rows, vocab] of every position (`all`) or of the last one only.
     pub fn forward(&self, ids: &[u32], cache: &mut LlamaCache, all: bool) -> Result<Vec<f32>> {
