@@ -167,3 +167,49 @@ fn bad_configs_and_files_are_clear_errors() {
         "{e}"
     );
 }
+
+/// The shared SmolLM2-135M-Instruct (Q4_1), when `../shared` is there: transformers' logits of
+/// the dequantised model to 1e-3, and its greedy next token at ≥ 98 % of 300 positions.
+#[test]
+fn smollm2_matches_transformers_dequantised() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        println!("skipped: {} is not here", path.display());
+        return;
+    }
+    let text = std::fs::read_to_string(fixtures().join("smollm2-reference.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<u32> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let model = load_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let v = model.config.vocab_size;
+    let mut cache = LlamaCache::new(&model.config);
+    let logits = model.forward(&ids, &mut cache, true).unwrap();
+    let mut worst = 0f32;
+    for (pos, entries) in r["logits"].as_object().unwrap() {
+        let row = &logits[pos.parse::<usize>().unwrap() * v..][..v];
+        for (id, want) in entries.as_object().unwrap() {
+            let got = row[id.parse::<usize>().unwrap()];
+            worst = worst.max((got - want.as_f64().unwrap() as f32).abs());
+        }
+    }
+    let agree = r["argmax"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(logits.chunks_exact(v))
+        .filter(|(want, row)| largo::tensor::argmax(row) as u64 == want.as_u64().unwrap())
+        .count();
+    let share = agree as f64 / ids.len() as f64;
+    println!(
+        "SmolLM2: max |Δ| {worst} on the probed logits; greedy agreement {agree}/{}",
+        ids.len()
+    );
+    assert!(worst < 1e-3, "max |Δ| {worst}");
+    assert!(share >= 0.98, "greedy agreement {share}");
+}
