@@ -19,6 +19,9 @@ enum What {
     Generate,
     /// Sentence embeddings/s of a BERT model (--model) on sentences of 10-60 words.
     Embed,
+    /// A pretrained LLM (--model FILE.gguf or a Hugging Face directory): prompt processing of
+    /// 512 tokens and generation of 128, tokens/s as llama-bench -p 512 -n 128 reports them.
+    Llm,
     /// HTTP load on a server: requests/s, tokens/s, latency percentiles, errors and the
     /// server's peak RSS, for embeddings and/or completions (see --url, --model, --clients).
     Serve,
@@ -63,7 +66,8 @@ struct ServeLoadArgs {
     /// `max_tokens` of each completion.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
-    /// One JSON object per workload instead of text.
+    /// One JSON object per workload instead of text (`bench llm`: one object with pp512,
+    /// tg128, load_s, peak_rss_mb, gen_gb_s, cpu, reps).
     #[arg(long)]
     json: bool,
 }
@@ -94,6 +98,9 @@ pub struct Args {
     /// Batch size for `embed`.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// `llm`: repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
     #[command(flatten)]
     serve: ServeLoadArgs,
 }
@@ -132,6 +139,35 @@ pub fn run(a: Args) -> Result<()> {
                 a.batch
             );
             println!("peak RSS: {:.0} MB", largo::bench::peak_rss_mb());
+        }
+        What::Llm => {
+            let Some(path) = a.models.first() else {
+                bail!("bench llm needs --model FILE.gguf or a Hugging Face directory");
+            };
+            let path = std::path::Path::new(path);
+            let files = largo::models::llama_load::LlmFiles::find(path)?.with_context(|| {
+                format!(
+                    "{}: neither a GGUF file nor a Hugging Face directory of a Llama-family model",
+                    path.display()
+                )
+            })?;
+            let r = largo::bench::bench_llm(&files, a.reps)?;
+            if a.serve.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "largo llm {}: pp512 {:.1} tokens/s, tg128 {:.1} tokens/s (median of {}, {} threads, weights f32)",
+                    files.path().display(),
+                    r.pp512,
+                    r.tg128,
+                    r.reps,
+                    r.threads
+                );
+                println!(
+                    "load {:.2} s, peak RSS {:.0} MB, {:.1} GB/s of weights during generation; {}",
+                    r.load_s, r.peak_rss_mb, r.gen_gb_s, r.cpu
+                );
+            }
         }
         What::Serve => {
             let texts = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;

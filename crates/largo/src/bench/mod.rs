@@ -269,3 +269,100 @@ fn peak_rss_mb_in(status: &str) -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// `largo bench llm`: llama-bench's two numbers (prompt processing of 512 tokens, generation
+/// of 128 from an empty context, tokens/s, median of `reps`) and what they cost.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LlmBench {
+    pub pp512: f64,
+    pub tg128: f64,
+    /// Seconds to load the model, ready to run.
+    pub load_s: f64,
+    pub peak_rss_mb: f64,
+    /// Weight bytes read per generated token × tg128, GB/s.
+    pub gen_gb_s: f64,
+    pub cpu: String,
+    pub reps: usize,
+    pub threads: usize,
+}
+
+pub fn bench_llm(files: &crate::models::llama_load::LlmFiles, reps: usize) -> Result<LlmBench> {
+    use crate::models::llama::LlamaCache;
+    let t = std::time::Instant::now();
+    let model = files.load_model()?;
+    let load_s = t.elapsed().as_secs_f64();
+    let vocab = model.config.vocab_size as u32;
+    // Token ids spread over the vocabulary (the speed does not depend on which).
+    let ids: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) {
+        let mut cache = LlamaCache::new(&model.config);
+        let t = std::time::Instant::now();
+        model.forward(&ids, &mut cache, false)?;
+        pp.push(512.0 / t.elapsed().as_secs_f64());
+        let mut cache = LlamaCache::new(&model.config);
+        let t = std::time::Instant::now();
+        let mut next = ids[0];
+        for _ in 0..128 {
+            let logits = model.forward(&[next], &mut cache, false)?;
+            next = crate::tensor::argmax(&logits) as u32;
+        }
+        tg.push(128.0 / t.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let tg128 = median(&mut tg);
+    Ok(LlmBench {
+        pp512: median(&mut pp),
+        tg128,
+        load_s,
+        peak_rss_mb: peak_rss_mb(),
+        gen_gb_s: model.weight_bytes() as f64 * tg128 / 1e9,
+        cpu: cpu_description(),
+        reps: reps.max(1),
+        threads: threads(),
+    })
+}
+
+/// The CPU's model name and the vector instruction sets largo dispatches on.
+pub fn cpu_description() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mut isa = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (flag, on) in [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            (
+                "avx512vnni",
+                std::arch::is_x86_feature_detected!("avx512vnni"),
+            ),
+            (
+                "avx512bf16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
+            (
+                "amx",
+                crate::backend::cpu::gemm::GemmProvider::all()
+                    .iter()
+                    .any(|p| !p.is_f32()),
+            ),
+        ] {
+            if on {
+                isa.push(flag);
+            }
+        }
+    }
+    format!("{name} ({})", isa.join(", "))
+}

@@ -340,6 +340,35 @@ impl Llama {
         })
     }
 
+    /// Bytes of the weights a token's forward pass reads (the embedding row aside).
+    pub fn weight_bytes(&self) -> usize {
+        let matrices: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+                .iter()
+                .map(|m| m.data.len())
+                .sum::<usize>()
+            })
+            .sum();
+        let head = self
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .data
+            .len();
+        (matrices + head) * 4
+    }
+
     /// Divides each rotary frequency by its factor (GGUF's `rope_freqs.weight`, Llama 3's
     /// scaling as stored by llama.cpp).
     pub fn divide_rope_frequencies(&mut self, factors: &[f32]) -> Result<()> {

@@ -12,6 +12,39 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Where a pretrained decoder's files are: a GGUF file, or a Hugging Face directory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LlmFiles {
+    Gguf(PathBuf),
+    HuggingFace(PathBuf),
+}
+
+impl LlmFiles {
+    /// A `.gguf` file, a directory holding one, or a Hugging Face directory whose
+    /// `config.json` names a Llama-family class; `None` for anything else (largo's own model
+    /// directories, BERT).
+    pub fn find(path: &Path) -> Result<Option<LlmFiles>> {
+        if let Some(file) = super::inspect::gguf_file_of(path)? {
+            return Ok(Some(LlmFiles::Gguf(file)));
+        }
+        Ok(hf_llama_arch(path).map(|_| LlmFiles::HuggingFace(path.to_path_buf())))
+    }
+
+    /// Loads the model (GGUF blocks dequantised to f32).
+    pub fn load_model(&self) -> Result<Llama> {
+        match self {
+            LlmFiles::Gguf(file) => load_gguf(&GgufFile::open(file)?),
+            LlmFiles::HuggingFace(dir) => load_hf(dir),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            LlmFiles::Gguf(p) | LlmFiles::HuggingFace(p) => p,
+        }
+    }
+}
+
 /// `config.json`'s `architectures[0]` when it names a Llama-family decoder.
 pub fn hf_llama_arch(dir: &Path) -> Option<LlamaArch> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
