@@ -1,10 +1,14 @@
+use crate::prepare::{hint_unknown, UnknownArg};
 use anyhow::Result;
 use largo::data::mnist::{Mnist, MnistFiles};
 use largo::data::text::TokenData;
+use largo::data::text::{drop_unknown, Skipped};
 use largo::eval::evaluate;
+use largo::eval::perplexity::{chunked_perplexity, Perplexity};
 use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
+use largo::nn::Forward;
 use largo::train::lm::evaluate_lm;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Split {
@@ -36,8 +40,19 @@ pub struct Args {
     model: PathBuf,
     /// Classifier: an MNIST directory. Language model: a `largo prepare text` directory
     /// (its validation tokens are scored).
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    data: Option<PathBuf>,
+    /// Language model: the perplexity of this text file, scored as llama-perplexity scores it
+    /// (chunks of --context tokens, the second half of each scored).
     #[arg(long)]
-    data: PathBuf,
+    text: Option<PathBuf>,
+    /// --text: tokens per chunk (at most the model's context).
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    /// --text, character-level models: characters the vocabulary lacks are an `error`
+    /// (naming them) or `skip`ped (counted on stderr).
+    #[arg(long, value_enum, default_value = "error")]
+    unknown: UnknownArg,
     /// Classifier only: which samples to score. Default: all of the train-* files, or the
     /// t10k-* files when the directory has only those.
     #[arg(long, value_enum)]
@@ -50,13 +65,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(text) = &a.text {
+        return eval_text(&a, text);
+    }
     let dir = resolve_model_dir(&a.model)?;
     if load_info(&dir)?.lm_spec().is_some() {
         return eval_lm(&a, &dir);
     }
+    let data_path = a.data.as_deref().expect("checked above");
     let (mut model, info, norm) = load_mlp(&dir)?;
     let split = a.split.unwrap_or(
-        if !MnistFiles::Train.present_in(&a.data) && MnistFiles::Test.present_in(&a.data) {
+        if !MnistFiles::Train.present_in(data_path) && MnistFiles::Test.present_in(data_path) {
             Split::Test
         } else {
             Split::All
@@ -67,12 +86,12 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         MnistFiles::Train
     };
-    let data = Mnist::load_files(&a.data, files, model.config.classes).map_err(|e| {
+    let data = Mnist::load_files(data_path, files, model.config.classes).map_err(|e| {
         let hint = match files {
-            MnistFiles::Train if MnistFiles::Test.present_in(&a.data) => {
+            MnistFiles::Train if MnistFiles::Test.present_in(data_path) => {
                 "; it has the t10k-* test files: score them with --split test"
             }
-            MnistFiles::Test if MnistFiles::Train.present_in(&a.data) => {
+            MnistFiles::Test if MnistFiles::Train.present_in(data_path) => {
                 "; it has train-* files: score them with --split all, val or train"
             }
             _ => "",
@@ -82,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
     if data.pixels != model.config.input {
         anyhow::bail!(
             "{}: images have {} pixels, the model expects {}",
-            a.data.display(),
+            data_path.display(),
             data.pixels,
             model.config.input
         );
@@ -105,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     if indices.is_empty() {
-        anyhow::bail!("the chosen split of {} is empty", a.data.display());
+        anyhow::bail!("the chosen split of {} is empty", data_path.display());
     }
     let e = evaluate(&mut model, &data, &norm, &indices, a.batch_size.max(1))?;
     let files: Vec<String> = data.files.iter().map(|f| f.display().to_string()).collect();
@@ -125,13 +144,14 @@ pub fn run(a: Args) -> Result<()> {
 /// Validation loss and perplexity over every whole window of the prepared validation tokens.
 fn eval_lm(a: &Args, dir: &std::path::Path) -> Result<()> {
     let (mut model, _, tokenizer) = load_lm(dir)?;
-    let data = TokenData::load(&a.data)?;
+    let data_path = a.data.as_deref().expect("checked above");
+    let data = TokenData::load(data_path)?;
     if data.meta.vocab_size != model.spec.vocab_size
         || tokenizer.get_vocab_size(true) != data.meta.vocab_size
     {
         anyhow::bail!(
             "{} was tokenised with {} tokens, the model has {}: prepare the data with the model's tokenizer.json",
-            a.data.display(),
+            data_path.display(),
             data.meta.vocab_size,
             model.spec.vocab_size
         );
@@ -140,7 +160,7 @@ fn eval_lm(a: &Args, dir: &std::path::Path) -> Result<()> {
     if data.val.len() < t + 2 {
         anyhow::bail!(
             "{}: {} validation tokens, fewer than block_size + 2 = {}",
-            a.data.display(),
+            data_path.display(),
             data.val.len(),
             t + 2
         );
@@ -161,6 +181,60 @@ fn eval_lm(a: &Args, dir: &std::path::Path) -> Result<()> {
             "validation loss {loss:.4}  perplexity {:.3}  ({windows} windows of {t} tokens over {} validation tokens)",
             loss.exp(),
             data.val.len()
+        );
+    }
+    Ok(())
+}
+
+/// Perplexity of a text file, llama-perplexity's way (see `largo::eval::perplexity`).
+fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
+    let raw =
+        std::fs::read(text_path).map_err(|e| anyhow::anyhow!("{}: {e}", text_path.display()))?;
+    let text = String::from_utf8(raw).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            text_path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let dir = resolve_model_dir(&a.model)?;
+    let (mut model, _, tokenizer) = load_lm(&dir)?;
+    let mut skipped = Skipped::default();
+    let text = drop_unknown(&tokenizer, &text, a.unknown.into(), &mut skipped);
+    if !skipped.is_empty() {
+        eprintln!("{}", skipped.describe());
+    }
+    let tokens =
+        largo::data::text::encode(&tokenizer, &text).map_err(|e| hint_unknown(e, a.unknown))?;
+    let block = model.spec.block_size;
+    if a.context > block {
+        anyhow::bail!(
+            "--context {} is longer than the model's context of {block} tokens (block_size): give --context {block} or less",
+            a.context
+        );
+    }
+    let vocab = model.spec.vocab_size;
+    let p = chunked_perplexity(&tokens, a.context, None, vocab, |chunk| {
+        Ok(model
+            .forward(chunk, Forward::eval(1, chunk.len()))?
+            .to_vec())
+    })?;
+    print_perplexity(a, &dir, text_path, &p)
+}
+
+fn print_perplexity(a: &Args, model: &Path, text: &Path, p: &Perplexity) -> Result<()> {
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+    } else {
+        println!("model {}", model.display());
+        println!(
+            "perplexity {:.4} over {} ({} tokens; {} chunks of {}, {} tokens scored)",
+            p.perplexity,
+            text.display(),
+            p.tokens,
+            p.chunks,
+            p.context,
+            p.scored
         );
     }
     Ok(())

@@ -599,3 +599,93 @@ fn characters_a_vocabulary_lacks_are_refused_or_skipped_and_counted() {
         "{stderr}"
     );
 }
+
+/// `eval --text`: perplexity over a text file as llama-perplexity scores it (chunks of
+/// --context tokens, the second half of each scored), for largo's own language models.
+#[test]
+fn eval_text_scores_perplexity_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let c = corpus(t);
+    ok(&train_tiny(t, c.to_str().unwrap(), "g", &[]));
+    let text = c.join("hamlet_gut.txt");
+    let text = text.to_str().unwrap();
+    let out = ok(&largo(
+        t,
+        &[
+            "eval",
+            "--model",
+            "runs/g",
+            "--text",
+            text,
+            "--context",
+            "32",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tokens = v["tokens"].as_u64().unwrap();
+    assert_eq!(v["chunks"].as_u64().unwrap(), tokens / 32);
+    assert_eq!(v["scored"].as_u64().unwrap(), tokens / 32 * 15);
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 64.0, "{ppl}");
+    let out = ok(&largo(
+        t,
+        &[
+            "eval",
+            "--model",
+            "runs/g",
+            "--text",
+            text,
+            "--context",
+            "16",
+        ],
+    ));
+    assert!(out.contains("chunks of 16"), "{out}");
+    fails_with(
+        &largo(t, &["eval", "--model", "runs/g", "--text", text]),
+        "--context 512 is longer than the model's context of 32 tokens",
+    );
+    let odd = t.join("odd.txt");
+    std::fs::write(
+        &odd,
+        "To be, or not to be: that is the question ☃ ".repeat(20),
+    )
+    .unwrap();
+    let odd = odd.to_str().unwrap();
+    fails_with(
+        &largo(
+            t,
+            &[
+                "eval",
+                "--model",
+                "runs/g",
+                "--text",
+                odd,
+                "--context",
+                "32",
+            ],
+        ),
+        "characters the vocabulary lacks",
+    );
+    let skipped = largo(
+        t,
+        &[
+            "eval",
+            "--model",
+            "runs/g",
+            "--text",
+            odd,
+            "--context",
+            "32",
+            "--unknown",
+            "skip",
+        ],
+    );
+    ok(&skipped);
+    assert!(String::from_utf8_lossy(&skipped.stderr).contains("'☃' ×20"));
+    fails_with(
+        &largo(t, &["eval", "--model", "runs/g", "--text", "missing.txt"]),
+        "missing.txt",
+    );
+}

@@ -3,6 +3,8 @@
 //! (`Mlp::score`). A language model: loss and perplexity over fixed windows
 //! (`train::lm::evaluate_lm`, training's validation).
 
+pub mod perplexity;
+
 use crate::data::mnist::{Mnist, Normalization};
 use crate::models::Mlp;
 use crate::Result;
