@@ -1,6 +1,8 @@
 //! Text generation with a KV cache: temperature, top-k and top-p (nucleus) sampling, stop
 //! strings, and text streamed as it is produced.
 
+pub mod chat;
+
 use crate::data::text::{decode, encode};
 use crate::models::TransformerLm;
 use crate::nn::KvCache;
