@@ -1,6 +1,7 @@
 //! Text generation with a KV cache: temperature, top-k and top-p (nucleus) sampling, stop
 //! strings, and text streamed as it is produced.
 
+pub mod chat;
 pub mod llm;
 
 use crate::data::text::{decode, encode};
