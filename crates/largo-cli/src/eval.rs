@@ -5,6 +5,8 @@ use largo::data::text::TokenData;
 use largo::data::text::{drop_unknown, Skipped};
 use largo::eval::evaluate;
 use largo::eval::perplexity::{chunked_perplexity, Perplexity};
+use largo::models::llama::LlamaCache;
+use largo::models::llama_load::LlmFiles;
 use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
 use largo::nn::Forward;
 use largo::train::lm::evaluate_lm;
@@ -197,6 +199,27 @@ fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
+    if let Some(files) = LlmFiles::find(&a.model)? {
+        let model = files.load_model()?;
+        let tokenizer = files.load_tokenizer()?;
+        let context = model.config.max_position_embeddings;
+        if a.context > context {
+            anyhow::bail!(
+                "--context {} is longer than the model's context of {context} tokens",
+                a.context
+            );
+        }
+        // As llama-perplexity: BOS first (and in place of each chunk's first token) when the
+        // tokenizer adds one.
+        let tokens = tokenizer.encode(&text, true)?;
+        let bos = tokenizer.bos.filter(|_| tokenizer.add_bos);
+        let vocab = model.config.vocab_size;
+        let p = chunked_perplexity(&tokens, a.context, bos, vocab, |chunk| {
+            let mut cache = LlamaCache::new(&model.config);
+            model.forward(chunk, &mut cache, true)
+        })?;
+        return print_perplexity(a, files.path(), text_path, &p);
+    }
     let dir = resolve_model_dir(&a.model)?;
     let (mut model, _, tokenizer) = load_lm(&dir)?;
     let mut skipped = Skipped::default();

@@ -1,7 +1,9 @@
 use crate::prepare::{hint_unknown, UnknownArg};
 use anyhow::Result;
 use largo::data::text::{drop_unknown, Skipped};
+use largo::generate::llm::{generate_llm, Finish};
 use largo::generate::{generate, Sampling};
+use largo::models::llama_load::LlmFiles;
 use largo::models::store::{load_lm, resolve_model_dir};
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +42,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(files) = LlmFiles::find(&a.model)? {
+        return generate_pretrained(&a, &files);
+    }
     let dir = resolve_model_dir(&a.model)?;
     let (model, _, tokenizer) = load_lm(&dir)?;
     let sampling = Sampling {
@@ -82,6 +87,50 @@ pub fn run(a: Args) -> Result<()> {
         g.stopped_by
             .map(|s| format!(", stopped at {s:?}"))
             .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// A pretrained LLM (GGUF or a Hugging Face directory) continues the prompt as raw text (BOS
+/// first when its tokenizer adds one), streaming, until an end token or --max-tokens.
+fn generate_pretrained(a: &Args, files: &LlmFiles) -> Result<()> {
+    let t = Instant::now();
+    let model = files.load_model()?;
+    let tokenizer = files.load_tokenizer()?;
+    eprintln!(
+        "loaded {} in {:.2} s",
+        files.path().display(),
+        t.elapsed().as_secs_f64()
+    );
+    let sampling = Sampling {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: a.stop.clone(),
+    };
+    let prompt = tokenizer.encode(&a.prompt, true)?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prompt)?;
+    let g = generate_llm(&model, &tokenizer, &prompt, &sampling, |piece| {
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+        true
+    })?;
+    writeln!(out)?;
+    eprintln!(
+        "[{} prompt tokens in {:.2} s ({:.0} tokens/s), {} new tokens in {:.2} s ({:.1} tokens/s), {}]",
+        g.prompt_tokens,
+        g.prompt_secs,
+        g.prompt_tokens as f64 / g.prompt_secs.max(1e-9),
+        g.ids.len(),
+        g.gen_secs,
+        g.ids.len() as f64 / g.gen_secs.max(1e-9),
+        match g.finish {
+            Finish::Stop => "stopped",
+            Finish::Length => "length",
+        }
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `largo`: a thin command line over the largo library.
 
 mod bench;
+mod chat;
 mod classify;
 mod embed;
 mod eval;
@@ -49,8 +50,10 @@ enum Command {
     /// Explain a model: attention maps, pixel saliency, token attributions.
     #[command(subcommand)]
     Explain(explain::What),
-    /// Generate text with a trained language model.
+    /// Generate text with a trained language model or a pretrained LLM (GGUF, Hugging Face).
     Generate(generate::Args),
+    /// Chat with a pretrained LLM in its own chat template (interactive, or one --message).
+    Chat(chat::Args),
     /// Classify digit images (PNG/JPEG) with a trained MLP.
     Classify(classify::Args),
     /// Sentence embeddings from a Hugging Face / sentence-transformers BERT model, as JSON lines.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Explain(w) => explain::run(w),
         Command::Generate(a) => generate::run(a),
         Command::Classify(a) => classify::run(a),

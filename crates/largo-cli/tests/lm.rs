@@ -689,3 +689,71 @@ fn eval_text_scores_perplexity_in_chunks() {
         "missing.txt",
     );
 }
+
+/// The shared SmolLM2-135M-Instruct (when `../shared` is there, as on CI): chat answers a
+/// question greedily, generate continues a prompt, eval --text scores perplexity.
+#[test]
+fn a_pretrained_gguf_chats_generates_and_is_scored() {
+    let model = common::repo().join("../shared/models/smollm2-135m-instruct");
+    if !model.is_dir() {
+        println!("skipped: {} is not here", model.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = model.to_str().unwrap();
+    let reply = ok(&largo(
+        t,
+        &[
+            "chat",
+            "--model",
+            m,
+            "--message",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "30",
+        ],
+    ));
+    assert!(reply.contains("Paris"), "{reply}");
+    let text = ok(&largo(
+        t,
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ],
+    ));
+    assert!(
+        text.starts_with("Once upon a time") && text.len() > 20,
+        "{text}"
+    );
+    let corpus = corpus(t);
+    let out = ok(&largo(
+        t,
+        &[
+            "eval",
+            "--model",
+            m,
+            "--text",
+            corpus.join("hamlet_gut.txt").to_str().unwrap(),
+            "--context",
+            "128",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl > 2.0 && ppl < 200.0, "{v}");
+    fails_with(
+        &largo(t, &["chat", "--model", "runs", "--message", "hi"]),
+        "chat needs a GGUF file or a Hugging Face directory",
+    );
+}

@@ -1,7 +1,7 @@
 //! Data: readers, cleaning, splits and batches.
 
-pub mod gguf_tokenizer;
 pub mod idx;
 pub mod image;
+pub mod llm_tokenizer;
 pub mod mnist;
 pub mod text;

@@ -9,7 +9,6 @@ use crate::{Error, Result};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,39 +102,6 @@ impl ChatTemplate {
             let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
             Error::Invalid(format!("{}: cannot render{line}: {detail}", self.name))
         })
-    }
-}
-
-/// The chat template a Hugging Face model directory gives: `chat_template.jinja`, else the
-/// `chat_template` of `tokenizer_config.json` (a string, or a list of named templates of
-/// which `default` is taken). None when the directory has neither.
-pub fn chat_template_from_dir(dir: &Path) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .map(Some)
-            .map_err(|e| Error::io(&jinja, e));
-    }
-    let config = dir.join("tokenizer_config.json");
-    if !config.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&config, e.to_string()))?;
-    match json.get("chat_template") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        Some(serde_json::Value::Array(list)) => Ok(list
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .and_then(|t| t.get("template"))
-            .and_then(|t| t.as_str())
-            .map(str::to_string)),
-        Some(other) => Err(Error::format(
-            &config,
-            format!("chat_template is {other}, expected a string or a list of named templates"),
-        )),
     }
 }
 

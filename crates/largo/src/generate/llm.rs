@@ -3,10 +3,10 @@
 //! template's end of turn), a stop string, `max_tokens` or the end of the context.
 
 use super::{sample, Sampling};
+use crate::data::llm_tokenizer::LlmTokenizer;
 use crate::models::llama::{Llama, LlamaCache};
 use crate::rng::Rng;
 use crate::{bail, Error, Result};
-use tokenizers::Tokenizer;
 
 /// Why a generation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,13 +29,12 @@ pub struct LlmGeneration {
     pub gen_secs: f64,
 }
 
-/// Generates after `prompt` (token ids) from an empty cache, calling `on_text` with each new
-/// whole piece of text (false from it stops).
+/// Generates after `prompt` (token ids) from an empty cache until an end-of-turn token of the
+/// tokenizer, calling `on_text` with each new whole piece of text (false from it stops).
 pub fn generate_llm(
     model: &Llama,
-    tokenizer: &Tokenizer,
+    tokenizer: &LlmTokenizer,
     prompt: &[u32],
-    end_ids: &[u32],
     s: &Sampling,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<LlmGeneration> {
@@ -57,28 +56,27 @@ pub fn generate_llm(
     let prompt_secs = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let (mut ids, mut text) = (Vec::new(), String::new());
+    let mut stream = tokenizer.stream();
     let finish = loop {
         let next = sample(&logits, s, &mut rng);
-        if end_ids.contains(&next) {
+        if tokenizer.is_end_of_turn(next) {
             break Finish::Stop;
         }
         ids.push(next);
-        let full = tokenizer
-            .decode(&ids, true)
-            .map_err(|e| Error::Invalid(format!("decoding generated tokens: {e}")))?;
-        // Emit only whole characters (a byte-level token may end inside one).
-        if full.len() > text.len() && !full.ends_with('\u{fffd}') {
-            if let Some(stop) = s.stop.iter().find(|st| full.contains(st.as_str())) {
-                let cut = full.find(stop.as_str()).expect("contains");
-                if cut > text.len() {
-                    on_text(&full[text.len()..cut]);
+        // Whole characters only: a byte-level token may end inside one.
+        let piece = stream.push(next)?;
+        if !piece.is_empty() {
+            let before = text.len();
+            text.push_str(&piece);
+            if let Some(stop) = s.stop.iter().find(|st| text.contains(st.as_str())) {
+                let cut = text.find(stop.as_str()).expect("contains");
+                if cut > before {
+                    on_text(&text[before..cut]);
                 }
-                text = full[..cut].to_string();
+                text.truncate(cut);
                 break Finish::Stop;
             }
-            let go_on = on_text(&full[text.len()..]);
-            text = full;
-            if !go_on {
+            if !on_text(&piece) {
                 break Finish::Stop;
             }
         }

@@ -4,6 +4,7 @@
 //! [`Llama`] with Hugging Face's names and layout. Quantised GGUF weights are dequantised to f32.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, LlamaLayer, Matrix, RopeScaling};
+use crate::data::llm_tokenizer::{tokenizer_from_gguf, tokenizer_from_hf_dir, LlmTokenizer};
 use crate::io::gguf::GgufFile;
 use crate::io::TensorFile;
 use crate::tensor::Tensor;
@@ -35,6 +36,16 @@ impl LlmFiles {
         match self {
             LlmFiles::Gguf(file) => load_gguf(&GgufFile::open(file)?),
             LlmFiles::HuggingFace(dir) => load_hf(dir),
+        }
+    }
+
+    /// The tokenizer: from the GGUF's metadata, or a Hugging Face directory's
+    /// `tokenizer.json`, `tokenizer_config.json` (BOS/EOS, `add_bos_token`, the chat template
+    /// or `chat_template.jinja`) and `generation_config.json` (end tokens).
+    pub fn load_tokenizer(&self) -> Result<LlmTokenizer> {
+        match self {
+            LlmFiles::Gguf(file) => tokenizer_from_gguf(&GgufFile::open(file)?),
+            LlmFiles::HuggingFace(dir) => tokenizer_from_hf_dir(dir),
         }
     }
 

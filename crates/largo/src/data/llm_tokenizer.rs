@@ -15,7 +15,9 @@
 
 use crate::io::gguf::{GgufArray, GgufFile, GgufValue};
 use crate::{Error, Result};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::fuse::Fuse;
@@ -596,6 +598,88 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<LlmTokenizer> {
         add_eos,
         eot,
         chat_template,
+    })
+}
+
+/// The chat template a Hugging Face model directory gives: `chat_template.jinja`, else the
+/// `chat_template` of `tokenizer_config.json` (a string, or a list of named templates of
+/// which `default` is taken). None when the directory has neither.
+pub fn chat_template_from_dir(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::io(&jinja, e));
+    }
+    let config = dir.join("tokenizer_config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&config, e.to_string()))?;
+    match json.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(list)) => Ok(list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)),
+        Some(other) => Err(Error::format(
+            &config,
+            format!("chat_template is {other}, expected a string or a list of named templates"),
+        )),
+    }
+}
+
+/// A Hugging Face directory's tokenizer: `tokenizer.json`, with BOS/EOS and `add_bos_token`
+/// from `tokenizer_config.json`, end tokens from `generation_config.json` and the chat
+/// template (`chat_template.jinja` or `tokenizer_config.json`).
+pub fn tokenizer_from_hf_dir(dir: &Path) -> Result<LlmTokenizer> {
+    let file = dir.join("tokenizer.json");
+    if !file.is_file() {
+        return Err(Error::format(dir, "missing tokenizer.json"));
+    }
+    let tokenizer = crate::data::text::load_tokenizer(&file)?;
+    let json = |name: &str| -> Result<Value> {
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Ok(Value::Null);
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))
+    };
+    let config = json("tokenizer_config.json")?;
+    // A token given as a string or as {"content": "…"}.
+    let token_id = |v: &Value| {
+        v.as_str()
+            .or_else(|| v.get("content").and_then(|c| c.as_str()))
+            .and_then(|t| tokenizer.token_to_id(t))
+    };
+    let bos = token_id(&config["bos_token"]);
+    let eos = token_id(&config["eos_token"]);
+    let mut eot: Vec<u32> = eos.into_iter().collect();
+    let generation = json("generation_config.json")?;
+    match &generation["eos_token_id"] {
+        Value::Number(n) => eot.extend(n.as_u64().map(|n| n as u32)),
+        Value::Array(ids) => eot.extend(ids.iter().filter_map(|n| n.as_u64()).map(|n| n as u32)),
+        _ => {}
+    }
+    for marker in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+        eot.extend(tokenizer.token_to_id(marker));
+    }
+    eot.sort_unstable();
+    eot.dedup();
+    Ok(LlmTokenizer {
+        bos,
+        eos,
+        add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
+        add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
+        eot,
+        chat_template: chat_template_from_dir(dir)?,
+        tokenizer,
     })
 }
 

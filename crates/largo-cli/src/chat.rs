@@ -1,0 +1,170 @@
+//! `largo chat`: a conversation with a pretrained LLM, in its own chat template: interactive on
+//! a terminal (streaming, multi-turn, /reset, /exit), or one --message answered on stdout.
+
+use anyhow::{bail, Context, Result};
+use largo::data::llm_tokenizer::LlmTokenizer;
+use largo::generate::chat::{ChatMessage, ChatTemplate};
+use largo::generate::llm::generate_llm;
+use largo::generate::Sampling;
+use largo::models::llama::Llama;
+use largo::models::llama_load::LlmFiles;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF file, a directory holding one, or a Hugging Face directory (Llama, Qwen2).
+    #[arg(long)]
+    model: PathBuf,
+    /// A system message that opens the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    /// Answer this one message, print only the reply on stdout, and exit.
+    #[arg(long)]
+    message: Option<String>,
+    /// Most tokens in one reply.
+    #[arg(long, default_value_t = 300)]
+    max_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+struct Chat {
+    model: Llama,
+    tokenizer: LlmTokenizer,
+    template: ChatTemplate,
+    sampling: Sampling,
+    system: Option<String>,
+    turns: Vec<ChatMessage>,
+}
+
+impl Chat {
+    /// The prompt ids of the conversation so far plus the generation prompt; the oldest turns
+    /// are dropped (and said so on stderr) until there is room for a reply.
+    fn prompt(&mut self) -> Result<Vec<u32>> {
+        let context = self.model.config.max_position_embeddings;
+        let room = context.saturating_sub(self.sampling.max_tokens.min(context / 2));
+        loop {
+            let mut messages: Vec<ChatMessage> = self
+                .system
+                .iter()
+                .map(|s| ChatMessage::new("system", s.clone()))
+                .collect();
+            messages.extend(self.turns.iter().cloned());
+            let bos = self.tokenizer.bos_token().unwrap_or_default();
+            let eos = self.tokenizer.eos_token().unwrap_or_default();
+            let text = self.template.render(&messages, true, &bos, &eos)?;
+            let ids = self.tokenizer.encode(&text, false)?;
+            if ids.len() <= room {
+                return Ok(ids);
+            }
+            if self.turns.len() <= 1 {
+                bail!(
+                    "the message is {} tokens with the template, more than the {room} the context of {context} leaves for a reply",
+                    ids.len()
+                );
+            }
+            // Drop the oldest exchange (user + assistant).
+            let n = self.turns.len().min(2);
+            self.turns.drain(..n);
+            eprintln!("[the conversation is longer than the context: its oldest turn was dropped]");
+        }
+    }
+
+    /// Answers the last user turn, streaming the reply to `out`.
+    fn reply(&mut self, out: &mut impl Write) -> Result<String> {
+        let prompt = self.prompt()?;
+        let g = generate_llm(
+            &self.model,
+            &self.tokenizer,
+            &prompt,
+            &self.sampling,
+            |piece| {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+                true
+            },
+        )?;
+        writeln!(out)?;
+        self.turns
+            .push(ChatMessage::new("assistant", g.text.trim().to_string()));
+        Ok(g.text)
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let files = LlmFiles::find(&a.model)?.with_context(|| {
+        format!(
+            "{}: chat needs a GGUF file or a Hugging Face directory of a Llama-family model",
+            a.model.display()
+        )
+    })?;
+    let model = files.load_model()?;
+    let tokenizer = files.load_tokenizer()?;
+    let source = tokenizer
+        .chat_template
+        .clone()
+        .with_context(|| format!("{}: the model has no chat template", files.path().display()))?;
+    let template = ChatTemplate::with_name(
+        format!("the chat template of {}", files.path().display()),
+        source,
+    )?;
+    let sampling = Sampling {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: Vec::new(),
+    };
+    sampling.validate()?;
+    let mut chat = Chat {
+        model,
+        tokenizer,
+        template,
+        sampling,
+        system: a.system.clone(),
+        turns: Vec::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(message) = &a.message {
+        chat.turns.push(ChatMessage::new("user", message.clone()));
+        chat.reply(&mut out)?;
+        return Ok(());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "chat with {} — /reset starts over, /exit ends",
+            a.model.display()
+        );
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                chat.turns.clear();
+                eprintln!("[conversation cleared]");
+                continue;
+            }
+            text => chat.turns.push(ChatMessage::new("user", text.to_string())),
+        }
+        chat.reply(&mut out)?;
+    }
+    Ok(())
+}
