@@ -757,3 +757,27 @@ fn a_pretrained_gguf_chats_generates_and_is_scored() {
         "chat needs a GGUF file or a Hugging Face directory",
     );
 }
+
+#[test]
+fn an_unsupported_hugging_face_architecture_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = t.join("mamba");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#,
+    )
+    .unwrap();
+    for cmd in ["generate", "chat"] {
+        let flag = if cmd == "chat" {
+            "--message"
+        } else {
+            "--prompt"
+        };
+        fails_with(
+            &largo(t, &[cmd, "--model", "mamba", flag, "hi"]),
+            "unsupported architecture \"MambaForCausalLM\" (architectures[0]): supported are LlamaForCausalLM (llama), Qwen2ForCausalLM (qwen2)",
+        );
+    }
+}

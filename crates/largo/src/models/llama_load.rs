@@ -28,7 +28,25 @@ impl LlmFiles {
         if let Some(file) = super::inspect::gguf_file_of(path)? {
             return Ok(Some(LlmFiles::Gguf(file)));
         }
-        Ok(hf_llama_arch(path).map(|_| LlmFiles::HuggingFace(path.to_path_buf())))
+        if hf_llama_arch(path).is_some() {
+            return Ok(Some(LlmFiles::HuggingFace(path.to_path_buf())));
+        }
+        // Another Hugging Face causal LM: name it rather than mistake it for something else.
+        let config = path.join("config.json");
+        let class = std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["architectures"][0].as_str().map(str::to_string));
+        match class {
+            Some(c) if c.ends_with("ForCausalLM") => Err(Error::format(
+                config,
+                format!(
+                    "unsupported architecture {c:?} (architectures[0]): supported are {}",
+                    LlamaArch::SUPPORTED
+                ),
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// Loads the model (GGUF blocks dequantised to f32).
