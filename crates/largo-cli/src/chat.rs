@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use largo::data::llm_tokenizer::LlmTokenizer;
 use largo::generate::chat::{ChatMessage, ChatTemplate};
 use largo::generate::llm::generate_llm;
+use crate::generate::SamplingArgs;
 use largo::generate::Sampling;
 use largo::models::llama::Llama;
 use largo::models::llama_load::LlmFiles;
@@ -22,18 +23,9 @@ pub struct Args {
     /// Answer this one message, print only the reply on stdout, and exit.
     #[arg(long)]
     message: Option<String>,
-    /// Most tokens in one reply.
-    #[arg(long, default_value_t = 300)]
-    max_tokens: usize,
-    /// 0: greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
+    /// Sampling of each reply (--max-tokens: the most tokens in one reply).
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 struct Chat {
@@ -116,14 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         format!("the chat template of {}", files.path().display()),
         source,
     )?;
-    let sampling = Sampling {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop: Vec::new(),
-    };
+    let sampling = a.sampling.sampling();
     sampling.validate()?;
     let mut chat = Chat {
         model,

@@ -9,14 +9,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The sampling options `generate` and `chat` share.
 #[derive(clap::Args)]
-pub struct Args {
-    /// A language-model directory, or a run directory (uses its best/ model).
-    #[arg(long)]
-    model: PathBuf,
-    /// Text to continue; a prompt longer than the context keeps its end.
-    #[arg(long)]
-    prompt: String,
+pub struct SamplingArgs {
     /// New tokens to generate.
     #[arg(long, default_value_t = 300)]
     max_tokens: usize,
@@ -35,6 +30,32 @@ pub struct Args {
     /// Stop when this text is generated (repeatable); it is not printed.
     #[arg(long)]
     stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A language-model or run directory (its best/ model), a GGUF file (or a directory
+    /// holding one), or a Hugging Face directory of a Llama-family model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to continue; a prompt longer than the context keeps its end.
+    #[arg(long)]
+    prompt: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Prompt characters a character-level vocabulary lacks: `error` (refuse, naming them) or
     /// `skip` (drop them and report how many of each).
     #[arg(long, value_enum, default_value = "error")]
@@ -47,14 +68,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dir = resolve_model_dir(&a.model)?;
     let (model, _, tokenizer) = load_lm(&dir)?;
-    let sampling = Sampling {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop: a.stop.clone(),
-    };
+    let sampling = a.sampling.sampling();
     sampling.validate()?;
     let mut skipped = Skipped::default();
     let prompt = drop_unknown(&tokenizer, &a.prompt, a.unknown.into(), &mut skipped);
@@ -102,14 +116,7 @@ fn generate_pretrained(a: &Args, files: &LlmFiles) -> Result<()> {
         files.path().display(),
         t.elapsed().as_secs_f64()
     );
-    let sampling = Sampling {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop: a.stop.clone(),
-    };
+    let sampling = a.sampling.sampling();
     let prompt = tokenizer.encode(&a.prompt, true)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
