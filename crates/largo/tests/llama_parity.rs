@@ -4,7 +4,7 @@
 
 use largo::io::gguf::GgufFile;
 use largo::models::llama::{Llama, LlamaCache};
-use largo::models::llama_load::{load_gguf, load_hf};
+use largo::models::llama_load::{load_gguf, load_gguf_with, load_hf};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -49,7 +49,7 @@ fn max_diff(model: &Llama, ids: &[u32], want: &[Vec<f32>]) -> f32 {
 }
 
 fn gguf(name: &str) -> Llama {
-    load_gguf(&GgufFile::open(fixtures().join(name)).unwrap()).unwrap()
+    load_gguf_with(&GgufFile::open(fixtures().join(name)).unwrap(), true).unwrap()
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn smollm2_matches_transformers_dequantised() {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
-    let model = load_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let model = load_gguf_with(&GgufFile::open(&path).unwrap(), true).unwrap();
     let v = model.config.vocab_size;
     let mut cache = LlamaCache::new(&model.config);
     let logits = model.forward(&ids, &mut cache, true).unwrap();

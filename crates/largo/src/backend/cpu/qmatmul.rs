@@ -1,0 +1,575 @@
+//! Matrix products with quantised weights (Q8_0, Q4_0, Q4_1) that never expand the weights
+//! to f32: the activations are quantised per 32-value block to 8 bits (scale max|x|/127, the
+//! block's integer sum kept, as llama.cpp's `q8_1`), and every output is
+//!
+//! ```text
+//! y = Σ_blocks (d_w·d_x)·isum  [+ m_w·(d_x·Σq_x) for Q4_1]
+//! ```
+//!
+//! accumulated in f32 block by block in order, where `isum` is the exact integer dot product
+//! of the block's weight and activation integers. Integer sums are exact, and the float
+//! combination is the same operations in the same order in every path (AVX2 and the portable
+//! fallback, one row or many), so each output row's result does not depend on the batch it
+//! ran in, nor on the instruction set: SIMD and scalar agree bit for bit.
+//!
+//! Weights are repacked at load into groups of 4 output rows (the row count padded with zero
+//! rows to a multiple of 4): for block b of group g, the 4 rows' integer bytes lie together,
+//! then their f16 scales (and Q4_1 minimums) as 4 consecutive u16. A kernel computes 4 outputs
+//! of one (or a few) activation rows at a time; work is split over output-row groups across
+//! threads, and for many activation rows it is tiled (a chunk of weight groups × a tile of
+//! activation rows) so weight blocks are reused from cache across rows: the GEMM path.
+
+use super::quant::GgmlType;
+use crate::io::f16_to_f32;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// Values per block of the quantised types handled here (and of the activation blocks).
+pub const QK: usize = 32;
+/// Output rows per packed group.
+const GROUP: usize = 4;
+
+/// A weight matrix [rows, cols] in one of the types [`QMatrix::supports`] lists, repacked for
+/// the kernels (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// [groups][blocks][4 rows][16 (Q4) or 32 (Q8) bytes].
+    qs: Vec<u8>,
+    /// f16 scales [groups][blocks][4 rows].
+    d: Vec<u16>,
+    /// f16 minimums (Q4_1 only), laid out as `d`.
+    m: Vec<u16>,
+}
+
+/// Activations quantised to 8 bits per block: per row, `cols` i8 values, and per block a scale
+/// and the sum of its integers.
+struct QActs {
+    blocks: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<i32>,
+}
+
+impl QMatrix {
+    /// Whether `dtype` has integer kernels here.
+    pub fn supports(dtype: GgmlType) -> bool {
+        matches!(dtype, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+    }
+
+    /// Bytes of integers per block.
+    fn qbytes(dtype: GgmlType) -> usize {
+        if dtype == GgmlType::Q8_0 {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// Repacks ggml blocks: `bytes` holds `rows` rows of `cols / 32` blocks of `dtype`.
+    pub fn from_ggml(dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        if !Self::supports(dtype) {
+            return Err(Error::Invalid(format!(
+                "no quantised matmul for {dtype}: supported are Q8_0, Q4_0, Q4_1"
+            )));
+        }
+        if cols == 0 || !cols.is_multiple_of(QK) {
+            return Err(Error::Invalid(format!(
+                "a quantised [{rows}, {cols}] matrix needs cols a nonzero multiple of {QK}"
+            )));
+        }
+        let nb = cols / QK;
+        let bb = dtype.block_bytes();
+        if bytes.len() != rows * nb * bb {
+            return Err(Error::Invalid(format!(
+                "{dtype} [{rows}, {cols}]: {} bytes, expected {}",
+                bytes.len(),
+                rows * nb * bb
+            )));
+        }
+        let qb = Self::qbytes(dtype);
+        let groups = rows.div_ceil(GROUP);
+        let mut qs = vec![0u8; groups * nb * GROUP * qb];
+        let mut d = vec![0u16; groups * nb * GROUP];
+        let mut m = if dtype == GgmlType::Q4_1 {
+            vec![0u16; groups * nb * GROUP]
+        } else {
+            Vec::new()
+        };
+        // Where a block's integers start inside it.
+        let q_off = bb - qb;
+        for r in 0..rows {
+            let (g, lane) = (r / GROUP, r % GROUP);
+            for b in 0..nb {
+                let src = &bytes[(r * nb + b) * bb..][..bb];
+                let at = (g * nb + b) * GROUP + lane;
+                d[at] = u16::from_le_bytes([src[0], src[1]]);
+                if dtype == GgmlType::Q4_1 {
+                    m[at] = u16::from_le_bytes([src[2], src[3]]);
+                }
+                qs[at * qb..(at + 1) * qb].copy_from_slice(&src[q_off..]);
+            }
+        }
+        Ok(QMatrix {
+            dtype,
+            rows,
+            cols,
+            qs,
+            d,
+            m,
+        })
+    }
+
+    /// Bytes a product reads (integers and scales, padding rows included).
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 2 * (self.d.len() + self.m.len())
+    }
+
+    /// Row `r` as f32 (for embedding lookups), as [`super::quant::dequantize`] gives it.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / QK;
+        let qb = Self::qbytes(self.dtype);
+        let (g, lane) = (r / GROUP, r % GROUP);
+        for (b, y) in out[..self.cols].chunks_exact_mut(QK).enumerate() {
+            let at = (g * nb + b) * GROUP + lane;
+            let q = &self.qs[at * qb..(at + 1) * qb];
+            let d = f16_to_f32(self.d[at]);
+            match self.dtype {
+                GgmlType::Q8_0 => {
+                    for (v, &x) in y.iter_mut().zip(q) {
+                        *v = x as i8 as f32 * d;
+                    }
+                }
+                GgmlType::Q4_0 => {
+                    for j in 0..16 {
+                        y[j] = d * ((q[j] & 0x0f) as i32 - 8) as f32;
+                        y[j + 16] = d * ((q[j] >> 4) as i32 - 8) as f32;
+                    }
+                }
+                _ => {
+                    let m = f16_to_f32(self.m[at]);
+                    for j in 0..16 {
+                        y[j] = d * (q[j] & 0x0f) as f32 + m;
+                        y[j + 16] = d * (q[j] >> 4) as f32 + m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quantises `n` rows of `cols` values to 8 bits per 32-block (llama.cpp's `quantize_row_q8_1`
+/// with an f32 scale and an exact integer sum).
+fn quantize_acts(x: &[f32], n: usize, cols: usize) -> QActs {
+    let nb = cols / QK;
+    let mut a = QActs {
+        blocks: nb,
+        qs: vec![0; n * cols],
+        d: vec![0.0; n * nb],
+        s: vec![0; n * nb],
+    };
+    let one = |((xs, qs), (d, s)): ((&[f32], &mut [i8]), (&mut f32, &mut i32))| {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            let r = (v * inv).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        *d = scale;
+        *s = sum;
+    };
+    let blocks = x[..n * cols]
+        .chunks_exact(QK)
+        .zip(a.qs.chunks_exact_mut(QK))
+        .zip(a.d.iter_mut().zip(a.s.iter_mut()));
+    if n * nb >= 4096 {
+        blocks.par_bridge().for_each(one);
+    } else {
+        blocks.for_each(one);
+    }
+    a
+}
+
+/// Which kernels this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QKernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl QKernel {
+    /// The best this CPU supports (detected once).
+    pub fn detect() -> QKernel {
+        static K: std::sync::OnceLock<QKernel> = std::sync::OnceLock::new();
+        *K.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                return QKernel::Avx2;
+            }
+            QKernel::Scalar
+        })
+    }
+}
+
+/// y [n, rows] = x [n, cols] · wᵀ with the best kernels of this CPU.
+pub fn qmatmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+    qmatmul_with(QKernel::detect(), w, x, n, y)
+}
+
+/// Output-row groups per parallel task, and activation rows per cache tile.
+const ACT_TILE: usize = 64;
+
+/// [`qmatmul`] with the kernels named (tests compare them).
+pub fn qmatmul_with(
+    kernel: QKernel,
+    w: &QMatrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    if x.len() < n * w.cols || y.len() < n * w.rows {
+        return Err(Error::Invalid(format!(
+            "qmatmul: x has {} values and y {}, [{n}, {}] · [{}, {}]ᵀ needs {} and {}",
+            x.len(),
+            y.len(),
+            w.cols,
+            w.rows,
+            w.cols,
+            n * w.cols,
+            n * w.rows
+        )));
+    }
+    if n == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    let acts = quantize_acts(x, n, w.cols);
+    let groups = w.rows.div_ceil(GROUP);
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = (groups / (threads * 8)).clamp(1, 16);
+    let tasks = groups.div_ceil(per_task);
+    // Each task computes [n, its rows] into its own buffer; the buffers are scattered after.
+    let parts: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let g0 = t * per_task;
+            let g1 = (g0 + per_task).min(groups);
+            let width = (g1 - g0) * GROUP;
+            let mut out = vec![0f32; n * width];
+            for i0 in (0..n).step_by(ACT_TILE) {
+                let i1 = (i0 + ACT_TILE).min(n);
+                for g in g0..g1 {
+                    let mut i = i0;
+                    while i < i1 {
+                        let take = (i1 - i).min(4);
+                        let mut acc = [[0f32; GROUP]; 4];
+                        group_dot(kernel, w, g, &acts, i, take, &mut acc);
+                        for (k, a) in acc[..take].iter().enumerate() {
+                            let o = (i + k) * width + (g - g0) * GROUP;
+                            out[o..o + GROUP].copy_from_slice(a);
+                        }
+                        i += take;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    for (t, part) in parts.iter().enumerate() {
+        let r0 = t * per_task * GROUP;
+        let width = part.len() / n;
+        let keep = width.min(w.rows - r0);
+        for i in 0..n {
+            y[i * w.rows + r0..][..keep].copy_from_slice(&part[i * width..][..keep]);
+        }
+    }
+    Ok(())
+}
+
+/// acc[k][lane] = output row 4g + lane of activation row i + k, k < take (≤ 4).
+fn group_dot(
+    kernel: QKernel,
+    w: &QMatrix,
+    g: usize,
+    a: &QActs,
+    i: usize,
+    take: usize,
+    acc: &mut [[f32; GROUP]; 4],
+) {
+    match kernel {
+        QKernel::Scalar => {
+            for (k, acc) in acc[..take].iter_mut().enumerate() {
+                group_dot_scalar(w, g, a, i + k, acc);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        QKernel::Avx2 => {
+            assert!(QKernel::detect() == QKernel::Avx2, "AVX2/F16C not available");
+            let nb = a.blocks;
+            assert!(w.cols == nb * QK && a.qs.len() >= (i + take) * w.cols);
+            assert!((g + 1) * nb * GROUP <= w.d.len());
+            // SAFETY: the CPU has AVX2 and F16C (asserted); group g's blocks and activation
+            // rows i..i+take are in bounds (asserted above), which is the kernels' contract.
+            unsafe {
+                match take {
+                    4 => avx2::group_dot::<4>(w, g, a, i, acc),
+                    3 => avx2::group_dot::<3>(w, g, a, i, acc),
+                    2 => avx2::group_dot::<2>(w, g, a, i, acc),
+                    _ => avx2::group_dot::<1>(w, g, a, i, acc),
+                }
+            }
+        }
+    }
+}
+
+/// The portable kernel: one activation row against the 4 rows of group g.
+fn group_dot_scalar(w: &QMatrix, g: usize, a: &QActs, i: usize, acc: &mut [f32; GROUP]) {
+    let nb = a.blocks;
+    let qb = QMatrix::qbytes(w.dtype);
+    for b in 0..nb {
+        let xq = &a.qs[(i * nb + b) * QK..][..QK];
+        let dx = a.d[i * nb + b];
+        let sx = a.s[i * nb + b];
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            let at = (g * nb + b) * GROUP + lane;
+            let q = &w.qs[at * qb..(at + 1) * qb];
+            let isum: i32 = match w.dtype {
+                GgmlType::Q8_0 => q
+                    .iter()
+                    .zip(xq)
+                    .map(|(&w, &x)| w as i8 as i32 * x as i32)
+                    .sum(),
+                _ => {
+                    let mut s = 0i32;
+                    for j in 0..16 {
+                        s += (q[j] & 0x0f) as i32 * xq[j] as i32;
+                        s += (q[j] >> 4) as i32 * xq[j + 16] as i32;
+                    }
+                    if w.dtype == GgmlType::Q4_0 {
+                        s - 8 * sx
+                    } else {
+                        s
+                    }
+                }
+            };
+            let dw = f16_to_f32(w.d[at]);
+            *acc += (dw * dx) * isum as f32;
+            if w.dtype == GgmlType::Q4_1 {
+                *acc += f16_to_f32(w.m[at]) * (dx * sx as f32);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{QActs, QMatrix, GROUP, QK};
+    use crate::backend::cpu::quant::GgmlType;
+    use std::arch::x86_64::*;
+
+    /// acc[k] = the 4 outputs of group g for activation row i + k, k < R, with the float
+    /// operations of `group_dot_scalar` lane by lane.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C; `w` and `a` have the same block count; group `g` exists
+    /// in `w` and activation rows `i..i + R` exist in `a`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn group_dot<const R: usize>(
+        w: &QMatrix,
+        g: usize,
+        a: &QActs,
+        i: usize,
+        acc: &mut [[f32; GROUP]; 4],
+    ) {
+        let nb = a.blocks;
+        let qb = QMatrix::qbytes(w.dtype);
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0f);
+        let mut accv = [_mm_setzero_ps(); R];
+        let wq = w.qs.as_ptr();
+        let xq = a.qs.as_ptr();
+        for b in 0..nb {
+            let at = (g * nb + b) * GROUP;
+            // The 4 rows' integers as 32 bytes each (Q4: u8 0..15, low nibbles first).
+            let mut wv = [_mm256_setzero_si256(); GROUP];
+            for (lane, v) in wv.iter_mut().enumerate() {
+                let p = wq.add((at + lane) * qb);
+                *v = if w.dtype == GgmlType::Q8_0 {
+                    _mm256_loadu_si256(p as *const __m256i)
+                } else {
+                    let raw = _mm_loadu_si128(p as *const __m128i);
+                    let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                    _mm256_and_si256(both, low)
+                };
+            }
+            let dw = _mm_cvtph_ps(_mm_loadl_epi64(w.d.as_ptr().add(at) as *const __m128i));
+            let mw = if w.dtype == GgmlType::Q4_1 {
+                _mm_cvtph_ps(_mm_loadl_epi64(w.m.as_ptr().add(at) as *const __m128i))
+            } else {
+                _mm_setzero_ps()
+            };
+            for (k, accv) in accv.iter_mut().enumerate() {
+                let row = (i + k) * nb + b;
+                let x = _mm256_loadu_si256(xq.add(row * QK) as *const __m256i);
+                let dx = *a.d.get_unchecked(row);
+                let sx = *a.s.get_unchecked(row);
+                let mut p = [_mm256_setzero_si256(); GROUP];
+                for (p, &v) in p.iter_mut().zip(&wv) {
+                    let prod = if w.dtype == GgmlType::Q8_0 {
+                        // |w| · (x with w's sign): u8 × i8 pairs, exact in i16.
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v))
+                    } else {
+                        _mm256_maddubs_epi16(v, x)
+                    };
+                    *p = _mm256_madd_epi16(prod, ones);
+                }
+                // Lane-wise totals of the 4 rows: [r0, r1, r2, r3].
+                let s01 = _mm256_hadd_epi32(p[0], p[1]);
+                let s23 = _mm256_hadd_epi32(p[2], p[3]);
+                let s = _mm256_hadd_epi32(s01, s23);
+                let mut isum = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                if w.dtype == GgmlType::Q4_0 {
+                    isum = _mm_sub_epi32(isum, _mm_set1_epi32(8 * sx));
+                }
+                let f = _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(dx)), _mm_cvtepi32_ps(isum));
+                *accv = _mm_add_ps(*accv, f);
+                if w.dtype == GgmlType::Q4_1 {
+                    *accv = _mm_add_ps(*accv, _mm_mul_ps(mw, _mm_set1_ps(dx * sx as f32)));
+                }
+            }
+        }
+        for (out, v) in acc.iter_mut().zip(accv) {
+            _mm_storeu_ps(out.as_mut_ptr(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::quant::dequantize;
+
+    /// Deterministic pseudo-random bytes / values.
+    fn lcg(seed: &mut u64) -> u32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) as u32
+    }
+
+    /// Random ggml blocks with small f16 scales and minimums.
+    fn random_blocks(dtype: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let nb = rows * cols / QK;
+        let bb = dtype.block_bytes();
+        let mut out = Vec::with_capacity(nb * bb);
+        for _ in 0..nb {
+            // f16 bit patterns: scales about 2^-12..2^-7, minimums about −(2^-12..2^-6).
+            let scale = 0x1000u16 + (lcg(seed) % 0x1400) as u16;
+            out.extend(scale.to_le_bytes());
+            if dtype == GgmlType::Q4_1 {
+                let m = 0x9000u16 + (lcg(seed) % 0x1800) as u16;
+                out.extend(m.to_le_bytes());
+            }
+            for _ in 0..QMatrix::qbytes(dtype) {
+                out.push(lcg(seed) as u8);
+            }
+        }
+        out
+    }
+
+    fn random_x(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| (lcg(seed) % 20001) as f32 / 10000.0 - 1.0)
+            .collect()
+    }
+
+    const TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+
+    #[test]
+    fn matches_the_dequantised_product_within_8_bit_activation_error() {
+        let mut seed = 7;
+        for dtype in TYPES {
+            for (rows, cols, n) in [(1, 32, 1), (5, 64, 3), (13, 96, 7), (64, 256, 70)] {
+                let bytes = random_blocks(dtype, rows, cols, &mut seed);
+                let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
+                let mut wf = vec![0f32; rows * cols];
+                dequantize(dtype, &bytes, &mut wf).unwrap();
+                let x = random_x(n * cols, &mut seed);
+                let mut y = vec![0f32; n * rows];
+                qmatmul(&w, &x, n, &mut y).unwrap();
+                for i in 0..n {
+                    for r in 0..rows {
+                        let (xr, wr) = (&x[i * cols..][..cols], &wf[r * cols..][..cols]);
+                        let exact: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        // Each activation moves by ≤ half a step (max|x|/254 ≤ 1/254).
+                        let bound: f64 =
+                            wr.iter().map(|v| v.abs() as f64).sum::<f64>() / 254.0 + 1e-5;
+                        let got = y[i * rows + r] as f64;
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{dtype} [{rows},{cols}] n={n} ({i},{r}): {got} vs {exact} (bound {bound})"
+                        );
+                    }
+                }
+                // Row by row gives the same bits.
+                for i in [0, n - 1] {
+                    let mut y1 = vec![0f32; rows];
+                    qmatmul(&w, &x[i * cols..][..cols], 1, &mut y1).unwrap();
+                    assert_eq!(y1, y[i * rows..][..rows], "{dtype}: row {i} alone differs");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_equals_scalar_bit_for_bit_and_batches_do_not_change_rows() {
+        let mut seed = 11;
+        for dtype in TYPES {
+            let (rows, cols, n) = (23, 160, 7);
+            let bytes = random_blocks(dtype, rows, cols, &mut seed);
+            let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
+            let x = random_x(n * cols, &mut seed);
+            let mut scalar = vec![0f32; n * rows];
+            qmatmul_with(QKernel::Scalar, &w, &x, n, &mut scalar).unwrap();
+            let mut best = vec![0f32; n * rows];
+            qmatmul(&w, &x, n, &mut best).unwrap();
+            assert_eq!(scalar, best, "{dtype}: {:?} differs from scalar", QKernel::detect());
+            for i in 0..n {
+                let mut one = vec![0f32; rows];
+                qmatmul(&w, &x[i * cols..][..cols], 1, &mut one).unwrap();
+                assert_eq!(one, best[i * rows..][..rows], "{dtype}: row {i} n=1 vs n=7");
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_row_equals_dequantize() {
+        let mut seed = 3;
+        for dtype in TYPES {
+            let (rows, cols) = (6, 64);
+            let bytes = random_blocks(dtype, rows, cols, &mut seed);
+            let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
+            let mut all = vec![0f32; rows * cols];
+            dequantize(dtype, &bytes, &mut all).unwrap();
+            for r in 0..rows {
+                let mut row = vec![0f32; cols];
+                w.dequantize_row(r, &mut row);
+                assert_eq!(row, all[r * cols..][..cols]);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_types_are_errors() {
+        assert!(QMatrix::from_ggml(GgmlType::Q8_0, 2, 48, &[0; 2 * 34]).is_err());
+        assert!(QMatrix::from_ggml(GgmlType::Q8_0, 2, 32, &[0; 34]).is_err());
+        assert!(QMatrix::from_ggml(GgmlType::Q4_K, 1, 256, &[0; 144]).is_err());
+        let w = QMatrix::from_ggml(GgmlType::Q8_0, 2, 32, &[0; 68]).unwrap();
+        assert!(qmatmul(&w, &[0.0; 31], 1, &mut [0.0; 2]).is_err());
+    }
+}
