@@ -12,12 +12,17 @@
 //! fallback, one row or many), so each output row's result does not depend on the batch it
 //! ran in, nor on the instruction set: SIMD and scalar agree bit for bit.
 //!
-//! Weights are repacked at load into groups of 4 output rows (the row count padded with zero
-//! rows to a multiple of 4): for block b of group g, the 4 rows' integer bytes lie together,
-//! then their f16 scales (and Q4_1 minimums) as 4 consecutive u16. A kernel computes 4 outputs
-//! of one (or a few) activation rows at a time; work is split over output-row groups across
-//! threads, and for many activation rows it is tiled (a chunk of weight groups × a tile of
-//! activation rows) so weight blocks are reused from cache across rows: the GEMM path.
+//! Weights are repacked at load into groups of 8 output rows (the row count padded with zero
+//! rows to a multiple of 8), interleaved 4 values at a time: for block b of group g, chunk c
+//! holds values 4c..4c+4 of each of the 8 rows (32 bytes; for Q4, the low nibbles are values
+//! 4c.., the high nibbles values 16 + 4c..; ggml's own byte order within a row, so repacking
+//! only moves 4-byte pieces). A SIMD lane then accumulates one output row: multiplying a chunk
+//! by the activation's 4 matching bytes broadcast gives 8 rows' partial dots with no
+//! horizontal sums. The f16 scales (and Q4_1 minimums) of a group's block are 8 consecutive
+//! u16. A kernel computes 8 outputs of up to 4 activation rows at a time, each weight chunk
+//! unpacked once for all of them; work is split over output-row groups across threads, and
+//! for many activation rows it is tiled (a chunk of weight groups × a tile of activation rows)
+//! so weight blocks are reused from cache across rows: the GEMM path.
 
 use super::quant::GgmlType;
 use crate::io::f16_to_f32;
@@ -27,7 +32,7 @@ use rayon::prelude::*;
 /// Values per block of the quantised types handled here (and of the activation blocks).
 pub const QK: usize = 32;
 /// Output rows per packed group.
-const GROUP: usize = 4;
+const GROUP: usize = 8;
 
 /// A weight matrix [rows, cols] in one of the types [`QMatrix::supports`] lists, repacked for
 /// the kernels (see the module documentation).
@@ -36,9 +41,9 @@ pub struct QMatrix {
     pub dtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
-    /// [groups][blocks][4 rows][16 (Q4) or 32 (Q8) bytes].
+    /// [groups][blocks][4 (Q4) or 8 (Q8) chunks][8 rows][4 bytes].
     qs: Vec<u8>,
-    /// f16 scales [groups][blocks][4 rows].
+    /// f16 scales [groups][blocks][8 rows].
     d: Vec<u16>,
     /// f16 minimums (Q4_1 only), laid out as `d`.
     m: Vec<u16>,
@@ -109,7 +114,11 @@ impl QMatrix {
                 if dtype == GgmlType::Q4_1 {
                     m[at] = u16::from_le_bytes([src[2], src[3]]);
                 }
-                qs[at * qb..(at + 1) * qb].copy_from_slice(&src[q_off..]);
+                let gb = (g * nb + b) * GROUP * qb;
+                for (c, piece) in src[q_off..].chunks_exact(4).enumerate() {
+                    let to = gb + c * GROUP * 4 + lane * 4;
+                    qs[to..to + 4].copy_from_slice(piece);
+                }
             }
         }
         Ok(QMatrix {
@@ -127,6 +136,18 @@ impl QMatrix {
         self.qs.len() + 2 * (self.d.len() + self.m.len())
     }
 
+    /// Row `lane` of group `g`'s block `b` in ggml's byte order (16 or 32 bytes used).
+    fn row_bytes(&self, g: usize, b: usize, lane: usize) -> [u8; 32] {
+        let qb = Self::qbytes(self.dtype);
+        let gb = (g * (self.cols / QK) + b) * GROUP * qb;
+        let mut out = [0u8; 32];
+        for c in 0..qb / 4 {
+            let from = gb + c * GROUP * 4 + lane * 4;
+            out[c * 4..c * 4 + 4].copy_from_slice(&self.qs[from..from + 4]);
+        }
+        out
+    }
+
     /// Row `r` as f32 (for embedding lookups), as [`super::quant::dequantize`] gives it.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
@@ -134,7 +155,8 @@ impl QMatrix {
         let (g, lane) = (r / GROUP, r % GROUP);
         for (b, y) in out[..self.cols].chunks_exact_mut(QK).enumerate() {
             let at = (g * nb + b) * GROUP + lane;
-            let q = &self.qs[at * qb..(at + 1) * qb];
+            let q = self.row_bytes(g, b, lane);
+            let q = &q[..qb];
             let d = f16_to_f32(self.d[at]);
             match self.dtype {
                 GgmlType::Q8_0 => {
@@ -160,8 +182,12 @@ impl QMatrix {
     }
 }
 
+/// 1.5·2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest
+/// integer, ties to even, in plain arithmetic (no libm call, vectorisable).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
 /// Quantises `n` rows of `cols` values to 8 bits per 32-block (llama.cpp's `quantize_row_q8_1`
-/// with an f32 scale and an exact integer sum).
+/// with an f32 scale, an exact integer sum, and ties rounded to even).
 fn quantize_acts(x: &[f32], n: usize, cols: usize) -> QActs {
     let nb = cols / QK;
     let mut a = QActs {
@@ -176,7 +202,8 @@ fn quantize_acts(x: &[f32], n: usize, cols: usize) -> QActs {
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(xs) {
-            let r = (v * inv).round() as i32;
+            // |v·inv| ≤ 127 (NaN and infinities aside, which give garbage, not UB).
+            let r = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC) as i32;
             *q = r as i8;
             sum += r;
         }
@@ -330,14 +357,13 @@ fn group_dot(
 /// The portable kernel: one activation row against the 4 rows of group g.
 fn group_dot_scalar(w: &QMatrix, g: usize, a: &QActs, i: usize, acc: &mut [f32; GROUP]) {
     let nb = a.blocks;
-    let qb = QMatrix::qbytes(w.dtype);
     for b in 0..nb {
         let xq = &a.qs[(i * nb + b) * QK..][..QK];
         let dx = a.d[i * nb + b];
         let sx = a.s[i * nb + b];
         for (lane, acc) in acc.iter_mut().enumerate() {
             let at = (g * nb + b) * GROUP + lane;
-            let q = &w.qs[at * qb..(at + 1) * qb];
+            let q = w.row_bytes(g, b, lane);
             let isum: i32 = match w.dtype {
                 GgmlType::Q8_0 => q
                     .iter()
@@ -372,7 +398,7 @@ mod avx2 {
     use crate::backend::cpu::quant::GgmlType;
     use std::arch::x86_64::*;
 
-    /// acc[k] = the 4 outputs of group g for activation row i + k, k < R, with the float
+    /// acc[k] = the 8 outputs of group g for activation row i + k, k < R, with the float
     /// operations of `group_dot_scalar` lane by lane.
     ///
     /// # Safety
@@ -390,61 +416,67 @@ mod avx2 {
         let qb = QMatrix::qbytes(w.dtype);
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0f);
-        let mut accv = [_mm_setzero_ps(); R];
-        let wq = w.qs.as_ptr();
+        let mut facc = [_mm256_setzero_ps(); R];
         let xq = a.qs.as_ptr();
+        // The 4 activation bytes of chunk c of block b of row i + k, broadcast to every lane.
+        let xb = |k: usize, b: usize, c: usize| {
+            let p = xq.add(((i + k) * nb + b) * QK + 4 * c) as *const i32;
+            _mm256_set1_epi32(p.read_unaligned())
+        };
         for b in 0..nb {
-            let at = (g * nb + b) * GROUP;
-            // The 4 rows' integers as 32 bytes each (Q4: u8 0..15, low nibbles first).
-            let mut wv = [_mm256_setzero_si256(); GROUP];
-            for (lane, v) in wv.iter_mut().enumerate() {
-                let p = wq.add((at + lane) * qb);
-                *v = if w.dtype == GgmlType::Q8_0 {
-                    _mm256_loadu_si256(p as *const __m256i)
-                } else {
-                    let raw = _mm_loadu_si128(p as *const __m128i);
-                    let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-                    _mm256_and_si256(both, low)
-                };
-            }
-            let dw = _mm_cvtph_ps(_mm_loadl_epi64(w.d.as_ptr().add(at) as *const __m128i));
-            let mw = if w.dtype == GgmlType::Q4_1 {
-                _mm_cvtph_ps(_mm_loadl_epi64(w.m.as_ptr().add(at) as *const __m128i))
+            let gb = (g * nb + b) * GROUP;
+            let base = w.qs.as_ptr().add(gb * qb);
+            let mut isum = [_mm256_setzero_si256(); R];
+            if w.dtype == GgmlType::Q8_0 {
+                for c in 0..8 {
+                    let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
+                    let av = _mm256_sign_epi8(v, v);
+                    for (k, s) in isum.iter_mut().enumerate() {
+                        // |w| · (x with w's sign): pairs ≤ 2·128·127, exact in i16.
+                        let p = _mm256_maddubs_epi16(av, _mm256_sign_epi8(xb(k, b, c), v));
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+                    }
+                }
             } else {
-                _mm_setzero_ps()
+                // Nibbles 0..15 times |x| ≤ 127: a pair ≤ 3810, eight chunks ≤ 30480, exact in
+                // i16 until the one widening multiply-add.
+                let mut s16 = [_mm256_setzero_si256(); R];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
+                    let lo = _mm256_and_si256(v, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (k, s) in s16.iter_mut().enumerate() {
+                        let pl = _mm256_maddubs_epi16(lo, xb(k, b, c));
+                        let ph = _mm256_maddubs_epi16(hi, xb(k, b, c + 4));
+                        *s = _mm256_add_epi16(*s, _mm256_add_epi16(pl, ph));
+                    }
+                }
+                for (s, s16) in isum.iter_mut().zip(s16) {
+                    *s = _mm256_madd_epi16(s16, ones);
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(gb) as *const __m128i));
+            let mw = if w.dtype == GgmlType::Q4_1 {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(gb) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
             };
-            for (k, accv) in accv.iter_mut().enumerate() {
+            for (k, (f, mut is)) in facc.iter_mut().zip(isum).enumerate() {
                 let row = (i + k) * nb + b;
-                let x = _mm256_loadu_si256(xq.add(row * QK) as *const __m256i);
                 let dx = *a.d.get_unchecked(row);
                 let sx = *a.s.get_unchecked(row);
-                let mut p = [_mm256_setzero_si256(); GROUP];
-                for (p, &v) in p.iter_mut().zip(&wv) {
-                    let prod = if w.dtype == GgmlType::Q8_0 {
-                        // |w| · (x with w's sign): u8 × i8 pairs, exact in i16.
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v))
-                    } else {
-                        _mm256_maddubs_epi16(v, x)
-                    };
-                    *p = _mm256_madd_epi16(prod, ones);
-                }
-                // Lane-wise totals of the 4 rows: [r0, r1, r2, r3].
-                let s01 = _mm256_hadd_epi32(p[0], p[1]);
-                let s23 = _mm256_hadd_epi32(p[2], p[3]);
-                let s = _mm256_hadd_epi32(s01, s23);
-                let mut isum = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
                 if w.dtype == GgmlType::Q4_0 {
-                    isum = _mm_sub_epi32(isum, _mm_set1_epi32(8 * sx));
+                    is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx));
                 }
-                let f = _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(dx)), _mm_cvtepi32_ps(isum));
-                *accv = _mm_add_ps(*accv, f);
+                let t = _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(is));
+                *f = _mm256_add_ps(*f, t);
                 if w.dtype == GgmlType::Q4_1 {
-                    *accv = _mm_add_ps(*accv, _mm_mul_ps(mw, _mm_set1_ps(dx * sx as f32)));
+                    *f = _mm256_add_ps(*f, _mm256_mul_ps(mw, _mm256_set1_ps(dx * sx as f32)));
                 }
             }
         }
-        for (out, v) in acc.iter_mut().zip(accv) {
-            _mm_storeu_ps(out.as_mut_ptr(), v);
+        for (out, v) in acc.iter_mut().zip(facc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
         }
     }
 }
@@ -571,5 +603,45 @@ mod tests {
         assert!(QMatrix::from_ggml(GgmlType::Q4_K, 1, 256, &[0; 144]).is_err());
         let w = QMatrix::from_ggml(GgmlType::Q8_0, 2, 32, &[0; 68]).unwrap();
         assert!(qmatmul(&w, &[0.0; 31], 1, &mut [0.0; 2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p largo --lib qmatmul::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn timings() {
+        for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (rows, cols) = (1536, 576);
+            let bytes: Vec<u8> = (0..rows * cols / 32 * dtype.block_bytes())
+                .map(|i| if i % dtype.block_bytes() < 4 { 0x10 } else { (i * 7) as u8 })
+                .collect();
+            let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
+            for n in [1usize, 512] {
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+                let mut y = vec![0f32; n * rows];
+                let reps = if n == 1 { 2000 } else { 10 };
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| {
+                        qmatmul(&w, &x, n, &mut y).unwrap();
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            qmatmul(&w, &x, n, &mut y).unwrap();
+                        }
+                        let s = t.elapsed().as_secs_f64() / reps as f64;
+                        println!(
+                            "{dtype} [{rows},{cols}] n={n} threads={threads}: {:.1} µs, {:.1} GB/s, {:.1} GMAC/s",
+                            s * 1e6,
+                            w.bytes() as f64 / s / 1e9,
+                            (n * rows * cols) as f64 / s / 1e9
+                        );
+                    });
+                }
+            }
+        }
     }
 }
