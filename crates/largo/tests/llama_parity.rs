@@ -236,7 +236,11 @@ fn quantised_gguf_logits_are_near_the_dequantised_ones() {
     ] {
         let quant = load_gguf(&GgufFile::open(fixtures().join(file)).unwrap()).unwrap();
         let exact = gguf(file);
-        assert!(!quant.weight_types().contains("f32"), "{file}: {}", quant.weight_types());
+        assert!(
+            !quant.weight_types().contains("f32"),
+            "{file}: {}",
+            quant.weight_types()
+        );
         assert_eq!(exact.weight_types(), "f32");
         assert!(quant.weight_bytes() * 3 < exact.weight_bytes(), "{file}");
         let (ids, want) = reference(file);
@@ -252,7 +256,10 @@ fn quantised_gguf_logits_are_near_the_dequantised_ones() {
             max_diff(&quant, &ids, &want)
         );
         assert!(d < weight_rounding && d < 1.0, "{file}: max |Δ| {d}");
-        assert!(d > 0.0, "{file}: the quantised path should not be the f32 one");
+        assert!(
+            d > 0.0,
+            "{file}: the quantised path should not be the f32 one"
+        );
     }
 }
 
@@ -335,5 +342,8 @@ fn smollm2_quantised_agrees_with_transformers_greedy() {
     );
     assert!(worst < 1.0, "max |Δ| {worst}");
     assert!(share >= 0.95, "greedy agreement {share}");
-    assert!(worst_gap < 0.5, "transformers' token {worst_gap} below the top");
+    assert!(
+        worst_gap < 0.5,
+        "transformers' token {worst_gap} below the top"
+    );
 }

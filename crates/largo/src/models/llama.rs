@@ -8,10 +8,10 @@
 //! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
 //! values of the positions seen so far.
 
+use crate::backend::cpu::qmatmul::{qmatmul, QMatrix};
 use crate::backend::{
     add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, swiglu_forward, Gemm,
 };
-use crate::backend::cpu::qmatmul::{qmatmul, QMatrix};
 use crate::{bail, Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -224,9 +224,7 @@ impl Matrix {
     /// y [n, rows] = x [n, cols] · selfᵀ.
     fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
         match &self.weights {
-            Weights::F32(d) => {
-                Gemm::nt(n, self.rows, self.cols).run(x, d, &mut y[..n * self.rows])
-            }
+            Weights::F32(d) => Gemm::nt(n, self.rows, self.cols).run(x, d, &mut y[..n * self.rows]),
             Weights::Quant(q) => {
                 qmatmul(q, x, n, y).expect("shapes checked when the model was built")
             }
@@ -418,7 +416,10 @@ impl Llama {
     /// The weight types of the matrices, e.g. `f32` or `Q4_1 + Q8_0 (quantised)`.
     pub fn weight_types(&self) -> String {
         let mut types = std::collections::BTreeSet::new();
-        let head = self.lm_head.iter().chain(std::iter::once(&self.embed_tokens));
+        let head = self
+            .lm_head
+            .iter()
+            .chain(std::iter::once(&self.embed_tokens));
         let layers = self.layers.iter().flat_map(|l| {
             [
                 &l.q_proj,

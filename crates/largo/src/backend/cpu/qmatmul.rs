@@ -233,15 +233,38 @@ pub enum QKernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (u8 × i8 dot products of 4,
+    /// accumulated in i32, in one instruction).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl QKernel {
+    /// Every kernel this CPU runs, the portable one first.
+    pub fn available() -> Vec<QKernel> {
+        let mut k = vec![QKernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = QKernel::detect();
+            if best != QKernel::Scalar {
+                k.push(QKernel::Avx2);
+            }
+            if best == QKernel::Avx512Vnni {
+                k.push(QKernel::Avx512Vnni);
+            }
+        }
+        k
+    }
+
     /// The best this CPU supports (detected once).
     pub fn detect() -> QKernel {
         static K: std::sync::OnceLock<QKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                    return QKernel::Avx512Vnni;
+                }
                 return QKernel::Avx2;
             }
             QKernel::Scalar
@@ -340,8 +363,31 @@ fn group_dot(
             }
         }
         #[cfg(target_arch = "x86_64")]
+        QKernel::Avx512Vnni => {
+            assert!(
+                QKernel::detect() == QKernel::Avx512Vnni,
+                "AVX-512 VNNI not available"
+            );
+            let nb = a.blocks;
+            assert!(w.cols == nb * QK && a.qs.len() >= (i + take) * w.cols);
+            assert!((g + 1) * nb * GROUP <= w.d.len());
+            // SAFETY: the CPU has AVX2, F16C, AVX-512 VL and VNNI (asserted); group g's blocks
+            // and activation rows i..i+take are in bounds (asserted), the kernels' contract.
+            unsafe {
+                match take {
+                    4 => avx2::group_dot_vnni::<4>(w, g, a, i, acc),
+                    3 => avx2::group_dot_vnni::<3>(w, g, a, i, acc),
+                    2 => avx2::group_dot_vnni::<2>(w, g, a, i, acc),
+                    _ => avx2::group_dot_vnni::<1>(w, g, a, i, acc),
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         QKernel::Avx2 => {
-            assert!(QKernel::detect() == QKernel::Avx2, "AVX2/F16C not available");
+            assert!(
+                QKernel::detect() != QKernel::Scalar,
+                "AVX2/F16C not available"
+            );
             let nb = a.blocks;
             assert!(w.cols == nb * QK && a.qs.len() >= (i + take) * w.cols);
             assert!((g + 1) * nb * GROUP <= w.d.len());
@@ -481,7 +527,89 @@ mod avx2 {
                 if w.dtype == GgmlType::Q4_0 {
                     is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx));
                 }
-                let t = _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(is));
+                let t = _mm256_mul_ps(
+                    _mm256_mul_ps(dw, _mm256_set1_ps(dx)),
+                    _mm256_cvtepi32_ps(is),
+                );
+                *f = _mm256_add_ps(*f, t);
+                if w.dtype == GgmlType::Q4_1 {
+                    *f = _mm256_add_ps(*f, _mm256_mul_ps(mw, _mm256_set1_ps(dx * sx as f32)));
+                }
+            }
+        }
+        for (out, v) in acc.iter_mut().zip(facc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+        }
+    }
+
+    /// [`group_dot`] with `vpdpbusd`: the same integer sums (exact), the same float operations.
+    ///
+    /// # Safety
+    /// As [`group_dot`], and the CPU supports AVX-512 VL and VNNI.
+    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn group_dot_vnni<const R: usize>(
+        w: &QMatrix,
+        g: usize,
+        a: &QActs,
+        i: usize,
+        acc: &mut [[f32; GROUP]; 4],
+    ) {
+        let nb = a.blocks;
+        let qb = QMatrix::qbytes(w.dtype);
+        let low = _mm256_set1_epi8(0x0f);
+        let flip = _mm256_set1_epi8(-128);
+        let mut facc = [_mm256_setzero_ps(); R];
+        let xq = a.qs.as_ptr();
+        let xb = |k: usize, b: usize, c: usize| {
+            let p = xq.add(((i + k) * nb + b) * QK + 4 * c) as *const i32;
+            _mm256_set1_epi32(p.read_unaligned())
+        };
+        for b in 0..nb {
+            let gb = (g * nb + b) * GROUP;
+            let base = w.qs.as_ptr().add(gb * qb);
+            for line in (0..GROUP * qb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH + line) as *const i8);
+            }
+            let mut isum = [_mm256_setzero_si256(); R];
+            if w.dtype == GgmlType::Q8_0 {
+                // w + 128 as u8 (flip the sign bit): Σ(w + 128)·x − 128·Σx.
+                for c in 0..8 {
+                    let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
+                    let u = _mm256_xor_si256(v, flip);
+                    for (k, s) in isum.iter_mut().enumerate() {
+                        *s = _mm256_dpbusd_epi32(*s, u, xb(k, b, c));
+                    }
+                }
+            } else {
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
+                    let lo = _mm256_and_si256(v, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (k, s) in isum.iter_mut().enumerate() {
+                        *s = _mm256_dpbusd_epi32(*s, lo, xb(k, b, c));
+                        *s = _mm256_dpbusd_epi32(*s, hi, xb(k, b, c + 4));
+                    }
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(gb) as *const __m128i));
+            let mw = if w.dtype == GgmlType::Q4_1 {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(gb) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (k, (f, mut is)) in facc.iter_mut().zip(isum).enumerate() {
+                let row = (i + k) * nb + b;
+                let dx = *a.d.get_unchecked(row);
+                let sx = *a.s.get_unchecked(row);
+                match w.dtype {
+                    GgmlType::Q4_0 => is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx)),
+                    GgmlType::Q8_0 => is = _mm256_sub_epi32(is, _mm256_set1_epi32(128 * sx)),
+                    _ => {}
+                }
+                let t = _mm256_mul_ps(
+                    _mm256_mul_ps(dw, _mm256_set1_ps(dx)),
+                    _mm256_cvtepi32_ps(is),
+                );
                 *f = _mm256_add_ps(*f, t);
                 if w.dtype == GgmlType::Q4_1 {
                     *f = _mm256_add_ps(*f, _mm256_mul_ps(mw, _mm256_set1_ps(dx * sx as f32)));
@@ -550,7 +678,8 @@ mod tests {
                 for i in 0..n {
                     for r in 0..rows {
                         let (xr, wr) = (&x[i * cols..][..cols], &wf[r * cols..][..cols]);
-                        let exact: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let exact: f64 =
+                            xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
                         // Each activation moves by ≤ half a step (max|x|/254 ≤ 1/254).
                         let bound: f64 =
                             wr.iter().map(|v| v.abs() as f64).sum::<f64>() / 254.0 + 1e-5;
@@ -581,9 +710,13 @@ mod tests {
             let x = random_x(n * cols, &mut seed);
             let mut scalar = vec![0f32; n * rows];
             qmatmul_with(QKernel::Scalar, &w, &x, n, &mut scalar).unwrap();
+            for kernel in QKernel::available() {
+                let mut y = vec![0f32; n * rows];
+                qmatmul_with(kernel, &w, &x, n, &mut y).unwrap();
+                assert_eq!(scalar, y, "{dtype}: {kernel:?} differs from scalar");
+            }
             let mut best = vec![0f32; n * rows];
             qmatmul(&w, &x, n, &mut best).unwrap();
-            assert_eq!(scalar, best, "{dtype}: {:?} differs from scalar", QKernel::detect());
             for i in 0..n {
                 let mut one = vec![0f32; rows];
                 qmatmul(&w, &x[i * cols..][..cols], 1, &mut one).unwrap();
@@ -634,27 +767,48 @@ mod speed {
             (GgmlType::Q8_0, 49152, 576),
         ] {
             let bytes: Vec<u8> = (0..rows * cols / 32 * dtype.block_bytes())
-                .map(|i| if i % dtype.block_bytes() < 4 { 0x10 } else { (i * 7) as u8 })
+                .map(|i| {
+                    if i % dtype.block_bytes() < 4 {
+                        0x10
+                    } else {
+                        (i * 7) as u8
+                    }
+                })
                 .collect();
             let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
             for n in [1usize, 512] {
                 if n > 1 && rows > 2000 {
                     continue;
                 }
-                let x: Vec<f32> = (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
+                    .collect();
                 let mut y = vec![0f32; n * rows];
-                let reps = if n > 1 { 10 } else if rows > 2000 { 100 } else { 2000 };
-                for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let reps = if n > 1 {
+                    10
+                } else if rows > 2000 {
+                    100
+                } else {
+                    2000
+                };
+                for (threads, kernel) in QKernel::available()
+                    .into_iter()
+                    .skip(1)
+                    .flat_map(|k| [(1, k), (2, k)])
+                {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
                     pool.install(|| {
-                        qmatmul(&w, &x, n, &mut y).unwrap();
+                        qmatmul_with(kernel, &w, &x, n, &mut y).unwrap();
                         let t = std::time::Instant::now();
                         for _ in 0..reps {
-                            qmatmul(&w, &x, n, &mut y).unwrap();
+                            qmatmul_with(kernel, &w, &x, n, &mut y).unwrap();
                         }
                         let s = t.elapsed().as_secs_f64() / reps as f64;
                         println!(
-                            "{dtype} [{rows},{cols}] n={n} threads={threads}: {:.1} µs, {:.1} GB/s, {:.1} GMAC/s",
+                            "{kernel:?} {dtype} [{rows},{cols}] n={n} threads={threads}: {:.1} µs, {:.1} GB/s, {:.1} GMAC/s",
                             s * 1e6,
                             w.bytes() as f64 / s / 1e9,
                             (n * rows * cols) as f64 / s / 1e9
