@@ -182,6 +182,9 @@ impl QMatrix {
     }
 }
 
+/// One activation block being quantised: (values, integers), (scale, integer sum).
+type ActBlock<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut f32, &'a mut i32));
+
 /// 1.5·2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest
 /// integer, ties to even, in plain arithmetic (no libm call, vectorisable).
 const ROUND_MAGIC: f32 = 12_582_912.0;
@@ -196,7 +199,7 @@ fn quantize_acts(x: &[f32], n: usize, cols: usize) -> QActs {
         d: vec![0.0; n * nb],
         s: vec![0; n * nb],
     };
-    let one = |((xs, qs), (d, s)): ((&[f32], &mut [i8]), (&mut f32, &mut i32))| {
+    let one = |((xs, qs), (d, s)): ActBlock| {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
