@@ -23,6 +23,11 @@ pub struct Args {
     /// Answer this one message, print only the reply on stdout, and exit.
     #[arg(long)]
     message: Option<String>,
+    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
+    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
+    /// Default: every weight dequantised to f32 (transformers' numbers).
+    #[arg(long)]
+    quantized: bool,
     /// Sampling of each reply (--max-tokens: the most tokens in one reply).
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -98,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
             a.model.display()
         )
     })?;
-    let model = files.load_model()?;
+    let model = files.load(!a.quantized)?;
     let tokenizer = files.load_tokenizer()?;
     let source = tokenizer
         .chat_template

@@ -55,6 +55,11 @@ pub struct Args {
     /// (naming them) or `skip`ped (counted on stderr).
     #[arg(long, value_enum, default_value = "error")]
     unknown: UnknownArg,
+    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
+    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
+    /// Default: every weight dequantised to f32 (transformers' numbers).
+    #[arg(long)]
+    quantized: bool,
     /// Classifier only: which samples to score. Default: all of the train-* files, or the
     /// t10k-* files when the directory has only those.
     #[arg(long, value_enum)]
@@ -200,7 +205,7 @@ fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
         )
     })?;
     if let Some(files) = LlmFiles::find(&a.model)? {
-        let model = files.load_model()?;
+        let model = files.load(!a.quantized)?;
         let tokenizer = files.load_tokenizer()?;
         let context = model.config.max_position_embeddings;
         if a.context > context {

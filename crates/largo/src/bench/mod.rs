@@ -275,6 +275,8 @@ fn peak_rss_mb_in(status: &str) -> Option<f64> {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LlmBench {
     pub pp512: f64,
+    /// The matrices' weight types (`f32`, `Q4_1 + Q8_0`, …).
+    pub weights: String,
     pub tg128: f64,
     /// Seconds to load the model, ready to run.
     pub load_s: f64,
@@ -286,10 +288,14 @@ pub struct LlmBench {
     pub threads: usize,
 }
 
-pub fn bench_llm(files: &crate::models::llama_load::LlmFiles, reps: usize) -> Result<LlmBench> {
+pub fn bench_llm(
+    files: &crate::models::llama_load::LlmFiles,
+    reps: usize,
+    dequantize: bool,
+) -> Result<LlmBench> {
     use crate::models::llama::LlamaCache;
     let t = std::time::Instant::now();
-    let model = files.load_model()?;
+    let model = files.load(dequantize)?;
     let load_s = t.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     // Token ids spread over the vocabulary (the speed does not depend on which).
@@ -316,6 +322,7 @@ pub fn bench_llm(files: &crate::models::llama_load::LlmFiles, reps: usize) -> Re
     let tg128 = median(&mut tg);
     Ok(LlmBench {
         pp512: median(&mut pp),
+        weights: model.weight_types(),
         tg128,
         load_s,
         peak_rss_mb: peak_rss_mb(),

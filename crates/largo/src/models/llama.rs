@@ -8,6 +8,7 @@
 //! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
 //! values of the positions seen so far.
 
+use crate::backend::cpu::qmatmul::{qmatmul, QMatrix};
 use crate::backend::{
     add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, swiglu_forward, Gemm,
 };
@@ -162,7 +163,16 @@ impl LlamaConfig {
 pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f32>,
+    pub weights: Weights,
+}
+
+/// How a [`Matrix`] holds its values.
+#[derive(Clone, Debug)]
+pub enum Weights {
+    /// f32 values, multiplied with the f32 GEMM.
+    F32(Vec<f32>),
+    /// ggml blocks, multiplied by the integer kernels (activations quantised to 8 bits).
+    Quant(QMatrix),
 }
 
 impl Matrix {
@@ -174,12 +184,51 @@ impl Matrix {
                 data.len()
             );
         }
-        Ok(Matrix { rows, cols, data })
+        Ok(Matrix {
+            rows,
+            cols,
+            weights: Weights::F32(data),
+        })
+    }
+
+    /// A quantised matrix.
+    pub fn quantized(q: QMatrix) -> Self {
+        Matrix {
+            rows: q.rows,
+            cols: q.cols,
+            weights: Weights::Quant(q),
+        }
+    }
+
+    /// Bytes a product reads.
+    pub fn bytes(&self) -> usize {
+        match &self.weights {
+            Weights::F32(d) => d.len() * 4,
+            Weights::Quant(q) => q.bytes(),
+        }
+    }
+
+    /// Whether the weights are quantised.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weights, Weights::Quant(_))
+    }
+
+    /// Row `r` as f32 into `out` (an embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        match &self.weights {
+            Weights::F32(d) => out.copy_from_slice(&d[r * self.cols..(r + 1) * self.cols]),
+            Weights::Quant(q) => q.dequantize_row(r, out),
+        }
     }
 
     /// y [n, rows] = x [n, cols] · selfᵀ.
     fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        Gemm::nt(n, self.rows, self.cols).run(x, &self.data, &mut y[..n * self.rows]);
+        match &self.weights {
+            Weights::F32(d) => Gemm::nt(n, self.rows, self.cols).run(x, d, &mut y[..n * self.rows]),
+            Weights::Quant(q) => {
+                qmatmul(q, x, n, y).expect("shapes checked when the model was built")
+            }
+        }
     }
 }
 
@@ -356,17 +405,39 @@ impl Llama {
                     &l.down_proj,
                 ]
                 .iter()
-                .map(|m| m.data.len())
+                .map(|m| m.bytes())
                 .sum::<usize>()
             })
             .sum();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).bytes();
+        matrices + head
+    }
+
+    /// The weight types of the matrices, e.g. `f32` or `Q4_1 + Q8_0 (quantised)`.
+    pub fn weight_types(&self) -> String {
+        let mut types = std::collections::BTreeSet::new();
         let head = self
             .lm_head
-            .as_ref()
-            .unwrap_or(&self.embed_tokens)
-            .data
-            .len();
-        (matrices + head) * 4
+            .iter()
+            .chain(std::iter::once(&self.embed_tokens));
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+        });
+        for m in head.chain(layers) {
+            types.insert(match &m.weights {
+                Weights::F32(_) => "f32".to_string(),
+                Weights::Quant(q) => q.dtype.name().to_string(),
+            });
+        }
+        types.into_iter().collect::<Vec<_>>().join(" + ")
     }
 
     /// Divides each rotary frequency by its factor (GGUF's `rope_freqs.weight`, Llama 3's
@@ -411,7 +482,7 @@ impl Llama {
                     cfg.vocab_size
                 );
             }
-            row.copy_from_slice(&self.embed_tokens.data[id * c..(id + 1) * c]);
+            self.embed_tokens.row(id, row);
         }
         let mut s = Scratch::default();
         let (cos, sin) = rope_cos_sin(&self.inv_freq, start, t);

@@ -4,8 +4,9 @@
 //! [`Llama`] with Hugging Face's names and layout. Quantised GGUF weights are dequantised to f32.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, LlamaLayer, Matrix, RopeScaling};
+use crate::backend::cpu::qmatmul::QMatrix;
 use crate::data::llm_tokenizer::{tokenizer_from_gguf, tokenizer_from_hf_dir, LlmTokenizer};
-use crate::io::gguf::GgufFile;
+use crate::io::gguf::{GgufFile, TensorView};
 use crate::io::TensorFile;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -49,10 +50,16 @@ impl LlmFiles {
         }
     }
 
-    /// Loads the model (GGUF blocks dequantised to f32).
+    /// Loads the model with every weight as f32 (GGUF blocks dequantised): transformers'
+    /// numbers. `load(false)` keeps Q8_0/Q4_0/Q4_1 matrices quantised for the integer kernels.
     pub fn load_model(&self) -> Result<Llama> {
+        self.load(true)
+    }
+
+    /// Loads the model; `dequantize` expands every GGUF weight to f32.
+    pub fn load(&self, dequantize: bool) -> Result<Llama> {
         match self {
-            LlmFiles::Gguf(file) => load_gguf(&GgufFile::open(file)?),
+            LlmFiles::Gguf(file) => load_gguf_with(&GgufFile::open(file)?, dequantize),
             LlmFiles::HuggingFace(dir) => load_hf(dir),
         }
     }
@@ -203,7 +210,7 @@ pub fn load_hf(dir: &Path) -> Result<Llama> {
         );
     }
     let mut source = HfTensors { tensors };
-    build(config, &mut source, &|_, _, _| {})
+    build(config, &mut source, &|_| None)
 }
 
 /// `model.safetensors`, or the shards `model.safetensors.index.json` lists.
@@ -246,6 +253,17 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 trait TensorSource {
     /// The tensor `name`, which must have `shape`; `None` when absent and `optional`.
     fn take(&mut self, name: &str, shape: &[usize], optional: bool) -> Result<Option<Tensor>>;
+    /// The matrix `name` [rows, cols] kept quantised, its rows un-permuted for `heads` when
+    /// given; `None` when this source gives f32 for it (then `take` is asked).
+    fn take_quant(
+        &mut self,
+        _name: &str,
+        _rows: usize,
+        _cols: usize,
+        _heads: Option<usize>,
+    ) -> Result<Option<QMatrix>> {
+        Ok(None)
+    }
     /// Names left over (an error: weights the model does not use).
     fn leftover(&self) -> Option<String>;
     fn describe(&self) -> String;
@@ -288,8 +306,9 @@ impl TensorSource for HfTensors {
     }
 }
 
-/// Un-permutes a 2-D weight in place (name, rows, values), or leaves it.
-type RowFix<'a> = &'a dyn Fn(&str, usize, &mut [f32]);
+/// The head count whose rotary rows a weight's rows must be un-permuted for (GGUF `llama`
+/// q/k weights and biases), or `None` to leave them.
+type RowFix<'a> = &'a dyn Fn(&str) -> Option<usize>;
 
 fn take_matrix(
     src: &mut dyn TensorSource,
@@ -298,10 +317,15 @@ fn take_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<Matrix> {
+    if let Some(q) = src.take_quant(name, rows, cols, fix(name))? {
+        return Ok(Matrix::quantized(q));
+    }
     let mut t = src
         .take(name, &[rows, cols], false)?
         .ok_or_else(|| Error::Invalid(format!("missing tensor {name}")))?;
-    fix(name, rows, &mut t.data);
+    if let Some(heads) = fix(name) {
+        unpermute_rows(&mut t.data, rows, heads);
+    }
     Matrix::new(rows, cols, t.data)
 }
 
@@ -309,7 +333,9 @@ fn take_vector(src: &mut dyn TensorSource, fix: RowFix, name: &str, n: usize) ->
     let mut t = src
         .take(name, &[n], false)?
         .ok_or_else(|| Error::Invalid(format!("missing tensor {name}")))?;
-    fix(name, n, &mut t.data);
+    if let Some(heads) = fix(name) {
+        unpermute_rows(&mut t.data, n, heads);
+    }
     Ok(t.data)
 }
 
@@ -365,9 +391,12 @@ fn build(config: LlamaConfig, src: &mut dyn TensorSource, fix: RowFix) -> Result
         });
     }
     let norm = take_vector(src, fix, "model.norm.weight", c)?;
-    let lm_head = match src.take("lm_head.weight", &[v, c], config.tie_word_embeddings)? {
-        Some(t) => Some(Matrix::new(v, c, t.data)?),
-        None => None,
+    let lm_head = match src.take_quant("lm_head.weight", v, c, None)? {
+        Some(q) => Some(Matrix::quantized(q)),
+        None => match src.take("lm_head.weight", &[v, c], config.tie_word_embeddings)? {
+            Some(t) => Some(Matrix::new(v, c, t.data)?),
+            None => None,
+        },
     };
     if let Some(extra) = src.leftover() {
         return Err(Error::Invalid(format!(
@@ -379,8 +408,14 @@ fn build(config: LlamaConfig, src: &mut dyn TensorSource, fix: RowFix) -> Result
     Llama::new(config, embed_tokens, layers, norm, lm_head)
 }
 
-/// Loads a GGUF file's `llama` or `qwen2` decoder, every weight dequantised to f32.
+/// Loads a GGUF file's `llama` or `qwen2` decoder: Q8_0, Q4_0 and Q4_1 matrices stay
+/// quantised (run by the integer kernels), every other weight is dequantised to f32.
 pub fn load_gguf(gguf: &GgufFile) -> Result<Llama> {
+    load_gguf_with(gguf, false)
+}
+
+/// [`load_gguf`], or with `dequantize` every weight expanded to f32 (exact f32 arithmetic).
+pub fn load_gguf_with(gguf: &GgufFile, dequantize: bool) -> Result<Llama> {
     let path = gguf.path().to_path_buf();
     let arch_name = gguf.get_str("general.architecture")?;
     let arch = match arch_name {
@@ -444,19 +479,21 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Llama> {
     let mut src = GgufTensors {
         gguf,
         taken: Default::default(),
+        dequantize,
     };
     let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
     let permuted = arch == LlamaArch::Llama;
-    let mut model = build(config, &mut src, &|name, rows, data| {
+    let mut model = build(config, &mut src, &|name| {
         // llama.cpp's converter interleaved the rotary pairs of `llama` q/k rows (and biases);
         // put them back in Hugging Face's half-split order (whole rows move, values untouched).
         if !permuted {
-            return;
-        }
-        if name.contains("q_proj.") {
-            unpermute_rows(data, rows, heads);
+            None
+        } else if name.contains("q_proj.") {
+            Some(heads)
         } else if name.contains("k_proj.") {
-            unpermute_rows(data, rows, kv_heads);
+            Some(kv_heads)
+        } else {
+            None
         }
     })?;
     // Llama 3's rope scaling is stored as per-frequency divisors.
@@ -470,10 +507,17 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Llama> {
 struct GgufTensors<'a> {
     gguf: &'a GgufFile,
     taken: std::collections::BTreeSet<String>,
+    dequantize: bool,
 }
 
-impl TensorSource for GgufTensors<'_> {
-    fn take(&mut self, name: &str, shape: &[usize], optional: bool) -> Result<Option<Tensor>> {
+impl<'a> GgufTensors<'a> {
+    /// The view of `name` checked against `shape`; `None` when absent and `optional`.
+    fn view(
+        &self,
+        name: &str,
+        shape: &[usize],
+        optional: bool,
+    ) -> Result<Option<(String, TensorView<'a>)>> {
         let gguf_name = gguf_name(name);
         let Ok(view) = self.gguf.tensor(&gguf_name) else {
             if optional {
@@ -493,8 +537,44 @@ impl TensorSource for GgufTensors<'_> {
                 ),
             ));
         }
+        Ok(Some((gguf_name, view)))
+    }
+}
+
+impl TensorSource for GgufTensors<'_> {
+    fn take(&mut self, name: &str, shape: &[usize], optional: bool) -> Result<Option<Tensor>> {
+        let Some((gguf_name, view)) = self.view(name, shape, optional)? else {
+            return Ok(None);
+        };
         self.taken.insert(gguf_name);
         Ok(Some(view.to_tensor()?))
+    }
+
+    fn take_quant(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        heads: Option<usize>,
+    ) -> Result<Option<QMatrix>> {
+        if self.dequantize {
+            return Ok(None);
+        }
+        let Some((gguf_name, view)) = self.view(name, &[rows, cols], true)? else {
+            return Ok(None);
+        };
+        if !QMatrix::supports(view.dtype) || !cols.is_multiple_of(32) {
+            return Ok(None);
+        }
+        let mut bytes = view.bytes.to_vec();
+        if let Some(heads) = heads {
+            // A row is cols/32 whole blocks: moving rows moves bytes.
+            unpermute_rows(&mut bytes, rows, heads);
+        }
+        let q = QMatrix::from_ggml(view.dtype, rows, cols, &bytes)
+            .map_err(|e| Error::format(self.gguf.path(), format!("tensor {gguf_name}: {e}")))?;
+        self.taken.insert(gguf_name);
+        Ok(Some(q))
     }
 
     fn leftover(&self) -> Option<String> {
@@ -546,7 +626,7 @@ fn gguf_name(hf: &str) -> String {
 
 /// Undoes llama.cpp's `permute` of a q or k projection's rows ([heads·D] rows of `cols`
 /// values): GGUF row 2i + p of a head is Hugging Face's row p·D/2 + i.
-fn unpermute_rows(data: &mut [f32], rows: usize, heads: usize) {
+fn unpermute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize) {
     let cols = data.len() / rows;
     let d = rows / heads;
     let half = d / 2;

@@ -41,6 +41,7 @@ pub mod gemm;
 pub mod layernorm;
 pub mod loss;
 pub mod math;
+pub mod qmatmul;
 pub mod quant;
 pub mod rmsnorm;
 
