@@ -1,11 +1,11 @@
 //! `largo chat`: a conversation with a pretrained LLM, in its own chat template: interactive on
 //! a terminal (streaming, multi-turn, /reset, /exit), or one --message answered on stdout.
 
+use crate::generate::SamplingArgs;
 use anyhow::{bail, Context, Result};
 use largo::data::llm_tokenizer::LlmTokenizer;
 use largo::generate::chat::{ChatMessage, ChatTemplate};
 use largo::generate::llm::generate_llm;
-use crate::generate::SamplingArgs;
 use largo::generate::Sampling;
 use largo::models::llama::Llama;
 use largo::models::llama_load::LlmFiles;
