@@ -10,7 +10,8 @@
 
 use crate::backend::cpu::qmatmul::{qmatmul, QMatrix};
 use crate::backend::{
-    add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, swiglu_forward, Gemm,
+    add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, softmax_row_scaled,
+    swiglu_forward, Gemm,
 };
 use crate::{bail, Error, Result};
 use rayon::prelude::*;
@@ -137,24 +138,6 @@ impl LlamaConfig {
                 }
             })
             .collect()
-    }
-
-    /// Parameters in the model (the tied head counted once).
-    pub fn num_params(&self) -> usize {
-        let (c, f, l) = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_hidden_layers,
-        );
-        let (q, kv) = (self.q_dim(), self.kv_dim());
-        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-        let layer = 2 * c + c * q + 2 * c * kv + q * c + bias + 3 * c * f;
-        let head = if self.tie_word_embeddings {
-            0
-        } else {
-            self.vocab_size * c
-        };
-        self.vocab_size * c + l * layer + c + head
     }
 }
 
@@ -566,7 +549,7 @@ impl Llama {
                 Gemm::nt(t, n, d).run_serial(&qh, &keys, &mut scores);
                 for (i, row) in scores.chunks_exact_mut(n).enumerate() {
                     let visible = start + i + 1;
-                    softmax_in_place(&mut row[..visible], scale);
+                    softmax_row_scaled(&mut row[..visible], scale);
                     row[visible..].fill(0.0);
                 }
                 let mut out = vec![0f32; t * d];
@@ -604,13 +587,6 @@ impl Llama {
         layer.down_proj.forward(&s.gate, t, &mut s.proj);
         add_assign(x, &s.proj);
     }
-
-    /// Greedy or sampled continuation is the caller's; this gives the next token's logits
-    /// after `prompt` from an empty cache.
-    pub fn prompt_logits(&self, prompt: &[u32]) -> Result<Vec<f32>> {
-        let mut cache = LlamaCache::new(&self.config);
-        self.forward(prompt, &mut cache, false)
-    }
 }
 
 /// cos and sin [t, D/2] of positions start..start+t.
@@ -626,19 +602,6 @@ fn rope_cos_sin(inv_freq: &[f64], start: usize, t: usize) -> (Vec<f32>, Vec<f32>
         }
     }
     (cos, sin)
-}
-
-fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v * scale - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
 }
 
 fn add_row_bias(x: &mut [f32], bias: &[f32]) {

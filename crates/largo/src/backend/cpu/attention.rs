@@ -139,6 +139,12 @@ avx512_dispatch! {
     }
 }
 
+/// In place: p = softmax(scale·s) over one row of scores (a decoder's causal row cut to the
+/// positions it sees).
+pub fn softmax_row_scaled(row: &mut [f32], scale: f32) {
+    softmax_row(row, scale, None);
+}
+
 avx512_dispatch! {
     /// In place: each of the rows of `att` (`t` wide) becomes softmax(scale·row). The exp runs
     /// once over the whole block rather than row by row, so only one short tail is left scalar
