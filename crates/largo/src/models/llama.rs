@@ -8,10 +8,10 @@
 //! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
 //! values of the positions seen so far.
 
-use crate::backend::cpu::qmatmul::{qmatmul, QMatrix};
+use crate::backend::cpu::qmatmul::{qmatmul, qmatmul_many, QMatrix};
 use crate::backend::{
-    add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, softmax_row_scaled,
-    swiglu_forward, Gemm,
+    add_assign, attend_cached_head, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows,
+    softmax_row_scaled, swiglu_forward, CachedHead, Gemm,
 };
 use crate::{bail, Error, Result};
 use rayon::prelude::*;
@@ -204,6 +204,28 @@ impl Matrix {
         }
     }
 
+    /// ys[m] [n, rows_m] = x [n, cols] · ms[m]ᵀ: quantised matrices in one pass (see
+    /// [`qmatmul_many`]), f32 ones one GEMM each.
+    fn forward_many(ms: &[&Matrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+        let quants: Option<Vec<&QMatrix>> = ms
+            .iter()
+            .map(|m| match &m.weights {
+                Weights::Quant(q) => Some(q),
+                Weights::F32(_) => None,
+            })
+            .collect();
+        match quants {
+            Some(qs) => {
+                qmatmul_many(&qs, x, n, ys).expect("shapes checked when the model was built")
+            }
+            None => {
+                for (m, y) in ms.iter().zip(ys.iter_mut()) {
+                    m.forward(x, n, y);
+                }
+            }
+        }
+    }
+
     /// y [n, rows] = x [n, cols] · selfᵀ.
     fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
         match &self.weights {
@@ -274,6 +296,10 @@ struct LayerCache {
     values: Vec<Vec<f32>>,
 }
 
+/// Up to this many rows, attention reads the cache in place rather than gathering heads for
+/// GEMMs (whose packing only pays over many rows).
+const DECODE_ROWS: usize = 4;
+
 /// Positions per KV-cache block.
 pub const BLOCK_TOKENS: usize = 32;
 
@@ -336,6 +362,31 @@ impl LlamaCache {
             let src = &blocks[pos / BLOCK_TOKENS][(pos % BLOCK_TOKENS) * kv + h * d..][..d];
             out[pos * d..(pos + 1) * d].copy_from_slice(src);
         }
+    }
+
+    /// One query row's attention over key/value head `h` of positions 0..n of layer `l`,
+    /// read where the blocks hold them (decoding: nothing gathered). `scores` is scratch of n.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_in_place(
+        &self,
+        l: usize,
+        h: usize,
+        d: usize,
+        n: usize,
+        q: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let c = &self.layers[l];
+        let head = CachedHead {
+            block_rows: BLOCK_TOKENS,
+            row_width: self.kv_dim,
+            offset: h * d,
+            d,
+            n,
+        };
+        attend_cached_head(&c.keys, &c.values, head, q, scale, scores, out);
     }
 
     fn advance(&mut self, t: usize) {
@@ -442,6 +493,20 @@ impl Llama {
     /// Runs `ids` at the positions after those in `cache` (a prompt, or the next token) and
     /// returns the logits [rows, vocab] of every position (`all`) or of the last one only.
     pub fn forward(&self, ids: &[u32], cache: &mut LlamaCache, all: bool) -> Result<Vec<f32>> {
+        // On a pool worker: a caller outside the pool would otherwise run the serial parts
+        // while every worker spins waiting for work, one thread more than there are cores.
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_on_worker(ids, cache, all));
+        }
+        self.forward_on_worker(ids, cache, all)
+    }
+
+    fn forward_on_worker(
+        &self,
+        ids: &[u32],
+        cache: &mut LlamaCache,
+        all: bool,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let (t, c) = (ids.len(), cfg.hidden_size);
         if t == 0 {
@@ -513,9 +578,12 @@ impl Llama {
         s.q.resize(t * qd, 0.0);
         s.k.resize(t * kvd, 0.0);
         s.v.resize(t * kvd, 0.0);
-        layer.q_proj.forward(&s.normed, t, &mut s.q);
-        layer.k_proj.forward(&s.normed, t, &mut s.k);
-        layer.v_proj.forward(&s.normed, t, &mut s.v);
+        Matrix::forward_many(
+            &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
+            &s.normed,
+            t,
+            &mut [&mut s.q, &mut s.k, &mut s.v],
+        );
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             add_row_bias(&mut s.q, bq);
             add_row_bias(&mut s.k, bk);
@@ -533,6 +601,31 @@ impl Llama {
         let scale = 1.0 / (d as f32).sqrt();
         let cache_ref = &*cache;
         let q = &s.q;
+        if t <= DECODE_ROWS {
+            // A few rows (decoding): each query head reads its keys and values in place.
+            s.attn.par_chunks_mut(d).enumerate().for_each_init(
+                Vec::new,
+                |scores, (row_head, out)| {
+                    let (i, h) = (row_head / heads, row_head % heads);
+                    scores.resize(n, 0.0);
+                    let qh = &q[i * qd + h * d..][..d];
+                    cache_ref.attend_in_place(
+                        l,
+                        h / group,
+                        d,
+                        start + i + 1,
+                        qh,
+                        scale,
+                        scores,
+                        out,
+                    );
+                },
+            );
+            s.proj.resize(t * c, 0.0);
+            layer.o_proj.forward(&s.attn, t, &mut s.proj);
+            add_assign(x, &s.proj);
+            return;
+        }
         let outs: Vec<Vec<f32>> = (0..heads)
             .into_par_iter()
             .map(|h| {
@@ -580,8 +673,12 @@ impl Llama {
         );
         s.gate.resize(t * f, 0.0);
         s.up.resize(t * f, 0.0);
-        layer.gate_proj.forward(&s.normed, t, &mut s.gate);
-        layer.up_proj.forward(&s.normed, t, &mut s.up);
+        Matrix::forward_many(
+            &[&layer.gate_proj, &layer.up_proj],
+            &s.normed,
+            t,
+            &mut [&mut s.gate, &mut s.up],
+        );
         swiglu_forward(&mut s.gate, &s.up);
         s.proj.resize(t * c, 0.0);
         layer.down_proj.forward(&s.gate, t, &mut s.proj);

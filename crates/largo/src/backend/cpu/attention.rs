@@ -7,7 +7,7 @@
 //! Training and generation use the tiled kernel of `flash.rs`, which never stores them.
 
 use super::gemm::{matmul_rows_serial, Gemm, Trans};
-use super::math::{exp_fast, lanes_sum};
+use super::math::{dot, exp_fast, lanes_sum};
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -158,6 +158,47 @@ avx512_dispatch! {
         for row in att.chunks_exact_mut(t) {
             let inv = 1.0 / lanes_sum(row, |x| x);
             row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
+/// Where one head's keys (or values) lie in a KV cache kept in blocks of `block_rows`
+/// positions, each position `row_width` values: values offset..offset + d of positions 0..n.
+#[derive(Clone, Copy, Debug)]
+pub struct CachedHead {
+    pub block_rows: usize,
+    pub row_width: usize,
+    pub offset: usize,
+    pub d: usize,
+    pub n: usize,
+}
+
+avx512_dispatch! {
+    /// Decoding one query row: out [d] = softmax(scale·q·Kᵀ)·V over a head's cached keys and
+    /// values, read in their blocks (nothing gathered). `scores` holds at least n values.
+    pub fn attend_cached_head(
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+        head: CachedHead,
+        q: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let CachedHead { block_rows, row_width, offset, d, n } = head;
+        let at = |pos: usize| (pos / block_rows, (pos % block_rows) * row_width + offset);
+        for (pos, s) in scores[..n].iter_mut().enumerate() {
+            let (b, o) = at(pos);
+            *s = dot(&q[..d], &keys[b][o..o + d]);
+        }
+        softmax_row_scaled(&mut scores[..n], scale);
+        let out = &mut out[..d];
+        out.fill(0.0);
+        for (pos, &p) in scores[..n].iter().enumerate() {
+            let (b, o) = at(pos);
+            for (o, &v) in out.iter_mut().zip(&values[b][o..o + d]) {
+                *o += p * v;
+            }
         }
     }
 }

@@ -81,3 +81,22 @@ mod tests {
         assert!(exp_fast(-200.0) < 1e-37);
     }
 }
+
+/// Σ a·b accumulated in 16 lanes (as [`lanes_sum`]), over the shorter of the two.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&a, &b)| a * b)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += a * b;
+        }
+    }
+    tail + acc.iter().sum::<f32>()
+}

@@ -287,11 +287,15 @@ impl QKernel {
 
 /// y [n, rows] = x [n, cols] · wᵀ with the best kernels of this CPU.
 pub fn qmatmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
-    qmatmul_with(QKernel::detect(), w, x, n, y)
+    qmatmul_many_with(QKernel::detect(), &[w], x, n, &mut [y])
 }
 
-/// Output-row groups per parallel task, and activation rows per cache tile.
-const ACT_TILE: usize = 64;
+/// [`qmatmul`] of several matrices with the same input (a layer's query, key and value
+/// projections): x is quantised once and all their rows share one parallel pass, so a decoding
+/// step pays one dispatch, not one per matrix.
+pub fn qmatmul_many(ws: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) -> Result<()> {
+    qmatmul_many_with(QKernel::detect(), ws, x, n, ys)
+}
 
 /// [`qmatmul`] with the kernels named (tests compare them).
 pub fn qmatmul_with(
@@ -301,32 +305,66 @@ pub fn qmatmul_with(
     n: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    if x.len() < n * w.cols || y.len() < n * w.rows {
+    qmatmul_many_with(kernel, &[w], x, n, &mut [y])
+}
+
+/// Activation rows per cache tile.
+const ACT_TILE: usize = 64;
+
+/// [`qmatmul_many`] with the kernels named.
+pub fn qmatmul_many_with(
+    kernel: QKernel,
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    ys: &mut [&mut [f32]],
+) -> Result<()> {
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return Ok(());
+    };
+    if ws.len() != ys.len() {
         return Err(Error::Invalid(format!(
-            "qmatmul: x has {} values and y {}, [{n}, {}] · [{}, {}]ᵀ needs {} and {}",
-            x.len(),
-            y.len(),
-            w.cols,
-            w.rows,
-            w.cols,
-            n * w.cols,
-            n * w.rows
+            "qmatmul: {} matrices but {} outputs",
+            ws.len(),
+            ys.len()
         )));
     }
-    if n == 0 || w.rows == 0 {
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        if w.cols != cols || x.len() < n * w.cols || y.len() < n * w.rows {
+            return Err(Error::Invalid(format!(
+                "qmatmul: x has {} values and y {}, [{n}, {cols}] · [{}, {}]ᵀ needs {} and {}",
+                x.len(),
+                y.len(),
+                w.rows,
+                w.cols,
+                n * w.cols,
+                n * w.rows
+            )));
+        }
+    }
+    if n == 0 {
         return Ok(());
     }
-    let acts = quantize_acts(x, n, w.cols);
-    let groups = w.rows.div_ceil(GROUP);
+    let acts = quantize_acts(x, n, cols);
+    // Tasks: runs of output-row groups of one matrix, about 8 per thread over all matrices.
+    let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
     let threads = rayon::current_num_threads().max(1);
-    let per_task = (groups / (threads * 8)).clamp(1, 16);
-    let tasks = groups.div_ceil(per_task);
+    let per_task = (total / (threads * 8)).clamp(1, 16);
+    let tasks: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(m, w)| {
+            let groups = w.rows.div_ceil(GROUP);
+            (0..groups)
+                .step_by(per_task)
+                .map(move |g0| (m, g0, (g0 + per_task).min(groups)))
+        })
+        .collect();
     // Each task computes [n, its rows] into its own buffer; the buffers are scattered after.
-    let parts: Vec<Vec<f32>> = (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let g0 = t * per_task;
-            let g1 = (g0 + per_task).min(groups);
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(m, g0, g1)| {
+            let w = ws[m];
             let width = (g1 - g0) * GROUP;
             let mut out = vec![0f32; n * width];
             for i0 in (0..n).step_by(ACT_TILE) {
@@ -348,12 +386,13 @@ pub fn qmatmul_with(
             out
         })
         .collect();
-    for (t, part) in parts.iter().enumerate() {
-        let r0 = t * per_task * GROUP;
+    for (&(m, g0, _), part) in tasks.iter().zip(&parts) {
+        let rows = ws[m].rows;
+        let r0 = g0 * GROUP;
         let width = part.len() / n;
-        let keep = width.min(w.rows - r0);
+        let keep = width.min(rows - r0);
         for i in 0..n {
-            y[i * w.rows + r0..][..keep].copy_from_slice(&part[i * width..][..keep]);
+            ys[m][i * rows + r0..][..keep].copy_from_slice(&part[i * width..][..keep]);
         }
     }
     Ok(())
@@ -583,14 +622,17 @@ mod avx2 {
             for line in (0..GROUP * qb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH + line) as *const i8);
             }
-            let mut isum = [_mm256_setzero_si256(); R];
+            // Four partial sums per row: `vpdpbusd` accumulates in place, and one chain of
+            // eight would wait on its latency (decoding has a single row). Integer sums are
+            // exact, so splitting them changes nothing.
+            let mut part = [[_mm256_setzero_si256(); 4]; R];
             if w.dtype == GgmlType::Q8_0 {
                 // w + 128 as u8 (flip the sign bit): Σ(w + 128)·x − 128·Σx.
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
                     let u = _mm256_xor_si256(v, flip);
-                    for (k, s) in isum.iter_mut().enumerate() {
-                        *s = _mm256_dpbusd_epi32(*s, u, xb(k, b, c));
+                    for (k, p) in part.iter_mut().enumerate() {
+                        p[c % 4] = _mm256_dpbusd_epi32(p[c % 4], u, xb(k, b, c));
                     }
                 }
             } else {
@@ -598,12 +640,16 @@ mod avx2 {
                     let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
                     let lo = _mm256_and_si256(v, low);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    for (k, s) in isum.iter_mut().enumerate() {
-                        *s = _mm256_dpbusd_epi32(*s, lo, xb(k, b, c));
-                        *s = _mm256_dpbusd_epi32(*s, hi, xb(k, b, c + 4));
+                    let j = 2 * (c % 2);
+                    for (k, p) in part.iter_mut().enumerate() {
+                        p[j] = _mm256_dpbusd_epi32(p[j], lo, xb(k, b, c));
+                        p[j + 1] = _mm256_dpbusd_epi32(p[j + 1], hi, xb(k, b, c + 4));
                     }
                 }
             }
+            let isum = part.map(|[p0, p1, p2, p3]| {
+                _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3))
+            });
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(gb) as *const __m128i));
             let mw = if w.dtype == GgmlType::Q4_1 {
                 _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(gb) as *const __m128i))
