@@ -101,11 +101,12 @@ pub struct Args {
     /// `llm`: repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
-    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
-    /// Default: every weight dequantised to f32 (transformers' numbers).
+    /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
+    /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
+    /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
+    /// per block as llama.cpp does.
     #[arg(long)]
-    quantized: bool,
+    dequantize: bool,
     #[command(flatten)]
     serve: ServeLoadArgs,
 }
@@ -156,7 +157,7 @@ pub fn run(a: Args) -> Result<()> {
                     path.display()
                 )
             })?;
-            let r = largo::bench::bench_llm(&files, a.reps, !a.quantized)?;
+            let r = largo::bench::bench_llm(&files, a.reps, a.dequantize)?;
             if a.serve.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -170,8 +171,8 @@ pub fn run(a: Args) -> Result<()> {
                     r.weights
                 );
                 println!(
-                    "load {:.2} s, peak RSS {:.0} MB, {:.1} GB/s of weights during generation; {}",
-                    r.load_s, r.peak_rss_mb, r.gen_gb_s, r.cpu
+                    "load {:.2} s, peak RSS {:.0} MB, {:.1} GB/s of weights during generation (memory reads at {:.1} GB/s); {}",
+                    r.load_s, r.peak_rss_mb, r.gen_gb_s, r.mem_gb_s, r.cpu
                 );
             }
         }

@@ -23,11 +23,12 @@ pub struct Args {
     /// Answer this one message, print only the reply on stdout, and exit.
     #[arg(long)]
     message: Option<String>,
-    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
-    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
-    /// Default: every weight dequantised to f32 (transformers' numbers).
+    /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
+    /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
+    /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
+    /// per block as llama.cpp does.
     #[arg(long)]
-    quantized: bool,
+    dequantize: bool,
     /// Sampling of each reply (--max-tokens: the most tokens in one reply).
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -103,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
             a.model.display()
         )
     })?;
-    let model = files.load(!a.quantized)?;
+    let model = files.load(a.dequantize)?;
     let tokenizer = files.load_tokenizer()?;
     let source = tokenizer
         .chat_template

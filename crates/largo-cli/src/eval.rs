@@ -55,11 +55,12 @@ pub struct Args {
     /// (naming them) or `skip`ped (counted on stderr).
     #[arg(long, value_enum, default_value = "error")]
     unknown: UnknownArg,
-    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
-    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
-    /// Default: every weight dequantised to f32 (transformers' numbers).
+    /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
+    /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
+    /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
+    /// per block as llama.cpp does.
     #[arg(long)]
-    quantized: bool,
+    dequantize: bool,
     /// Classifier only: which samples to score. Default: all of the train-* files, or the
     /// t10k-* files when the directory has only those.
     #[arg(long, value_enum)]
@@ -205,7 +206,7 @@ fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
         )
     })?;
     if let Some(files) = LlmFiles::find(&a.model)? {
-        let model = files.load(!a.quantized)?;
+        let model = files.load(a.dequantize)?;
         let tokenizer = files.load_tokenizer()?;
         let context = model.config.max_position_embeddings;
         if a.context > context {

@@ -56,11 +56,12 @@ pub struct Args {
     prompt: String,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Pretrained LLMs: keep Q8_0/Q4_0/Q4_1 weights quantised and run the integer kernels
-    /// (activations rounded to 8 bits per block): faster and a third of the memory, not exact.
-    /// Default: every weight dequantised to f32 (transformers' numbers).
+    /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
+    /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
+    /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
+    /// per block as llama.cpp does.
     #[arg(long)]
-    quantized: bool,
+    dequantize: bool,
     /// Prompt characters a character-level vocabulary lacks: `error` (refuse, naming them) or
     /// `skip` (drop them and report how many of each).
     #[arg(long, value_enum, default_value = "error")]
@@ -114,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
 /// first when its tokenizer adds one), streaming, until an end token or --max-tokens.
 fn generate_pretrained(a: &Args, files: &LlmFiles) -> Result<()> {
     let t = Instant::now();
-    let model = files.load(!a.quantized)?;
+    let model = files.load(a.dequantize)?;
     let tokenizer = files.load_tokenizer()?;
     eprintln!(
         "loaded {} in {:.2} s",

@@ -283,6 +283,9 @@ pub struct LlmBench {
     pub peak_rss_mb: f64,
     /// Weight bytes read per generated token × tg128, GB/s.
     pub gen_gb_s: f64,
+    /// This machine's memory read bandwidth with the same threads (streaming 256 MB, best
+    /// of 3), GB/s: the ceiling for `gen_gb_s`.
+    pub mem_gb_s: f64,
     pub cpu: String,
     pub reps: usize,
     pub threads: usize,
@@ -320,17 +323,38 @@ pub fn bench_llm(
         v[v.len() / 2]
     };
     let tg128 = median(&mut tg);
+    // Before the bandwidth probe, whose buffer would count.
+    let peak_rss_mb = peak_rss_mb();
     Ok(LlmBench {
         pp512: median(&mut pp),
         weights: model.weight_types(),
         tg128,
         load_s,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb,
         gen_gb_s: model.weight_bytes() as f64 * tg128 / 1e9,
+        mem_gb_s: memory_read_gb_s(),
         cpu: cpu_description(),
         reps: reps.max(1),
         threads: threads(),
     })
+}
+
+/// Memory read bandwidth: 256 MB (far beyond any cache) summed by every thread of the pool,
+/// best of 3, GB/s.
+pub fn memory_read_gb_s() -> f64 {
+    use rayon::prelude::*;
+    let words: Vec<u64> = (0..32u64 << 20).collect();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let sum = words
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max((words.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
 }
 
 /// The CPU's model name and the vector instruction sets largo dispatches on.

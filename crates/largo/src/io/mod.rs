@@ -236,9 +236,59 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Single to IEEE half precision, rounded to nearest even (overflow to infinity, subnormals
+/// kept, NaN stays NaN).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // Drops `shift` low bits of `m`, rounding to nearest even; a carry may move into the
+    // exponent, which is the right answer.
+    let round = |m: u32, shift: u32| -> u16 {
+        let (h, rem, half) = (m >> shift, m & ((1 << shift) - 1), 1 << (shift - 1));
+        (if rem > half || (rem == half && h & 1 == 1) {
+            h + 1
+        } else {
+            h
+        }) as u16
+    };
+    if e <= 0 {
+        // A half subnormal (units of 2⁻²⁴), or zero below half of the smallest.
+        if e < -10 {
+            return sign;
+        }
+        return sign | round(man | 0x80_0000, (14 - e) as u32);
+    }
+    sign | round(((e as u32) << 23) | man, 13)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_to_f16_round_trips_every_half_and_rounds_to_even() {
+        for h in 0..=u16::MAX {
+            let x = f16_to_f32(h);
+            if !x.is_nan() {
+                assert_eq!(f32_to_f16(x), h, "{h:#06x} ({x})");
+            }
+        }
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+        // 1 + 2⁻¹¹ is halfway between 1 and the next half: to even (1); 1 + 3·2⁻¹¹ up.
+        assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00);
+        assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(-1e-9), 0x8000);
+    }
 
     #[test]
     fn f16_conversion_matches_known_values() {

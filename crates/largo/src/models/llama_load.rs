@@ -1,7 +1,8 @@
 //! Loading Llama-family decoders: a Hugging Face directory (`config.json` with
 //! `LlamaForCausalLM` / `Qwen2ForCausalLM`, `model.safetensors` or shards listed in
 //! `model.safetensors.index.json`, f32/f16/bf16) or a GGUF file (`llama` / `qwen2`), into
-//! [`Llama`] with Hugging Face's names and layout. Quantised GGUF weights are dequantised to f32.
+//! [`Llama`] with Hugging Face's names and layout. Quantised GGUF matrices stay quantised for the
+//! integer kernels (see [`QMatrix::supports`]), or are expanded to f32 when asked.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, LlamaLayer, Matrix, RopeScaling};
 use crate::backend::cpu::qmatmul::QMatrix;
@@ -563,7 +564,7 @@ impl TensorSource for GgufTensors<'_> {
         let Some((gguf_name, view)) = self.view(name, &[rows, cols], true)? else {
             return Ok(None);
         };
-        if !QMatrix::supports(view.dtype) || !cols.is_multiple_of(32) {
+        if !QMatrix::supports(view.dtype) {
             return Ok(None);
         }
         let mut bytes = view.bytes.to_vec();

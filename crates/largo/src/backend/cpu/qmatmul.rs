@@ -24,8 +24,8 @@
 //! for many activation rows it is tiled (a chunk of weight groups × a tile of activation rows)
 //! so weight blocks are reused from cache across rows: the GEMM path.
 
-use super::quant::GgmlType;
-use crate::io::f16_to_f32;
+use super::quant::{dequantize_row_q6_k, scale_min_k4, GgmlType};
+use crate::io::{f16_to_f32, f32_to_f16};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -34,18 +34,64 @@ pub const QK: usize = 32;
 /// Output rows per packed group.
 const GROUP: usize = 8;
 
-/// A weight matrix [rows, cols] in one of the types [`QMatrix::supports`] lists, repacked for
+/// How the kernels hold a matrix's 32-value blocks: 8-bit or 4-bit integers q, an f16 scale
+/// d and, for the `…Min` kinds, an f16 minimum m; a value is d·q (+ m), with 8 subtracted
+/// from each nibble of `Nibbles`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Q8_0; Q5_0 (its 5-bit values less 16, exactly); Q6_K (requantised to 8 bits).
+    Bytes,
+    /// Q5_1 and Q5_K (unsigned 5-bit values, exactly; Q5_K's scale·sub-scale in f16).
+    BytesMin,
+    /// Q4_0.
+    Nibbles,
+    /// Q4_1 and Q4_K (Q4_K's scale·sub-scale and minimum·sub-minimum in f16).
+    NibblesMin,
+}
+
+impl Packing {
+    fn of(dtype: GgmlType) -> Option<Packing> {
+        Some(match dtype {
+            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q6_K => Packing::Bytes,
+            GgmlType::Q5_1 | GgmlType::Q5_K => Packing::BytesMin,
+            GgmlType::Q4_0 => Packing::Nibbles,
+            GgmlType::Q4_1 | GgmlType::Q4_K => Packing::NibblesMin,
+            _ => return None,
+        })
+    }
+
+    fn bytes(self) -> bool {
+        matches!(self, Packing::Bytes | Packing::BytesMin)
+    }
+
+    fn has_min(self) -> bool {
+        matches!(self, Packing::BytesMin | Packing::NibblesMin)
+    }
+
+    /// Bytes of integers per block.
+    fn qbytes(self) -> usize {
+        if self.bytes() {
+            32
+        } else {
+            16
+        }
+    }
+}
+
+/// A weight matrix [rows, cols] of one of the types [`QMatrix::supports`] lists, repacked for
 /// the kernels (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct QMatrix {
+    /// The type it was read as.
     pub dtype: GgmlType,
+    pub packing: Packing,
     pub rows: usize,
     pub cols: usize,
-    /// [groups][blocks][4 (Q4) or 8 (Q8) chunks][8 rows][4 bytes].
+    /// [groups][blocks][4 (nibbles) or 8 (bytes) chunks][8 rows][4 bytes].
     qs: Vec<u8>,
     /// f16 scales [groups][blocks][8 rows].
     d: Vec<u16>,
-    /// f16 minimums (Q4_1 only), laid out as `d`.
+    /// f16 minimums (`…Min` packings only), laid out as `d`.
     m: Vec<u16>,
 }
 
@@ -58,64 +104,78 @@ struct QActs {
     s: Vec<i32>,
 }
 
+/// One 32-value block as the kernels take it: value i = d·q[i] (+ m), d and m f16 bits.
+struct IntBlock {
+    d: u16,
+    m: u16,
+    q: [i8; QK],
+}
+
 impl QMatrix {
-    /// Whether `dtype` has integer kernels here.
+    /// Whether `dtype` runs on the integer kernels. Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 keep
+    /// their values exactly; Q4_K and Q5_K too, with each sub-block's scale and minimum
+    /// rounded to f16 (a relative 2⁻¹², far below their quantisation step); Q6_K is
+    /// requantised to 8 bits per 32 values (an error below a quarter of its own step).
     pub fn supports(dtype: GgmlType) -> bool {
-        matches!(dtype, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+        Packing::of(dtype).is_some()
     }
 
-    /// Bytes of integers per block.
-    fn qbytes(dtype: GgmlType) -> usize {
-        if dtype == GgmlType::Q8_0 {
-            32
-        } else {
-            16
-        }
-    }
-
-    /// Repacks ggml blocks: `bytes` holds `rows` rows of `cols / 32` blocks of `dtype`.
+    /// Repacks ggml blocks: `bytes` holds `rows` rows of `cols` values of `dtype`.
     pub fn from_ggml(dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        if !Self::supports(dtype) {
+        let Some(packing) = Packing::of(dtype) else {
             return Err(Error::Invalid(format!(
-                "no quantised matmul for {dtype}: supported are Q8_0, Q4_0, Q4_1"
+                "no quantised matmul for {dtype}: supported are Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, \
+                 Q4_K, Q5_K, Q6_K"
             )));
-        }
-        if cols == 0 || !cols.is_multiple_of(QK) {
+        };
+        let bv = dtype.block_values();
+        if cols == 0 || !cols.is_multiple_of(bv) {
             return Err(Error::Invalid(format!(
-                "a quantised [{rows}, {cols}] matrix needs cols a nonzero multiple of {QK}"
+                "a {dtype} [{rows}, {cols}] matrix needs cols a nonzero multiple of {bv}"
             )));
         }
         let nb = cols / QK;
-        let bb = dtype.block_bytes();
-        if bytes.len() != rows * nb * bb {
+        let row_bytes = cols / bv * dtype.block_bytes();
+        if bytes.len() != rows * row_bytes {
             return Err(Error::Invalid(format!(
                 "{dtype} [{rows}, {cols}]: {} bytes, expected {}",
                 bytes.len(),
-                rows * nb * bb
+                rows * row_bytes
             )));
         }
-        let qb = Self::qbytes(dtype);
+        let qb = packing.qbytes();
         let groups = rows.div_ceil(GROUP);
         let mut qs = vec![0u8; groups * nb * GROUP * qb];
         let mut d = vec![0u16; groups * nb * GROUP];
-        let mut m = if dtype == GgmlType::Q4_1 {
+        let mut m = if packing.has_min() {
             vec![0u16; groups * nb * GROUP]
         } else {
             Vec::new()
         };
-        // Where a block's integers start inside it.
-        let q_off = bb - qb;
-        for r in 0..rows {
+        let mut blocks = Vec::with_capacity(nb);
+        for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
             let (g, lane) = (r / GROUP, r % GROUP);
-            for b in 0..nb {
-                let src = &bytes[(r * nb + b) * bb..][..bb];
+            blocks.clear();
+            int_blocks(dtype, row, &mut blocks)?;
+            for (b, blk) in blocks.iter().enumerate() {
                 let at = (g * nb + b) * GROUP + lane;
-                d[at] = u16::from_le_bytes([src[0], src[1]]);
-                if dtype == GgmlType::Q4_1 {
-                    m[at] = u16::from_le_bytes([src[2], src[3]]);
+                d[at] = blk.d;
+                if packing.has_min() {
+                    m[at] = blk.m;
+                }
+                // ggml's byte order: for nibbles, byte j holds values j (low) and 16 + j.
+                let mut packed = [0u8; 32];
+                if packing.bytes() {
+                    for (p, &q) in packed.iter_mut().zip(&blk.q) {
+                        *p = q as u8;
+                    }
+                } else {
+                    for j in 0..16 {
+                        packed[j] = (blk.q[j] as u8 & 0x0f) | (blk.q[j + 16] as u8) << 4;
+                    }
                 }
                 let gb = (g * nb + b) * GROUP * qb;
-                for (c, piece) in src[q_off..].chunks_exact(4).enumerate() {
+                for (c, piece) in packed[..qb].chunks_exact(4).enumerate() {
                     let to = gb + c * GROUP * 4 + lane * 4;
                     qs[to..to + 4].copy_from_slice(piece);
                 }
@@ -123,6 +183,7 @@ impl QMatrix {
         }
         Ok(QMatrix {
             dtype,
+            packing,
             rows,
             cols,
             qs,
@@ -138,7 +199,7 @@ impl QMatrix {
 
     /// Row `lane` of group `g`'s block `b` in ggml's byte order (16 or 32 bytes used).
     fn row_bytes(&self, g: usize, b: usize, lane: usize) -> [u8; 32] {
-        let qb = Self::qbytes(self.dtype);
+        let qb = self.packing.qbytes();
         let gb = (g * (self.cols / QK) + b) * GROUP * qb;
         let mut out = [0u8; 32];
         for c in 0..qb / 4 {
@@ -148,37 +209,133 @@ impl QMatrix {
         out
     }
 
-    /// Row `r` as f32 (for embedding lookups), as [`super::quant::dequantize`] gives it.
+    /// Row `r` as f32 (for embedding lookups): the values the kernels multiply.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
-        let qb = Self::qbytes(self.dtype);
         let (g, lane) = (r / GROUP, r % GROUP);
         for (b, y) in out[..self.cols].chunks_exact_mut(QK).enumerate() {
             let at = (g * nb + b) * GROUP + lane;
             let q = self.row_bytes(g, b, lane);
-            let q = &q[..qb];
             let d = f16_to_f32(self.d[at]);
-            match self.dtype {
-                GgmlType::Q8_0 => {
-                    for (v, &x) in y.iter_mut().zip(q) {
-                        *v = x as i8 as f32 * d;
-                    }
+            let m = if self.packing.has_min() {
+                f16_to_f32(self.m[at])
+            } else {
+                0.0
+            };
+            let int = |j: usize| -> i32 {
+                match self.packing {
+                    Packing::Bytes | Packing::BytesMin => q[j] as i8 as i32,
+                    Packing::Nibbles => (q[j % 16] >> (4 * (j / 16)) & 0x0f) as i32 - 8,
+                    Packing::NibblesMin => (q[j % 16] >> (4 * (j / 16)) & 0x0f) as i32,
                 }
-                GgmlType::Q4_0 => {
-                    for j in 0..16 {
-                        y[j] = d * ((q[j] & 0x0f) as i32 - 8) as f32;
-                        y[j + 16] = d * ((q[j] >> 4) as i32 - 8) as f32;
-                    }
+            };
+            for (j, v) in y.iter_mut().enumerate() {
+                *v = if self.packing.has_min() {
+                    d * int(j) as f32 + m
+                } else {
+                    int(j) as f32 * d
+                };
+            }
+        }
+    }
+}
+
+/// The 32-value integer blocks of one row of `dtype` blocks (see [`QMatrix::supports`]).
+fn int_blocks(dtype: GgmlType, row: &[u8], out: &mut Vec<IntBlock>) -> Result<()> {
+    let h16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    // Q5's values: nibble j (low) and 16 + j (high) of qs, fifth bits in qh.
+    let five = |qs: &[u8], qh: u32, q: &mut [i8; QK], less: i8| {
+        for j in 0..16 {
+            q[j] = ((qs[j] & 0x0f) | (((qh >> j) & 1) << 4) as u8) as i8 - less;
+            q[j + 16] = ((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8) as i8 - less;
+        }
+    };
+    let mut q = [0i8; QK];
+    match dtype {
+        GgmlType::Q8_0 => {
+            for b in row.chunks_exact(34) {
+                q.iter_mut().zip(&b[2..]).for_each(|(q, &v)| *q = v as i8);
+                out.push(IntBlock { d: h16(b, 0), m: 0, q });
+            }
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let (bb, at) = if dtype == GgmlType::Q4_0 { (18, 2) } else { (20, 4) };
+            for b in row.chunks_exact(bb) {
+                for j in 0..16 {
+                    q[j] = (b[at + j] & 0x0f) as i8;
+                    q[j + 16] = (b[at + j] >> 4) as i8;
                 }
-                _ => {
-                    let m = f16_to_f32(self.m[at]);
-                    for j in 0..16 {
-                        y[j] = d * (q[j] & 0x0f) as f32 + m;
-                        y[j + 16] = d * (q[j] >> 4) as f32 + m;
+                let m = if at == 4 { h16(b, 2) } else { 0 };
+                out.push(IntBlock { d: h16(b, 0), m, q });
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in row.chunks_exact(22) {
+                five(&b[6..22], u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &mut q, 16);
+                out.push(IntBlock { d: h16(b, 0), m: 0, q });
+            }
+        }
+        GgmlType::Q5_1 => {
+            for b in row.chunks_exact(24) {
+                five(&b[8..24], u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &mut q, 0);
+                out.push(IntBlock { d: h16(b, 0), m: h16(b, 2), q });
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let bb = dtype.block_bytes();
+            let qs_at = if dtype == GgmlType::Q4_K { 16 } else { 48 };
+            for b in row.chunks_exact(bb) {
+                let (dd, dmin) = (f16_to_f32(h16(b, 0)), f16_to_f32(h16(b, 2)));
+                for j in 0..8 {
+                    let (sc, mn) = scale_min_k4(j, &b[4..16]);
+                    let nib = &b[qs_at + 32 * (j / 2)..][..32];
+                    let shift = 4 * (j % 2);
+                    for (l, q) in q.iter_mut().enumerate() {
+                        let mut v = (nib[l] >> shift) & 0x0f;
+                        if dtype == GgmlType::Q5_K {
+                            v |= ((b[16 + l] >> j) & 1) << 4;
+                        }
+                        *q = v as i8;
                     }
+                    let (d, m) = (dd * sc as f32, -(dmin * mn as f32));
+                    out.push(IntBlock { d: half_of(dtype, d)?, m: half_of(dtype, m)?, q });
                 }
             }
         }
+        GgmlType::Q6_K => {
+            let mut vals = [0f32; 256];
+            for b in row.chunks_exact(210) {
+                dequantize_row_q6_k(b, &mut vals);
+                for v in vals.chunks_exact(QK) {
+                    let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+                    let d = half_of(dtype, amax / 127.0)?;
+                    let step = f16_to_f32(d);
+                    let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+                    for (q, &x) in q.iter_mut().zip(v) {
+                        *q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                    }
+                    out.push(IntBlock { d, m: 0, q });
+                }
+            }
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "no quantised matmul for {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `x` as f16 bits, or an error when a scale of `dtype` has no finite f16.
+fn half_of(dtype: GgmlType, x: f32) -> Result<u16> {
+    let h = f32_to_f16(x);
+    if f16_to_f32(h).is_finite() {
+        Ok(h)
+    } else {
+        Err(Error::Invalid(format!(
+            "a {dtype} block scale ({x}) is outside f16's range"
+        )))
     }
 }
 
@@ -467,28 +624,26 @@ fn group_dot_scalar(w: &QMatrix, g: usize, a: &QActs, i: usize, acc: &mut [f32; 
         for (lane, acc) in acc.iter_mut().enumerate() {
             let at = (g * nb + b) * GROUP + lane;
             let q = w.row_bytes(g, b, lane);
-            let isum: i32 = match w.dtype {
-                GgmlType::Q8_0 => q
-                    .iter()
+            let isum: i32 = if w.packing.bytes() {
+                q.iter()
                     .zip(xq)
                     .map(|(&w, &x)| w as i8 as i32 * x as i32)
-                    .sum(),
-                _ => {
-                    let mut s = 0i32;
-                    for j in 0..16 {
-                        s += (q[j] & 0x0f) as i32 * xq[j] as i32;
-                        s += (q[j] >> 4) as i32 * xq[j + 16] as i32;
-                    }
-                    if w.dtype == GgmlType::Q4_0 {
-                        s - 8 * sx
-                    } else {
-                        s
-                    }
+                    .sum()
+            } else {
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += (q[j] & 0x0f) as i32 * xq[j] as i32;
+                    s += (q[j] >> 4) as i32 * xq[j + 16] as i32;
+                }
+                if w.packing == Packing::Nibbles {
+                    s - 8 * sx
+                } else {
+                    s
                 }
             };
             let dw = f16_to_f32(w.d[at]);
             *acc += (dw * dx) * isum as f32;
-            if w.dtype == GgmlType::Q4_1 {
+            if w.packing.has_min() {
                 *acc += f16_to_f32(w.m[at]) * (dx * sx as f32);
             }
         }
@@ -497,8 +652,7 @@ fn group_dot_scalar(w: &QMatrix, g: usize, a: &QActs, i: usize, acc: &mut [f32; 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{QActs, QMatrix, GROUP, QK};
-    use crate::backend::cpu::quant::GgmlType;
+    use super::{Packing, QActs, QMatrix, GROUP, QK};
     use std::arch::x86_64::*;
 
     /// acc[k] = the 8 outputs of group g for activation row i + k, k < R, with the float
@@ -519,7 +673,7 @@ mod avx2 {
         acc: &mut [[f32; GROUP]; 4],
     ) {
         let nb = a.blocks;
-        let qb = QMatrix::qbytes(w.dtype);
+        let qb = w.packing.qbytes();
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0f);
         let mut facc = [_mm256_setzero_ps(); R];
@@ -538,7 +692,7 @@ mod avx2 {
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH + line) as *const i8);
             }
             let mut isum = [_mm256_setzero_si256(); R];
-            if w.dtype == GgmlType::Q8_0 {
+            if w.packing.bytes() {
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
                     let av = _mm256_sign_epi8(v, v);
@@ -567,7 +721,7 @@ mod avx2 {
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(gb) as *const __m128i));
-            let mw = if w.dtype == GgmlType::Q4_1 {
+            let mw = if w.packing.has_min() {
                 _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(gb) as *const __m128i))
             } else {
                 _mm256_setzero_ps()
@@ -576,7 +730,7 @@ mod avx2 {
                 let row = (i + k) * nb + b;
                 let dx = *a.d.get_unchecked(row);
                 let sx = *a.s.get_unchecked(row);
-                if w.dtype == GgmlType::Q4_0 {
+                if w.packing == Packing::Nibbles {
                     is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx));
                 }
                 let t = _mm256_mul_ps(
@@ -584,7 +738,7 @@ mod avx2 {
                     _mm256_cvtepi32_ps(is),
                 );
                 *f = _mm256_add_ps(*f, t);
-                if w.dtype == GgmlType::Q4_1 {
+                if w.packing.has_min() {
                     *f = _mm256_add_ps(*f, _mm256_mul_ps(mw, _mm256_set1_ps(dx * sx as f32)));
                 }
             }
@@ -607,7 +761,7 @@ mod avx2 {
         acc: &mut [[f32; GROUP]; 4],
     ) {
         let nb = a.blocks;
-        let qb = QMatrix::qbytes(w.dtype);
+        let qb = w.packing.qbytes();
         let low = _mm256_set1_epi8(0x0f);
         let flip = _mm256_set1_epi8(-128);
         let mut facc = [_mm256_setzero_ps(); R];
@@ -626,7 +780,7 @@ mod avx2 {
             // eight would wait on its latency (decoding has a single row). Integer sums are
             // exact, so splitting them changes nothing.
             let mut part = [[_mm256_setzero_si256(); 4]; R];
-            if w.dtype == GgmlType::Q8_0 {
+            if w.packing.bytes() {
                 // w + 128 as u8 (flip the sign bit): Σ(w + 128)·x − 128·Σx.
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(base.add(c * 32) as *const __m256i);
@@ -651,7 +805,7 @@ mod avx2 {
                 _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3))
             });
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(gb) as *const __m128i));
-            let mw = if w.dtype == GgmlType::Q4_1 {
+            let mw = if w.packing.has_min() {
                 _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(gb) as *const __m128i))
             } else {
                 _mm256_setzero_ps()
@@ -660,17 +814,19 @@ mod avx2 {
                 let row = (i + k) * nb + b;
                 let dx = *a.d.get_unchecked(row);
                 let sx = *a.s.get_unchecked(row);
-                match w.dtype {
-                    GgmlType::Q4_0 => is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx)),
-                    GgmlType::Q8_0 => is = _mm256_sub_epi32(is, _mm256_set1_epi32(128 * sx)),
-                    _ => {}
+                match w.packing {
+                    Packing::Nibbles => is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx)),
+                    Packing::Bytes | Packing::BytesMin => {
+                        is = _mm256_sub_epi32(is, _mm256_set1_epi32(128 * sx))
+                    }
+                    Packing::NibblesMin => {}
                 }
                 let t = _mm256_mul_ps(
                     _mm256_mul_ps(dw, _mm256_set1_ps(dx)),
                     _mm256_cvtepi32_ps(is),
                 );
                 *f = _mm256_add_ps(*f, t);
-                if w.dtype == GgmlType::Q4_1 {
+                if w.packing.has_min() {
                     *f = _mm256_add_ps(*f, _mm256_mul_ps(mw, _mm256_set1_ps(dx * sx as f32)));
                 }
             }
@@ -694,22 +850,28 @@ mod tests {
         (*seed >> 33) as u32
     }
 
-    /// Random ggml blocks with small f16 scales and minimums.
+    /// Random ggml blocks: random bytes, with small f16 scales (about 2^-12..2^-7) and
+    /// minimums (about −(2^-12..2^-6)) where the type keeps them.
     fn random_blocks(dtype: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
-        let nb = rows * cols / QK;
+        let nb = rows * cols / dtype.block_values();
         let bb = dtype.block_bytes();
+        let (scale_at, min_at): (usize, Option<usize>) = match dtype {
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => (0, Some(2)),
+            GgmlType::Q6_K => (208, None),
+            _ => (0, None),
+        };
         let mut out = Vec::with_capacity(nb * bb);
         for _ in 0..nb {
-            // f16 bit patterns: scales about 2^-12..2^-7, minimums about −(2^-12..2^-6).
+            let mut b: Vec<u8> = (0..bb).map(|_| lcg(seed) as u8).collect();
             let scale = 0x1000u16 + (lcg(seed) % 0x1400) as u16;
-            out.extend(scale.to_le_bytes());
-            if dtype == GgmlType::Q4_1 {
-                let m = 0x9000u16 + (lcg(seed) % 0x1800) as u16;
-                out.extend(m.to_le_bytes());
+            b[scale_at..scale_at + 2].copy_from_slice(&scale.to_le_bytes());
+            if let Some(at) = min_at {
+                // Q4_K/Q5_K subtract their (positive) super-minimum; Q4_1/Q5_1 add theirs.
+                let sign = if dtype.block_values() == QK { 0x8000 } else { 0 };
+                let m = sign | (0x1000u16 + (lcg(seed) % 0x1800) as u16);
+                b[at..at + 2].copy_from_slice(&m.to_le_bytes());
             }
-            for _ in 0..QMatrix::qbytes(dtype) {
-                out.push(lcg(seed) as u8);
-            }
+            out.extend(b);
         }
         out
     }
@@ -720,13 +882,33 @@ mod tests {
             .collect()
     }
 
-    const TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+    const TYPES: [GgmlType; 8] = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    /// Types whose values the kernels hold exactly.
+    fn exact(dtype: GgmlType) -> bool {
+        dtype.block_values() == QK
+    }
+
+    /// `cols` rounded up to whole blocks of `dtype`.
+    fn whole(dtype: GgmlType, cols: usize) -> usize {
+        cols.next_multiple_of(dtype.block_values())
+    }
 
     #[test]
     fn matches_the_dequantised_product_within_8_bit_activation_error() {
         let mut seed = 7;
         for dtype in TYPES {
             for (rows, cols, n) in [(1, 32, 1), (5, 64, 3), (13, 96, 7), (64, 256, 70)] {
+                let cols = whole(dtype, cols);
                 let bytes = random_blocks(dtype, rows, cols, &mut seed);
                 let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
                 let mut wf = vec![0f32; rows * cols];
@@ -734,14 +916,19 @@ mod tests {
                 let x = random_x(n * cols, &mut seed);
                 let mut y = vec![0f32; n * rows];
                 qmatmul(&w, &x, n, &mut y).unwrap();
-                for i in 0..n {
-                    for r in 0..rows {
-                        let (xr, wr) = (&x[i * cols..][..cols], &wf[r * cols..][..cols]);
+                let mut held = vec![0f32; cols];
+                for r in 0..rows {
+                    let wr = &wf[r * cols..][..cols];
+                    w.dequantize_row(r, &mut held);
+                    // Each activation moves by ≤ half a step (max|x|/254 ≤ 1/254), and each
+                    // weight by what the packing changed (nothing for the exact types).
+                    let moved: f64 = wr.iter().zip(&held).map(|(a, b)| (a - b).abs() as f64).sum();
+                    let bound: f64 =
+                        wr.iter().map(|v| v.abs() as f64).sum::<f64>() / 254.0 + moved + 1e-5;
+                    for i in 0..n {
+                        let xr = &x[i * cols..][..cols];
                         let exact: f64 =
                             xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        // Each activation moves by ≤ half a step (max|x|/254 ≤ 1/254).
-                        let bound: f64 =
-                            wr.iter().map(|v| v.abs() as f64).sum::<f64>() / 254.0 + 1e-5;
                         let got = y[i * rows + r] as f64;
                         assert!(
                             (got - exact).abs() <= bound,
@@ -763,7 +950,7 @@ mod tests {
     fn simd_equals_scalar_bit_for_bit_and_batches_do_not_change_rows() {
         let mut seed = 11;
         for dtype in TYPES {
-            let (rows, cols, n) = (23, 160, 7);
+            let (rows, cols, n) = (23, whole(dtype, 160), 7);
             let bytes = random_blocks(dtype, rows, cols, &mut seed);
             let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
             let x = random_x(n * cols, &mut seed);
@@ -785,10 +972,10 @@ mod tests {
     }
 
     #[test]
-    fn dequantize_row_equals_dequantize() {
+    fn packed_values_equal_dequantize_exactly_or_within_the_stated_rounding() {
         let mut seed = 3;
         for dtype in TYPES {
-            let (rows, cols) = (6, 64);
+            let (rows, cols) = (6, whole(dtype, 64));
             let bytes = random_blocks(dtype, rows, cols, &mut seed);
             let w = QMatrix::from_ggml(dtype, rows, cols, &bytes).unwrap();
             let mut all = vec![0f32; rows * cols];
@@ -796,7 +983,22 @@ mod tests {
             for r in 0..rows {
                 let mut row = vec![0f32; cols];
                 w.dequantize_row(r, &mut row);
-                assert_eq!(row, all[r * cols..][..cols]);
+                let want = &all[r * cols..][..cols];
+                if exact(dtype) {
+                    assert_eq!(row, want, "{dtype} row {r}");
+                    continue;
+                }
+                // K types: f16 scales (relative 2^-12 of a block's range and minimum), Q6_K
+                // requantised (half an 8-bit step): within a 250th of the block's max |value|.
+                for (b, (got, want)) in row.chunks(QK).zip(want.chunks(QK)).enumerate() {
+                    let amax = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for (g, v) in got.iter().zip(want) {
+                        assert!(
+                            (g - v).abs() <= amax / 250.0,
+                            "{dtype} row {r} block {b}: {g} vs {v} (max {amax})"
+                        );
+                    }
+                }
             }
         }
     }
@@ -805,7 +1007,15 @@ mod tests {
     fn bad_shapes_and_types_are_errors() {
         assert!(QMatrix::from_ggml(GgmlType::Q8_0, 2, 48, &[0; 2 * 34]).is_err());
         assert!(QMatrix::from_ggml(GgmlType::Q8_0, 2, 32, &[0; 34]).is_err());
-        assert!(QMatrix::from_ggml(GgmlType::Q4_K, 1, 256, &[0; 144]).is_err());
+        assert!(QMatrix::from_ggml(GgmlType::Q4_K, 1, 288, &[0; 144]).is_err());
+        let e = QMatrix::from_ggml(GgmlType::F16, 1, 32, &[0; 64]).unwrap_err();
+        assert!(e.to_string().contains("no quantised matmul for F16"), "{e}");
+        // A Q4_K super-scale of 65504 times a sub-scale of 63 has no f16.
+        let mut k = vec![0u8; 144];
+        k[0..2].copy_from_slice(&0x7bffu16.to_le_bytes());
+        k[4] = 63;
+        let e = QMatrix::from_ggml(GgmlType::Q4_K, 1, 256, &k).unwrap_err();
+        assert!(e.to_string().contains("outside f16's range"), "{e}");
         let w = QMatrix::from_ggml(GgmlType::Q8_0, 2, 32, &[0; 68]).unwrap();
         assert!(qmatmul(&w, &[0.0; 31], 1, &mut [0.0; 2]).is_err());
     }

@@ -319,7 +319,7 @@ pub fn dequantize_row_q8_0(bytes: &[u8], out: &mut [f32]) {
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K/Q5_K block, packed in 12
 /// bytes: sub-blocks 0..4 in the low 6 bits of bytes j and j + 4, sub-blocks 4..8 in the
 /// nibbles of bytes j + 4 with their top two bits in the top bits of bytes j - 4 and j.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
