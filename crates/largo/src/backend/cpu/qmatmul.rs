@@ -255,11 +255,19 @@ fn int_blocks(dtype: GgmlType, row: &[u8], out: &mut Vec<IntBlock>) -> Result<()
         GgmlType::Q8_0 => {
             for b in row.chunks_exact(34) {
                 q.iter_mut().zip(&b[2..]).for_each(|(q, &v)| *q = v as i8);
-                out.push(IntBlock { d: h16(b, 0), m: 0, q });
+                out.push(IntBlock {
+                    d: h16(b, 0),
+                    m: 0,
+                    q,
+                });
             }
         }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (bb, at) = if dtype == GgmlType::Q4_0 { (18, 2) } else { (20, 4) };
+            let (bb, at) = if dtype == GgmlType::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
             for b in row.chunks_exact(bb) {
                 for j in 0..16 {
                     q[j] = (b[at + j] & 0x0f) as i8;
@@ -271,14 +279,32 @@ fn int_blocks(dtype: GgmlType, row: &[u8], out: &mut Vec<IntBlock>) -> Result<()
         }
         GgmlType::Q5_0 => {
             for b in row.chunks_exact(22) {
-                five(&b[6..22], u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &mut q, 16);
-                out.push(IntBlock { d: h16(b, 0), m: 0, q });
+                five(
+                    &b[6..22],
+                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                    &mut q,
+                    16,
+                );
+                out.push(IntBlock {
+                    d: h16(b, 0),
+                    m: 0,
+                    q,
+                });
             }
         }
         GgmlType::Q5_1 => {
             for b in row.chunks_exact(24) {
-                five(&b[8..24], u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &mut q, 0);
-                out.push(IntBlock { d: h16(b, 0), m: h16(b, 2), q });
+                five(
+                    &b[8..24],
+                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    &mut q,
+                    0,
+                );
+                out.push(IntBlock {
+                    d: h16(b, 0),
+                    m: h16(b, 2),
+                    q,
+                });
             }
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
@@ -298,7 +324,11 @@ fn int_blocks(dtype: GgmlType, row: &[u8], out: &mut Vec<IntBlock>) -> Result<()
                         *q = v as i8;
                     }
                     let (d, m) = (dd * sc as f32, -(dmin * mn as f32));
-                    out.push(IntBlock { d: half_of(dtype, d)?, m: half_of(dtype, m)?, q });
+                    out.push(IntBlock {
+                        d: half_of(dtype, d)?,
+                        m: half_of(dtype, m)?,
+                        q,
+                    });
                 }
             }
         }
@@ -318,11 +348,7 @@ fn int_blocks(dtype: GgmlType, row: &[u8], out: &mut Vec<IntBlock>) -> Result<()
                 }
             }
         }
-        other => {
-            return Err(Error::Invalid(format!(
-                "no quantised matmul for {other}"
-            )))
-        }
+        other => return Err(Error::Invalid(format!("no quantised matmul for {other}"))),
     }
     Ok(())
 }
@@ -867,7 +893,11 @@ mod tests {
             b[scale_at..scale_at + 2].copy_from_slice(&scale.to_le_bytes());
             if let Some(at) = min_at {
                 // Q4_K/Q5_K subtract their (positive) super-minimum; Q4_1/Q5_1 add theirs.
-                let sign = if dtype.block_values() == QK { 0x8000 } else { 0 };
+                let sign = if dtype.block_values() == QK {
+                    0x8000
+                } else {
+                    0
+                };
                 let m = sign | (0x1000u16 + (lcg(seed) % 0x1800) as u16);
                 b[at..at + 2].copy_from_slice(&m.to_le_bytes());
             }
@@ -922,7 +952,11 @@ mod tests {
                     w.dequantize_row(r, &mut held);
                     // Each activation moves by ≤ half a step (max|x|/254 ≤ 1/254), and each
                     // weight by what the packing changed (nothing for the exact types).
-                    let moved: f64 = wr.iter().zip(&held).map(|(a, b)| (a - b).abs() as f64).sum();
+                    let moved: f64 = wr
+                        .iter()
+                        .zip(&held)
+                        .map(|(a, b)| (a - b).abs() as f64)
+                        .sum();
                     let bound: f64 =
                         wr.iter().map(|v| v.abs() as f64).sum::<f64>() / 254.0 + moved + 1e-5;
                     for i in 0..n {
