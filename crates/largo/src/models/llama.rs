@@ -300,6 +300,9 @@ struct LayerCache {
 /// GEMMs (whose packing only pays over many rows).
 const DECODE_ROWS: usize = 4;
 
+/// Query rows per prompt-attention task.
+const QUERY_TILE: usize = 64;
+
 /// Positions per KV-cache block.
 pub const BLOCK_TOKENS: usize = 32;
 
@@ -626,33 +629,49 @@ impl Llama {
             add_assign(x, &s.proj);
             return;
         }
-        let outs: Vec<Vec<f32>> = (0..heads)
+        // Many rows (a prompt): each key/value head gathered once into [n, D], then tasks of
+        // (query head, tile of query rows), each over only the keys its rows see (causal:
+        // a tile ending at row i1 needs positions < start + i1, half the square for a prompt).
+        let gathered: Vec<(Vec<f32>, Vec<f32>)> = (0..kv_heads)
             .into_par_iter()
-            .map(|h| {
-                let kvh = h / group;
+            .map(|kvh| {
                 let mut keys = vec![0f32; n * d];
                 let mut values = vec![0f32; n * d];
                 cache_ref.gather_head(l, false, kvh, d, n, &mut keys);
                 cache_ref.gather_head(l, true, kvh, d, n, &mut values);
-                let mut qh = vec![0f32; t * d];
-                for i in 0..t {
-                    qh[i * d..(i + 1) * d].copy_from_slice(&q[i * qd + h * d..][..d]);
+                (keys, values)
+            })
+            .collect();
+        let tiles = t.div_ceil(QUERY_TILE);
+        let outs: Vec<Vec<f32>> = (0..heads * tiles)
+            .into_par_iter()
+            .map(|task| {
+                let (h, tile) = (task / tiles, task % tiles);
+                let (i0, i1) = (tile * QUERY_TILE, ((tile + 1) * QUERY_TILE).min(t));
+                let (rows, seen) = (i1 - i0, start + i1);
+                let (keys, values) = &gathered[h / group];
+                let mut qh = vec![0f32; rows * d];
+                for (i, qrow) in qh.chunks_exact_mut(d).enumerate() {
+                    qrow.copy_from_slice(&q[(i0 + i) * qd + h * d..][..d]);
                 }
-                let mut scores = vec![0f32; t * n];
-                Gemm::nt(t, n, d).run_serial(&qh, &keys, &mut scores);
-                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                    let visible = start + i + 1;
+                // scores: [rows, seen] = q_tile · K[..seen]ᵀ; softmax over each row's visible
+                // positions; out: [rows, D] = scores · V[..seen].
+                let mut scores = vec![0f32; rows * seen];
+                Gemm::nt(rows, seen, d).run_serial(&qh, &keys[..seen * d], &mut scores);
+                for (i, row) in scores.chunks_exact_mut(seen).enumerate() {
+                    let visible = start + i0 + i + 1;
                     softmax_row_scaled(&mut row[..visible], scale);
                     row[visible..].fill(0.0);
                 }
-                let mut out = vec![0f32; t * d];
-                Gemm::nn(t, d, n).run_serial(&scores, &values, &mut out);
+                let mut out = vec![0f32; rows * d];
+                Gemm::nn(rows, d, seen).run_serial(&scores, &values[..seen * d], &mut out);
                 out
             })
             .collect();
-        for (h, out) in outs.iter().enumerate() {
-            for i in 0..t {
-                s.attn[i * qd + h * d..][..d].copy_from_slice(&out[i * d..(i + 1) * d]);
+        for (task, out) in outs.iter().enumerate() {
+            let (h, i0) = (task / tiles, (task % tiles) * QUERY_TILE);
+            for (i, orow) in out.chunks_exact(d).enumerate() {
+                s.attn[(i0 + i) * qd + h * d..][..d].copy_from_slice(orow);
             }
         }
         s.proj.resize(t * c, 0.0);

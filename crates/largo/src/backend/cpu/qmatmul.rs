@@ -493,6 +493,8 @@ pub fn qmatmul_with(
 
 /// Activation rows per cache tile.
 const ACT_TILE: usize = 64;
+/// From this many activation rows on, work is split by rows rather than by output groups.
+const ROW_SPLIT: usize = 16;
 
 /// [`qmatmul_many`] with the kernels named.
 pub fn qmatmul_many_with(
@@ -529,9 +531,42 @@ pub fn qmatmul_many_with(
         return Ok(());
     }
     let acts = quantize_acts(x, n, cols);
-    // Tasks: runs of output-row groups of one matrix, about 8 per thread over all matrices.
-    let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
     let threads = rayon::current_num_threads().max(1);
+    if n >= ROW_SPLIT {
+        // Many rows (a prompt): tasks are tiles of activation rows of one matrix, each over
+        // all its output groups, writing their rows of y in place. Within a tile each weight
+        // group is read from memory once and reused from cache for every row.
+        let tile = (n.div_ceil(threads * 4).next_multiple_of(4)).clamp(4, ACT_TILE);
+        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        for (m, y) in ys.iter_mut().enumerate() {
+            let rows = ws[m].rows;
+            for (k, out) in y[..n * rows].chunks_mut(tile * rows).enumerate() {
+                jobs.push((m, k * tile, out));
+            }
+        }
+        jobs.into_par_iter().for_each(|(m, i0, out)| {
+            let w = ws[m];
+            let i1 = i0 + out.len() / w.rows;
+            for g in 0..w.rows.div_ceil(GROUP) {
+                let keep = GROUP.min(w.rows - g * GROUP);
+                let mut i = i0;
+                while i < i1 {
+                    let take = (i1 - i).min(4);
+                    let mut acc = [[0f32; GROUP]; 4];
+                    group_dot(kernel, w, g, &acts, i, take, &mut acc);
+                    for (k, a) in acc[..take].iter().enumerate() {
+                        let o = (i + k - i0) * w.rows + g * GROUP;
+                        out[o..o + keep].copy_from_slice(&a[..keep]);
+                    }
+                    i += take;
+                }
+            }
+        });
+        return Ok(());
+    }
+    // Few rows (decoding): tasks are runs of output-row groups of one matrix, about 8 per
+    // thread over all matrices.
+    let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
     let per_task = (total / (threads * 8)).clamp(1, 16);
     let tasks: Vec<(usize, usize, usize)> = ws
         .iter()
