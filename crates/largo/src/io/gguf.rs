@@ -351,6 +351,34 @@ pub struct GgufFile {
     data_start: u64,
 }
 
+impl GgufFile {
+    /// Drops the resident pages under `bytes` (a slice of this file's data, e.g. a tensor
+    /// already copied out): a loader that repacks tensor by tensor then holds one copy of the
+    /// weights at a time, not the mapped file and its copy. Anything read again is read from
+    /// the file; a slice from elsewhere is ignored.
+    pub fn release_pages(&self, bytes: &[u8]) {
+        let start = bytes.as_ptr() as usize;
+        let base = self.map.as_ptr() as usize;
+        if start < base || start + bytes.len() > base + self.map.len() {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            // SAFETY: `map` is a read-only shared file mapping (`Mmap::map`). MADV_DONTNEED on
+            // it only drops resident pages; the next access reads the same bytes back from the
+            // file, so every slice into the map stays valid and unchanged. The range lies
+            // inside the map (checked above). Failure only means the pages stay resident.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start - base,
+                    bytes.len(),
+                )
+            };
+        }
+    }
+}
+
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")

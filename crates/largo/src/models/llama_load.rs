@@ -548,7 +548,9 @@ impl TensorSource for GgufTensors<'_> {
             return Ok(None);
         };
         self.taken.insert(gguf_name);
-        Ok(Some(view.to_tensor()?))
+        let tensor = view.to_tensor()?;
+        self.gguf.release_pages(view.bytes);
+        Ok(Some(tensor))
     }
 
     fn take_quant(
@@ -567,13 +569,18 @@ impl TensorSource for GgufTensors<'_> {
         if !QMatrix::supports(view.dtype) {
             return Ok(None);
         }
-        let mut bytes = view.bytes.to_vec();
-        if let Some(heads) = heads {
-            // A row is cols/32 whole blocks: moving rows moves bytes.
-            unpermute_rows(&mut bytes, rows, heads);
-        }
+        let bytes = match heads {
+            // A row is whole blocks: moving rows moves bytes.
+            Some(heads) => {
+                let mut b = view.bytes.to_vec();
+                unpermute_rows(&mut b, rows, heads);
+                std::borrow::Cow::Owned(b)
+            }
+            None => std::borrow::Cow::Borrowed(view.bytes),
+        };
         let q = QMatrix::from_ggml(view.dtype, rows, cols, &bytes)
             .map_err(|e| Error::format(self.gguf.path(), format!("tensor {gguf_name}: {e}")))?;
+        self.gguf.release_pages(view.bytes);
         self.taken.insert(gguf_name);
         Ok(Some(q))
     }

@@ -564,10 +564,27 @@ pub fn qmatmul_many_with(
         });
         return Ok(());
     }
-    // Few rows (decoding): tasks are runs of output-row groups of one matrix, about 8 per
-    // thread over all matrices.
+    // Few rows (decoding, or a short batch): tasks are runs of output-row groups of one
+    // matrix, about 8 per thread over all matrices.
     let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
     let per_task = (total / (threads * 8)).clamp(1, 16);
+    if n == 1 {
+        // One row: each task writes its run of outputs in place.
+        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        for (m, y) in ys.iter_mut().enumerate() {
+            for (k, out) in y[..ws[m].rows].chunks_mut(per_task * GROUP).enumerate() {
+                jobs.push((m, k * per_task, out));
+            }
+        }
+        jobs.into_par_iter().for_each(|(m, g0, out)| {
+            for (j, rows) in out.chunks_mut(GROUP).enumerate() {
+                let mut acc = [[0f32; GROUP]; 4];
+                group_dot(kernel, ws[m], g0 + j, &acts, 0, 1, &mut acc);
+                rows.copy_from_slice(&acc[0][..rows.len()]);
+            }
+        });
+        return Ok(());
+    }
     let tasks: Vec<(usize, usize, usize)> = ws
         .iter()
         .enumerate()
