@@ -500,3 +500,36 @@ fn smollm2_opens_in_milliseconds_and_every_tensor_dequantises() {
     eprintln!("dequantised {total} values in {:.2?}", start.elapsed());
     assert_eq!(total as u64, params);
 }
+
+/// The integer kernels' repacked blocks hold the gguf package's values: exactly for the
+/// 32-value types, within the stated rounding for Q4_K/Q5_K (f16 sub-scales) and Q6_K
+/// (requantised to 8 bits): a 250th of each 32-value block's largest magnitude.
+#[test]
+fn quantised_matmul_blocks_hold_the_gguf_packages_values() {
+    use largo::backend::cpu::qmatmul::QMatrix;
+    let f = GgufFile::open(fixture("blocks.gguf")).unwrap();
+    for dtype in GgmlType::ALL {
+        let view = f.tensor(dtype.name()).unwrap();
+        if !QMatrix::supports(dtype) {
+            assert!(matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+            continue;
+        }
+        let q = QMatrix::from_ggml(dtype, 2, 256, view.bytes).unwrap();
+        let want = view.dequantize().unwrap();
+        for r in 0..2 {
+            let mut row = vec![0f32; 256];
+            q.dequantize_row(r, &mut row);
+            let want = &want[r * 256..][..256];
+            for (b, (got, want)) in row.chunks(32).zip(want.chunks(32)).enumerate() {
+                let amax = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (g, w) in got.iter().zip(want) {
+                    let exact = dtype.block_values() == 32;
+                    assert!(
+                        if exact { g == w } else { (g - w).abs() <= amax / 250.0 },
+                        "{dtype} row {r} block {b}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
