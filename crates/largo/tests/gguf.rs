@@ -511,7 +511,10 @@ fn quantised_matmul_blocks_hold_the_gguf_packages_values() {
     for dtype in GgmlType::ALL {
         let view = f.tensor(dtype.name()).unwrap();
         if !QMatrix::supports(dtype) {
-            assert!(matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+            assert!(matches!(
+                dtype,
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16
+            ));
             continue;
         }
         let q = QMatrix::from_ggml(dtype, 2, 256, view.bytes).unwrap();
@@ -525,7 +528,11 @@ fn quantised_matmul_blocks_hold_the_gguf_packages_values() {
                 for (g, w) in got.iter().zip(want) {
                     let exact = dtype.block_values() == 32;
                     assert!(
-                        if exact { g == w } else { (g - w).abs() <= amax / 250.0 },
+                        if exact {
+                            g == w
+                        } else {
+                            (g - w).abs() <= amax / 250.0
+                        },
                         "{dtype} row {r} block {b}: {g} vs {w}"
                     );
                 }

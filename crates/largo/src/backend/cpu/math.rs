@@ -60,6 +60,25 @@ pub fn erf_fast(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// Σ a·b accumulated in 16 lanes (as [`lanes_sum`]), over the shorter of the two.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&a, &b)| a * b)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += a * b;
+        }
+    }
+    tail + acc.iter().sum::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,23 +99,4 @@ mod tests {
         assert_eq!(exp_fast(-200.0), f32::from_bits(0) + exp_fast(-200.0)); // finite, no NaN
         assert!(exp_fast(-200.0) < 1e-37);
     }
-}
-
-/// Σ a·b accumulated in 16 lanes (as [`lanes_sum`]), over the shorter of the two.
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&a, &b)| a * b)
-        .sum();
-    for (ca, cb) in ca.zip(cb) {
-        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
-            *acc += a * b;
-        }
-    }
-    tail + acc.iter().sum::<f32>()
 }

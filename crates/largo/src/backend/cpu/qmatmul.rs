@@ -170,8 +170,9 @@ impl QMatrix {
                         *p = q as u8;
                     }
                 } else {
-                    for j in 0..16 {
-                        packed[j] = (blk.q[j] as u8 & 0x0f) | (blk.q[j + 16] as u8) << 4;
+                    let (low, high) = blk.q.split_at(16);
+                    for ((p, &l), &h) in packed.iter_mut().zip(low).zip(high) {
+                        *p = (l as u8 & 0x0f) | (h as u8) << 4;
                     }
                 }
                 let gb = (g * nb + b) * GROUP * qb;
