@@ -304,6 +304,48 @@ fn quantised_rows_do_not_depend_on_the_batch() {
     }
 }
 
+#[test]
+fn sequences_batched_together_get_the_bits_they_get_alone() {
+    // Continuous batching: one pass carries sequence A's prompt, B's next token (B has a
+    // cache) and C's prompt. With quantised weights each gets exactly the bits it gets alone.
+    for file in ["llama-q8_0.gguf", "qwen2-q8_0.gguf", "llama-f32.gguf"] {
+        let model = load_gguf(&GgufFile::open(fixtures().join(file)).unwrap()).unwrap();
+        let (ids, _) = reference(file);
+        let (a, b_prefix, b_next, c) = (&ids[..5], &ids[2..9], &ids[9..10], &ids[1..3]);
+        let alone = |prefix: Option<&[u32]>, feed: &[u32]| {
+            let mut cache = LlamaCache::new(&model.config);
+            if let Some(p) = prefix {
+                model.forward(p, &mut cache, false).unwrap();
+            }
+            model.forward(feed, &mut cache, true).unwrap()
+        };
+        let (ca, mut cb, cc) = (
+            LlamaCache::new(&model.config),
+            LlamaCache::new(&model.config),
+            LlamaCache::new(&model.config),
+        );
+        model.forward(b_prefix, &mut cb, false).unwrap();
+        let (mut ca, mut cc) = (ca, cc);
+        let got = model
+            .forward_batch(&[a, b_next, c], &mut [&mut ca, &mut cb, &mut cc], true)
+            .unwrap();
+        let want = [alone(None, a), alone(Some(b_prefix), b_next), alone(None, c)];
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            if file.contains("f32") {
+                // f32 weights run the f32 GEMM, whose blocking follows the row count.
+                assert!(max_abs_diff(g, w) < 1e-4, "{file}: sequence {k}");
+            } else {
+                assert_eq!(g, w, "{file}: sequence {k}");
+            }
+        }
+        assert_eq!((ca.len(), cb.len(), cc.len()), (5, 8, 2));
+        // Mismatched lists and an empty sequence are errors, not panics.
+        let mut c1 = LlamaCache::new(&model.config);
+        assert!(model.forward_batch(&[a, c], &mut [&mut c1], false).is_err());
+        assert!(model.forward_batch(&[&[]], &mut [&mut c1], false).is_err());
+    }
+}
+
 /// The shared SmolLM2 loaded quantised (Q4_1 matrices, Q8_0 embedding and tied head run by
 /// the integer kernels, activations rounded to 8 bits as llama.cpp does): transformers'
 /// greedy next token (on the dequantised weights, f32) at ≥ 95 % of the 300 positions

@@ -496,36 +496,59 @@ impl Llama {
     /// Runs `ids` at the positions after those in `cache` (a prompt, or the next token) and
     /// returns the logits [rows, vocab] of every position (`all`) or of the last one only.
     pub fn forward(&self, ids: &[u32], cache: &mut LlamaCache, all: bool) -> Result<Vec<f32>> {
+        let mut out = self.forward_batch(&[ids], &mut [cache], all)?;
+        Ok(out.pop().expect("one sequence"))
+    }
+
+    /// Several sequences in one pass (continuous batching): sequence i runs `seqs[i]` after
+    /// the positions in `caches[i]`. Their rows share every matrix product; attention is per
+    /// sequence. Returns per sequence the logits of all its rows (`all`) or of its last one.
+    /// Each row's result does not depend on the other sequences in the batch.
+    pub fn forward_batch(
+        &self,
+        seqs: &[&[u32]],
+        caches: &mut [&mut LlamaCache],
+        all: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         // On a pool worker: a caller outside the pool would otherwise run the serial parts
         // while every worker spins waiting for work, one thread more than there are cores.
         if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.forward_on_worker(ids, cache, all));
+            return rayon::scope(|_| self.forward_on_worker(seqs, caches, all));
         }
-        self.forward_on_worker(ids, cache, all)
+        self.forward_on_worker(seqs, caches, all)
     }
 
     fn forward_on_worker(
         &self,
-        ids: &[u32],
-        cache: &mut LlamaCache,
+        seqs: &[&[u32]],
+        caches: &mut [&mut LlamaCache],
         all: bool,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.config;
-        let (t, c) = (ids.len(), cfg.hidden_size);
-        if t == 0 {
-            bail!("no tokens to run");
+        let c = cfg.hidden_size;
+        if seqs.len() != caches.len() {
+            bail!("{} sequences but {} caches", seqs.len(), caches.len());
         }
-        let start = cache.len();
-        if start + t > cfg.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "{} positions exceed the model's context of {} (max_position_embeddings)",
-                start + t,
-                cfg.max_position_embeddings
-            )));
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut rows = 0;
+        for (ids, cache) in seqs.iter().zip(caches.iter()) {
+            let (t, start) = (ids.len(), cache.len());
+            if t == 0 {
+                bail!("no tokens to run");
+            }
+            if start + t > cfg.max_position_embeddings {
+                return Err(Error::Invalid(format!(
+                    "{} positions exceed the model's context of {} (max_position_embeddings)",
+                    start + t,
+                    cfg.max_position_embeddings
+                )));
+            }
+            spans.push(Span { row: rows, t, start });
+            rows += t;
         }
-        // x: [t, C], the residual stream.
-        let mut x = vec![0f32; t * c];
-        for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
+        // x: [rows, C], the residual stream of every sequence's rows, one after another.
+        let mut x = vec![0f32; rows * c];
+        for (row, &id) in x.chunks_exact_mut(c).zip(seqs.iter().flat_map(|s| s.iter())) {
             let id = id as usize;
             if id >= cfg.vocab_size {
                 bail!(
@@ -536,32 +559,55 @@ impl Llama {
             self.embed_tokens.row(id, row);
         }
         let mut s = Scratch::default();
-        let (cos, sin) = rope_cos_sin(&self.inv_freq, start, t);
-        for (l, layer) in self.layers.iter().enumerate() {
-            self.attention_block(l, layer, &mut x, t, cache, &cos, &sin, &mut s);
-            self.mlp_block(layer, &mut x, t, &mut s);
+        // Rotary tables row by row: each sequence at its own positions.
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for sp in &spans {
+            let (c_, s_) = rope_cos_sin(&self.inv_freq, sp.start, sp.t);
+            cos.extend(c_);
+            sin.extend(s_);
         }
-        cache.advance(t);
-        // Final norm and head over the rows asked for: [rows, C] → [rows, vocab].
-        let rows = if all { t } else { 1 };
-        let last = &x[(t - rows) * c..];
-        let mut normed = vec![0f32; rows * c];
-        rms_norm(last, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(l, layer, &mut x, &spans, caches, &cos, &sin, &mut s);
+            self.mlp_block(layer, &mut x, rows, &mut s);
+        }
+        for (cache, sp) in caches.iter_mut().zip(&spans) {
+            cache.advance(sp.t);
+        }
+        // Final norm and head over the rows asked for: [kept, C] → [kept, vocab].
+        let keep: Vec<std::ops::Range<usize>> = spans
+            .iter()
+            .map(|sp| if all { sp.row..sp.row + sp.t } else { sp.row + sp.t - 1..sp.row + sp.t })
+            .collect();
+        let kept: usize = keep.iter().map(|r| r.len()).sum();
+        let mut last = Vec::with_capacity(kept * c);
+        for r in &keep {
+            last.extend_from_slice(&x[r.start * c..r.end * c]);
+        }
+        let mut normed = vec![0f32; kept * c];
+        rms_norm(&last, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let mut logits = vec![0f32; rows * cfg.vocab_size];
-        head.forward(&normed, rows, &mut logits);
-        Ok(logits)
+        let v = cfg.vocab_size;
+        let mut logits = vec![0f32; kept * v];
+        head.forward(&normed, kept, &mut logits);
+        let mut out = Vec::with_capacity(spans.len());
+        let mut at = 0;
+        for r in &keep {
+            out.push(logits[at * v..(at + r.len()) * v].to_vec());
+            at += r.len();
+        }
+        Ok(out)
     }
 
-    /// x += o_proj(attention(rope(q), rope(k), v)) over the cached positions and these t.
+    /// x += o_proj(attention(rope(q), rope(k), v)) over each sequence's cached positions and
+    /// its new rows.
     #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
         l: usize,
         layer: &LlamaLayer,
         x: &mut [f32],
-        t: usize,
-        cache: &mut LlamaCache,
+        spans: &[Span],
+        caches: &mut [&mut LlamaCache],
         cos: &[f32],
         sin: &[f32],
         s: &mut Scratch,
@@ -570,6 +616,7 @@ impl Llama {
         let (c, d) = (cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let t = x.len() / c;
         s.normed.resize(t * c, 0.0);
         rms_norm(
             x,
@@ -577,7 +624,7 @@ impl Llama {
             cfg.rms_norm_eps as f32,
             &mut s.normed,
         );
-        // q: [t, H·D], k, v: [t, KVH·D].
+        // q: [rows, H·D], k, v: [rows, KVH·D].
         s.q.resize(t * qd, 0.0);
         s.k.resize(t * kvd, 0.0);
         s.v.resize(t * kvd, 0.0);
@@ -594,84 +641,46 @@ impl Llama {
         }
         rope_rows(&mut s.q, heads, d, cos, sin);
         rope_rows(&mut s.k, kv_heads, d, cos, sin);
-        cache.store(l, &s.k, &s.v, t);
-        let start = cache.len();
-        let n = start + t;
-        // Each query head attends over its group's key/value head: [t, D] × [n, D]ᵀ → [t, n],
-        // causal (query i sees positions ≤ start + i), softmax, × [n, D].
+        for (cache, sp) in caches.iter_mut().zip(spans) {
+            let (r0, r1) = (sp.row, sp.row + sp.t);
+            cache.store(l, &s.k[r0 * kvd..r1 * kvd], &s.v[r0 * kvd..r1 * kvd], sp.t);
+        }
         s.attn.resize(t * qd, 0.0);
         let group = heads / kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let cache_ref = &*cache;
+        let caches: Vec<&LlamaCache> = caches.iter().map(|c| &**c).collect();
+        // Rows of sequences with a few new rows (decoding): one pass over every (row, head),
+        // each reading its keys and values in place.
+        let row_seq: Vec<(usize, usize)> = spans
+            .iter()
+            .enumerate()
+            .flat_map(|(k, sp)| (0..sp.t).map(move |i| (k, i)))
+            .collect();
         let q = &s.q;
-        if t <= DECODE_ROWS {
-            // A few rows (decoding): each query head reads its keys and values in place.
-            s.attn.par_chunks_mut(d).enumerate().for_each_init(
-                Vec::new,
-                |scores, (row_head, out)| {
-                    let (i, h) = (row_head / heads, row_head % heads);
-                    scores.resize(n, 0.0);
-                    let qh = &q[i * qd + h * d..][..d];
-                    cache_ref.attend_in_place(
-                        l,
-                        h / group,
-                        d,
-                        start + i + 1,
-                        qh,
-                        scale,
-                        scores,
-                        out,
-                    );
-                },
-            );
-            s.proj.resize(t * c, 0.0);
-            layer.o_proj.forward(&s.attn, t, &mut s.proj);
-            add_assign(x, &s.proj);
-            return;
-        }
-        // Many rows (a prompt): each key/value head gathered once into [n, D], then tasks of
-        // (query head, tile of query rows), each over only the keys its rows see (causal:
-        // a tile ending at row i1 needs positions < start + i1, half the square for a prompt).
-        let gathered: Vec<(Vec<f32>, Vec<f32>)> = (0..kv_heads)
-            .into_par_iter()
-            .map(|kvh| {
-                let mut keys = vec![0f32; n * d];
-                let mut values = vec![0f32; n * d];
-                cache_ref.gather_head(l, false, kvh, d, n, &mut keys);
-                cache_ref.gather_head(l, true, kvh, d, n, &mut values);
-                (keys, values)
-            })
-            .collect();
-        let tiles = t.div_ceil(QUERY_TILE);
-        let outs: Vec<Vec<f32>> = (0..heads * tiles)
-            .into_par_iter()
-            .map(|task| {
-                let (h, tile) = (task / tiles, task % tiles);
-                let (i0, i1) = (tile * QUERY_TILE, ((tile + 1) * QUERY_TILE).min(t));
-                let (rows, seen) = (i1 - i0, start + i1);
-                let (keys, values) = &gathered[h / group];
-                let mut qh = vec![0f32; rows * d];
-                for (i, qrow) in qh.chunks_exact_mut(d).enumerate() {
-                    qrow.copy_from_slice(&q[(i0 + i) * qd + h * d..][..d]);
-                }
-                // scores: [rows, seen] = q_tile · K[..seen]ᵀ; softmax over each row's visible
-                // positions; out: [rows, D] = scores · V[..seen].
-                let mut scores = vec![0f32; rows * seen];
-                Gemm::nt(rows, seen, d).run_serial(&qh, &keys[..seen * d], &mut scores);
-                for (i, row) in scores.chunks_exact_mut(seen).enumerate() {
-                    let visible = start + i0 + i + 1;
-                    softmax_row_scaled(&mut row[..visible], scale);
-                    row[visible..].fill(0.0);
-                }
-                let mut out = vec![0f32; rows * d];
-                Gemm::nn(rows, d, seen).run_serial(&scores, &values[..seen * d], &mut out);
-                out
-            })
-            .collect();
-        for (task, out) in outs.iter().enumerate() {
-            let (h, i0) = (task / tiles, (task % tiles) * QUERY_TILE);
-            for (i, orow) in out.chunks_exact(d).enumerate() {
-                s.attn[(i0 + i) * qd + h * d..][..d].copy_from_slice(orow);
+        s.attn
+            .par_chunks_mut(d)
+            .enumerate()
+            .filter(|(row_head, _)| spans[row_seq[row_head / heads].0].t <= DECODE_ROWS)
+            .for_each_init(Vec::new, |scores, (row_head, out)| {
+                let (row, h) = (row_head / heads, row_head % heads);
+                let (k, i) = row_seq[row];
+                let n = spans[k].start + i + 1;
+                scores.resize(n, 0.0);
+                let qh = &q[row * qd + h * d..][..d];
+                caches[k].attend_in_place(l, h / group, d, n, qh, scale, scores, out);
+            });
+        // Sequences with many new rows (prompts): tiles of query rows over gathered heads.
+        for (k, sp) in spans.iter().enumerate() {
+            if sp.t > DECODE_ROWS {
+                let (r0, r1) = (sp.row, sp.row + sp.t);
+                prompt_attention(
+                    caches[k],
+                    l,
+                    cfg,
+                    sp.start,
+                    &s.q[r0 * qd..r1 * qd],
+                    &mut s.attn[r0 * qd..r1 * qd],
+                );
             }
         }
         s.proj.resize(t * c, 0.0);
@@ -702,6 +711,78 @@ impl Llama {
         s.proj.resize(t * c, 0.0);
         layer.down_proj.forward(&s.gate, t, &mut s.proj);
         add_assign(x, &s.proj);
+    }
+}
+
+/// Where a sequence's rows sit in a batched pass: rows row..row + t, at positions
+/// start..start + t.
+struct Span {
+    row: usize,
+    t: usize,
+    start: usize,
+}
+
+/// Attention of one sequence's many new rows (a prompt) at positions start..start + t, whose
+/// keys and values are already in `cache`: q [t, H·D] → attn [t, H·D]. Each key/value head is
+/// gathered once into [n, D], then tasks of (query head, tile of query rows) run over only the
+/// keys their rows see (causal: a tile ending at row i1 needs positions < start + i1, half the
+/// square for a prompt).
+fn prompt_attention(
+    cache: &LlamaCache,
+    l: usize,
+    cfg: &LlamaConfig,
+    start: usize,
+    q: &[f32],
+    attn: &mut [f32],
+) {
+    let d = cfg.head_dim;
+    let qd = cfg.q_dim();
+    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let t = q.len() / qd;
+    let n = start + t;
+    let gathered: Vec<(Vec<f32>, Vec<f32>)> = (0..kv_heads)
+        .into_par_iter()
+        .map(|kvh| {
+            let mut keys = vec![0f32; n * d];
+            let mut values = vec![0f32; n * d];
+            cache.gather_head(l, false, kvh, d, n, &mut keys);
+            cache.gather_head(l, true, kvh, d, n, &mut values);
+            (keys, values)
+        })
+        .collect();
+    let tiles = t.div_ceil(QUERY_TILE);
+    let outs: Vec<Vec<f32>> = (0..heads * tiles)
+        .into_par_iter()
+        .map(|task| {
+            let (h, tile) = (task / tiles, task % tiles);
+            let (i0, i1) = (tile * QUERY_TILE, ((tile + 1) * QUERY_TILE).min(t));
+            let (rows, seen) = (i1 - i0, start + i1);
+            let (keys, values) = &gathered[h / group];
+            let mut qh = vec![0f32; rows * d];
+            for (i, qrow) in qh.chunks_exact_mut(d).enumerate() {
+                qrow.copy_from_slice(&q[(i0 + i) * qd + h * d..][..d]);
+            }
+            // scores: [rows, seen] = q_tile · K[..seen]ᵀ; softmax over each row's visible
+            // positions; out: [rows, D] = scores · V[..seen].
+            let mut scores = vec![0f32; rows * seen];
+            Gemm::nt(rows, seen, d).run_serial(&qh, &keys[..seen * d], &mut scores);
+            for (i, row) in scores.chunks_exact_mut(seen).enumerate() {
+                let visible = start + i0 + i + 1;
+                softmax_row_scaled(&mut row[..visible], scale);
+                row[visible..].fill(0.0);
+            }
+            let mut out = vec![0f32; rows * d];
+            Gemm::nn(rows, d, seen).run_serial(&scores, &values[..seen * d], &mut out);
+            out
+        })
+        .collect();
+    for (task, out) in outs.iter().enumerate() {
+        let (h, i0) = (task / tiles, (task % tiles) * QUERY_TILE);
+        for (i, orow) in out.chunks_exact(d).enumerate() {
+            attn[(i0 + i) * qd + h * d..][..d].copy_from_slice(orow);
+        }
     }
 }
 
