@@ -727,3 +727,229 @@ fn the_playground_streams_a_generation_compares_texts_and_classifies_a_drawing()
         .collect();
     assert!(severe.is_empty(), "console errors: {severe:?}");
 }
+
+/// The tiny random Llama GGUF with a tokenizer and chat template (tools/gen_chat_fixture.py).
+fn tiny_chat_model() -> String {
+    let p = repo().join("crates/largo/tests/fixtures/llama/tiny-chat.gguf");
+    format!("chat={}", p.display())
+}
+
+/// The `data:` payloads of a server-sent-events body, up to (not including) `[DONE]`; panics
+/// when `[DONE]` is missing.
+fn sse_events(body: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for line in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            return out;
+        }
+        out.push(serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")));
+    }
+    panic!("no [DONE] in {body}");
+}
+
+/// A streamed chat's text (the deltas' contents) and its events.
+fn streamed_chat(s: &Server, body: &str) -> (String, Vec<serde_json::Value>) {
+    let (status, head, raw) = request(s, "POST", "/v1/chat/completions", body.as_bytes(), None);
+    assert_eq!(status, 200, "{raw}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events = sse_events(&raw);
+    let text = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (text, events)
+}
+
+#[test]
+fn a_pretrained_llm_serves_chat_completions_streamed_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let (status, _, body) = request(&s, "GET", "/v1/models", b"", None);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""capability":"chat.completions""#),
+        "{body}"
+    );
+
+    let ask = r#"{"model": "chat", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}], "temperature": 0, "max_tokens": 12}"#;
+    let (status, v) = post(&s, "/v1/chat/completions", ask);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"), "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let text = choice["message"]["content"].as_str().unwrap().to_string();
+    let used = v["usage"]["completion_tokens"].as_u64().unwrap();
+    // Random weights: the reply ends at max_tokens, or earlier at the end-of-turn token.
+    let finish = if used == 12 { "length" } else { "stop" };
+    assert_eq!(choice["finish_reason"], finish, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 5, "{v}");
+    // Content as a list of text parts renders the same prompt.
+    let parts = ask.replace(
+        r#""content": "hello there""#,
+        r#""content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]"#,
+    );
+    let (_, same) = post(&s, "/v1/chat/completions", &parts);
+    assert_eq!(same["choices"][0]["message"]["content"], text.as_str());
+
+    // Streamed: a first chunk with the role, deltas that add up to the same text (with their
+    // tokens' log-probabilities), the finish reason, the usage, then [DONE].
+    let streamed = ask.replace(
+        r#""max_tokens": 12"#,
+        r#""max_tokens": 12, "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 2"#,
+    );
+    let (got, events) = streamed_chat(&s, &streamed);
+    assert_eq!(got, text);
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let tokens: usize = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+        .map(|c| {
+            for t in c {
+                assert!(t["logprob"].as_f64().unwrap() <= 0.0, "{t}");
+                assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2, "{t}");
+            }
+            c.len()
+        })
+        .sum();
+    assert!(tokens as u64 <= used && tokens > 0, "{tokens} of {used}");
+    let last = &events[events.len() - 2];
+    assert_eq!(last["choices"][0]["finish_reason"], finish);
+    let usage = &events[events.len() - 1];
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], used);
+
+    // A stop string cuts the text where it first appears, and the reason is "stop".
+    let cut: String = text.chars().skip(1).take(2).collect();
+    if !cut.is_empty() {
+        let with_stop = ask.replace(
+            r#""max_tokens": 12"#,
+            &format!(
+                r#""max_tokens": 12, "stop": [{}]"#,
+                serde_json::to_string(&cut).unwrap()
+            ),
+        );
+        let (status, v) = post(&s, "/v1/chat/completions", &with_stop);
+        assert_eq!(status, 200, "{v}");
+        let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(got, &text[..text.find(&cut).unwrap()], "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+    // /v1/completions serves the same model.
+    let (status, v) = post(
+        &s,
+        "/v1/completions",
+        r#"{"model": "chat", "prompt": "hello", "max_tokens": 8, "temperature": 0}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    let (status, _, text) = request(&s, "GET", "/metrics", b"", None);
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"largo_requests_total{route="/v1/chat/completions",status="200"}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn concurrent_streamed_chats_each_get_the_text_they_get_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let bodies: Vec<String> = (0..32)
+        .map(|i| {
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "question number {i}"}}], "temperature": 0, "max_tokens": 40, "stream": true}}"#
+            )
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| sc.spawn(|| streamed_chat(&s, b).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (body, text) in bodies.iter().zip(&together) {
+        assert_eq!(*text, streamed_chat(&s, body).0, "{body}");
+    }
+    let (_, _, text) = request(&s, "GET", "/metrics", b"", None);
+    let (sum, count) = (
+        metric(&text, "largo_decode_batch_sequences_sum"),
+        metric(&text, "largo_decode_batch_sequences_count"),
+    );
+    assert!(sum > count, "no step was shared: sum {sum}, count {count}");
+}
+
+#[test]
+fn bad_chat_requests_name_the_field_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let long = "word ".repeat(400);
+    for (body, param, says) in [
+        (
+            r#"{"messages": "hi"}"#.to_string(),
+            "messages",
+            "must be a list",
+        ),
+        (r#"{"messages": []}"#.to_string(), "messages", "is empty"),
+        (
+            r#"{"messages": [{"role": "wizard", "content": "hi"}]}"#.to_string(),
+            "messages[0].role",
+            "'wizard' is not supported",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": 42}]}"#.to_string(),
+            "messages[0].content",
+            "must be a string or a list of text parts",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#.to_string(),
+            "n",
+            "only one choice",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}"#.to_string(),
+            "max_tokens",
+            "between 1 and 64",
+        ),
+        (
+            format!(r#"{{"messages": [{{"role": "user", "content": "{long}"}}]}}"#),
+            "messages",
+            "the model's context is 256",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}"#.to_string(),
+            "top_logprobs",
+            "needs 'logprobs'",
+        ),
+    ] {
+        let (status, v) = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    let (status, v) = post(
+        &s,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+}

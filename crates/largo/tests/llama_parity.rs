@@ -329,7 +329,11 @@ fn sequences_batched_together_get_the_bits_they_get_alone() {
         let got = model
             .forward_batch(&[a, b_next, c], &mut [&mut ca, &mut cb, &mut cc], true)
             .unwrap();
-        let want = [alone(None, a), alone(Some(b_prefix), b_next), alone(None, c)];
+        let want = [
+            alone(None, a),
+            alone(Some(b_prefix), b_next),
+            alone(None, c),
+        ];
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
             if file.contains("f32") {
                 // f32 weights run the f32 GEMM, whose blocking follows the row count.

@@ -3,10 +3,11 @@
 //! template's end of turn), a stop string, `max_tokens` or the end of the context.
 
 use super::{sample, Sampling};
-use crate::data::llm_tokenizer::LlmTokenizer;
+use crate::data::llm_tokenizer::{LlmTokenizer, StreamDecoder};
 use crate::models::llama::{Llama, LlamaCache};
 use crate::rng::Rng;
 use crate::{bail, Error, Result};
+use std::time::Instant;
 
 /// Why a generation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct LlmGeneration {
     /// Seconds spent on the prompt (prefill) and on the generated tokens.
     pub prompt_secs: f64,
     pub gen_secs: f64,
+    /// Per generated token, when asked for ([`LlmDecoder::with_logprobs`]).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Generates after `prompt` (token ids) from an empty cache until an end-of-turn token of the
@@ -38,59 +41,196 @@ pub fn generate_llm(
     s: &Sampling,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<LlmGeneration> {
-    s.validate()?;
-    if prompt.is_empty() {
-        bail!("the prompt encodes to no tokens");
-    }
-    let context = model.config.max_position_embeddings;
-    if prompt.len() >= context {
-        return Err(Error::Invalid(format!(
-            "the prompt is {} tokens, the model's context is {context}: shorten it",
-            prompt.len()
-        )));
-    }
-    let mut rng = Rng::new(s.seed);
-    let mut cache = LlamaCache::new(&model.config);
-    let t0 = std::time::Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, false)?;
-    let prompt_secs = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    let mut stream = tokenizer.stream();
-    let finish = loop {
-        let next = sample(&logits, s, &mut rng);
-        if tokenizer.is_end_of_turn(next) {
-            break Finish::Stop;
+    let (mut decoder, mut feed) = LlmDecoder::new(model, tokenizer, prompt, s)?;
+    loop {
+        let logits = model.forward(&feed, &mut decoder.cache, false)?;
+        match decoder.step(&logits, &mut on_text)? {
+            Some(next) => feed = next,
+            None => return Ok(decoder.finish()),
         }
-        ids.push(next);
+    }
+}
+
+/// One generation advanced a token at a time by its caller, which runs the model (so that a
+/// server can batch many): feed the tokens `new`/`step` return through `cache`, and hand the
+/// last position's logits to `step`.
+pub struct LlmDecoder<'a> {
+    tokenizer: &'a LlmTokenizer,
+    sampling: Sampling,
+    rng: Rng,
+    pub cache: LlamaCache,
+    stream: StreamDecoder<'a>,
+    ids: Vec<u32>,
+    text: String,
+    prompt_tokens: usize,
+    context: usize,
+    finish: Finish,
+    started: Instant,
+    first_step: Option<Instant>,
+    /// Alternatives to record per token when log-probabilities are asked for.
+    top_logprobs: Option<usize>,
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// A generated token's log-probability under the model (its logits, before temperature and
+/// truncation), with the most likely alternatives when asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// (id, log-probability), most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// log softmax(logits)[id] for `id` and the `k` most likely ids.
+fn token_logprob(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let log_sum = logits
+        .iter()
+        .map(|&v| ((v - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
+    let lp = |v: f32| v - max - log_sum;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &v) in logits.iter().enumerate() {
+            if top.len() < k || v > top[top.len() - 1].1 {
+                let at = top.partition_point(|&(_, t)| t >= v);
+                top.insert(at, (i as u32, v));
+                top.truncate(k);
+            }
+        }
+    }
+    TokenLogprob {
+        id,
+        logprob: lp(logits[id as usize]),
+        top: top.into_iter().map(|(i, v)| (i, lp(v))).collect(),
+    }
+}
+
+impl<'a> LlmDecoder<'a> {
+    /// Checks the settings and the prompt's length; returns the decoder and the tokens to feed
+    /// first (the prompt).
+    pub fn new(
+        model: &Llama,
+        tokenizer: &'a LlmTokenizer,
+        prompt: &[u32],
+        s: &Sampling,
+    ) -> Result<(Self, Vec<u32>)> {
+        s.validate()?;
+        if prompt.is_empty() {
+            bail!("the prompt encodes to no tokens");
+        }
+        let context = model.config.max_position_embeddings;
+        if prompt.len() >= context {
+            return Err(Error::Invalid(format!(
+                "the prompt is {} tokens, the model's context is {context}: shorten it",
+                prompt.len()
+            )));
+        }
+        let decoder = LlmDecoder {
+            tokenizer,
+            sampling: s.clone(),
+            rng: Rng::new(s.seed),
+            cache: LlamaCache::new(&model.config),
+            stream: tokenizer.stream(),
+            ids: Vec::new(),
+            text: String::new(),
+            prompt_tokens: prompt.len(),
+            context,
+            finish: Finish::Length,
+            started: Instant::now(),
+            first_step: None,
+            top_logprobs: None,
+            logprobs: Vec::new(),
+        };
+        Ok((decoder, prompt.to_vec()))
+    }
+
+    /// Records each generated token's log-probability and its `top` most likely alternatives.
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.top_logprobs = Some(top);
+        self
+    }
+
+    /// The log-probabilities recorded so far (see [`LlmDecoder::with_logprobs`]).
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
+    }
+
+    /// Takes the logits after the last fed token: samples the next token and passes any whole
+    /// new characters to `on_text` (false from it stops). Returns the tokens to feed next, or
+    /// `None` when the generation is over.
+    pub fn step(
+        &mut self,
+        logits: &[f32],
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Option<Vec<u32>>> {
+        self.first_step.get_or_insert_with(Instant::now);
+        let s = &self.sampling;
+        let next = sample(logits, s, &mut self.rng);
+        if self.tokenizer.is_end_of_turn(next) {
+            self.finish = Finish::Stop;
+            return Ok(None);
+        }
+        self.ids.push(next);
+        if let Some(k) = self.top_logprobs {
+            self.logprobs.push(token_logprob(logits, next, k));
+        }
         // Whole characters only: a byte-level token may end inside one.
-        let piece = stream.push(next)?;
+        let piece = self.stream.push(next)?;
         if !piece.is_empty() {
-            let before = text.len();
-            text.push_str(&piece);
-            if let Some(stop) = s.stop.iter().find(|st| text.contains(st.as_str())) {
-                let cut = text.find(stop.as_str()).expect("contains");
+            let before = self.text.len();
+            self.text.push_str(&piece);
+            if let Some(stop) = s.stop.iter().find(|st| self.text.contains(st.as_str())) {
+                let cut = self.text.find(stop.as_str()).expect("contains");
                 if cut > before {
-                    on_text(&text[before..cut]);
+                    on_text(&self.text[before..cut]);
                 }
-                text.truncate(cut);
-                break Finish::Stop;
+                self.text.truncate(cut);
+                self.finish = Finish::Stop;
+                return Ok(None);
             }
             if !on_text(&piece) {
-                break Finish::Stop;
+                self.finish = Finish::Stop;
+                return Ok(None);
             }
         }
-        if ids.len() == s.max_tokens || cache.len() + 1 >= context {
-            break Finish::Length;
+        if self.ids.len() == s.max_tokens || self.cache.len() + 1 >= self.context {
+            self.finish = Finish::Length;
+            return Ok(None);
         }
-        logits = model.forward(&[next], &mut cache, false)?;
-    };
-    Ok(LlmGeneration {
-        text,
-        ids,
-        prompt_tokens: prompt.len(),
-        finish,
-        prompt_secs,
-        gen_secs: t1.elapsed().as_secs_f64(),
-    })
+        Ok(Some(vec![next]))
+    }
+
+    /// The generation so far (a cancelled one included).
+    pub fn finish(self) -> LlmGeneration {
+        let first = self.first_step.unwrap_or_else(Instant::now);
+        LlmGeneration {
+            text: self.text,
+            ids: self.ids,
+            prompt_tokens: self.prompt_tokens,
+            finish: self.finish,
+            prompt_secs: (first - self.started).as_secs_f64(),
+            gen_secs: first.elapsed().as_secs_f64(),
+            logprobs: self.logprobs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_logprobs_are_log_softmax_with_the_top_alternatives_in_order() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let z: f64 = logits.iter().map(|&v| (v as f64).exp()).sum();
+        let t = token_logprob(&logits, 2, 2);
+        assert!((t.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(t.top.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+        assert!((t.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert!(token_logprob(&logits, 0, 0).top.is_empty());
+        assert_eq!(token_logprob(&logits, 0, 9).top.len(), 4);
+    }
 }

@@ -543,12 +543,19 @@ impl Llama {
                     cfg.max_position_embeddings
                 )));
             }
-            spans.push(Span { row: rows, t, start });
+            spans.push(Span {
+                row: rows,
+                t,
+                start,
+            });
             rows += t;
         }
         // x: [rows, C], the residual stream of every sequence's rows, one after another.
         let mut x = vec![0f32; rows * c];
-        for (row, &id) in x.chunks_exact_mut(c).zip(seqs.iter().flat_map(|s| s.iter())) {
+        for (row, &id) in x
+            .chunks_exact_mut(c)
+            .zip(seqs.iter().flat_map(|s| s.iter()))
+        {
             let id = id as usize;
             if id >= cfg.vocab_size {
                 bail!(
@@ -576,7 +583,13 @@ impl Llama {
         // Final norm and head over the rows asked for: [kept, C] → [kept, vocab].
         let keep: Vec<std::ops::Range<usize>> = spans
             .iter()
-            .map(|sp| if all { sp.row..sp.row + sp.t } else { sp.row + sp.t - 1..sp.row + sp.t })
+            .map(|sp| {
+                if all {
+                    sp.row..sp.row + sp.t
+                } else {
+                    sp.row + sp.t - 1..sp.row + sp.t
+                }
+            })
             .collect();
         let kept: usize = keep.iter().map(|r| r.len()).sum();
         let mut last = Vec::with_capacity(kept * c);

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod batching;
+pub mod llm;
 
 use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
 use crate::data::mnist::Normalization;
@@ -47,6 +48,8 @@ pub enum Served {
         tokenizer: tokenizers::Tokenizer,
     },
     Embedder(SentenceEncoder),
+    /// A pretrained Llama-family decoder (GGUF or Hugging Face), with its chat template.
+    Llm(llm::LlmServed),
     /// A digit classifier: its forward pass keeps activations, hence the lock (it is small
     /// and fast; requests take turns).
     Classifier {
@@ -59,6 +62,9 @@ pub enum Served {
 impl Served {
     /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one.
     pub fn load(path: &Path) -> Result<Self> {
+        if let Some(files) = crate::models::llama_load::LlmFiles::find(path)? {
+            return Ok(Served::Llm(llm::LlmServed::load(&files)?));
+        }
         if is_hf_dir(path) {
             return Ok(Served::Embedder(SentenceEncoder::load(path)?));
         }
@@ -193,6 +199,7 @@ struct AppState {
     models: BTreeMap<String, Arc<Served>>,
     /// The worker of each language model and each encoder, by model name.
     decoders: BTreeMap<String, Sender<GenerationJob>>,
+    llm_decoders: BTreeMap<String, Sender<llm::LlmJob>>,
     embedders: BTreeMap<String, Sender<EmbedJob>>,
     cfg: ServeConfig,
     /// One permit per admitted model request, running or waiting.
@@ -254,6 +261,7 @@ fn model_named<'a>(
 fn wrong_route(name: &str, served: &Served) -> ApiError {
     let what = match served {
         Served::Lm { .. } => "a language model: use /v1/completions",
+        Served::Llm(_) => "a pretrained LLM: use /v1/chat/completions or /v1/completions",
         Served::Embedder(_) => "an embedding model: use /v1/embeddings",
         Served::Classifier { .. } => "an image classifier: use /v1/classify",
     };
@@ -269,6 +277,9 @@ fn unix_time() -> u64 {
 async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let o = parse_object(&body)?;
     let (name, served) = model_named(&st, &o)?;
+    if let Served::Llm(model) = served.as_ref() {
+        return llm::completions(Arc::clone(&st), name, model, &o).await;
+    }
     let Served::Lm { .. } = served.as_ref() else {
         return Err(wrong_route(&name, served));
     };
@@ -577,6 +588,7 @@ async fn list_models(State(st): State<Shared>) -> Json<Value> {
         .map(|(name, m)| {
             let kind = match m.as_ref() {
                 Served::Lm { .. } => "completions",
+                Served::Llm(_) => "chat.completions",
                 Served::Embedder(_) => "embeddings",
                 Served::Classifier { .. } => "classify",
             };
@@ -640,6 +652,7 @@ async fn guard(State(st): State<Shared>, headers: HeaderMap, req: Request, next:
     let known = [
         "/",
         "/v1/completions",
+        "/v1/chat/completions",
         "/v1/embeddings",
         "/v1/classify",
         "/v1/models",
@@ -680,6 +693,7 @@ async fn not_found() -> ApiError {
 pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router {
     let batches = Arc::new(BatchStats::default());
     let (mut decoders, mut embedders) = (BTreeMap::new(), BTreeMap::new());
+    let mut llm_decoders = BTreeMap::new();
     for (name, served) in &models {
         let worker = Arc::clone(served);
         match served.as_ref() {
@@ -691,12 +705,17 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
                 let tx = spawn_embedder(worker, cfg.batch_tokens, Arc::clone(&batches));
                 embedders.insert(name.clone(), tx);
             }
+            Served::Llm(_) => {
+                let tx = llm::spawn_llm_decoder(worker, cfg.max_concurrent, Arc::clone(&batches));
+                llm_decoders.insert(name.clone(), tx);
+            }
             Served::Classifier { .. } => {}
         }
     }
     let st: Shared = Arc::new(AppState {
         models,
         decoders,
+        llm_decoders,
         embedders,
         admission: Arc::new(Semaphore::new(
             cfg.max_concurrent.max(1) + cfg.max_queue.max(1),
@@ -708,6 +727,7 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
     });
     Router::new()
         .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/classify", post(classify))
         .route("/v1/models", get(list_models))

@@ -1,0 +1,744 @@
+//! Pretrained LLMs in `largo serve`: `POST /v1/chat/completions` (the model's own chat
+//! template; OpenAI's request fields, response and streamed chunk formats, log-probabilities)
+//! and `/v1/completions`. One worker thread per model advances every active generation in one
+//! batched forward pass per step (continuous batching): a new request's prompt joins as its
+//! prefill, a finished or cancelled one leaves. The quantised kernels give each row the same
+//! bits whatever else is in the batch, so a greedy answer is the same alone or batched.
+
+use super::api::{bool_field, integer_field, number_field, strings_field, ApiError};
+use super::batching::{BatchStats, BATCH_BUCKETS};
+use super::{admit, model_named, rand_seed, unix_time, wrong_route, Served, Shared};
+use crate::data::llm_tokenizer::LlmTokenizer;
+use crate::generate::chat::{ChatMessage, ChatTemplate};
+use crate::generate::llm::{Finish, LlmDecoder, LlmGeneration, TokenLogprob};
+use crate::generate::Sampling;
+use crate::models::llama::{Llama, LlamaCache};
+use crate::models::llama_load::LlmFiles;
+use crate::Result;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+
+/// A pretrained decoder with its tokenizer and chat template.
+pub struct LlmServed {
+    pub model: Llama,
+    pub tokenizer: LlmTokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+impl LlmServed {
+    /// Loads the model (quantised GGUF weights stay quantised) and its tokenizer and template.
+    pub fn load(files: &LlmFiles) -> Result<Self> {
+        let model = files.load(false)?;
+        let tokenizer = files.load_tokenizer()?;
+        let template = match &tokenizer.chat_template {
+            Some(source) => Some(ChatTemplate::with_name(
+                format!("the chat template of {}", files.path().display()),
+                source.clone(),
+            )?),
+            None => None,
+        };
+        Ok(LlmServed {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+}
+
+/// New text of a generation, with the log-probabilities of the tokens it completes (when
+/// asked for).
+pub struct Piece {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A generation request handed to a model's worker: the prompt already tokenised.
+pub struct LlmJob {
+    pub prompt: Vec<u32>,
+    pub sampling: Sampling,
+    /// Some(k): record each token's log-probability and its k most likely alternatives.
+    pub top_logprobs: Option<usize>,
+    /// Text pieces as they are produced, for a streamed request.
+    pub pieces: Option<UnboundedSender<Piece>>,
+    /// Set when the client went away or the request timed out: the worker drops the job.
+    pub cancel: Arc<AtomicBool>,
+    pub done: oneshot::Sender<std::result::Result<LlmGeneration, String>>,
+}
+
+struct Active<'a> {
+    job: LlmJob,
+    decoder: LlmDecoder<'a>,
+    feed: Vec<u32>,
+    /// Log-probabilities already sent with a piece.
+    sent: usize,
+}
+
+/// Starts the generation worker of a pretrained LLM (`Served::Llm`); jobs go into the returned
+/// sender. The worker ends when every sender is dropped and its last generation is done.
+pub fn spawn_llm_decoder(
+    served: Arc<Served>,
+    max_batch: usize,
+    stats: Arc<BatchStats>,
+) -> Sender<LlmJob> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Served::Llm(llm) = served.as_ref() {
+            decode_loop(llm, &rx, max_batch.max(1), &stats);
+        }
+    });
+    tx
+}
+
+fn decode_loop<'a>(
+    llm: &'a LlmServed,
+    rx: &Receiver<LlmJob>,
+    max_batch: usize,
+    stats: &BatchStats,
+) {
+    let (model, tokenizer) = (&llm.model, &llm.tokenizer);
+    let mut active: Vec<Active<'a>> = Vec::new();
+    let start = |job: LlmJob, active: &mut Vec<Active<'a>>| match LlmDecoder::new(
+        model,
+        tokenizer,
+        &job.prompt,
+        &job.sampling,
+    ) {
+        Ok((decoder, feed)) => {
+            let decoder = match job.top_logprobs {
+                Some(k) => decoder.with_logprobs(k),
+                None => decoder,
+            };
+            active.push(Active {
+                job,
+                decoder,
+                feed,
+                sent: 0,
+            })
+        }
+        Err(e) => {
+            let _ = job.done.send(Err(e.to_string()));
+        }
+    };
+    loop {
+        // Idle: sleep until a request comes. Busy: take what has arrived, up to the batch size.
+        if active.is_empty() {
+            match rx.recv() {
+                Ok(job) => start(job, &mut active),
+                Err(_) => return,
+            }
+        }
+        while active.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => start(job, &mut active),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        // Cancelled generations leave with what they have.
+        let (gone, kept): (Vec<Active>, Vec<Active>) = active
+            .drain(..)
+            .partition(|a| a.job.cancel.load(Ordering::Relaxed));
+        active = kept;
+        for a in gone {
+            let _ = a.job.done.send(Ok(a.decoder.finish()));
+        }
+        if active.is_empty() {
+            continue;
+        }
+        stats.running.store(active.len() as u64, Ordering::Relaxed);
+        stats.decode.observe(active.len() as f64, BATCH_BUCKETS);
+        let feeds: Vec<Vec<u32>> = active
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.feed))
+            .collect();
+        let seqs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
+        let mut caches: Vec<&mut LlamaCache> =
+            active.iter_mut().map(|a| &mut a.decoder.cache).collect();
+        let logits = match model.forward_batch(&seqs, &mut caches, false) {
+            Ok(l) => l,
+            Err(e) => {
+                for a in active.drain(..) {
+                    let _ = a.job.done.send(Err(e.to_string()));
+                }
+                continue;
+            }
+        };
+        let mut next = Vec::with_capacity(active.len());
+        for (mut a, logits) in active.drain(..).zip(logits) {
+            let (pieces, cancel) = (a.job.pieces.as_ref(), &a.job.cancel);
+            let mut texts = Vec::new();
+            // A closed stream means the client went away: stop generating for it.
+            let on_text = |piece: &str| {
+                texts.push(piece.to_string());
+                pieces.is_none_or(|tx| !tx.is_closed()) && !cancel.load(Ordering::Relaxed)
+            };
+            let stepped = a.decoder.step(&logits, on_text);
+            if let Some(tx) = pieces {
+                for text in texts {
+                    let logprobs = a.decoder.logprobs()[a.sent..].to_vec();
+                    a.sent += logprobs.len();
+                    let _ = tx.send(Piece { text, logprobs });
+                }
+            }
+            match stepped {
+                Ok(Some(feed)) => {
+                    a.feed = feed;
+                    next.push(a);
+                }
+                Ok(None) => {
+                    let _ = a.job.done.send(Ok(a.decoder.finish()));
+                }
+                Err(e) => {
+                    let _ = a.job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+        active = next;
+        stats.running.store(active.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// An invalid-request error whose `param` is built (e.g. `messages[2].role`).
+fn invalid_at(message: impl Into<String>, param: impl Into<String>) -> ApiError {
+    let mut e = ApiError::invalid(message, None);
+    e.param = Some(param.into());
+    e
+}
+
+/// The roles a chat message may have (`developer` is taken as `system`, as OpenAI does).
+const ROLES: &str = "system, developer, user, assistant";
+
+/// `messages`: a non-empty list of `{role, content}`, content a string or a list of
+/// `{"type": "text", "text": …}` parts (an assistant's may be null).
+fn parse_messages(o: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage>, ApiError> {
+    let list = match o.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "'messages' is required",
+                Some("messages"),
+            ))
+        }
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid("'messages' is empty", Some("messages")))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'messages' must be a list of {role, content} objects",
+                Some("messages"),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Value::Object(m) = m else {
+            return Err(invalid_at(
+                format!("{at} must be an object with 'role' and 'content'"),
+                at,
+            ));
+        };
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => "system",
+            Some("user") => "user",
+            Some("assistant") => "assistant",
+            Some(other) => {
+                return Err(invalid_at(
+                    format!("{at}.role '{other}' is not supported: use one of {ROLES}"),
+                    format!("{at}.role"),
+                ))
+            }
+            None => {
+                return Err(invalid_at(
+                    format!("{at}.role must be a string: one of {ROLES}"),
+                    format!("{at}.role"),
+                ))
+            }
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        _ => {
+                            return Err(invalid_at(
+                                format!(
+                                    "{at}.content[{j}] must be {{\"type\": \"text\", \"text\": …}}: only text parts are supported"
+                                ),
+                                format!("{at}.content"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            _ => {
+                return Err(invalid_at(
+                    format!("{at}.content must be a string or a list of text parts"),
+                    format!("{at}.content"),
+                ))
+            }
+        };
+        out.push(ChatMessage::new(role, content));
+    }
+    Ok(out)
+}
+
+/// The sampling fields shared by both routes; `max_tokens` (or `max_completion_tokens`)
+/// defaults to the server's limit.
+fn parse_sampling(
+    o: &Map<String, Value>,
+    max_tokens: u64,
+    default_max: u64,
+) -> std::result::Result<Sampling, ApiError> {
+    let key = if o.get("max_completion_tokens").is_some_and(|v| !v.is_null()) {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let sampling = Sampling {
+        max_tokens: integer_field(o, key, default_max, 1, max_tokens)? as usize,
+        temperature: number_field(o, "temperature", 1.0, 0.0, 2.0)? as f32,
+        top_k: 0,
+        top_p: number_field(o, "top_p", 1.0, 0.0, 1.0)? as f32,
+        seed: integer_field(o, "seed", rand_seed(), 0, u64::MAX)?,
+        stop: strings_field(o, "stop")?.unwrap_or_default(),
+    };
+    if sampling.top_p == 0.0 {
+        return Err(ApiError::invalid("'top_p' must be > 0", Some("top_p")));
+    }
+    if sampling.stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            "'stop' strings must not be empty",
+            Some("stop"),
+        ));
+    }
+    match o.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'n' = {v}: only one choice per request (n = 1) is supported"),
+                Some("n"),
+            ))
+        }
+    }
+    Ok(sampling)
+}
+
+/// `logprobs` (bool) and `top_logprobs` (0–20, needs `logprobs`).
+fn parse_logprobs(o: &Map<String, Value>) -> std::result::Result<Option<usize>, ApiError> {
+    let on = bool_field(o, "logprobs")?;
+    let top = integer_field(o, "top_logprobs", 0, 0, 20)? as usize;
+    if top > 0 && !on {
+        return Err(ApiError::invalid(
+            "'top_logprobs' needs 'logprobs': true",
+            Some("top_logprobs"),
+        ));
+    }
+    Ok(on.then_some(top))
+}
+
+/// OpenAI's `logprobs.content` entries for these tokens.
+fn logprobs_json(tokenizer: &LlmTokenizer, lps: &[TokenLogprob]) -> Value {
+    let token = |id: u32| {
+        let text = tokenizer.decode(&[id]).unwrap_or_default();
+        let bytes: Vec<u8> = text.as_bytes().to_vec();
+        (text, bytes)
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|t| {
+            let (text, bytes) = token(t.id);
+            let top: Vec<Value> = t
+                .top
+                .iter()
+                .map(|&(id, lp)| {
+                    let (text, bytes) = token(id);
+                    json!({"token": text, "logprob": lp, "bytes": bytes})
+                })
+                .collect();
+            json!({"token": text, "logprob": t.logprob, "bytes": bytes, "top_logprobs": top})
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+fn finish_reason(g: &LlmGeneration) -> &'static str {
+    match g.finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+fn usage(g: &LlmGeneration) -> Value {
+    json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": g.ids.len(),
+           "total_tokens": g.prompt_tokens + g.ids.len()})
+}
+
+/// Which route a request came by: the response shapes differ.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Chat,
+    Completions,
+}
+
+/// `POST /v1/chat/completions`.
+pub(super) async fn chat_completions(
+    State(st): State<Shared>,
+    body: Bytes,
+) -> std::result::Result<Response, ApiError> {
+    let o = super::api::parse_object(&body)?;
+    let (name, served) = model_named(&st, &o)?;
+    let Served::Llm(llm) = served.as_ref() else {
+        return Err(wrong_route(&name, served));
+    };
+    let messages = parse_messages(&o)?;
+    let Some(template) = &llm.template else {
+        return Err(ApiError::invalid(
+            format!("the model '{name}' has no chat template: use /v1/completions"),
+            Some("model"),
+        ));
+    };
+    let tk = &llm.tokenizer;
+    let bos = tk.bos_token().unwrap_or_default();
+    let eos = tk.eos_token().unwrap_or_default();
+    let text = template
+        .render(&messages, true, &bos, &eos)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+    let prompt = tk
+        .encode(&text, false)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+    generate(st.clone(), name, llm, &o, prompt, "messages", Route::Chat).await
+}
+
+/// `POST /v1/completions` for a pretrained LLM: the prompt as given (with BOS when the
+/// tokenizer adds one).
+pub(super) async fn completions(
+    st: Shared,
+    name: String,
+    llm: &LlmServed,
+    o: &Map<String, Value>,
+) -> std::result::Result<Response, ApiError> {
+    let prompt = match strings_field(o, "prompt")? {
+        Some(p) if p.len() == 1 && !p[0].is_empty() => p.into_iter().next().expect("one"),
+        Some(p) if p.len() == 1 => {
+            return Err(ApiError::invalid("'prompt' is empty", Some("prompt")))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'prompt' must be one string",
+                Some("prompt"),
+            ))
+        }
+        None => return Err(ApiError::invalid("'prompt' is required", Some("prompt"))),
+    };
+    let ids = llm
+        .tokenizer
+        .encode(&prompt, true)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))?;
+    generate(st, name, llm, o, ids, "prompt", Route::Completions).await
+}
+
+/// Hands a tokenised prompt to the model's worker and answers as one JSON body or as
+/// server-sent events.
+async fn generate(
+    st: Shared,
+    name: String,
+    llm: &LlmServed,
+    o: &Map<String, Value>,
+    prompt: Vec<u32>,
+    prompt_param: &'static str,
+    route: Route,
+) -> std::result::Result<Response, ApiError> {
+    let context = llm.model.config.max_position_embeddings;
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(
+            "the prompt encodes to no tokens",
+            Some(prompt_param),
+        ));
+    }
+    if prompt.len() >= context {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt is {} tokens, the model's context is {context}: shorten it",
+                prompt.len()
+            ),
+            Some(prompt_param),
+        ));
+    }
+    let default_max = if route == Route::Chat {
+        st.cfg.max_tokens
+    } else {
+        16
+    };
+    let sampling = parse_sampling(o, st.cfg.max_tokens, default_max)?;
+    let top_logprobs = parse_logprobs(o)?;
+    let stream = bool_field(o, "stream")?;
+    let include_usage = match o.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(so)) => bool_field(so, "include_usage")
+            .map_err(|e| invalid_at(e.message, "stream_options.include_usage"))?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'stream_options' must be an object",
+                Some("stream_options"),
+            ))
+        }
+    };
+    let permit = admit(&st)?;
+    let (prefix, object, chunk_object) = match route {
+        Route::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
+        Route::Completions => ("cmpl", "text_completion", "text_completion"),
+    };
+    let id = format!(
+        "{prefix}-{}",
+        st.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let created = unix_time();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let job = LlmJob {
+        prompt,
+        sampling,
+        top_logprobs,
+        pieces: stream.then_some(tx),
+        cancel: Arc::clone(&cancel),
+        done: done_tx,
+    };
+    st.llm_decoders[&name].send(job).map_err(|_| {
+        ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the model's worker has stopped",
+        )
+    })?;
+    let task = async move {
+        let r = done_rx.await;
+        drop(permit);
+        match r {
+            Ok(Ok(g)) => Ok(g),
+            Ok(Err(e)) => Err(ApiError::invalid(e, Some(prompt_param))),
+            Err(_) => Err(ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the generation ended without a result",
+            )),
+        }
+    };
+    let served = Arc::clone(&st.models[&name]);
+    let Served::Llm(llm) = served.as_ref() else {
+        unreachable!("checked by the caller");
+    };
+    if !stream {
+        drop(rx);
+        let g = match tokio::time::timeout(st.cfg.request_timeout, task).await {
+            Err(_) => {
+                cancel.store(true, Ordering::Relaxed);
+                return Err(ApiError::status(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "the generation took longer than the server's request timeout",
+                ));
+            }
+            Ok(r) => r?,
+        };
+        st.metrics.lock().expect("metrics").tokens_generated += g.ids.len() as u64;
+        let logprobs = match top_logprobs {
+            Some(_) => logprobs_json(&llm.tokenizer, &g.logprobs),
+            None => Value::Null,
+        };
+        let choice = match route {
+            Route::Chat => json!({"index": 0,
+                "message": {"role": "assistant", "content": g.text},
+                "logprobs": logprobs, "finish_reason": finish_reason(&g)}),
+            Route::Completions => json!({"index": 0, "text": g.text,
+                "logprobs": logprobs, "finish_reason": finish_reason(&g)}),
+        };
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": created, "model": name,
+            "choices": [choice], "usage": usage(&g),
+        }))
+        .into_response());
+    }
+    // Server-sent events: (chat) a first chunk with the role, one chunk per piece of text, a
+    // last one with the finish reason, the usage when asked for, then [DONE].
+    let (ev_tx, ev_rx) =
+        tokio::sync::mpsc::channel::<std::result::Result<Event, std::convert::Infallible>>(64);
+    let st2 = Arc::clone(&st);
+    tokio::spawn(async move {
+        let Served::Llm(llm) = served.as_ref() else {
+            return;
+        };
+        let mut rx = rx;
+        let chunk = |delta: Value, logprobs: Value, finish: Value| {
+            let choice = match route {
+                Route::Chat => json!({"index": 0, "delta": delta, "logprobs": logprobs,
+                                      "finish_reason": finish}),
+                Route::Completions => json!({"index": 0,
+                    "text": delta.get("content").cloned().unwrap_or(json!("")),
+                    "logprobs": logprobs, "finish_reason": finish}),
+            };
+            Event::default().data(
+                json!({"id": id, "object": chunk_object, "created": created, "model": name,
+                       "choices": [choice]})
+                .to_string(),
+            )
+        };
+        let send = |ev: Event| ev_tx.send(Ok(ev));
+        if route == Route::Chat
+            && send(chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                Value::Null,
+            ))
+            .await
+            .is_err()
+        {
+            cancel.store(true, Ordering::Relaxed);
+            return;
+        }
+        while let Some(piece) = rx.recv().await {
+            let lp = match top_logprobs {
+                Some(_) => logprobs_json(&llm.tokenizer, &piece.logprobs),
+                None => Value::Null,
+            };
+            if send(chunk(json!({"content": piece.text}), lp, Value::Null))
+                .await
+                .is_err()
+            {
+                cancel.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        match task.await {
+            Ok(g) => {
+                st2.metrics.lock().expect("metrics").tokens_generated += g.ids.len() as u64;
+                let _ = send(chunk(json!({}), Value::Null, json!(finish_reason(&g)))).await;
+                if include_usage {
+                    let _ = send(
+                        Event::default().data(
+                            json!({"id": id, "object": chunk_object, "created": created,
+                               "model": name, "choices": [], "usage": usage(&g)})
+                            .to_string(),
+                        ),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                let _ = send(
+                    Event::default().data(
+                        json!({"error": {"message": e.message, "type": e.kind, "param": e.param}})
+                            .to_string(),
+                    ),
+                )
+                .await;
+            }
+        }
+        let _ = send(Event::default().data("[DONE]")).await;
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(ev_rx);
+    Ok(Sse::new(stream).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().expect("an object").clone()
+    }
+
+    #[test]
+    fn messages_are_checked_field_by_field() {
+        let ok = parse_messages(&obj(json!({"messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+            {"role": "assistant", "content": null},
+        ]})))
+        .unwrap();
+        assert_eq!(
+            ok,
+            [
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "Hi there"),
+                ChatMessage::new("assistant", ""),
+            ]
+        );
+        let param = |v: Value| parse_messages(&obj(v)).unwrap_err().param.unwrap();
+        assert_eq!(param(json!({})), "messages");
+        assert_eq!(param(json!({"messages": "hi"})), "messages");
+        assert_eq!(param(json!({"messages": []})), "messages");
+        assert_eq!(param(json!({"messages": [7]})), "messages[0]");
+        assert_eq!(
+            param(
+                json!({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]})
+            ),
+            "messages[1].role"
+        );
+        assert_eq!(
+            param(json!({"messages": [{"role": "user", "content": 5}]})),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})),
+            "messages[0].content"
+        );
+        let e = parse_messages(&obj(
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+        ))
+        .unwrap_err();
+        assert!(
+            e.message.contains("'tool' is not supported"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn sampling_fields_are_checked() {
+        let s = parse_sampling(
+            &obj(json!({"max_completion_tokens": 7, "temperature": 0, "stop": "x", "seed": 3})),
+            100,
+            50,
+        )
+        .unwrap();
+        assert_eq!((s.max_tokens, s.temperature, s.seed), (7, 0.0, 3));
+        assert_eq!(s.stop, ["x"]);
+        assert_eq!(
+            parse_sampling(&obj(json!({})), 100, 50).unwrap().max_tokens,
+            50
+        );
+        let param = |v: Value| parse_sampling(&obj(v), 100, 50).unwrap_err().param.unwrap();
+        assert_eq!(param(json!({"n": 2})), "n");
+        assert_eq!(param(json!({"max_tokens": 101})), "max_tokens");
+        assert_eq!(param(json!({"temperature": 3})), "temperature");
+        assert_eq!(param(json!({"top_p": 0})), "top_p");
+        assert_eq!(param(json!({"stop": [1]})), "stop");
+        assert_eq!(
+            parse_logprobs(&obj(json!({"top_logprobs": 2})))
+                .unwrap_err()
+                .param
+                .unwrap(),
+            "top_logprobs"
+        );
+        assert_eq!(
+            parse_logprobs(&obj(json!({"logprobs": true, "top_logprobs": 2}))).unwrap(),
+            Some(2)
+        );
+    }
+}
