@@ -39,6 +39,10 @@ pub struct Args {
     /// Seconds before a request is answered 504.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Pretrained LLMs: MiB of KV cache shared by all generations (and the prefix cache); a
+    /// request starts when its worst case (prompt + max_tokens) fits, else it waits.
+    #[arg(long, default_value_t = 256.0)]
+    kv_cache_mb: f64,
 }
 
 pub fn run_serve(a: Args) -> Result<()> {
@@ -61,6 +65,12 @@ pub fn run_serve(a: Args) -> Result<()> {
     if a.max_concurrent == 0 || a.max_queue == 0 {
         bail!("--max-concurrent and --max-queue must be ≥ 1");
     }
+    if !(a.kv_cache_mb.is_finite() && a.kv_cache_mb > 0.0) {
+        bail!(
+            "--kv-cache-mb must be a positive number, got {}",
+            a.kv_cache_mb
+        );
+    }
     let cfg = ServeConfig {
         host: a.host,
         port: a.port,
@@ -72,6 +82,7 @@ pub fn run_serve(a: Args) -> Result<()> {
         max_queue: a.max_queue,
         batch_tokens: a.batch_tokens.max(1),
         request_timeout: Duration::from_secs(a.timeout.max(1)),
+        kv_cache_mb: a.kv_cache_mb,
     };
     let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
     let keyed = cfg.api_key.is_some();

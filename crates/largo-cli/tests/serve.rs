@@ -953,3 +953,108 @@ fn bad_chat_requests_name_the_field_and_the_server_keeps_serving() {
     );
     assert_eq!(status, 200, "{v}");
 }
+
+#[test]
+fn a_shared_prompt_prefix_is_computed_once_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    // A system prompt of about 140 tokens (this tokenizer is small) shared by every request.
+    let system = "you are a helpful assistant who answers briefly and well ".repeat(3);
+    let ask = |q: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "{q}"}}], "temperature": 0, "max_tokens": 6, "logprobs": true, "top_logprobs": 3}}"#
+        )
+    };
+    let (status, cold) = post(&s, "/v1/chat/completions", &ask("first question"));
+    assert_eq!(status, 200, "{cold}");
+    let (_, _, m) = request(&s, "GET", "/metrics", b"", None);
+    assert_eq!(metric(&m, "largo_prefix_cache_hit_tokens_total"), 0.0);
+    let prompt_tokens = cold["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert!(prompt_tokens > 96.0, "{cold}");
+    // The same conversation again: its full blocks come from the cache, and the answer and its
+    // log-probabilities are the cold run's.
+    let (_, warm) = post(&s, "/v1/chat/completions", &ask("first question"));
+    let (_, _, m) = request(&s, "GET", "/metrics", b"", None);
+    let hit = metric(&m, "largo_prefix_cache_hit_tokens_total");
+    assert!(
+        hit >= 96.0 && hit < prompt_tokens,
+        "hit {hit} of {prompt_tokens}"
+    );
+    assert_eq!(
+        warm["choices"][0]["message"]["content"],
+        cold["choices"][0]["message"]["content"]
+    );
+    let lps = |v: &serde_json::Value| -> Vec<f64> {
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["top_logprobs"].as_array().unwrap().clone())
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (lps(&cold), lps(&warm));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-3, "cold {x} vs warm {y}");
+    }
+    // Another question under the same system prompt reuses the system prompt's blocks.
+    let (status, _) = post(&s, "/v1/chat/completions", &ask("another one"));
+    assert_eq!(status, 200);
+    let (_, _, m) = request(&s, "GET", "/metrics", b"", None);
+    assert!(metric(&m, "largo_prefix_cache_hit_tokens_total") >= hit + 64.0);
+    assert!(metric(&m, "largo_prefix_cache_hit_rate") > 0.3);
+}
+
+#[test]
+fn the_kv_pool_holds_requests_back_instead_of_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 0.1 MiB: 25 blocks of 4 KiB; a request of ≤ 64 positions takes 8 (2 layers × keys and
+    // values × 2 blocks), so three run at a time.
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64", "--kv-cache-mb", "0.1"],
+    );
+    let bodies: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "q{i}"}}], "temperature": 0, "max_tokens": 40}}"#
+            )
+        })
+        .collect();
+    let together: Vec<(u16, serde_json::Value)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| sc.spawn(|| post(&s, "/v1/chat/completions", b)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (body, (status, v)) in bodies.iter().zip(&together) {
+        assert_eq!(*status, 200, "{v}");
+        let (_, alone) = post(&s, "/v1/chat/completions", body);
+        assert_eq!(v["choices"][0]["message"], alone["choices"][0]["message"]);
+    }
+    let (_, _, m) = request(&s, "GET", "/metrics", b"", None);
+    let capacity = metric(&m, "largo_kv_cache_capacity_bytes");
+    assert_eq!(capacity, 25.0 * 4096.0);
+    let peak = metric(&m, "largo_kv_cache_peak_bytes");
+    assert!(peak > 0.0 && peak <= capacity, "peak {peak} of {capacity}");
+    // A request whose worst case exceeds the whole pool is refused, naming the option: about
+    // 160 prompt tokens + 64 = 7 blocks of positions, 28 blocks.
+    let long = "word ".repeat(50);
+    let (status, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &format!(r#"{{"messages": [{{"role": "user", "content": "{long}"}}], "max_tokens": 64}}"#),
+    );
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--kv-cache-mb"), "{msg}");
+}

@@ -117,7 +117,26 @@ impl<'a> LlmDecoder<'a> {
         prompt: &[u32],
         s: &Sampling,
     ) -> Result<(Self, Vec<u32>)> {
+        Self::with_cache(model, tokenizer, prompt, s, LlamaCache::new(&model.config))
+    }
+
+    /// As [`LlmDecoder::new`] with a cache that already holds the first `cache.len()` prompt
+    /// positions (a shared prefix): only the rest of the prompt is fed.
+    pub fn with_cache(
+        model: &Llama,
+        tokenizer: &'a LlmTokenizer,
+        prompt: &[u32],
+        s: &Sampling,
+        cache: LlamaCache,
+    ) -> Result<(Self, Vec<u32>)> {
         s.validate()?;
+        if cache.len() >= prompt.len() {
+            bail!(
+                "the cache holds {} positions of a {}-token prompt: at least one must be fed",
+                cache.len(),
+                prompt.len()
+            );
+        }
         if prompt.is_empty() {
             bail!("the prompt encodes to no tokens");
         }
@@ -128,11 +147,12 @@ impl<'a> LlmDecoder<'a> {
                 prompt.len()
             )));
         }
+        let feed = prompt[cache.len()..].to_vec();
         let decoder = LlmDecoder {
+            cache,
             tokenizer,
             sampling: s.clone(),
             rng: Rng::new(s.seed),
-            cache: LlamaCache::new(&model.config),
             stream: tokenizer.stream(),
             ids: Vec::new(),
             text: String::new(),
@@ -144,7 +164,7 @@ impl<'a> LlmDecoder<'a> {
             top_logprobs: None,
             logprobs: Vec::new(),
         };
-        Ok((decoder, prompt.to_vec()))
+        Ok((decoder, feed))
     }
 
     /// Records each generated token's log-probability and its `top` most likely alternatives.

@@ -8,10 +8,11 @@
 //! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
 //! values of the positions seen so far.
 
+pub use super::llama_cache::{KvPool, LlamaCache, BLOCK_TOKENS};
 use crate::backend::cpu::qmatmul::{qmatmul, qmatmul_many, QMatrix};
 use crate::backend::{
-    add_assign, attend_cached_head, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows,
-    softmax_row_scaled, swiglu_forward, CachedHead, Gemm,
+    add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, softmax_row_scaled,
+    swiglu_forward, Gemm,
 };
 use crate::{bail, Error, Result};
 use rayon::prelude::*;
@@ -267,15 +268,6 @@ pub struct Llama {
     inv_freq: Vec<f64>,
 }
 
-/// Keys and values of the positions a sequence has seen, per layer, in blocks of
-/// `BLOCK_TOKENS` positions allocated as the sequence grows. f32, [position, kv heads × head_dim].
-#[derive(Clone, Debug)]
-pub struct LlamaCache {
-    kv_dim: usize,
-    len: usize,
-    layers: Vec<LayerCache>,
-}
-
 /// Buffers of one forward pass, reused across its layers.
 #[derive(Default)]
 struct Scratch {
@@ -289,122 +281,12 @@ struct Scratch {
     up: Vec<f32>,
 }
 
-/// One layer's keys and values, block by block ([BLOCK_TOKENS, kv_dim] each).
-#[derive(Clone, Debug, Default)]
-struct LayerCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-}
-
 /// Up to this many rows, attention reads the cache in place rather than gathering heads for
 /// GEMMs (whose packing only pays over many rows).
 const DECODE_ROWS: usize = 4;
 
 /// Query rows per prompt-attention task.
 const QUERY_TILE: usize = 64;
-
-/// Positions per KV-cache block.
-pub const BLOCK_TOKENS: usize = 32;
-
-impl LlamaCache {
-    pub fn new(config: &LlamaConfig) -> Self {
-        LlamaCache {
-            kv_dim: config.kv_dim(),
-            len: 0,
-            layers: vec![LayerCache::default(); config.num_hidden_layers],
-        }
-    }
-
-    /// Positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes held (whole blocks).
-    pub fn bytes(&self) -> usize {
-        let blocks: usize = self
-            .layers
-            .iter()
-            .map(|c| c.keys.len() + c.values.len())
-            .sum();
-        blocks * BLOCK_TOKENS * self.kv_dim * 4
-    }
-
-    /// Stores k, v [t, kv_dim] of layer `l` at positions len..len+t (len moves in `advance`).
-    fn store(&mut self, l: usize, k: &[f32], v: &[f32], t: usize) {
-        let kv = self.kv_dim;
-        let LayerCache {
-            keys: kb,
-            values: vb,
-        } = &mut self.layers[l];
-        for i in 0..t {
-            let pos = self.len + i;
-            let (block, off) = (pos / BLOCK_TOKENS, pos % BLOCK_TOKENS);
-            if block == kb.len() {
-                kb.push(vec![0.0; BLOCK_TOKENS * kv]);
-                vb.push(vec![0.0; BLOCK_TOKENS * kv]);
-            }
-            kb[block][off * kv..(off + 1) * kv].copy_from_slice(&k[i * kv..(i + 1) * kv]);
-            vb[block][off * kv..(off + 1) * kv].copy_from_slice(&v[i * kv..(i + 1) * kv]);
-        }
-    }
-
-    /// Copies key (or value) head `h` of positions 0..n of layer `l` into `out` [n, head_dim].
-    fn gather_head(&self, l: usize, values: bool, h: usize, d: usize, n: usize, out: &mut [f32]) {
-        let kv = self.kv_dim;
-        let blocks = if values {
-            &self.layers[l].values
-        } else {
-            &self.layers[l].keys
-        };
-        for pos in 0..n {
-            let src = &blocks[pos / BLOCK_TOKENS][(pos % BLOCK_TOKENS) * kv + h * d..][..d];
-            out[pos * d..(pos + 1) * d].copy_from_slice(src);
-        }
-    }
-
-    /// One query row's attention over key/value head `h` of positions 0..n of layer `l`,
-    /// read where the blocks hold them (decoding: nothing gathered). `scores` is scratch of n.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_in_place(
-        &self,
-        l: usize,
-        h: usize,
-        d: usize,
-        n: usize,
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let c = &self.layers[l];
-        let head = CachedHead {
-            block_rows: BLOCK_TOKENS,
-            row_width: self.kv_dim,
-            offset: h * d,
-            d,
-            n,
-        };
-        attend_cached_head(&c.keys, &c.values, head, q, scale, scores, out);
-    }
-
-    fn advance(&mut self, t: usize) {
-        self.len += t;
-    }
-
-    /// Forgets every position (the blocks are freed).
-    pub fn clear(&mut self) {
-        self.len = 0;
-        for c in &mut self.layers {
-            c.keys.clear();
-            c.values.clear();
-        }
-    }
-}
 
 impl Llama {
     pub fn new(

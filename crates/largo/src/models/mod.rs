@@ -4,6 +4,7 @@ pub mod bert;
 pub mod inspect;
 pub mod interop;
 pub mod llama;
+pub mod llama_cache;
 pub mod llama_load;
 pub mod mlp;
 pub mod sentence;

@@ -25,6 +25,14 @@ pub struct BatchStats {
     pub embed: Histogram,
     /// Requests being worked on now (in a decode batch or an embedding batch).
     pub running: AtomicU64,
+    /// Pretrained LLMs: prompt tokens looked up in the prefix cache, and those found there
+    /// (not recomputed).
+    pub prefix_lookup_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    /// The KV-cache pool: bytes of blocks alive, the most there have been, and its budget.
+    pub kv_used_bytes: AtomicU64,
+    pub kv_peak_bytes: AtomicU64,
+    pub kv_capacity_bytes: AtomicU64,
 }
 
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];

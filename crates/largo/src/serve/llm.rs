@@ -12,7 +12,8 @@ use crate::data::llm_tokenizer::LlmTokenizer;
 use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::llm::{Finish, LlmDecoder, LlmGeneration, TokenLogprob};
 use crate::generate::Sampling;
-use crate::models::llama::{Llama, LlamaCache};
+use crate::models::llama::{Llama, LlamaConfig};
+use crate::models::llama_cache::{KvPool, LlamaCache, SharedBlocks, BLOCK_TOKENS};
 use crate::models::llama_load::LlmFiles;
 use crate::Result;
 use axum::body::Bytes;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
@@ -80,19 +81,122 @@ struct Active<'a> {
     feed: Vec<u32>,
     /// Log-probabilities already sent with a piece.
     sent: usize,
+    /// Pool blocks set aside for this generation's own positions (its worst case), and the
+    /// positions it found in the prefix cache.
+    reserved: usize,
+    reused: usize,
+    /// The prompt, until its full blocks are offered to the prefix cache after the prefill.
+    prompt: Option<Vec<u32>>,
 }
 
-/// Starts the generation worker of a pretrained LLM (`Served::Llm`); jobs go into the returned
-/// sender. The worker ends when every sender is dropped and its last generation is done.
+impl Active<'_> {
+    /// Reserved blocks not allocated yet.
+    fn outstanding(&self, cfg: &LlamaConfig) -> usize {
+        let own = KvPool::blocks_for(cfg, self.decoder.cache.len())
+            - KvPool::blocks_for(cfg, self.reused);
+        self.reserved.saturating_sub(own)
+    }
+}
+
+/// Full prompt blocks kept after their sequence is done, found again by the hash of the
+/// tokens up to their end: a shared system prompt or a conversation's earlier turns are not
+/// recomputed. Entries hold blocks in the pool and are evicted least recently used first.
+#[derive(Default)]
+struct PrefixCache {
+    entries: std::collections::HashMap<u64, PrefixEntry>,
+    clock: u64,
+}
+
+struct PrefixEntry {
+    parent: u64,
+    tokens: Vec<u32>,
+    blocks: Vec<SharedBlocks>,
+    depth: usize,
+    last_used: u64,
+}
+
+/// The chained hash of block `b` of `tokens` given its parent's.
+fn block_hash(parent: u64, block: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    block.hash(&mut h);
+    h.finish()
+}
+
+impl PrefixCache {
+    /// The cached blocks of the longest run of `prompt`'s full blocks from its start, leaving
+    /// at least its last token to run.
+    fn lookup(&mut self, prompt: &[u32]) -> Vec<Vec<SharedBlocks>> {
+        self.clock += 1;
+        let mut out = Vec::new();
+        let mut parent = 0;
+        for (b, block) in prompt.chunks_exact(BLOCK_TOKENS).enumerate() {
+            if (b + 1) * BLOCK_TOKENS >= prompt.len() {
+                break;
+            }
+            let h = block_hash(parent, block);
+            match self.entries.get_mut(&h) {
+                Some(e) if e.parent == parent && e.tokens == block => {
+                    e.last_used = self.clock;
+                    out.push(e.blocks.clone());
+                }
+                _ => break,
+            }
+            parent = h;
+        }
+        out
+    }
+
+    /// Offers the full blocks of `prompt` that `cache` holds.
+    fn insert(&mut self, prompt: &[u32], cache: &LlamaCache) {
+        self.clock += 1;
+        let mut parent = 0;
+        for (b, block) in prompt.chunks_exact(BLOCK_TOKENS).enumerate() {
+            let Some(blocks) = cache.full_block(b) else {
+                break;
+            };
+            let h = block_hash(parent, block);
+            let clock = self.clock;
+            self.entries.entry(h).or_insert_with(|| PrefixEntry {
+                parent,
+                tokens: block.to_vec(),
+                blocks,
+                depth: b,
+                last_used: clock,
+            });
+            parent = h;
+        }
+    }
+
+    /// Drops the least recently used entry (the deepest of equals first); false when empty.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| (e.last_used, std::cmp::Reverse(e.depth)))
+            .map(|(&h, _)| h);
+        victim.is_some_and(|h| self.entries.remove(&h).is_some())
+    }
+}
+
+/// Starts the generation worker of a pretrained LLM (`Served::Llm`) with a KV-cache pool of
+/// `kv_bytes`; jobs go into the returned sender. The worker ends when every sender is dropped
+/// and its last generation is done.
 pub fn spawn_llm_decoder(
     served: Arc<Served>,
     max_batch: usize,
+    kv_bytes: usize,
     stats: Arc<BatchStats>,
 ) -> Sender<LlmJob> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Served::Llm(llm) = served.as_ref() {
-            decode_loop(llm, &rx, max_batch.max(1), &stats);
+            let pool = KvPool::new(&llm.model.config, kv_bytes);
+            stats
+                .kv_capacity_bytes
+                .store((pool.capacity * pool.block_bytes) as u64, Ordering::Relaxed);
+            decode_loop(llm, &rx, max_batch.max(1), &pool, &stats);
         }
     });
     tx
@@ -102,44 +206,83 @@ fn decode_loop<'a>(
     llm: &'a LlmServed,
     rx: &Receiver<LlmJob>,
     max_batch: usize,
+    pool: &Arc<KvPool>,
     stats: &BatchStats,
 ) {
     let (model, tokenizer) = (&llm.model, &llm.tokenizer);
+    let cfg = &model.config;
     let mut active: Vec<Active<'a>> = Vec::new();
-    let start = |job: LlmJob, active: &mut Vec<Active<'a>>| match LlmDecoder::new(
-        model,
-        tokenizer,
-        &job.prompt,
-        &job.sampling,
-    ) {
-        Ok((decoder, feed)) => {
-            let decoder = match job.top_logprobs {
-                Some(k) => decoder.with_logprobs(k),
-                None => decoder,
-            };
-            active.push(Active {
-                job,
-                decoder,
-                feed,
-                sent: 0,
-            })
-        }
-        Err(e) => {
-            let _ = job.done.send(Err(e.to_string()));
-        }
-    };
+    let mut waiting: std::collections::VecDeque<LlmJob> = Default::default();
+    let mut prefixes = PrefixCache::default();
+    let mb = |blocks: usize| (blocks * pool.block_bytes) as f64 / 1e6;
     loop {
-        // Idle: sleep until a request comes. Busy: take what has arrived, up to the batch size.
-        if active.is_empty() {
+        // Idle: sleep until a request comes. Busy: take what has arrived.
+        if active.is_empty() && waiting.is_empty() {
             match rx.recv() {
-                Ok(job) => start(job, &mut active),
+                Ok(job) => waiting.push_back(job),
                 Err(_) => return,
             }
         }
+        while let Ok(job) = rx.try_recv() {
+            waiting.push_back(job);
+        }
+        waiting.retain(|j| !j.cancel.load(Ordering::Relaxed));
+        // Start waiting jobs in order while the batch and the pool have room: each sets aside
+        // its worst case (prompt + max_tokens) less what it finds in the prefix cache.
         while active.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => start(job, &mut active),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            let Some(job) = waiting.front() else { break };
+            let positions =
+                (job.prompt.len() + job.sampling.max_tokens).min(cfg.max_position_embeddings);
+            let need_all = KvPool::blocks_for(cfg, positions);
+            if need_all > pool.capacity {
+                let job = waiting.pop_front().expect("front");
+                let _ = job.done.send(Err(format!(
+                    "the request needs {:.1} MB of KV cache ({positions} positions), more than the server's pool of {:.1} MB (--kv-cache-mb): lower max_tokens or shorten the prompt",
+                    mb(need_all),
+                    mb(pool.capacity)
+                )));
+                continue;
+            }
+            let prefix = prefixes.lookup(&job.prompt);
+            let reused = prefix.len() * BLOCK_TOKENS;
+            let need = need_all - KvPool::blocks_for(cfg, reused);
+            let outstanding: usize = active.iter().map(|a| a.outstanding(cfg)).sum();
+            if pool.used() + outstanding + need > pool.capacity {
+                // Cached prefixes give way first; then the job waits for running ones.
+                drop(prefix);
+                if prefixes.evict_one() {
+                    continue;
+                }
+                break;
+            }
+            let job = waiting.pop_front().expect("front");
+            stats
+                .prefix_lookup_tokens
+                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+            stats
+                .prefix_hit_tokens
+                .fetch_add(reused as u64, Ordering::Relaxed);
+            let cache = LlamaCache::with_prefix(cfg, Some(pool), &prefix);
+            match LlmDecoder::with_cache(model, tokenizer, &job.prompt, &job.sampling, cache) {
+                Ok((decoder, feed)) => {
+                    let decoder = match job.top_logprobs {
+                        Some(k) => decoder.with_logprobs(k),
+                        None => decoder,
+                    };
+                    let prompt = Some(job.prompt.clone());
+                    active.push(Active {
+                        job,
+                        decoder,
+                        feed,
+                        sent: 0,
+                        reserved: need,
+                        reused,
+                        prompt,
+                    });
+                }
+                Err(e) => {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
             }
         }
         // Cancelled generations leave with what they have.
@@ -151,6 +294,11 @@ fn decode_loop<'a>(
             let _ = a.job.done.send(Ok(a.decoder.finish()));
         }
         if active.is_empty() {
+            if !waiting.is_empty() {
+                // Nothing runs and the first waiting job still does not fit: only cached
+                // prefixes can be holding the pool, and they were evicted above; wait for news.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             continue;
         }
         stats.running.store(active.len() as u64, Ordering::Relaxed);
@@ -173,6 +321,9 @@ fn decode_loop<'a>(
         };
         let mut next = Vec::with_capacity(active.len());
         for (mut a, logits) in active.drain(..).zip(logits) {
+            if let Some(prompt) = a.prompt.take() {
+                prefixes.insert(&prompt, &a.decoder.cache);
+            }
             let (pieces, cancel) = (a.job.pieces.as_ref(), &a.job.cancel);
             let mut texts = Vec::new();
             // A closed stream means the client went away: stop generating for it.
@@ -203,6 +354,9 @@ fn decode_loop<'a>(
         }
         active = next;
         stats.running.store(active.len() as u64, Ordering::Relaxed);
+        let used = (pool.used() * pool.block_bytes) as u64;
+        stats.kv_used_bytes.store(used, Ordering::Relaxed);
+        stats.kv_peak_bytes.fetch_max(used, Ordering::Relaxed);
     }
 }
 

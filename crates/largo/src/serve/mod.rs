@@ -116,6 +116,8 @@ pub struct ServeConfig {
     /// Tokens per embedding batch (requests that arrive together are packed up to this).
     pub batch_tokens: usize,
     pub request_timeout: Duration,
+    /// Pretrained LLMs: the KV-cache pool every generation's blocks come from, MiB.
+    pub kv_cache_mb: f64,
 }
 
 impl Default for ServeConfig {
@@ -131,6 +133,7 @@ impl Default for ServeConfig {
             max_queue: 64,
             batch_tokens: 8192,
             request_timeout: Duration::from_secs(120),
+            kv_cache_mb: 256.0,
         }
     }
 }
@@ -191,6 +194,23 @@ impl Metrics {
         batches
             .embed
             .render("largo_embedding_batch_texts", BATCH_BUCKETS, &mut out);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (looked, hit) = (
+            get(&batches.prefix_lookup_tokens),
+            get(&batches.prefix_hit_tokens),
+        );
+        out.push_str(&format!(
+            "# TYPE largo_prefix_cache_lookup_tokens_total counter\nlargo_prefix_cache_lookup_tokens_total {looked}\n\
+             # TYPE largo_prefix_cache_hit_tokens_total counter\nlargo_prefix_cache_hit_tokens_total {hit}\n\
+             # TYPE largo_prefix_cache_hit_rate gauge\nlargo_prefix_cache_hit_rate {}\n\
+             # TYPE largo_kv_cache_used_bytes gauge\nlargo_kv_cache_used_bytes {}\n\
+             # TYPE largo_kv_cache_peak_bytes gauge\nlargo_kv_cache_peak_bytes {}\n\
+             # TYPE largo_kv_cache_capacity_bytes gauge\nlargo_kv_cache_capacity_bytes {}\n",
+            if looked > 0 { hit as f64 / looked as f64 } else { 0.0 },
+            get(&batches.kv_used_bytes),
+            get(&batches.kv_peak_bytes),
+            get(&batches.kv_capacity_bytes),
+        ));
         out
     }
 }
@@ -706,7 +726,12 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
                 embedders.insert(name.clone(), tx);
             }
             Served::Llm(_) => {
-                let tx = llm::spawn_llm_decoder(worker, cfg.max_concurrent, Arc::clone(&batches));
+                let tx = llm::spawn_llm_decoder(
+                    worker,
+                    cfg.max_concurrent,
+                    (cfg.kv_cache_mb * 1048576.0) as usize,
+                    Arc::clone(&batches),
+                );
                 llm_decoders.insert(name.clone(), tx);
             }
             Served::Classifier { .. } => {}

@@ -177,8 +177,8 @@ avx512_dispatch! {
     /// Decoding one query row: out [d] = softmax(scale·q·Kᵀ)·V over a head's cached keys and
     /// values, read in their blocks (nothing gathered). `scores` holds at least n values.
     pub fn attend_cached_head(
-        keys: &[Vec<f32>],
-        values: &[Vec<f32>],
+        keys: &[&[f32]],
+        values: &[&[f32]],
         head: CachedHead,
         q: &[f32],
         scale: f32,
