@@ -31,6 +31,9 @@ enum What {
 enum WorkloadChoice {
     Embeddings,
     Completions,
+    /// Streamed chat completions of a pretrained LLM: a shared ~300-token system prompt and a
+    /// ~200-token user message per request; time to first token and between tokens.
+    Chat,
     /// Embeddings, then completions.
     Both,
 }
@@ -178,7 +181,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         What::Serve => {
             let texts = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
-            bench_serve(&a.serve, &a.models, texts, threads)?;
+            let chat = largo::bench::bench_chat_texts(&a.corpus, a.sentences.max(1))?;
+            bench_serve(&a.serve, &a.models, texts, chat, threads)?;
         }
     }
     Ok(())
@@ -263,6 +267,7 @@ fn bench_serve(
     a: &ServeLoadArgs,
     models: &[String],
     texts: Vec<String>,
+    chat: (String, Vec<String>),
     threads: usize,
 ) -> Result<()> {
     if a.clients == 0 || a.inputs_per_request == 0 || a.max_tokens == 0 {
@@ -285,6 +290,7 @@ fn bench_serve(
     let workloads: &[Workload] = match a.workload {
         WorkloadChoice::Embeddings => &[Workload::Embeddings],
         WorkloadChoice::Completions => &[Workload::Completions],
+        WorkloadChoice::Chat => &[Workload::Chat],
         WorkloadChoice::Both => &[Workload::Embeddings, Workload::Completions],
     };
     if !a.json {
@@ -298,7 +304,7 @@ fn bench_serve(
     for &workload in workloads {
         let chosen = match workload {
             Workload::Embeddings => a.embed_model.clone(),
-            Workload::Completions => a.lm_model.clone(),
+            Workload::Completions | Workload::Chat => a.lm_model.clone(),
         };
         let model = match chosen {
             Some(m) => m,
@@ -320,9 +326,14 @@ fn bench_serve(
             model,
             clients: a.clients,
             duration: Duration::from_secs_f64(a.seconds),
-            texts: texts.clone(),
+            texts: if workload == Workload::Chat {
+                chat.1.clone()
+            } else {
+                texts.clone()
+            },
             inputs_per_request: a.inputs_per_request,
             max_tokens: a.max_tokens,
+            system: chat.0.clone(),
         };
         let mut report = load::run_load(&cfg)?;
         // VmHWM is the peak since the server started, so after `both` it covers both loads.

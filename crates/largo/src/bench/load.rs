@@ -1,6 +1,8 @@
 //! The load generator behind `largo bench serve`: `clients` threads, each on its own
 //! keep-alive HTTP/1.1 connection, send OpenAI-shaped requests back to back until a deadline,
-//! against any server with `/v1/embeddings` or `/v1/completions` (largo's or another).
+//! against any server with `/v1/embeddings`, `/v1/completions` or `/v1/chat/completions`
+//! (largo's or another, e.g. llama.cpp's `llama-server`). Chat requests stream, so that time
+//! to first token and the time between tokens are measured as a client sees them.
 //!
 //! The HTTP client is a minimal hand-written one over `TcpStream` (Content-Length and chunked
 //! bodies), so the bench needs no client library and measures the server, not a client stack.
@@ -24,6 +26,8 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub enum Workload {
     Embeddings,
     Completions,
+    /// Streamed chat completions with a system prompt shared by every request.
+    Chat,
 }
 
 impl Workload {
@@ -32,6 +36,7 @@ impl Workload {
         match self {
             Workload::Embeddings => "embeddings",
             Workload::Completions => "completions",
+            Workload::Chat => "chat.completions",
         }
     }
 
@@ -39,6 +44,7 @@ impl Workload {
         match self {
             Workload::Embeddings => "/v1/embeddings",
             Workload::Completions => "/v1/completions",
+            Workload::Chat => "/v1/chat/completions",
         }
     }
 
@@ -46,7 +52,7 @@ impl Workload {
     pub fn token_kind(self) -> &'static str {
         match self {
             Workload::Embeddings => "prompt tokens",
-            Workload::Completions => "completion tokens",
+            Workload::Completions | Workload::Chat => "completion tokens",
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct LoadConfig {
     pub inputs_per_request: usize,
     /// `max_tokens` of each completion.
     pub max_tokens: usize,
+    /// Chat: the system prompt every request starts with (user messages come from `texts`).
+    pub system: String,
 }
 
 pub struct LoadReport {
@@ -84,6 +92,12 @@ pub struct LoadReport {
     pub tokens: u64,
     /// Milliseconds of the successful requests: p50, p90, p99, max (0 when there are none).
     pub latency_ms: [f64; 4],
+    /// Chat: milliseconds to the first token, p50, p90, p99, max.
+    pub ttft_ms: Option<[f64; 4]>,
+    /// Chat: milliseconds between tokens (each request's mean gap), p50, p90, p99, max.
+    pub itl_ms: Option<[f64; 4]>,
+    /// Prompt tokens per request, as the server counted them (mean).
+    pub prompt_tokens: f64,
     /// Peak resident set size of the server, when known (set by the caller).
     pub server_peak_rss_mb: Option<f64>,
 }
@@ -105,7 +119,16 @@ impl LoadReport {
         let [p50, p90, p99, max] = self.latency_ms;
         let shape = match self.workload {
             Workload::Embeddings => format!("{} input(s)/request", self.inputs_per_request),
-            Workload::Completions => format!("max_tokens {}", self.max_tokens),
+            Workload::Completions | Workload::Chat => format!("max_tokens {}", self.max_tokens),
+        };
+        let streamed = match (self.ttft_ms, self.itl_ms) {
+            (Some([t50, t90, t99, tmax]), Some([i50, i90, i99, imax])) => format!(
+                "first token ms:  p50 {t50:.1}  p90 {t90:.1}  p99 {t99:.1}  max {tmax:.1}\n\
+                 between tokens:  p50 {i50:.1}  p90 {i90:.1}  p99 {i99:.1}  max {imax:.1} ms\n\
+                 prompt tokens:   {:.0} per request\n",
+                self.prompt_tokens
+            ),
+            _ => String::new(),
         };
         let errors = if self.errors.is_empty() {
             "0".to_string()
@@ -129,6 +152,7 @@ impl LoadReport {
              requests/s:      {rps:.1}\n\
              tokens/s:        {tps:.1} ({kind})\n\
              latency ms:      p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}\n\
+             {streamed}\
              server peak RSS: {rss}\n",
             workload = self.workload.name(),
             model = self.model,
@@ -162,6 +186,9 @@ impl LoadReport {
             "tokens_per_s": self.tokens_per_s(),
             "token_kind": self.workload.token_kind(),
             "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
+            "ttft_ms": self.ttft_ms.map(|[a, b, c, d]| json!({"p50": a, "p90": b, "p99": c, "max": d})),
+            "itl_ms": self.itl_ms.map(|[a, b, c, d]| json!({"p50": a, "p90": b, "p99": c, "max": d})),
+            "prompt_tokens_per_request": self.prompt_tokens,
             "server_peak_rss_mb": self.server_peak_rss_mb,
         })
     }
@@ -243,6 +270,9 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport> {
     let mut total = ClientTally::default();
     for t in tallies {
         total.latencies_ms.extend(t.latencies_ms);
+        total.ttft_ms.extend(t.ttft_ms);
+        total.itl_ms.extend(t.itl_ms);
+        total.prompt_tokens += t.prompt_tokens;
         total.tokens += t.tokens;
         total.late += t.late;
         for (kind, n) in t.errors {
@@ -250,6 +280,17 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport> {
         }
     }
     total.latencies_ms.sort_by(f64::total_cmp);
+    total.ttft_ms.sort_by(f64::total_cmp);
+    total.itl_ms.sort_by(f64::total_cmp);
+    let spread = |v: &[f64]| {
+        [
+            percentile(v, 50.0),
+            percentile(v, 90.0),
+            percentile(v, 99.0),
+            v.last().copied().unwrap_or(0.0),
+        ]
+    };
+    let streamed = cfg.workload == Workload::Chat;
     let lat = &total.latencies_ms;
     Ok(LoadReport {
         workload: cfg.workload,
@@ -270,12 +311,18 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport> {
             lat.last().copied().unwrap_or(0.0),
         ],
         server_peak_rss_mb: None,
+        ttft_ms: streamed.then(|| spread(&total.ttft_ms)),
+        itl_ms: streamed.then(|| spread(&total.itl_ms)),
+        prompt_tokens: total.prompt_tokens as f64 / lat.len().max(1) as f64,
     })
 }
 
 #[derive(Default)]
 struct ClientTally {
     latencies_ms: Vec<f64>,
+    ttft_ms: Vec<f64>,
+    itl_ms: Vec<f64>,
+    prompt_tokens: u64,
     tokens: u64,
     errors: BTreeMap<String, u64>,
     late: u64,
@@ -286,13 +333,25 @@ fn run_client(cfg: &LoadConfig, deadline: Instant, next_text: &AtomicUsize) -> C
     let mut tally = ClientTally::default();
     let per_request = match cfg.workload {
         Workload::Embeddings => cfg.inputs_per_request,
-        Workload::Completions => 1,
+        Workload::Completions | Workload::Chat => 1,
     };
     while Instant::now() < deadline {
         let first = next_text.fetch_add(per_request, Ordering::Relaxed);
         let body = request_body(cfg, first);
         let sent = Instant::now();
-        let outcome = conn.request("POST", cfg.workload.path(), &body);
+        // Streamed answers: when each event carrying text arrives.
+        let mut pieces: Vec<Instant> = Vec::new();
+        let mut carry = String::new();
+        let mut on_chunk = |chunk: &[u8]| {
+            carry.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = carry.find("\n\n") {
+                let event: String = carry.drain(..end + 2).collect();
+                if event_has_text(&event) {
+                    pieces.push(Instant::now());
+                }
+            }
+        };
+        let outcome = conn.request_with("POST", cfg.workload.path(), &body, &mut on_chunk);
         let done = Instant::now();
         if done > deadline {
             tally.late += 1;
@@ -303,9 +362,17 @@ fn run_client(cfg: &LoadConfig, deadline: Instant, next_text: &AtomicUsize) -> C
             Err(e) => Err(format!("I/O: {}", e.kind())),
         };
         match checked {
-            Ok(tokens) => {
+            Ok((tokens, prompt)) => {
                 tally.latencies_ms.push((done - sent).as_secs_f64() * 1e3);
                 tally.tokens += tokens;
+                tally.prompt_tokens += prompt;
+                if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
+                    tally.ttft_ms.push((*first - sent).as_secs_f64() * 1e3);
+                    if pieces.len() > 1 {
+                        let gap = (*last - *first).as_secs_f64() / (pieces.len() - 1) as f64;
+                        tally.itl_ms.push(gap * 1e3);
+                    }
+                }
             }
             Err(kind) => {
                 *tally.errors.entry(kind).or_insert(0) += 1;
@@ -331,16 +398,58 @@ fn request_body(cfg: &LoadConfig, first: usize) -> Vec<u8> {
             "model": cfg.model, "prompt": text(first), "max_tokens": cfg.max_tokens,
             "temperature": 1.0, "seed": first,
         }),
+        Workload::Chat => json!({
+            "model": cfg.model,
+            "messages": [{"role": "system", "content": cfg.system},
+                         {"role": "user", "content": text(first)}],
+            "max_tokens": cfg.max_tokens, "temperature": 1.0, "seed": first,
+            "stream": true, "stream_options": {"include_usage": true},
+        }),
     };
     body.to_string().into_bytes()
 }
 
-/// The tokens a successful answer reports, or the kind of failure.
-fn check_response(cfg: &LoadConfig, resp: &HttpResponse) -> std::result::Result<u64, String> {
+/// Whether a server-sent event carries generated text (a chat chunk's `delta.content`).
+fn event_has_text(event: &str) -> bool {
+    event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .any(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
+}
+
+/// (completion or embedded tokens, prompt tokens) a successful answer reports, or the kind of
+/// failure.
+fn check_response(
+    cfg: &LoadConfig,
+    resp: &HttpResponse,
+) -> std::result::Result<(u64, u64), String> {
     if !(200..300).contains(&resp.status) {
         return Err(format!("HTTP {}", resp.status));
     }
+    if cfg.workload == Workload::Chat {
+        // Server-sent events: the usage chunk, then [DONE].
+        let text = String::from_utf8_lossy(&resp.body);
+        if !text.contains("[DONE]") {
+            return Err("stream without [DONE]".into());
+        }
+        let usage = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+            .ok_or("no usage chunk")?;
+        return Ok((
+            usage["completion_tokens"].as_u64().unwrap_or(0),
+            usage["prompt_tokens"].as_u64().unwrap_or(0),
+        ));
+    }
     let v: Value = serde_json::from_slice(&resp.body).map_err(|_| "bad JSON".to_string())?;
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     match cfg.workload {
         Workload::Embeddings => {
             let data = v["data"].as_array().ok_or("no data")?;
@@ -351,14 +460,18 @@ fn check_response(cfg: &LoadConfig, resp: &HttpResponse) -> std::result::Result<
             if !complete {
                 return Err("wrong embeddings".into());
             }
-            Ok(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
+            Ok((prompt, prompt))
         }
         Workload::Completions => {
             if v["choices"][0]["text"].as_str().is_none() {
                 return Err("no completion text".into());
             }
-            Ok(v["usage"]["completion_tokens"].as_u64().unwrap_or(0))
+            Ok((
+                v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+                prompt,
+            ))
         }
+        Workload::Chat => unreachable!("answered above"),
     }
 }
 
@@ -408,16 +521,36 @@ impl Connection {
     }
 
     fn request(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<HttpResponse> {
+        self.request_with(method, path, body, &mut |_| {})
+    }
+
+    /// [`Connection::request`], calling `on_chunk` with each piece of a chunked body as it
+    /// arrives.
+    fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        on_chunk: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<HttpResponse> {
         let reused = self.stream.is_some();
-        match self.try_request(method, path, body) {
+        match self.try_request(method, path, body, on_chunk) {
             // A reused connection may have been closed by the server while idle (keep-alive
             // timeout): that is not the server failing the request, so retry once on a new one.
-            Err(e) if reused && is_stale_connection(&e) => self.try_request(method, path, body),
+            Err(e) if reused && is_stale_connection(&e) => {
+                self.try_request(method, path, body, on_chunk)
+            }
             other => other,
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<HttpResponse> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        on_chunk: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<HttpResponse> {
         let mut stream = match self.stream.take() {
             Some(s) => s,
             None => self.connect()?,
@@ -431,7 +564,7 @@ impl Connection {
         .into_bytes();
         req.extend_from_slice(body);
         stream.get_mut().write_all(&req)?;
-        let resp = read_response(&mut stream)?;
+        let resp = read_response_with(&mut stream, on_chunk)?;
         if resp.keep_alive {
             self.stream = Some(stream);
         }
@@ -476,6 +609,14 @@ fn read_line(r: &mut impl BufRead) -> io::Result<String> {
 /// Reads one HTTP/1.1 response: status line, headers, then a Content-Length, chunked, or
 /// read-until-close body. 1xx interim responses are skipped.
 pub fn read_response(r: &mut impl BufRead) -> io::Result<HttpResponse> {
+    read_response_with(r, &mut |_| {})
+}
+
+/// [`read_response`], calling `on_chunk` with each chunk of a chunked body as it arrives.
+pub fn read_response_with(
+    r: &mut impl BufRead,
+    on_chunk: &mut dyn FnMut(&[u8]),
+) -> io::Result<HttpResponse> {
     loop {
         let status_line = read_line(r)?;
         let mut parts = status_line.split_whitespace();
@@ -522,7 +663,7 @@ pub fn read_response(r: &mut impl BufRead) -> io::Result<HttpResponse> {
         let body = if status == 204 || status == 304 {
             Vec::new()
         } else if chunked {
-            read_chunked(r)?
+            read_chunked(r, on_chunk)?
         } else if let Some(n) = content_length {
             if n > MAX_RESPONSE_BYTES {
                 return Err(bad_data("response body too large"));
@@ -547,7 +688,7 @@ pub fn read_response(r: &mut impl BufRead) -> io::Result<HttpResponse> {
     }
 }
 
-fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
+fn read_chunked(r: &mut impl BufRead, on_chunk: &mut dyn FnMut(&[u8])) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let size_line = read_line(r)?;
@@ -565,6 +706,7 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
         let start = body.len();
         body.resize(start + size, 0);
         r.read_exact(&mut body[start..])?;
+        on_chunk(&body[start..]);
         if !read_line(r)?.is_empty() {
             return Err(bad_data("chunk not followed by CRLF"));
         }
@@ -673,6 +815,7 @@ mod tests {
             texts: vec!["a".into(), "b".into(), "c".into()],
             inputs_per_request: 1,
             max_tokens: 8,
+            system: "be brief".into(),
         };
         let body = |cfg: &LoadConfig, i| -> Value {
             serde_json::from_slice(&request_body(cfg, i)).unwrap()
@@ -686,5 +829,22 @@ mod tests {
             (v["prompt"].as_str(), v["max_tokens"].as_u64()),
             (Some("a"), Some(8))
         );
+        cfg.workload = Workload::Chat;
+        let v = body(&cfg, 1);
+        assert_eq!(v["messages"][0]["content"], "be brief");
+        assert_eq!(v["messages"][1]["content"], "b");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn chat_events_with_text_are_told_apart() {
+        assert!(event_has_text(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+        ));
+        assert!(!event_has_text(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"
+        ));
+        assert!(!event_has_text("data: [DONE]\n\n"));
     }
 }

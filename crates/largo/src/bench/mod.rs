@@ -206,18 +206,48 @@ pub fn bench_gpt_generate(vocab: usize, n: usize) -> Result<f64> {
 /// The sentences of the embedding benchmark (the same recipe as `tools/bench_embed.py`): the
 /// words of `corpus` files in name order; sentence i has 10 + 37i mod 51 words starting at word
 /// 7919i mod (words − 61).
-pub fn bench_sentences(corpus: &std::path::Path, n: usize) -> Result<Vec<String>> {
+/// The chat workload's texts from the corpus: a system prompt of about 300 tokens shared by
+/// every request (an instruction and 220 words), and `n` user messages of about 200 tokens
+/// (150 words each, from spread-out places, and a question).
+pub fn bench_chat_texts(corpus: &std::path::Path, n: usize) -> Result<(String, Vec<String>)> {
+    let words = corpus_words(corpus)?;
+    if words.len() < 1000 {
+        crate::bail!("{}: too few words for the chat benchmark", corpus.display());
+    }
+    let system = format!(
+        "You are a helpful assistant who knows these plays well. For reference: {}",
+        words[..220].join(" ")
+    );
+    let users = (0..n)
+        .map(|i| {
+            let start = 220 + (i * 7919) % (words.len() - 371);
+            format!(
+                "{}\nWhat happens in this passage, and who speaks?",
+                words[start..start + 150].join(" ")
+            )
+        })
+        .collect();
+    Ok((system, users))
+}
+
+/// Every word of the corpus's `.txt` files, in file-name order.
+fn corpus_words(corpus: &std::path::Path) -> Result<Vec<String>> {
     let mut files: Vec<_> = std::fs::read_dir(corpus)
         .map_err(|e| crate::Error::io(corpus, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    let mut text = String::new();
+    let mut words = Vec::new();
     for f in &files {
-        text.push_str(&std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e))?);
+        let text = std::fs::read_to_string(f).map_err(|e| crate::Error::io(f, e))?;
+        words.extend(text.split_whitespace().map(str::to_string));
     }
-    let words: Vec<&str> = text.split_whitespace().collect();
+    Ok(words)
+}
+
+pub fn bench_sentences(corpus: &std::path::Path, n: usize) -> Result<Vec<String>> {
+    let words = corpus_words(corpus)?;
     if words.len() < 200 {
         crate::bail!(
             "{}: too few words for the benchmark sentences",

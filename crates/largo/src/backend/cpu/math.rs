@@ -76,7 +76,16 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             *acc += a * b;
         }
     }
-    tail + acc.iter().sum::<f32>()
+    // Halves added pairwise (a tree of 4 vector adds): a running sum over the 16 lanes would
+    // be a chain of 15 dependent adds, which dominates a short (head-sized) dot product.
+    let mut width = 8;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+        width /= 2;
+    }
+    tail + acc[0]
 }
 
 #[cfg(test)]

@@ -494,8 +494,9 @@ pub fn qmatmul_with(
 
 /// Activation rows per cache tile.
 const ACT_TILE: usize = 64;
-/// From this many activation rows on, work is split by rows rather than by output groups.
-const ROW_SPLIT: usize = 16;
+/// From this many activation rows on (a prompt), work is split by rows rather than by output
+/// groups; below it (a batch of decoding sequences) each weight group is read once.
+const ROW_SPLIT: usize = 64;
 
 /// [`qmatmul_many`] with the kernels named.
 pub fn qmatmul_many_with(
