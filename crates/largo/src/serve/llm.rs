@@ -85,8 +85,11 @@ struct Active<'a> {
     /// positions it found in the prefix cache.
     reserved: usize,
     reused: usize,
-    /// The prompt, until its full blocks are offered to the prefix cache after the prefill.
+    /// The prompt, until its prefill is done (its full blocks are offered to the prefix
+    /// cache chunk by chunk).
     prompt: Option<Vec<u32>>,
+    /// Prompt tokens not fed yet.
+    pending: Vec<u32>,
 }
 
 impl Active<'_> {
@@ -179,6 +182,11 @@ impl PrefixCache {
         victim.is_some_and(|h| self.entries.remove(&h).is_some())
     }
 }
+
+/// Prompt tokens fed per step at most (all sequences together; one chunk always goes).
+const PREFILL_BUDGET: usize = 512;
+/// Prompts are fed in chunks ending at multiples of this many positions.
+const PREFILL_CHUNK: usize = 256;
 
 /// Starts the generation worker of a pretrained LLM (`Served::Llm`) with a KV-cache pool of
 /// `kv_bytes`; jobs go into the returned sender. The worker ends when every sender is dropped
@@ -273,11 +281,12 @@ fn decode_loop<'a>(
                     active.push(Active {
                         job,
                         decoder,
-                        feed,
+                        feed: Vec::new(),
                         sent: 0,
                         reserved: need,
                         reused,
                         prompt,
+                        pending: feed,
                     });
                 }
                 Err(e) => {
@@ -302,27 +311,49 @@ fn decode_loop<'a>(
             continue;
         }
         stats.running.store(active.len() as u64, Ordering::Relaxed);
-        stats.decode.observe(active.len() as f64, BATCH_BUCKETS);
-        let feeds: Vec<Vec<u32>> = active
+        // Every decoding sequence advances; prompts advance a chunk at a time within a budget
+        // of prompt tokens per step (oldest first), so a wave of new requests does not stall
+        // the others for a whole prefill. Chunks end at fixed positions (multiples of
+        // PREFILL_CHUNK), so a sequence is computed the same way whatever runs beside it.
+        let mut budget = PREFILL_BUDGET;
+        for a in active.iter_mut().filter(|a| !a.pending.is_empty()) {
+            let at = a.decoder.cache.len();
+            let take = ((at / PREFILL_CHUNK + 1) * PREFILL_CHUNK - at).min(a.pending.len());
+            if take > budget && budget < PREFILL_BUDGET {
+                continue;
+            }
+            budget = budget.saturating_sub(take);
+            a.feed = a.pending.drain(..take).collect();
+        }
+        let (mut running, idle): (Vec<Active>, Vec<Active>) =
+            active.drain(..).partition(|a| !a.feed.is_empty());
+        stats.decode.observe(running.len() as f64, BATCH_BUCKETS);
+        let feeds: Vec<Vec<u32>> = running
             .iter_mut()
             .map(|a| std::mem::take(&mut a.feed))
             .collect();
         let seqs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
         let mut caches: Vec<&mut LlamaCache> =
-            active.iter_mut().map(|a| &mut a.decoder.cache).collect();
+            running.iter_mut().map(|a| &mut a.decoder.cache).collect();
         let logits = match model.forward_batch(&seqs, &mut caches, false) {
             Ok(l) => l,
             Err(e) => {
-                for a in active.drain(..) {
+                for a in running.into_iter().chain(idle) {
                     let _ = a.job.done.send(Err(e.to_string()));
                 }
                 continue;
             }
         };
-        let mut next = Vec::with_capacity(active.len());
-        for (mut a, logits) in active.drain(..).zip(logits) {
-            if let Some(prompt) = a.prompt.take() {
-                prefixes.insert(&prompt, &a.decoder.cache);
+        let mut next = idle;
+        for (mut a, logits) in running.into_iter().zip(logits) {
+            if let Some(prompt) = &a.prompt {
+                prefixes.insert(prompt, &a.decoder.cache);
+                if !a.pending.is_empty() {
+                    // More of the prompt to feed before anything is sampled.
+                    next.push(a);
+                    continue;
+                }
+                a.prompt = None;
             }
             let (pieces, cancel) = (a.job.pieces.as_ref(), &a.job.cancel);
             let mut texts = Vec::new();
