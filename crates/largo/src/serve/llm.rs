@@ -90,6 +90,8 @@ struct Active<'a> {
     prompt: Option<Vec<u32>>,
     /// Prompt tokens not fed yet.
     pending: Vec<u32>,
+    /// Arrival order: prompts are fed oldest first.
+    order: u64,
 }
 
 impl Active<'_> {
@@ -222,6 +224,7 @@ fn decode_loop<'a>(
     let mut active: Vec<Active<'a>> = Vec::new();
     let mut waiting: std::collections::VecDeque<LlmJob> = Default::default();
     let mut prefixes = PrefixCache::default();
+    let mut arrivals = 0u64;
     let mb = |blocks: usize| (blocks * pool.block_bytes) as f64 / 1e6;
     loop {
         // Idle: sleep until a request comes. Busy: take what has arrived.
@@ -287,7 +290,9 @@ fn decode_loop<'a>(
                         reused,
                         prompt,
                         pending: feed,
+                        order: arrivals,
                     });
+                    arrivals += 1;
                 }
                 Err(e) => {
                     let _ = job.done.send(Err(e.to_string()));
@@ -317,6 +322,23 @@ fn decode_loop<'a>(
         // PREFILL_CHUNK), so a sequence is computed the same way whatever runs beside it.
         let mut budget = PREFILL_BUDGET;
         for a in active.iter_mut().filter(|a| !a.pending.is_empty()) {
+            if budget == 0 {
+                break;
+            }
+            if a.decoder.cache.len() == a.reused {
+                // Not started yet: an earlier prompt may have cached more of this one since.
+                let prompt = a.prompt.as_deref().unwrap_or_default();
+                let prefix = prefixes.lookup(prompt);
+                let hit = prefix.len() * BLOCK_TOKENS;
+                if hit > a.reused {
+                    a.decoder.cache = LlamaCache::with_prefix(cfg, Some(pool), &prefix);
+                    a.pending = prompt[hit..].to_vec();
+                    stats
+                        .prefix_hit_tokens
+                        .fetch_add((hit - a.reused) as u64, Ordering::Relaxed);
+                    a.reused = hit;
+                }
+            }
             let at = a.decoder.cache.len();
             let take = ((at / PREFILL_CHUNK + 1) * PREFILL_CHUNK - at).min(a.pending.len());
             if take > budget && budget < PREFILL_BUDGET {
@@ -383,6 +405,7 @@ fn decode_loop<'a>(
                 }
             }
         }
+        next.sort_by_key(|a| a.order);
         active = next;
         stats.running.store(active.len() as u64, Ordering::Relaxed);
         let used = (pool.used() * pool.block_bytes) as u64;
