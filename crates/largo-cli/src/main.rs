@@ -64,7 +64,8 @@ enum Command {
     Export(interop::ExportArgs),
     /// Describe a model directory: architecture, parameters per module, dtypes, tokenizer.
     Inspect(interop::InspectArgs),
-    /// Serve models over HTTP with an OpenAI-compatible API (/v1/completions, /v1/embeddings).
+    /// Serve models over HTTP with an OpenAI-compatible API (/v1/chat/completions,
+    /// /v1/completions, /v1/embeddings).
     Serve(serve::Args),
     /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
     Bench(bench::Args),

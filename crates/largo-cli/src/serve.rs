@@ -7,8 +7,9 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     /// A model directory, or NAME=DIR; repeat to serve several (routed by the request's "model").
-    /// Language models and digit classifiers (largo) and BERT embedding models (Hugging Face /
-    /// sentence-transformers).
+    /// Language models and digit classifiers (largo), BERT embedding models (Hugging Face /
+    /// sentence-transformers), and pretrained LLMs: a `.gguf` file, a directory holding one, or
+    /// a Hugging Face Llama/Qwen2 directory (chat completions with the model's template).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
     /// Address to bind; 127.0.0.1 keeps the server local.
