@@ -1058,3 +1058,93 @@ fn the_kv_pool_holds_requests_back_instead_of_growing() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("--kv-cache-mb"), "{msg}");
 }
+
+#[test]
+fn the_playground_chats_with_a_pretrained_llm_over_several_turns() {
+    let Some(browser) = Browser::start_or_skip("playground chat") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    browser.navigate(&format!("http://{}/", s.addr)).unwrap();
+    wait_for(
+        &browser,
+        "return document.getElementById('status').textContent",
+        |v| v.as_str().is_some_and(|t| t.starts_with("serving")),
+    );
+    let hidden = browser
+        .execute(
+            "return [document.getElementById('chat_box').hidden, document.getElementById('complete').hidden]",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(
+        hidden,
+        serde_json::json!([false, true]),
+        "only the chat view shows"
+    );
+    browser
+        .execute(
+            "document.getElementById('system').value = 'Be brief.';
+             document.getElementById('chat_max_tokens').value = '12';
+             document.getElementById('chat_temperature').value = '0';",
+            vec![],
+        )
+        .unwrap();
+    let say = |text: &str, turn: u64| {
+        let message = browser.find_element("#message").unwrap();
+        browser.send_keys(&message, text).unwrap();
+        browser
+            .click(&browser.find_element("#send").unwrap())
+            .unwrap();
+        wait_for(
+            &browser,
+            "return [document.querySelectorAll('#transcript .assistant').length, document.getElementById('chat_usage').textContent]",
+            |v| v[0].as_u64() == Some(turn) && v[1].as_str().is_some_and(|t| t.contains("tokens")),
+        );
+        browser
+            .execute(
+                "const r = document.querySelectorAll('#transcript .assistant'); return r[r.length - 1].textContent",
+                vec![],
+            )
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = say("hello there", 1);
+    let ask = |messages: serde_json::Value| {
+        let body = serde_json::json!({"messages": messages, "max_tokens": 12, "temperature": 0, "top_p": 0.95});
+        post(&s, "/v1/chat/completions", &body.to_string()).1["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut messages = serde_json::json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello there"},
+    ]);
+    assert_eq!(first, ask(messages.clone()));
+    // The second turn carries the first.
+    let second = say("and then?", 2);
+    let turns = messages.as_array_mut().unwrap();
+    turns.push(serde_json::json!({"role": "assistant", "content": first}));
+    turns.push(serde_json::json!({"role": "user", "content": "and then?"}));
+    assert_eq!(second, ask(messages));
+    // A new chat empties the view.
+    browser
+        .click(&browser.find_element("#reset").unwrap())
+        .unwrap();
+    let left = browser
+        .execute(
+            "return document.querySelectorAll('#transcript .msg').length",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}
