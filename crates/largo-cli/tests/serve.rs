@@ -1148,3 +1148,59 @@ fn the_playground_chats_with_a_pretrained_llm_over_several_turns() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// The official `openai` Python client (installed by .ci/run) against the server: a chat, a
+/// streamed chat, and errors that surface as the client's exceptions. Skips, saying so, only
+/// when Python or the package is missing.
+#[test]
+fn the_openai_python_client_chats_streams_and_gets_its_exceptions() {
+    let has_client = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        println!(
+            "skipped: python3 with the `openai` package is not installed (pip install openai)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let out = Command::new("python3")
+        .arg(repo().join("tools/openai_client_check.py"))
+        .args([format!("http://{}/v1", s.addr).as_str(), "chat"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, direct) = post(
+        &s,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}], "temperature": 0, "max_tokens": 12}"#,
+    );
+    assert_eq!(
+        v["plain"], direct["choices"][0]["message"]["content"],
+        "{v}"
+    );
+    assert_eq!(v["streamed"], v["plain"], "{v}");
+    assert_eq!(v["streamed_finish"], v["plain_finish"], "{v}");
+    assert_eq!(v["streamed_tokens"], v["plain_tokens"], "{v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([
+            {"status": 400, "param": "messages[0].role"},
+            {"status": 400, "param": "n"}
+        ])
+    );
+    assert_eq!(v["missing_model"], 404);
+    assert_eq!(v["models"], serde_json::json!(["chat"]));
+}
