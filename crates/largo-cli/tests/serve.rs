@@ -1204,3 +1204,87 @@ fn the_openai_python_client_chats_streams_and_gets_its_exceptions() {
     assert_eq!(v["missing_model"], 404);
     assert_eq!(v["models"], serde_json::json!(["chat"]));
 }
+
+#[test]
+fn json_schema_answers_parse_and_validate_and_bad_schemas_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "enum": ["yes", "no"]},
+            "n": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        "required": ["answer", "n"],
+        "additionalProperties": false,
+    });
+    // Random weights, several seeds: whatever the model prefers, the mask keeps it valid.
+    let mut stopped = 0;
+    for seed in 0..6 {
+        let body = serde_json::json!({
+            "messages": [{"role": "user", "content": format!("question {seed}")}],
+            "max_tokens": 64, "temperature": 1.0, "seed": seed,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        });
+        let (status, v) = post(&s, "/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        if v["choices"][0]["finish_reason"] != "stop" {
+            continue;
+        }
+        stopped += 1;
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let obj = doc.as_object().unwrap();
+        assert_eq!(obj.len(), 2, "{doc}");
+        assert!(
+            ["yes", "no"].contains(&doc["answer"].as_str().unwrap()),
+            "{doc}"
+        );
+        assert!(doc["n"].as_u64().is_some_and(|n| n <= 9), "{doc}");
+    }
+    assert!(stopped >= 3, "only {stopped} of 6 answers finished");
+    // json_object: any object.
+    let (status, v) = post(
+        &s,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64, "temperature": 0, "response_format": {"type": "json_object"}}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.trim_start().starts_with('{'), "{text}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<serde_json::Value>(text)
+            .unwrap()
+            .is_object());
+    }
+    for (format, param, says) in [
+        (
+            r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object", "unevaluatedProperties": false}}}"#,
+            "response_format",
+            "unevaluatedProperties",
+        ),
+        (r#"{"type": "xml"}"#, "response_format.type", "must be"),
+        (
+            r#"{"type": "json_schema", "json_schema": {"name": "x"}}"#,
+            "response_format.json_schema.schema",
+            "must be a JSON Schema",
+        ),
+    ] {
+        let body = format!(
+            r#"{{"messages": [{{"role": "user", "content": "hi"}}], "response_format": {format}}}"#
+        );
+        let (status, v) = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{v}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! once (filling the KV cache), then one token at a time until an end token (EOS, the chat
 //! template's end of turn), a stop string, `max_tokens` or the end of the context.
 
+use super::constrained::TokenConstraint;
 use super::{sample, Sampling};
 use crate::data::llm_tokenizer::{LlmTokenizer, StreamDecoder};
 use crate::models::llama::{Llama, LlamaCache};
@@ -70,6 +71,8 @@ pub struct LlmDecoder<'a> {
     /// Alternatives to record per token when log-probabilities are asked for.
     top_logprobs: Option<usize>,
     logprobs: Vec<TokenLogprob>,
+    /// Structured output: tokens that cannot continue a valid document are masked.
+    constraint: Option<TokenConstraint>,
 }
 
 /// A generated token's log-probability under the model (its logits, before temperature and
@@ -163,6 +166,7 @@ impl<'a> LlmDecoder<'a> {
             first_step: None,
             top_logprobs: None,
             logprobs: Vec::new(),
+            constraint: None,
         };
         Ok((decoder, feed))
     }
@@ -170,6 +174,13 @@ impl<'a> LlmDecoder<'a> {
     /// Records each generated token's log-probability and its `top` most likely alternatives.
     pub fn with_logprobs(mut self, top: usize) -> Self {
         self.top_logprobs = Some(top);
+        self
+    }
+
+    /// Samples only tokens `constraint` allows; the generation stops when its document is
+    /// complete.
+    pub fn with_constraint(mut self, constraint: TokenConstraint) -> Self {
+        self.constraint = Some(constraint);
         self
     }
 
@@ -188,7 +199,16 @@ impl<'a> LlmDecoder<'a> {
     ) -> Result<Option<Vec<u32>>> {
         self.first_step.get_or_insert_with(Instant::now);
         let s = &self.sampling;
-        let next = sample(logits, s, &mut self.rng);
+        let next = match &mut self.constraint {
+            Some(c) => {
+                let mut masked = logits.to_vec();
+                c.mask(&mut masked)?;
+                let next = sample(&masked, s, &mut self.rng);
+                c.accept(next)?;
+                next
+            }
+            None => sample(logits, s, &mut self.rng),
+        };
         if self.tokenizer.is_end_of_turn(next) {
             self.finish = Finish::Stop;
             return Ok(None);
@@ -215,6 +235,10 @@ impl<'a> LlmDecoder<'a> {
                 self.finish = Finish::Stop;
                 return Ok(None);
             }
+        }
+        if self.constraint.as_ref().is_some_and(|c| c.is_stopped()) {
+            self.finish = Finish::Stop;
+            return Ok(None);
         }
         if self.ids.len() == s.max_tokens || self.cache.len() + 1 >= self.context {
             self.finish = Finish::Length;

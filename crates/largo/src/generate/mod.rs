@@ -2,6 +2,7 @@
 //! strings, and text streamed as it is produced.
 
 pub mod chat;
+pub mod constrained;
 pub mod llm;
 
 use crate::data::text::{decode, encode};

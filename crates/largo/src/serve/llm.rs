@@ -10,6 +10,7 @@ use super::batching::{BatchStats, BATCH_BUCKETS};
 use super::{admit, model_named, rand_seed, unix_time, wrong_route, Served, Shared};
 use crate::data::llm_tokenizer::LlmTokenizer;
 use crate::generate::chat::{ChatMessage, ChatTemplate};
+use crate::generate::constrained::{JsonConstraints, TokenConstraint};
 use crate::generate::llm::{Finish, LlmDecoder, LlmGeneration, TokenLogprob};
 use crate::generate::Sampling;
 use crate::models::llama::{Llama, LlamaConfig};
@@ -33,6 +34,8 @@ pub struct LlmServed {
     pub model: Llama,
     pub tokenizer: LlmTokenizer,
     pub template: Option<ChatTemplate>,
+    /// Structured output (`response_format`), or why this tokenizer cannot have it.
+    pub constraints: std::result::Result<JsonConstraints, String>,
 }
 
 impl LlmServed {
@@ -47,10 +50,13 @@ impl LlmServed {
             )?),
             None => None,
         };
+        let constraints =
+            JsonConstraints::new(&tokenizer, model.config.vocab_size).map_err(|e| e.to_string());
         Ok(LlmServed {
             model,
             tokenizer,
             template,
+            constraints,
         })
     }
 }
@@ -68,6 +74,8 @@ pub struct LlmJob {
     pub sampling: Sampling,
     /// Some(k): record each token's log-probability and its k most likely alternatives.
     pub top_logprobs: Option<usize>,
+    /// Structured output: the document the answer must be.
+    pub constraint: Option<TokenConstraint>,
     /// Text pieces as they are produced, for a streamed request.
     pub pieces: Option<UnboundedSender<Piece>>,
     /// Set when the client went away or the request timed out: the worker drops the job.
@@ -278,6 +286,11 @@ fn decode_loop<'a>(
                 Ok((decoder, feed)) => {
                     let decoder = match job.top_logprobs {
                         Some(k) => decoder.with_logprobs(k),
+                        None => decoder,
+                    };
+                    let mut job = job;
+                    let decoder = match job.constraint.take() {
+                        Some(c) => decoder.with_constraint(c),
                         None => decoder,
                     };
                     let prompt = Some(job.prompt.clone());
@@ -558,6 +571,52 @@ fn parse_logprobs(o: &Map<String, Value>) -> std::result::Result<Option<usize>, 
     Ok(on.then_some(top))
 }
 
+/// `response_format`: `{"type": "text"}` (or absent), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"schema": {…}}}`.
+fn parse_response_format(
+    o: &Map<String, Value>,
+    llm: &LlmServed,
+) -> std::result::Result<Option<TokenConstraint>, ApiError> {
+    let schema = match o.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => return Ok(None),
+            Some("json_object") => json!({"type": "object"}),
+            Some("json_schema") => match f.get("json_schema").and_then(|j| j.get("schema")) {
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                _ => {
+                    return Err(invalid_at(
+                        "response_format.json_schema.schema must be a JSON Schema object",
+                        "response_format.json_schema.schema",
+                    ))
+                }
+            },
+            _ => {
+                return Err(invalid_at(
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+                    "response_format.type",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'response_format' must be an object",
+                Some("response_format"),
+            ))
+        }
+    };
+    let constraints = llm.constraints.as_ref().map_err(|why| {
+        ApiError::invalid(
+            format!("structured output is not available for this model: {why}"),
+            Some("response_format"),
+        )
+    })?;
+    constraints
+        .for_schema(&schema)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("response_format")))
+}
+
 /// OpenAI's `logprobs.content` entries for these tokens.
 fn logprobs_json(tokenizer: &LlmTokenizer, lps: &[TokenLogprob]) -> Value {
     let token = |id: u32| {
@@ -693,6 +752,7 @@ async fn generate(
     };
     let sampling = parse_sampling(o, st.cfg.max_tokens, default_max)?;
     let top_logprobs = parse_logprobs(o)?;
+    let constraint = parse_response_format(o, llm)?;
     let stream = bool_field(o, "stream")?;
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -723,6 +783,7 @@ async fn generate(
         prompt,
         sampling,
         top_logprobs,
+        constraint,
         pieces: stream.then_some(tx),
         cancel: Arc::clone(&cancel),
         done: done_tx,
