@@ -1,7 +1,7 @@
 """A tiny random Llama GGUF with a tokenizer and a chat template, for `largo serve`'s chat tests.
 
 Writes crates/largo/tests/fixtures/llama/tiny-chat.gguf: architecture `llama` (2 layers,
-hidden 64, 4 query heads / 2 KV heads, ff 128, context 256), Q8_0 matrices (the integer
+hidden 64, 4 query heads / 2 KV heads, ff 128, context 1024), Q8_0 matrices (the integer
 kernels, as a served GGUF runs), the byte-level BPE tokenizer of
 crates/largo/tests/fixtures/gguf/tiny_llama_bpe.gguf (424 tokens; BOS <|begin_of_text|>,
 end of turn <|eot_id|>), and a small chat template ending each turn with <|eot_id|>.
@@ -20,7 +20,7 @@ OUT = Path("crates/largo/tests/fixtures/llama/tiny-chat.gguf")
 TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ message['role'] + ': ' + "
             "message['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
             "assistant: {% endif %}")
-HIDDEN, HEADS, KV_HEADS, FF, LAYERS, CONTEXT = 64, 4, 2, 128, 2, 256
+HIDDEN, HEADS, KV_HEADS, FF, LAYERS, CONTEXT = 64, 4, 2, 128, 2, 1024
 
 
 def field(reader, key):

@@ -931,7 +931,7 @@ fn bad_chat_requests_name_the_field_and_the_server_keeps_serving() {
         (
             format!(r#"{{"messages": [{{"role": "user", "content": "{long}"}}]}}"#),
             "messages",
-            "the model's context is 256",
+            "the model's context is 1024",
         ),
         (
             r#"{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}"#.to_string(),
@@ -1286,5 +1286,87 @@ fn json_schema_answers_parse_and_validate_and_bad_schemas_are_named() {
             v["error"]["message"].as_str().unwrap().contains(says),
             "{v}"
         );
+    }
+}
+
+#[test]
+fn a_required_tool_call_comes_back_as_tool_calls_with_valid_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_with(
+        tmp.path(),
+        &[&tiny_chat_model()],
+        None,
+        &["--max-tokens", "64"],
+    );
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                        "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time",
+         "parameters": {"type": "object", "properties": {"zone": {"type": "integer", "minimum": 0, "maximum": 9}},
+                        "required": ["zone"], "additionalProperties": false}}},
+    ]);
+    let mut called = 0;
+    for (seed, choice) in [
+        (0, serde_json::json!("required")),
+        (1, serde_json::json!("required")),
+        (
+            2,
+            serde_json::json!({"type": "function", "function": {"name": "get_time"}}),
+        ),
+        (
+            3,
+            serde_json::json!({"type": "function", "function": {"name": "get_weather"}}),
+        ),
+    ] {
+        let body = serde_json::json!({
+            "messages": [{"role": "user", "content": format!("what now {seed}")}],
+            "tools": tools, "tool_choice": choice, "temperature": 1.0, "seed": seed,
+            "max_tokens": 64,
+        });
+        let (status, v) = post(&s, "/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        let choice_v = &v["choices"][0];
+        if choice_v["finish_reason"] == "length" {
+            continue;
+        }
+        called += 1;
+        assert_eq!(choice_v["finish_reason"], "tool_calls", "{v}");
+        assert!(choice_v["message"]["content"].is_null(), "{v}");
+        let call = &choice_v["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        let name = call["function"]["name"].as_str().unwrap();
+        let args: serde_json::Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        match name {
+            "get_weather" => {
+                assert!(
+                    ["Paris", "Rome"].contains(&args["city"].as_str().unwrap()),
+                    "{args}"
+                )
+            }
+            "get_time" => assert!(args["zone"].as_u64().is_some_and(|z| z <= 9), "{args}"),
+            other => panic!("unknown tool {other}"),
+        }
+        if let Some(forced) = body["tool_choice"]["function"]["name"].as_str() {
+            assert_eq!(name, forced);
+        }
+    }
+    assert!(called >= 2, "only {called} of 4 calls finished");
+    for (extra, param) in [
+        (r#""tools": [], "tool_choice": "auto""#, "tools"),
+        (
+            r#""tools": [{"type": "function", "function": {}}]"#,
+            "tools[0]",
+        ),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}"#,
+            "tool_choice",
+        ),
+    ] {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], {extra}}}"#);
+        let (status, v) = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
     }
 }

@@ -86,6 +86,13 @@ impl ChatTemplate {
         self.render_value(ctx)
     }
 
+    /// Whether the template reads the variable `name` (e.g. `tools`).
+    pub fn uses(&self, name: &str) -> bool {
+        self.env
+            .get_template(TEMPLATE)
+            .is_ok_and(|t| t.undeclared_variables(false).contains(name))
+    }
+
     /// Renders with any context (tools, documents, template-specific flags).
     pub fn render_value(&self, ctx: Value) -> Result<String> {
         let tmpl = self

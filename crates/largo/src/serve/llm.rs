@@ -435,7 +435,7 @@ fn invalid_at(message: impl Into<String>, param: impl Into<String>) -> ApiError 
 }
 
 /// The roles a chat message may have (`developer` is taken as `system`, as OpenAI does).
-const ROLES: &str = "system, developer, user, assistant";
+const ROLES: &str = "system, developer, user, assistant, tool";
 
 /// `messages`: a non-empty list of `{role, content}`, content a string or a list of
 /// `{"type": "text", "text": …}` parts (an assistant's may be null).
@@ -471,6 +471,7 @@ fn parse_messages(o: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage
             Some("system" | "developer") => "system",
             Some("user") => "user",
             Some("assistant") => "assistant",
+            Some("tool") => "tool",
             Some(other) => {
                 return Err(invalid_at(
                     format!("{at}.role '{other}' is not supported: use one of {ROLES}"),
@@ -486,7 +487,25 @@ fn parse_messages(o: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage
         };
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) if role == "assistant" => String::new(),
+            // An assistant turn that called tools: the calls, as the model wrote them.
+            None | Some(Value::Null) if role == "assistant" => m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|c| {
+                            let f = &c["function"];
+                            let args: Value = f["arguments"]
+                                .as_str()
+                                .and_then(|a| serde_json::from_str(a).ok())
+                                .unwrap_or(Value::Null);
+                            json!({"name": f["name"], "arguments": args}).to_string()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default(),
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
                 for (j, p) in parts.iter().enumerate() {
@@ -642,6 +661,24 @@ fn logprobs_json(tokenizer: &LlmTokenizer, lps: &[TokenLogprob]) -> Value {
     json!({ "content": content })
 }
 
+/// A chat answer: text, or tool calls (OpenAI's `tool_calls` entries).
+enum Answer {
+    Text,
+    Calls(Vec<Value>),
+}
+
+/// Whether `g` is a call of one of `tools` (a forced call always is, unless cut short).
+fn answer(tools: &Option<Tools>, g: &LlmGeneration, id: &str) -> Answer {
+    let Some((name, args)) = tools.as_ref().and_then(|t| t.call_in(&g.text)) else {
+        return Answer::Text;
+    };
+    Answer::Calls(vec![json!({
+        "id": format!("call_{}", id.rsplit('-').next().unwrap_or("0")),
+        "type": "function",
+        "function": {"name": name, "arguments": args.to_string()},
+    })])
+}
+
 fn finish_reason(g: &LlmGeneration) -> &'static str {
     match g.finish {
         Finish::Stop => "stop",
@@ -654,11 +691,136 @@ fn usage(g: &LlmGeneration) -> Value {
            "total_tokens": g.prompt_tokens + g.ids.len()})
 }
 
-/// Which route a request came by: the response shapes differ.
-#[derive(Clone, Copy, PartialEq)]
+/// Which route a request came by (the response shapes differ), with a chat's tools.
 enum Route {
-    Chat,
+    Chat(Option<Tools>),
     Completions,
+}
+
+/// A request's tools (`tools` + `tool_choice`).
+struct Tools {
+    /// The `tools` list as given (each `{"type": "function", "function": {name, …}}`).
+    list: Vec<Value>,
+    names: Vec<String>,
+    /// None: the model may answer in text ("auto"); Some: it must call this tool, or any of
+    /// them (`None` inside).
+    forced: Option<Option<String>>,
+}
+
+/// `tools` and `tool_choice` ("none", "auto", "required", or `{"type": "function",
+/// "function": {"name": …}}`).
+fn parse_tools(o: &Map<String, Value>) -> std::result::Result<Option<Tools>, ApiError> {
+    let list =
+        match o.get("tools") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(l)) if !l.is_empty() => l.clone(),
+            Some(_) => return Err(ApiError::invalid(
+                "'tools' must be a non-empty list of {\"type\": \"function\", \"function\": {…}}",
+                Some("tools"),
+            )),
+        };
+    let mut names = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let f = &t["function"];
+        let name = f["name"].as_str().filter(|n| !n.is_empty());
+        match (t["type"].as_str(), name) {
+            (Some("function"), Some(n)) => names.push(n.to_string()),
+            _ => {
+                return Err(invalid_at(
+                    format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …, \"parameters\": …}}}}"),
+                    format!("tools[{i}]"),
+                ))
+            }
+        }
+        if !matches!(f.get("parameters"), None | Some(Value::Object(_))) {
+            return Err(invalid_at(
+                format!("tools[{i}].function.parameters must be a JSON Schema object"),
+                format!("tools[{i}].function.parameters"),
+            ));
+        }
+    }
+    let forced = match o.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c == "auto" => None,
+        Some(Value::String(c)) if c == "none" => return Ok(None),
+        Some(Value::String(c)) if c == "required" => Some(None),
+        Some(Value::Object(c)) => match c.get("function").and_then(|f| f["name"].as_str()) {
+            Some(n) if names.iter().any(|m| m == n) => Some(Some(n.to_string())),
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    format!("tool_choice names '{n}', which is not in 'tools'"),
+                    Some("tool_choice"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "tool_choice must be {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    Some("tool_choice"),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tool_choice must be \"none\", \"auto\", \"required\" or a named function",
+                Some("tool_choice"),
+            ))
+        }
+    };
+    Ok(Some(Tools {
+        list,
+        names,
+        forced,
+    }))
+}
+
+impl Tools {
+    /// The JSON Schema of a call: `{"name": …, "arguments": {…}}` for the forced tool, or for
+    /// any of them.
+    fn call_schema(&self) -> Value {
+        let one = |t: &Value| {
+            let f = &t["function"];
+            let params = f
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            json!({"type": "object",
+                   "properties": {"name": {"const": f["name"]}, "arguments": params},
+                   "required": ["name", "arguments"], "additionalProperties": false})
+        };
+        match &self.forced {
+            Some(Some(name)) => one(self
+                .list
+                .iter()
+                .find(|t| t["function"]["name"] == name.as_str())
+                .expect("checked in parse_tools")),
+            _ => json!({"anyOf": self.list.iter().map(one).collect::<Vec<_>>()}),
+        }
+    }
+
+    /// The system preamble for a template without a `tools` variable.
+    fn preamble(&self) -> String {
+        let listed: Vec<String> = self
+            .list
+            .iter()
+            .map(|t| t["function"].to_string())
+            .collect();
+        format!(
+            "You can call these functions. To call one, answer with only a JSON object \
+             {{\"name\": <function name>, \"arguments\": <its arguments>}}.\n{}",
+            listed.join("\n")
+        )
+    }
+
+    /// The call in `text`, when it is one (`{"name": <a tool>, "arguments": {…}}`).
+    fn call_in(&self, text: &str) -> Option<(String, Value)> {
+        let v: Value = serde_json::from_str(text.trim()).ok()?;
+        let name = v["name"].as_str()?;
+        let args = v.get("arguments").filter(|a| a.is_object())?;
+        self.names
+            .iter()
+            .any(|n| n == name)
+            .then(|| (name.to_string(), args.clone()))
+    }
 }
 
 /// `POST /v1/chat/completions`.
@@ -671,7 +833,8 @@ pub(super) async fn chat_completions(
     let Served::Llm(llm) = served.as_ref() else {
         return Err(wrong_route(&name, served));
     };
-    let messages = parse_messages(&o)?;
+    let mut messages = parse_messages(&o)?;
+    let tools = parse_tools(&o)?;
     let Some(template) = &llm.template else {
         return Err(ApiError::invalid(
             format!("the model '{name}' has no chat template: use /v1/completions"),
@@ -681,13 +844,41 @@ pub(super) async fn chat_completions(
     let tk = &llm.tokenizer;
     let bos = tk.bos_token().unwrap_or_default();
     let eos = tk.eos_token().unwrap_or_default();
-    let text = template
-        .render(&messages, true, &bos, &eos)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+    let text = match &tools {
+        // The template's own way of showing tools.
+        Some(t) if template.uses("tools") => template.render_value(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
+            tools => minijinja::Value::from(minijinja::value::Serde(&t.list)),
+            add_generation_prompt => true,
+            bos_token => bos.as_str(),
+            eos_token => eos.as_str(),
+        }),
+        Some(t) => {
+            // A system preamble listing them, before (or merged into) the system message.
+            match messages.first_mut() {
+                Some(m) if m.role == "system" => {
+                    m.content = format!("{}\n\n{}", m.content, t.preamble())
+                }
+                _ => messages.insert(0, ChatMessage::new("system", t.preamble())),
+            }
+            template.render(&messages, true, &bos, &eos)
+        }
+        None => template.render(&messages, true, &bos, &eos),
+    }
+    .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
     let prompt = tk
         .encode(&text, false)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-    generate(st.clone(), name, llm, &o, prompt, "messages", Route::Chat).await
+    generate(
+        st.clone(),
+        name,
+        llm,
+        &o,
+        prompt,
+        "messages",
+        Route::Chat(tools),
+    )
+    .await
 }
 
 /// `POST /v1/completions` for a pretrained LLM: the prompt as given (with BOS when the
@@ -745,14 +936,34 @@ async fn generate(
             Some(prompt_param),
         ));
     }
-    let default_max = if route == Route::Chat {
-        st.cfg.max_tokens
-    } else {
-        16
+    let (is_chat, tools) = match route {
+        Route::Chat(tools) => (true, tools),
+        Route::Completions => (false, None),
     };
+    let default_max = if is_chat { st.cfg.max_tokens } else { 16 };
     let sampling = parse_sampling(o, st.cfg.max_tokens, default_max)?;
     let top_logprobs = parse_logprobs(o)?;
-    let constraint = parse_response_format(o, llm)?;
+    let mut constraint = parse_response_format(o, llm)?;
+    if let Some(t) = tools.as_ref().filter(|t| t.forced.is_some()) {
+        // A call must come: its name and arguments are constrained like a JSON schema.
+        if constraint.is_some() {
+            return Err(ApiError::invalid(
+                "'response_format' and a required tool call cannot both constrain the answer",
+                Some("tool_choice"),
+            ));
+        }
+        let schema = t.call_schema();
+        let c = llm.constraints.as_ref().map_err(|why| {
+            ApiError::invalid(
+                format!("tool calls are not available for this model: {why}"),
+                Some("tool_choice"),
+            )
+        })?;
+        constraint = Some(
+            c.for_schema(&schema)
+                .map_err(|e| ApiError::invalid(e.to_string(), Some("tools")))?,
+        );
+    }
     let stream = bool_field(o, "stream")?;
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -766,9 +977,10 @@ async fn generate(
         }
     };
     let permit = admit(&st)?;
-    let (prefix, object, chunk_object) = match route {
-        Route::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
-        Route::Completions => ("cmpl", "text_completion", "text_completion"),
+    let (prefix, object, chunk_object) = if is_chat {
+        ("chatcmpl", "chat.completion", "chat.completion.chunk")
+    } else {
+        ("cmpl", "text_completion", "text_completion")
     };
     let id = format!(
         "{prefix}-{}",
@@ -830,11 +1042,14 @@ async fn generate(
             Some(_) => logprobs_json(&llm.tokenizer, &g.logprobs),
             None => Value::Null,
         };
-        let choice = match route {
-            Route::Chat => json!({"index": 0,
+        let choice = match (is_chat, answer(&tools, &g, &id)) {
+            (true, Answer::Calls(calls)) => json!({"index": 0,
+                "message": {"role": "assistant", "content": null, "tool_calls": calls},
+                "logprobs": logprobs, "finish_reason": "tool_calls"}),
+            (true, Answer::Text) => json!({"index": 0,
                 "message": {"role": "assistant", "content": g.text},
                 "logprobs": logprobs, "finish_reason": finish_reason(&g)}),
-            Route::Completions => json!({"index": 0, "text": g.text,
+            (false, _) => json!({"index": 0, "text": g.text,
                 "logprobs": logprobs, "finish_reason": finish_reason(&g)}),
         };
         return Ok(Json(json!({
@@ -854,12 +1069,13 @@ async fn generate(
         };
         let mut rx = rx;
         let chunk = |delta: Value, logprobs: Value, finish: Value| {
-            let choice = match route {
-                Route::Chat => json!({"index": 0, "delta": delta, "logprobs": logprobs,
-                                      "finish_reason": finish}),
-                Route::Completions => json!({"index": 0,
+            let choice = if is_chat {
+                json!({"index": 0, "delta": delta, "logprobs": logprobs,
+                       "finish_reason": finish})
+            } else {
+                json!({"index": 0,
                     "text": delta.get("content").cloned().unwrap_or(json!("")),
-                    "logprobs": logprobs, "finish_reason": finish}),
+                    "logprobs": logprobs, "finish_reason": finish})
             };
             Event::default().data(
                 json!({"id": id, "object": chunk_object, "created": created, "model": name,
@@ -868,7 +1084,7 @@ async fn generate(
             )
         };
         let send = |ev: Event| ev_tx.send(Ok(ev));
-        if route == Route::Chat
+        if is_chat
             && send(chunk(
                 json!({"role": "assistant", "content": ""}),
                 Value::Null,
@@ -880,7 +1096,12 @@ async fn generate(
             cancel.store(true, Ordering::Relaxed);
             return;
         }
+        // With tools the answer may be a call: it is sent whole at the end.
+        let buffered = tools.is_some();
         while let Some(piece) = rx.recv().await {
+            if buffered {
+                continue;
+            }
             let lp = match top_logprobs {
                 Some(_) => logprobs_json(&llm.tokenizer, &piece.logprobs),
                 None => Value::Null,
@@ -896,7 +1117,32 @@ async fn generate(
         match task.await {
             Ok(g) => {
                 st2.metrics.lock().expect("metrics").tokens_generated += g.ids.len() as u64;
-                let _ = send(chunk(json!({}), Value::Null, json!(finish_reason(&g)))).await;
+                let finish = match (buffered, answer(&tools, &g, &id)) {
+                    (true, Answer::Calls(calls)) => {
+                        let calls: Vec<Value> = calls
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, mut c)| {
+                                c["index"] = json!(i);
+                                c
+                            })
+                            .collect();
+                        let _ = send(chunk(
+                            json!({"tool_calls": calls}),
+                            Value::Null,
+                            Value::Null,
+                        ))
+                        .await;
+                        json!("tool_calls")
+                    }
+                    (true, Answer::Text) => {
+                        let _ =
+                            send(chunk(json!({"content": g.text}), Value::Null, Value::Null)).await;
+                        json!(finish_reason(&g))
+                    }
+                    (false, _) => json!(finish_reason(&g)),
+                };
+                let _ = send(chunk(json!({}), Value::Null, finish)).await;
                 if include_usage {
                     let _ = send(
                         Event::default().data(
