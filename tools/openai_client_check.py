@@ -38,6 +38,32 @@ def main():
         missing = None
     except openai.NotFoundError as e:
         missing = e.status_code
+    # Structured output and a required tool call: random weights may run out of tokens, so a
+    # few seeds are tried; what stops must parse.
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer"],
+              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}}
+    structured = None
+    for seed in range(6):
+        r = client.chat.completions.create(
+            model=model, messages=messages, temperature=1.0, seed=seed, max_tokens=48,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "answer", "schema": schema}})
+        if r.choices[0].finish_reason == "stop":
+            structured = json.loads(r.choices[0].message.content)
+            break
+    tool = {"type": "function", "function": {
+        "name": "get_weather", "parameters": {
+            "type": "object", "additionalProperties": False, "required": ["city"],
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}
+    call = None
+    for seed in range(6):
+        r = client.chat.completions.create(model=model, messages=messages, temperature=1.0,
+                                           seed=seed, max_tokens=64, tools=[tool],
+                                           tool_choice="required")
+        if r.choices[0].finish_reason == "tool_calls":
+            c = r.choices[0].message.tool_calls[0]
+            call = {"name": c.function.name, "arguments": json.loads(c.function.arguments)}
+            break
     listed = [m.id for m in client.models.list()]
     print(json.dumps({
         "plain": plain.choices[0].message.content,
@@ -45,6 +71,7 @@ def main():
         "plain_tokens": plain.usage.completion_tokens,
         "streamed": streamed, "streamed_finish": finish, "streamed_tokens": usage,
         "errors": errors, "missing_model": missing, "models": listed,
+        "structured": structured, "call": call,
     }))
 
 

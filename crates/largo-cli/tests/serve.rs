@@ -1150,8 +1150,8 @@ fn the_playground_chats_with_a_pretrained_llm_over_several_turns() {
 }
 
 /// The official `openai` Python client (installed by .ci/run) against the server: a chat, a
-/// streamed chat, and errors that surface as the client's exceptions. Skips, saying so, only
-/// when Python or the package is missing.
+/// streamed chat, a json_schema answer that validates, a tool call, and errors that surface as
+/// the client's exceptions. Skips, saying so, only when Python or the package is missing.
 #[test]
 fn the_openai_python_client_chats_streams_and_gets_its_exceptions() {
     let has_client = Command::new("python3")
@@ -1203,6 +1203,13 @@ fn the_openai_python_client_chats_streams_and_gets_its_exceptions() {
     );
     assert_eq!(v["missing_model"], 404);
     assert_eq!(v["models"], serde_json::json!(["chat"]));
+    // A json_schema answer that validates, and a tool call whose arguments do.
+    let answer = v["structured"]["answer"].as_str();
+    assert!(answer.is_some_and(|a| ["yes", "no"].contains(&a)), "{v}");
+    assert_eq!(v["structured"].as_object().map(|o| o.len()), Some(1), "{v}");
+    assert_eq!(v["call"]["name"], "get_weather", "{v}");
+    let city = v["call"]["arguments"]["city"].as_str();
+    assert!(city.is_some_and(|c| ["Paris", "Rome"].contains(&c)), "{v}");
 }
 
 #[test]
