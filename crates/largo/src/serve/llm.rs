@@ -1214,13 +1214,30 @@ mod tests {
             "messages[0].content"
         );
         let e = parse_messages(&obj(
-            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            json!({"messages": [{"role": "function", "content": "x"}]}),
         ))
         .unwrap_err();
         assert!(
-            e.message.contains("'tool' is not supported"),
+            e.message.contains("'function' is not supported"),
             "{}",
             e.message
+        );
+        // A tool round: the assistant's call (as the JSON it wrote) and the tool's answer.
+        let round = parse_messages(&obj(json!({"messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ]})))
+        .unwrap();
+        assert_eq!(
+            round,
+            [
+                ChatMessage::new(
+                    "assistant",
+                    r#"{"name":"get_weather","arguments":{"city":"Rome"}}"#
+                ),
+                ChatMessage::new("tool", "sunny"),
+            ]
         );
     }
 

@@ -38,6 +38,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod flash;
 pub mod gemm;
+pub mod half;
 pub mod layernorm;
 pub mod loss;
 pub mod math;

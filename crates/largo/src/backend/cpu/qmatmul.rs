@@ -24,8 +24,8 @@
 //! for many activation rows it is tiled (a chunk of weight groups × a tile of activation rows)
 //! so weight blocks are reused from cache across rows: the GEMM path.
 
+use super::half::{f16_to_f32, f32_to_f16};
 use super::quant::{dequantize_row_q6_k, scale_min_k4, GgmlType};
-use crate::io::{f16_to_f32, f32_to_f16};
 use crate::{Error, Result};
 use rayon::prelude::*;
 

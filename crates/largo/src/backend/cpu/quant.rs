@@ -7,7 +7,7 @@
 //! of Q6_K. Arithmetic follows `gguf.quants.dequantize` operation for operation (scale times
 //! scale first, no fused multiply-add), so the results equal it bit for bit.
 
-use crate::io::f16_to_f32;
+use super::half::f16_to_f32;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
