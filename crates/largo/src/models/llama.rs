@@ -8,6 +8,7 @@
 //! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
 //! values of the positions seen so far.
 
+use super::llama_cache::LayerView;
 pub use super::llama_cache::{KvPool, LlamaCache, BLOCK_TOKENS};
 use crate::backend::cpu::qmatmul::{qmatmul, qmatmul_many, QMatrix};
 use crate::backend::{
@@ -551,6 +552,11 @@ impl Llama {
             .enumerate()
             .flat_map(|(k, sp)| (0..sp.t).map(move |i| (k, i)))
             .collect();
+        let views: Vec<Option<LayerView>> = caches
+            .iter()
+            .zip(spans)
+            .map(|(c, sp)| (sp.t <= DECODE_ROWS).then(|| c.layer_view(l)))
+            .collect();
         let q = &s.q;
         s.attn
             .par_chunks_mut(d)
@@ -562,7 +568,8 @@ impl Llama {
                 let n = spans[k].start + i + 1;
                 scores.resize(n, 0.0);
                 let qh = &q[row * qd + h * d..][..d];
-                caches[k].attend_in_place(l, h / group, d, n, qh, scale, scores, out);
+                let view = views[k].as_ref().expect("a decoding sequence has a view");
+                view.attend(h / group, d, n, qh, scale, scores, out);
             });
         // Sequences with many new rows (prompts): tiles of query rows over gathered heads.
         for (k, sp) in spans.iter().enumerate() {

@@ -92,6 +92,38 @@ pub struct LlamaCache {
     pool: Option<Arc<KvPool>>,
 }
 
+/// One layer's cached keys and values, block by block, as slices.
+pub(super) struct LayerView<'a> {
+    keys: Vec<&'a [f32]>,
+    values: Vec<&'a [f32]>,
+    kv_dim: usize,
+}
+
+impl LayerView<'_> {
+    /// One query row's attention over key/value head `h` of positions 0..n, read where the
+    /// blocks hold them (decoding: nothing gathered). `scores` is scratch of n.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attend(
+        &self,
+        h: usize,
+        d: usize,
+        n: usize,
+        q: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let head = CachedHead {
+            block_rows: BLOCK_TOKENS,
+            row_width: self.kv_dim,
+            offset: h * d,
+            d,
+            n,
+        };
+        attend_cached_head(&self.keys, &self.values, head, q, scale, scores, out);
+    }
+}
+
 /// One layer's keys and values, block by block ([BLOCK_TOKENS, kv_dim] each).
 #[derive(Clone, Debug, Default)]
 struct LayerCache {
@@ -216,32 +248,15 @@ impl LlamaCache {
         }
     }
 
-    /// One query row's attention over key/value head `h` of positions 0..n of layer `l`,
-    /// read where the blocks hold them (decoding: nothing gathered). `scores` is scratch of n.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attend_in_place(
-        &self,
-        l: usize,
-        h: usize,
-        d: usize,
-        n: usize,
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
+    /// Layer `l`'s blocks as slices, for decoding rows to attend over in place (built once per
+    /// layer and sequence, shared by all its rows and heads).
+    pub(super) fn layer_view(&self, l: usize) -> LayerView<'_> {
         let c = &self.layers[l];
-        let blocks = n.div_ceil(BLOCK_TOKENS);
-        let keys: Vec<&[f32]> = c.keys[..blocks].iter().map(|b| &b.data[..]).collect();
-        let values: Vec<&[f32]> = c.values[..blocks].iter().map(|b| &b.data[..]).collect();
-        let head = CachedHead {
-            block_rows: BLOCK_TOKENS,
-            row_width: self.kv_dim,
-            offset: h * d,
-            d,
-            n,
-        };
-        attend_cached_head(&keys, &values, head, q, scale, scores, out);
+        LayerView {
+            keys: c.keys.iter().map(|b| &b.data[..]).collect(),
+            values: c.values.iter().map(|b| &b.data[..]).collect(),
+            kv_dim: self.kv_dim,
+        }
     }
 
     pub(super) fn advance(&mut self, t: usize) {

@@ -7,7 +7,9 @@
 
 use super::api::{bool_field, integer_field, number_field, strings_field, ApiError};
 use super::batching::{BatchStats, BATCH_BUCKETS};
-use super::{admit, model_named, rand_seed, unix_time, wrong_route, Served, Shared};
+use super::{
+    admit, model_named, rand_seed, unix_time, within_timeout, wrong_route, Served, Shared,
+};
 use crate::data::llm_tokenizer::LlmTokenizer;
 use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::constrained::{JsonConstraints, TokenConstraint};
@@ -266,7 +268,7 @@ fn decode_loop<'a>(
             let reused = prefix.len() * BLOCK_TOKENS;
             let need = need_all - KvPool::blocks_for(cfg, reused);
             let outstanding: usize = active.iter().map(|a| a.outstanding(cfg)).sum();
-            if pool.used() + outstanding + need > pool.capacity {
+            if outstanding + need > pool.free_blocks() {
                 // Cached prefixes give way first; then the job waits for running ones.
                 drop(prefix);
                 if prefixes.evict_one() {
@@ -1020,23 +1022,9 @@ async fn generate(
             )),
         }
     };
-    let served = Arc::clone(&st.models[&name]);
-    let Served::Llm(llm) = served.as_ref() else {
-        unreachable!("checked by the caller");
-    };
     if !stream {
         drop(rx);
-        let g = match tokio::time::timeout(st.cfg.request_timeout, task).await {
-            Err(_) => {
-                cancel.store(true, Ordering::Relaxed);
-                return Err(ApiError::status(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    "the generation took longer than the server's request timeout",
-                ));
-            }
-            Ok(r) => r?,
-        };
+        let g = within_timeout(&st, &cancel, task).await?;
         st.metrics.lock().expect("metrics").tokens_generated += g.ids.len() as u64;
         let logprobs = match top_logprobs {
             Some(_) => logprobs_json(&llm.tokenizer, &g.logprobs),
@@ -1063,6 +1051,8 @@ async fn generate(
     let (ev_tx, ev_rx) =
         tokio::sync::mpsc::channel::<std::result::Result<Event, std::convert::Infallible>>(64);
     let st2 = Arc::clone(&st);
+    // The stream outlives this call: it holds the model by its Arc.
+    let served = Arc::clone(&st.models[&name]);
     tokio::spawn(async move {
         let Served::Llm(llm) = served.as_ref() else {
             return;

@@ -372,17 +372,7 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
     };
     if !stream {
         drop(rx);
-        let g = match tokio::time::timeout(st.cfg.request_timeout, task).await {
-            Err(_) => {
-                cancel.store(true, Ordering::Relaxed);
-                return Err(ApiError::status(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    "the generation took longer than the server's request timeout",
-                ));
-            }
-            Ok(r) => r?,
-        };
+        let g = within_timeout(&st, &cancel, task).await?;
         st.metrics.lock().expect("metrics").tokens_generated += g.new_tokens as u64;
         return Ok(Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": name,
@@ -427,6 +417,26 @@ async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Response, 
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(ev_rx);
     Ok(Sse::new(stream).into_response())
+}
+
+/// A generation's result, or 504 after the server's request timeout (the worker is told to
+/// drop the job through `cancel`).
+async fn within_timeout<T>(
+    st: &Shared,
+    cancel: &AtomicBool,
+    task: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(st.cfg.request_timeout, task).await {
+        Ok(r) => r,
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            Err(ApiError::status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the generation took longer than the server's request timeout",
+            ))
+        }
+    }
 }
 
 fn rand_seed() -> u64 {
