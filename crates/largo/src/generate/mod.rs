@@ -55,43 +55,93 @@ pub struct Generation {
     pub stopped_by: Option<String>,
 }
 
-/// Samples a token id from logits according to `s`.
+/// Samples a token id from logits according to `s`. Without a nucleus (top_p = 1) the draw
+/// walks the tokens in id order (no sort: any order draws from the same distribution); with
+/// one, from the most likely down (ties: the lower id first), sorting only the few likely
+/// tokens unless they do not decide.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     if s.temperature == 0.0 {
         return crate::tensor::argmax(logits) as u32;
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if s.top_k > 0 {
-        order.truncate(s.top_k);
-    }
-    let max = logits[order[0]];
-    let mut probs: Vec<f32> = order
+    let before = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / s.temperature;
+    // Unnormalised probabilities; 0 outside the top k.
+    let mut weights: Vec<f32> = logits
         .iter()
-        .map(|&i| ((logits[i] - max) / s.temperature).exp())
+        .map(|&l| crate::backend::math::exp_fast((l - max) * inv_t))
         .collect();
-    let sum: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= sum);
-    if s.top_p < 1.0 {
-        let mut acc = 0.0;
-        let keep = probs.iter().position(|&p| {
-            acc += p;
-            acc >= s.top_p
-        });
-        let keep = keep.map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
+    if s.top_k > 0 && s.top_k < logits.len() {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.select_nth_unstable_by(s.top_k - 1, before);
+        for &i in &order[s.top_k..] {
+            weights[i] = 0.0;
+        }
     }
+    let total = crate::backend::math::lanes_sum(&weights, |w| w);
     let u = rng.uniform();
-    let mut acc = 0.0;
-    for (p, &i) in probs.iter().zip(&order) {
-        acc += p;
-        if u < acc {
+    if s.top_p >= 1.0 {
+        let target = u * total;
+        let mut acc = 0.0;
+        for (i, &w) in weights.iter().enumerate() {
+            acc += w;
+            if target < acc {
+                return i as u32;
+            }
+        }
+        // Rounding left the draw past the end: the last token that can be drawn.
+        let last = weights.iter().rposition(|&w| w > 0.0);
+        return last.unwrap_or_else(|| crate::tensor::argmax(logits)) as u32;
+    }
+    // The nucleus is nearly always among the tokens near the most likely one: those above
+    // the cut are the head of the order.
+    let cut = (-12f32).exp();
+    let mut likely: Vec<usize> = (0..logits.len()).filter(|&i| weights[i] > cut).collect();
+    if likely.len() < logits.len() {
+        likely.sort_unstable_by(before);
+        if let Some(i) = draw_sorted(&likely, false, &weights, total, s.top_p, u) {
             return i as u32;
         }
     }
-    order[probs.len() - 1] as u32
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| weights[i] > 0.0).collect();
+    if order.is_empty() {
+        return crate::tensor::argmax(logits) as u32;
+    }
+    order.sort_unstable_by(before);
+    draw_sorted(&order, true, &weights, total, s.top_p, u).expect("a complete order decides") as u32
+}
+
+/// The token the draw `u` picks walking `order` (the most likely first; `complete` when it
+/// holds every candidate, whose weights sum to `total`): the nucleus is the shortest head
+/// whose share reaches `top_p`. None when an incomplete head cannot decide.
+fn draw_sorted(
+    order: &[usize],
+    complete: bool,
+    weights: &[f32],
+    total: f32,
+    top_p: f32,
+    u: f32,
+) -> Option<usize> {
+    let (mut kept, mut kept_sum) = (order.len(), total);
+    let mut acc = 0.0;
+    match order.iter().position(|&i| {
+        acc += weights[i];
+        acc >= top_p * total
+    }) {
+        Some(k) => (kept, kept_sum) = (k + 1, acc),
+        None if !complete => return None,
+        None => {}
+    }
+    let target = u * kept_sum;
+    let mut acc = 0.0;
+    for &i in &order[..kept] {
+        acc += weights[i];
+        if target < acc {
+            return Some(i);
+        }
+    }
+    // Rounding left the draw past the last kept token: it is the one.
+    (kept > 0).then(|| order[kept - 1])
 }
 
 /// Generates after `prompt`, calling `on_text` with each new piece of text.
@@ -256,6 +306,38 @@ mod tests {
         });
         assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
         assert!(counts[1] > counts[2] && counts[2] > counts[0] && counts[0] > counts[3]);
+    }
+
+    #[test]
+    fn sampling_a_large_vocabulary_follows_the_softmax_and_the_nucleus() {
+        // 2,000 tokens: two likely ones and a long flat tail, which holds 0.3 % of the mass at
+        // temperature 1 (below the sorting cut: drawn by the full sort) and 65 % at 2.
+        let mut logits = vec![-13.0f32; 2000];
+        logits[700] = 0.0;
+        logits[3] = -1.0;
+        let mut rng = Rng::new(9);
+        for t in [1.0f32, 2.0] {
+            let w = |l: f32| ((l as f64) / t as f64).exp();
+            let z = w(0.0) + w(-1.0) + 1998.0 * w(-13.0);
+            let n = 40_000;
+            let mut c = [0usize; 3];
+            for _ in 0..n {
+                match sample(&logits, &cfg(t, 0, 1.0), &mut rng) {
+                    700 => c[0] += 1,
+                    3 => c[1] += 1,
+                    _ => c[2] += 1,
+                }
+            }
+            for (got, want) in c.iter().zip([w(0.0) / z, w(-1.0) / z, 1998.0 * w(-13.0) / z]) {
+                let got = *got as f64 / n as f64;
+                assert!((got - want).abs() < 0.01, "temperature {t}: {got} vs {want}");
+            }
+        }
+        // A nucleus of 0.9 at temperature 1 keeps the two likely tokens only.
+        for _ in 0..500 {
+            let i = sample(&logits, &cfg(1.0, 0, 0.9), &mut rng);
+            assert!(i == 700 || i == 3, "{i}");
+        }
     }
 
     #[test]

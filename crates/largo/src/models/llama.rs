@@ -9,7 +9,7 @@
 //! values of the positions seen so far.
 
 use super::llama_cache::LayerView;
-pub use super::llama_cache::{KvPool, LlamaCache, BLOCK_TOKENS};
+pub use super::llama_cache::{KvPool, KvType, LlamaCache, BLOCK_TOKENS};
 use crate::backend::cpu::qmatmul::{qmatmul, qmatmul_many, QMatrix};
 use crate::backend::{
     add_assign, rms_norm_forward as rms_norm, rope_rows_forward as rope_rows, softmax_row_scaled,
@@ -545,8 +545,9 @@ impl Llama {
         let group = heads / kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let caches: Vec<&LlamaCache> = caches.iter().map(|c| &**c).collect();
-        // Rows of sequences with a few new rows (decoding): one pass over every (row, head),
-        // each reading its keys and values in place.
+        // Rows of sequences with a few new rows (decoding): one pass over every (row, key/value
+        // head), each reading its keys and values in place once for the query heads sharing
+        // them (their q and output rows sit side by side: [group, D]).
         let row_seq: Vec<(usize, usize)> = spans
             .iter()
             .enumerate()
@@ -559,17 +560,16 @@ impl Llama {
             .collect();
         let q = &s.q;
         s.attn
-            .par_chunks_mut(d)
+            .par_chunks_mut(group * d)
             .enumerate()
-            .filter(|(row_head, _)| spans[row_seq[row_head / heads].0].t <= DECODE_ROWS)
-            .for_each_init(Vec::new, |scores, (row_head, out)| {
-                let (row, h) = (row_head / heads, row_head % heads);
+            .filter(|(row_head, _)| spans[row_seq[row_head / kv_heads].0].t <= DECODE_ROWS)
+            .for_each_init(Vec::new, |scratch, (row_head, out)| {
+                let (row, kvh) = (row_head / kv_heads, row_head % kv_heads);
                 let (k, i) = row_seq[row];
                 let n = spans[k].start + i + 1;
-                scores.resize(n, 0.0);
-                let qh = &q[row * qd + h * d..][..d];
+                let qg = &q[row * qd + kvh * group * d..][..group * d];
                 let view = views[k].as_ref().expect("a decoding sequence has a view");
-                view.attend(h / group, d, n, qh, scale, scores, out);
+                view.attend(kvh, d, n, qg, scale, scratch, out);
             });
         // Sequences with many new rows (prompts): tiles of query rows over gathered heads.
         for (k, sp) in spans.iter().enumerate() {
@@ -649,8 +649,8 @@ fn prompt_attention(
         .map(|kvh| {
             let mut keys = vec![0f32; n * d];
             let mut values = vec![0f32; n * d];
-            cache.gather_head(l, false, kvh, d, n, &mut keys);
-            cache.gather_head(l, true, kvh, d, n, &mut values);
+            cache.gather_head(l, false, kvh, n, &mut keys);
+            cache.gather_head(l, true, kvh, n, &mut values);
             (keys, values)
         })
         .collect();

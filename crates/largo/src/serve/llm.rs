@@ -16,7 +16,7 @@ use crate::generate::constrained::{JsonConstraints, TokenConstraint};
 use crate::generate::llm::{Finish, LlmDecoder, LlmGeneration, TokenLogprob};
 use crate::generate::Sampling;
 use crate::models::llama::{Llama, LlamaConfig};
-use crate::models::llama_cache::{KvPool, LlamaCache, SharedBlocks, BLOCK_TOKENS};
+use crate::models::llama_cache::{KvPool, KvType, LlamaCache, SharedBlocks, BLOCK_TOKENS};
 use crate::models::llama_load::LlmFiles;
 use crate::Result;
 use axum::body::Bytes;
@@ -207,12 +207,13 @@ pub fn spawn_llm_decoder(
     served: Arc<Served>,
     max_batch: usize,
     kv_bytes: usize,
+    kv_type: KvType,
     stats: Arc<BatchStats>,
 ) -> Sender<LlmJob> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Served::Llm(llm) = served.as_ref() {
-            let pool = KvPool::new(&llm.model.config, kv_bytes);
+            let pool = KvPool::new(&llm.model.config, kv_bytes, kv_type);
             stats
                 .kv_capacity_bytes
                 .store((pool.capacity * pool.block_bytes) as u64, Ordering::Relaxed);
@@ -283,7 +284,7 @@ fn decode_loop<'a>(
             stats
                 .prefix_hit_tokens
                 .fetch_add(reused as u64, Ordering::Relaxed);
-            let cache = LlamaCache::with_prefix(cfg, Some(pool), &prefix);
+            let cache = LlamaCache::with_prefix(cfg, pool, &prefix);
             match LlmDecoder::with_cache(model, tokenizer, &job.prompt, &job.sampling, cache) {
                 Ok((decoder, feed)) => {
                     let decoder = match job.top_logprobs {
@@ -346,7 +347,7 @@ fn decode_loop<'a>(
                 let prefix = prefixes.lookup(prompt);
                 let hit = prefix.len() * BLOCK_TOKENS;
                 if hit > a.reused {
-                    a.decoder.cache = LlamaCache::with_prefix(cfg, Some(pool), &prefix);
+                    a.decoder.cache = LlamaCache::with_prefix(cfg, pool, &prefix);
                     a.pending = prompt[hit..].to_vec();
                     stats
                         .prefix_hit_tokens

@@ -13,6 +13,7 @@ pub mod llm;
 use crate::data::image::{digit_from_bytes, digit_from_pixels, Invert};
 use crate::data::mnist::Normalization;
 use crate::generate::Sampling;
+use crate::models::llama::KvType;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
 use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
 use crate::models::{Mlp, ModelKind, TransformerLm};
@@ -118,6 +119,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Pretrained LLMs: the KV-cache pool every generation's blocks come from, MiB.
     pub kv_cache_mb: f64,
+    /// Pretrained LLMs: how that pool stores keys and values.
+    pub kv_cache_type: KvType,
 }
 
 impl Default for ServeConfig {
@@ -134,6 +137,7 @@ impl Default for ServeConfig {
             batch_tokens: 8192,
             request_timeout: Duration::from_secs(120),
             kv_cache_mb: 256.0,
+            kv_cache_type: KvType::F16,
         }
     }
 }
@@ -740,6 +744,7 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
                     worker,
                     cfg.max_concurrent,
                     (cfg.kv_cache_mb * 1048576.0) as usize,
+                    cfg.kv_cache_type,
                     Arc::clone(&batches),
                 );
                 llm_decoders.insert(name.clone(), tx);

@@ -7,7 +7,7 @@
 //! Training and generation use the tiled kernel of `flash.rs`, which never stores them.
 
 use super::gemm::{matmul_rows_serial, Gemm, Trans};
-use super::math::{dot, exp_fast, lanes_sum};
+use super::math::{exp_fast, lanes_sum};
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -162,143 +162,304 @@ avx512_dispatch! {
     }
 }
 
-/// Where one head's keys (or values) lie in a KV cache kept in blocks of `block_rows`
-/// positions, each position `row_width` values: values offset..offset + d of positions 0..n.
+/// Positions per block of a KV cache read by [`attend_cached_group`].
+pub const KV_BLOCK_ROWS: usize = 32;
+
+/// Where one key/value head lies in a KV cache kept in blocks of [`KV_BLOCK_ROWS`] positions:
+/// in each block, the head's keys transposed at offset.. ([d, KV_BLOCK_ROWS]: a position per
+/// column, so scores come out a block of positions at a time, no horizontal sums) and its
+/// values at offset.. ([KV_BLOCK_ROWS, d]); positions 0..n.
 #[derive(Clone, Copy, Debug)]
 pub struct CachedHead {
-    pub block_rows: usize,
-    pub row_width: usize,
     pub offset: usize,
     pub d: usize,
     pub n: usize,
 }
 
-avx512_dispatch! {
-    /// Decoding one query row: out [d] = softmax(scale·q·Kᵀ)·V over a head's cached keys and
-    /// values, read in their blocks (nothing gathered). `scores` holds at least n values.
-    pub fn attend_cached_head(
-        keys: &[&[f32]],
-        values: &[&[f32]],
-        head: CachedHead,
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        // The usual head sizes get a fixed-size body the compiler keeps in registers.
-        match head.d {
-            64 => attend_head_fixed::<64>(keys, values, head, q, scale, scores, out),
-            128 => attend_head_fixed::<128>(keys, values, head, q, scale, scores, out),
-            _ => attend_head_any(keys, values, head, q, scale, scores, out),
-        }
+/// What a KV cache stores: f32, or f16 held as its bits.
+pub trait KvElement: Copy + Send + Sync {
+    /// `src` as f32: itself, or widened into `buf` (at least as long).
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElement for f32 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
     }
 }
 
-/// [`attend_cached_head`] for head size D.
-#[inline(always)]
-fn attend_head_fixed<const D: usize>(
-    keys: &[&[f32]],
-    values: &[&[f32]],
+impl KvElement for u16 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [u16], buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..src.len()];
+        super::half::f16_slice_to_f32(src, buf);
+        buf
+    }
+}
+
+/// Decoding one row's query heads that share a key/value head (grouped-query attention):
+/// q [group, d] → out [group, d], each head softmax(scale·q·Kᵀ)·V over the head's cached
+/// positions, read block by block where they lie (nothing gathered) and each key and value
+/// row read once for the whole group. `scratch` grows to group·n + block_rows·d.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_cached_group<E: KvElement>(
+    keys: &[&[E]],
+    values: &[&[E]],
     head: CachedHead,
     q: &[f32],
     scale: f32,
-    scores: &mut [f32],
+    scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let CachedHead {
-        block_rows,
-        row_width,
-        offset,
-        n,
-        ..
-    } = head;
-    let at = |pos: usize| (pos / block_rows, (pos % block_rows) * row_width + offset);
-    let q: &[f32; D] = q[..D].try_into().expect("D values");
     #[cfg(target_arch = "x86_64")]
-    let wide = std::arch::is_x86_feature_detected!("avx512f");
-    for (pos, s) in scores[..n].iter_mut().enumerate() {
-        let (b, o) = at(pos);
-        let k: &[f32; D] = keys[b][o..o + D].try_into().expect("D values");
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: the CPU has AVX-512 F (checked above); q and k hold D values, a
-            // multiple of 16 (D is 64 or 128), the kernel's contract.
-            *s = unsafe { dot_avx512::<D>(q, k) };
-            continue;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has just been checked for AVX-512 F, the feature enabled.
+            return unsafe { attend_group_avx512(keys, values, head, q, scale, scratch, out) };
         }
-        *s = dot(q, k);
-    }
-    softmax_row_scaled(&mut scores[..n], scale);
-    let mut sum = [0f32; D];
-    for (pos, &p) in scores[..n].iter().enumerate() {
-        let (b, o) = at(pos);
-        let v: &[f32; D] = values[b][o..o + D].try_into().expect("D values");
-        for (s, &v) in sum.iter_mut().zip(v) {
-            *s += p * v;
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has just been checked for AVX2 and FMA, the features enabled.
+            return unsafe { attend_group_avx2(keys, values, head, q, scale, scratch, out) };
         }
     }
-    out[..D].copy_from_slice(&sum);
+    attend_group_sized(keys, values, head, q, scale, scratch, out)
 }
 
-/// Σ q·k over D values (a multiple of 16): four independent 16-lane products, one
-/// horizontal sum (compilers leave a 16-lane reduction partly scalar).
-///
-/// # Safety
-/// The CPU supports AVX-512 F; D is a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512<const D: usize>(q: &[f32; D], k: &[f32; D]) -> f32 {
-    use std::arch::x86_64::*;
-    let (qp, kp) = (q.as_ptr(), k.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut c = 0;
-    while c < D / 16 {
-        // SAFETY: c < D/16, so the 16 values at 16c lie inside both arrays.
-        let (x, y) = unsafe {
-            (
-                _mm512_loadu_ps(qp.add(16 * c)),
-                _mm512_loadu_ps(kp.add(16 * c)),
-            )
-        };
-        acc[c % 4] = _mm512_fmadd_ps(x, y, acc[c % 4]);
-        c += 1;
-    }
-    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(sum)
-}
-
-/// [`attend_cached_head`] for any head size.
-#[inline(always)]
-fn attend_head_any(
-    keys: &[&[f32]],
-    values: &[&[f32]],
+#[allow(clippy::too_many_arguments)]
+fn attend_group_avx512<E: KvElement>(
+    keys: &[&[E]],
+    values: &[&[E]],
     head: CachedHead,
     q: &[f32],
     scale: f32,
-    scores: &mut [f32],
+    scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let CachedHead {
-        block_rows,
-        row_width,
-        offset,
-        d,
-        n,
-    } = head;
-    let at = |pos: usize| (pos / block_rows, (pos % block_rows) * row_width + offset);
-    for (pos, s) in scores[..n].iter_mut().enumerate() {
-        let (b, o) = at(pos);
-        *s = dot(&q[..d], &keys[b][o..o + d]);
+    attend_group_sized(keys, values, head, q, scale, scratch, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_avx2<E: KvElement>(
+    keys: &[&[E]],
+    values: &[&[E]],
+    head: CachedHead,
+    q: &[f32],
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_group_sized(keys, values, head, q, scale, scratch, out)
+}
+
+/// The usual head sizes get a body whose row length the compiler knows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_sized<E: KvElement>(
+    keys: &[&[E]],
+    values: &[&[E]],
+    head: CachedHead,
+    q: &[f32],
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    match head.d {
+        64 => attend_group::<E, 64>(keys, values, head, q, scale, scratch, out),
+        128 => attend_group::<E, 128>(keys, values, head, q, scale, scratch, out),
+        _ => attend_group::<E, 0>(keys, values, head, q, scale, scratch, out),
     }
-    softmax_row_scaled(&mut scores[..n], scale);
-    let out = &mut out[..d];
+}
+
+/// [`attend_cached_group`] with rows of D values (0: head.d, known only at run time).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group<E: KvElement, const D: usize>(
+    keys: &[&[E]],
+    values: &[&[E]],
+    head: CachedHead,
+    q: &[f32],
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    const B: usize = KV_BLOCK_ROWS;
+    let CachedHead { offset, n, .. } = head;
+    let d = if D == 0 { head.d } else { D };
+    let group = q.len() / d;
+    scratch.resize(group * n + B * d, 0.0);
+    // scores: [group, n]; wide: one block of the head as f32 when the cache holds f16.
+    let (scores, wide) = scratch.split_at_mut(group * n);
+    let blocks = n.div_ceil(B);
+    // Up to 4 query heads per pass over the keys: 8 independent sums of 16 lanes.
+    let mut g = 0;
+    while g < group {
+        let take = (group - g).min(4);
+        let (qs, at) = (&q[g * d..(g + take) * d], &mut scores[g * n..]);
+        let keys = &keys[..blocks];
+        match take {
+            1 => head_scores::<E, 1>(qs, keys, offset, d, n, wide, at),
+            2 => head_scores::<E, 2>(qs, keys, offset, d, n, wide, at),
+            3 => head_scores::<E, 3>(qs, keys, offset, d, n, wide, at),
+            _ => head_scores::<E, 4>(qs, keys, offset, d, n, wide, at),
+        }
+        g += take;
+    }
+    for row in scores.chunks_exact_mut(n) {
+        softmax_row_scaled(row, scale);
+    }
+    let out = &mut out[..group * d];
     out.fill(0.0);
-    for (pos, &p) in scores[..n].iter().enumerate() {
-        let (b, o) = at(pos);
-        for (o, &v) in out.iter_mut().zip(&values[b][o..o + d]) {
-            *o += p * v;
+    for (b, block) in values[..blocks].iter().enumerate() {
+        let (p0, rows) = (b * B, B.min(n - b * B));
+        let v = E::as_f32(&block[offset..offset + rows * d], wide);
+        for (g, og) in out.chunks_exact_mut(d).enumerate() {
+            let og = &mut og[..d];
+            let p = &scores[g * n + p0..][..rows];
+            for (vrow, &p) in v.chunks_exact(d).zip(p) {
+                for (o, &x) in og.iter_mut().zip(&vrow[..d]) {
+                    *o += p * x;
+                }
+            }
         }
     }
+}
+
+/// Scores of G query heads (q [G, d]) against the keys of positions 0..n, block by block
+/// ([d, B] each at `offset`, a position per column): head g's go to scores[g·n..g·n + n].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn head_scores<E: KvElement, const G: usize>(
+    q: &[f32],
+    keys: &[&[E]],
+    offset: usize,
+    d: usize,
+    n: usize,
+    wide: &mut [f32],
+    scores: &mut [f32],
+) {
+    const B: usize = KV_BLOCK_ROWS;
+    // qt: [d, G], the heads' i-th values side by side.
+    let qt: Vec<[f32; G]> = (0..d)
+        .map(|i| std::array::from_fn(|g| q[g * d + i]))
+        .collect();
+    for (b, block) in keys.iter().enumerate() {
+        let (p0, rows) = (b * B, B.min(n - b * B));
+        let kt = E::as_f32(&block[offset..offset + d * B], wide);
+        let acc = block_scores::<G>(&qt, &kt[..d * B]);
+        for (g, acc) in acc.iter().enumerate() {
+            scores[g * n + p0..g * n + p0 + rows].copy_from_slice(&acc[..rows]);
+        }
+    }
+}
+
+/// acc[g][r] = Σ_i qt[i][g]·kt[i·B + r]: G heads' scores against one block of transposed
+/// keys kt [d, B]. Broadcast q values times key rows: sums stay in vector lanes.
+#[inline(always)]
+fn block_scores<const G: usize>(qt: &[[f32; G]], kt: &[f32]) -> [[f32; KV_BLOCK_ROWS]; G] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512 F was just detected; kt holds qt.len() rows of B (asserted).
+            return unsafe { block_scores_avx512::<G>(qt, kt) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: AVX2 and FMA were just detected; kt as above.
+            return unsafe { block_scores_avx2::<G>(qt, kt) };
+        }
+    }
+    let mut acc = [[0f32; KV_BLOCK_ROWS]; G];
+    for (col, qi) in kt.chunks_exact(KV_BLOCK_ROWS).zip(qt) {
+        for (a, &qv) in acc.iter_mut().zip(qi) {
+            for (x, &k) in a.iter_mut().zip(col) {
+                *x += qv * k;
+            }
+        }
+    }
+    acc
+}
+
+/// [`block_scores`] in 512-bit registers: 2·G sums of 16 lanes.
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_scores_avx512<const G: usize>(
+    qt: &[[f32; G]],
+    kt: &[f32],
+) -> [[f32; KV_BLOCK_ROWS]; G] {
+    use std::arch::x86_64::*;
+    const B: usize = KV_BLOCK_ROWS;
+    assert!(B == 32 && kt.len() >= qt.len() * B);
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    for (i, qi) in qt.iter().enumerate() {
+        // SAFETY: row i of kt holds B = 32 values (asserted above): two loads of 16.
+        let (k0, k1) = unsafe {
+            let at = kt.as_ptr().add(i * B);
+            (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+        };
+        for (a, &qv) in acc.iter_mut().zip(qi) {
+            let qv = _mm512_set1_ps(qv);
+            a[0] = _mm512_fmadd_ps(qv, k0, a[0]);
+            a[1] = _mm512_fmadd_ps(qv, k1, a[1]);
+        }
+    }
+    let mut out = [[0f32; B]; G];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: o holds 32 values: two stores of 16.
+        unsafe {
+            _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+        }
+    }
+    out
+}
+
+/// [`block_scores`] in 256-bit registers, half a block (16 positions) per pass so the 2·G
+/// sums and the loads fit the 16 registers.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_scores_avx2<const G: usize>(
+    qt: &[[f32; G]],
+    kt: &[f32],
+) -> [[f32; KV_BLOCK_ROWS]; G] {
+    use std::arch::x86_64::*;
+    const B: usize = KV_BLOCK_ROWS;
+    assert!(B == 32 && kt.len() >= qt.len() * B);
+    let mut out = [[0f32; B]; G];
+    for half in [0, 16] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        for (i, qi) in qt.iter().enumerate() {
+            // SAFETY: row i of kt holds B = 32 values (asserted): 16 from `half` on.
+            let (k0, k1) = unsafe {
+                let at = kt.as_ptr().add(i * B + half);
+                (_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8)))
+            };
+            for (a, &qv) in acc.iter_mut().zip(qi) {
+                let qv = _mm256_set1_ps(qv);
+                a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            // SAFETY: o holds 32 values; 16 written from `half` on.
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr().add(half), a[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(half + 8), a[1]);
+            }
+        }
+    }
+    out
 }
 
 /// The max in 16 lanes, like `math::lanes_sum`.
@@ -575,7 +736,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cached_head_attention_equals_the_plain_formula_for_every_head_size() {
+    fn cached_group_attention_equals_the_plain_formula_for_every_head_size_and_type() {
         let mut seed = 5u64;
         let mut rnd = || {
             seed = seed
@@ -583,51 +744,78 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
-        // 64 and 128 take the fixed-size (and AVX-512) path, 8 and 80 the general one.
+        // 64 and 128 take the fixed-size path, 8 and 80 the general one; 11 positions end
+        // inside a block.
         for d in [8, 64, 128, 80] {
-            let (block_rows, heads, n, h) = (4usize, 3, 11usize, 2);
-            let row_width = heads * d;
-            let mut fill = || -> Vec<Vec<f32>> {
-                (0..n.div_ceil(block_rows))
-                    .map(|_| (0..block_rows * row_width).map(|_| rnd()).collect())
+            // 75 positions: two full blocks and one ending inside.
+            let (b_rows, kv_heads, n, h, group) = (KV_BLOCK_ROWS, 3, 75usize, 2, 3);
+            // A block: keys [kv_heads, d, B] then values [kv_heads, B, d] of one layer.
+            let fill = |rnd: &mut dyn FnMut() -> f32| -> Vec<Vec<f32>> {
+                (0..n.div_ceil(b_rows))
+                    .map(|_| (0..kv_heads * b_rows * d).map(|_| rnd()).collect())
                     .collect()
             };
-            let (kb, vb) = (fill(), fill());
-            let q: Vec<f32> = (0..d).map(|_| rnd()).collect();
-            let keys: Vec<&[f32]> = kb.iter().map(Vec::as_slice).collect();
-            let values: Vec<&[f32]> = vb.iter().map(Vec::as_slice).collect();
+            let (kb, vb) = (fill(&mut rnd), fill(&mut rnd));
+            let q: Vec<f32> = (0..group * d).map(|_| rnd()).collect();
             let head = CachedHead {
-                block_rows,
-                row_width,
-                offset: h * d,
+                offset: h * b_rows * d,
                 d,
                 n,
             };
-            let (mut scores, mut out) = (vec![0.0; n], vec![0.0; d]);
             let scale = 1.0 / (d as f32).sqrt();
-            attend_cached_head(&keys, &values, head, &q, scale, &mut scores, &mut out);
-            // The formula in f64 over the gathered rows.
-            let row = |blocks: &[Vec<f32>], p: usize| -> Vec<f64> {
-                let o = (p % block_rows) * row_width + h * d;
-                blocks[p / block_rows][o..o + d]
+            let to_f16 = |blocks: &[Vec<f32>]| -> Vec<Vec<u16>> {
+                blocks
                     .iter()
-                    .map(|&v| v as f64)
+                    .map(|b| b.iter().map(|&x| super::super::half::f32_to_f16(x)).collect())
                     .collect()
             };
-            let s: Vec<f64> = (0..n)
-                .map(|p| {
-                    let dot: f64 = row(&kb, p).iter().zip(&q).map(|(k, &q)| k * q as f64).sum();
-                    dot * scale as f64
-                })
-                .collect();
-            let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
-            for (j, &got) in out.iter().enumerate() {
-                let want: f64 = (0..n).map(|p| (s[p] - m).exp() / z * row(&vb, p)[j]).sum();
-                assert!(
-                    (got as f64 - want).abs() < 1e-5,
-                    "d {d}, {j}: {got} vs {want}"
-                );
+            let (kh, vh) = (to_f16(&kb), to_f16(&vb));
+            let mut scratch = Vec::new();
+            let mut out32 = vec![0.0; group * d];
+            let (k32, v32): (Vec<&[f32]>, Vec<&[f32]>) = (
+                kb.iter().map(Vec::as_slice).collect(),
+                vb.iter().map(Vec::as_slice).collect(),
+            );
+            attend_cached_group(&k32, &v32, head, &q, scale, &mut scratch, &mut out32);
+            let mut out16 = vec![0.0; group * d];
+            let (k16, v16): (Vec<&[u16]>, Vec<&[u16]>) = (
+                kh.iter().map(Vec::as_slice).collect(),
+                vh.iter().map(Vec::as_slice).collect(),
+            );
+            attend_cached_group(&k16, &v16, head, &q, scale, &mut scratch, &mut out16);
+            // The formula in f64 over the rows (f16: the rows as stored).
+            let widen = |b: &[Vec<u16>]| -> Vec<Vec<f32>> {
+                b.iter()
+                    .map(|b| b.iter().map(|&x| super::super::half::f16_to_f32(x)).collect())
+                    .collect()
+            };
+            for (got, kb, vb) in [(&out32, kb.clone(), vb.clone()), (&out16, widen(&kh), widen(&vh))] {
+                let key = |p: usize| -> Vec<f64> {
+                    let (blk, r) = (&kb[p / b_rows], p % b_rows);
+                    (0..d).map(|i| blk[h * b_rows * d + i * b_rows + r] as f64).collect()
+                };
+                let value = |p: usize| -> Vec<f64> {
+                    let o = h * b_rows * d + (p % b_rows) * d;
+                    vb[p / b_rows][o..o + d].iter().map(|&v| v as f64).collect()
+                };
+                for g in 0..group {
+                    let qg = &q[g * d..(g + 1) * d];
+                    let s: Vec<f64> = (0..n)
+                        .map(|p| {
+                            let dot: f64 =
+                                key(p).iter().zip(qg).map(|(k, &q)| k * q as f64).sum();
+                            dot * scale as f64
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for j in 0..d {
+                        let want: f64 =
+                            (0..n).map(|p| (s[p] - m).exp() / z * value(p)[j]).sum();
+                        let got = got[g * d + j] as f64;
+                        assert!((got - want).abs() < 1e-5, "d {d}, head {g}, {j}: {got} vs {want}");
+                    }
+                }
             }
         }
     }

@@ -51,6 +51,69 @@ pub fn f32_to_f16(x: f32) -> u16 {
     sign | round(((e as u32) << 23) | man, 13)
 }
 
+/// `src` (f16 bits) widened into `dst` (as long), with F16C where the CPU has it.
+pub fn f16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "f16 → f32 over slices of one length");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has just been checked for F16C (AVX comes with it).
+        return unsafe { f16_slice_to_f32_f16c(src, dst) };
+    }
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(h);
+    }
+}
+
+/// `src` rounded to f16 (to nearest even) into `dst` (as long), with F16C where the CPU has it.
+pub fn f32_slice_to_f16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32 → f16 over slices of one length");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has just been checked for F16C (AVX comes with it).
+        return unsafe { f32_slice_to_f16_f16c(src, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = f32_to_f16(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+fn f16_slice_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (s8, d8) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+    let (s_tail, d_tail) = (s8.remainder(), d8.into_remainder());
+    for (d, &h) in d_tail.iter_mut().zip(s_tail) {
+        *d = f16_to_f32(h);
+    }
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        // SAFETY: both chunks hold 8 values: 16 bytes read, 32 written.
+        unsafe {
+            let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+            _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+fn f32_slice_to_f16_f16c(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let (s8, d8) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+    let (s_tail, d_tail) = (s8.remainder(), d8.into_remainder());
+    for (d, &x) in d_tail.iter_mut().zip(s_tail) {
+        *d = f32_to_f16(x);
+    }
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        // SAFETY: both chunks hold 8 values: 32 bytes read, 16 written.
+        unsafe {
+            let x = _mm256_loadu_ps(s.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, h);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +132,33 @@ mod tests {
         assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02);
         assert_eq!(f32_to_f16(1e6), 0x7c00);
         assert_eq!(f32_to_f16(-1e-9), 0x8000);
+    }
+
+    #[test]
+    fn slice_conversions_equal_the_scalar_ones() {
+        let halves: Vec<u16> = (0..=u16::MAX).collect();
+        let mut wide = vec![0f32; halves.len()];
+        f16_slice_to_f32(&halves, &mut wide);
+        for (&h, &x) in halves.iter().zip(&wide) {
+            // F16C quiets a signalling NaN: NaN stays NaN, its payload may differ.
+            if x.is_nan() {
+                assert!(f16_to_f32(h).is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(x.to_bits(), f16_to_f32(h).to_bits(), "{h:#06x}");
+            }
+        }
+        // Values between halves, halfway cases, overflow and subnormals; 13 is not a multiple
+        // of the 8 lanes, so the tail runs too.
+        let xs: Vec<f32> = (0..100_013)
+            .map(|i| f32::from_bits(0x3300_0000u32.wrapping_add(i * 40_009)) * (-1f32).powi(i as i32))
+            .collect();
+        let mut narrow = vec![0u16; xs.len()];
+        f32_slice_to_f16(&xs, &mut narrow);
+        for (&x, &h) in xs.iter().zip(&narrow) {
+            if !x.is_nan() {
+                assert_eq!(h, f32_to_f16(x), "{x:e}");
+            }
+        }
     }
 
     #[test]
