@@ -123,7 +123,7 @@ impl LoadReport {
         };
         let streamed = match (self.ttft_ms, self.itl_ms) {
             (Some([t50, t90, t99, tmax]), Some([i50, i90, i99, imax])) => format!(
-                "first token ms:  p50 {t50:.1}  p90 {t90:.1}  p99 {t99:.1}  max {tmax:.1}\n\
+                "first token ms:  p50 {t50:.1}  p90 {t90:.1}  p99 {t99:.1}  max {tmax:.1} (every request sent, unfinished ones too)\n\
                  between tokens:  p50 {i50:.1}  p90 {i90:.1}  p99 {i99:.1}  max {imax:.1} ms\n\
                  prompt tokens:   {:.0} per request\n",
                 self.prompt_tokens
@@ -147,7 +147,7 @@ impl LoadReport {
             "== {workload} (model {model}, http://{addr}, {shape})\n\
              clients:         {clients}\n\
              duration:        {secs:.1} s\n\
-             requests:        {requests} (+{late} unfinished at the deadline, not counted)\n\
+             requests:        {requests} (+{late} unfinished at the deadline: not in requests, tokens or latency)\n\
              errors:          {errors}\n\
              requests/s:      {rps:.1}\n\
              tokens/s:        {tps:.1} ({kind})\n\
@@ -353,14 +353,20 @@ fn run_client(cfg: &LoadConfig, deadline: Instant, next_text: &AtomicUsize) -> C
         };
         let outcome = conn.request_with("POST", cfg.workload.path(), &body, &mut on_chunk);
         let done = Instant::now();
-        if done > deadline {
-            tally.late += 1;
-            break;
-        }
         let checked = match outcome {
             Ok(resp) => check_response(cfg, &resp),
             Err(e) => Err(format!("I/O: {}", e.kind())),
         };
+        if done > deadline {
+            // Not counted in requests, tokens or latency, but its time to first token is:
+            // leaving out the requests still queued at the end would favour a server that
+            // keeps many waiting.
+            if let (Ok(_), Some(first)) = (&checked, pieces.first()) {
+                tally.ttft_ms.push((*first - sent).as_secs_f64() * 1e3);
+            }
+            tally.late += 1;
+            break;
+        }
         match checked {
             Ok((tokens, prompt)) => {
                 tally.latencies_ms.push((done - sent).as_secs_f64() * 1e3);

@@ -328,9 +328,15 @@ mod tests {
                     _ => c[2] += 1,
                 }
             }
-            for (got, want) in c.iter().zip([w(0.0) / z, w(-1.0) / z, 1998.0 * w(-13.0) / z]) {
+            for (got, want) in c
+                .iter()
+                .zip([w(0.0) / z, w(-1.0) / z, 1998.0 * w(-13.0) / z])
+            {
                 let got = *got as f64 / n as f64;
-                assert!((got - want).abs() < 0.01, "temperature {t}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "temperature {t}: {got} vs {want}"
+                );
             }
         }
         // A nucleus of 0.9 at temperature 1 keeps the two likely tokens only.

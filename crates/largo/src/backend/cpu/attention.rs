@@ -766,7 +766,11 @@ mod tests {
             let to_f16 = |blocks: &[Vec<f32>]| -> Vec<Vec<u16>> {
                 blocks
                     .iter()
-                    .map(|b| b.iter().map(|&x| super::super::half::f32_to_f16(x)).collect())
+                    .map(|b| {
+                        b.iter()
+                            .map(|&x| super::super::half::f32_to_f16(x))
+                            .collect()
+                    })
                     .collect()
             };
             let (kh, vh) = (to_f16(&kb), to_f16(&vb));
@@ -786,13 +790,22 @@ mod tests {
             // The formula in f64 over the rows (f16: the rows as stored).
             let widen = |b: &[Vec<u16>]| -> Vec<Vec<f32>> {
                 b.iter()
-                    .map(|b| b.iter().map(|&x| super::super::half::f16_to_f32(x)).collect())
+                    .map(|b| {
+                        b.iter()
+                            .map(|&x| super::super::half::f16_to_f32(x))
+                            .collect()
+                    })
                     .collect()
             };
-            for (got, kb, vb) in [(&out32, kb.clone(), vb.clone()), (&out16, widen(&kh), widen(&vh))] {
+            for (got, kb, vb) in [
+                (&out32, kb.clone(), vb.clone()),
+                (&out16, widen(&kh), widen(&vh)),
+            ] {
                 let key = |p: usize| -> Vec<f64> {
                     let (blk, r) = (&kb[p / b_rows], p % b_rows);
-                    (0..d).map(|i| blk[h * b_rows * d + i * b_rows + r] as f64).collect()
+                    (0..d)
+                        .map(|i| blk[h * b_rows * d + i * b_rows + r] as f64)
+                        .collect()
                 };
                 let value = |p: usize| -> Vec<f64> {
                     let o = h * b_rows * d + (p % b_rows) * d;
@@ -802,18 +815,19 @@ mod tests {
                     let qg = &q[g * d..(g + 1) * d];
                     let s: Vec<f64> = (0..n)
                         .map(|p| {
-                            let dot: f64 =
-                                key(p).iter().zip(qg).map(|(k, &q)| k * q as f64).sum();
+                            let dot: f64 = key(p).iter().zip(qg).map(|(k, &q)| k * q as f64).sum();
                             dot * scale as f64
                         })
                         .collect();
                     let m = s.iter().cloned().fold(f64::MIN, f64::max);
                     let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
                     for j in 0..d {
-                        let want: f64 =
-                            (0..n).map(|p| (s[p] - m).exp() / z * value(p)[j]).sum();
+                        let want: f64 = (0..n).map(|p| (s[p] - m).exp() / z * value(p)[j]).sum();
                         let got = got[g * d + j] as f64;
-                        assert!((got - want).abs() < 1e-5, "d {d}, head {g}, {j}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "d {d}, head {g}, {j}: {got} vs {want}"
+                        );
                     }
                 }
             }

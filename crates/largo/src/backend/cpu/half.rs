@@ -150,7 +150,9 @@ mod tests {
         // Values between halves, halfway cases, overflow and subnormals; 13 is not a multiple
         // of the 8 lanes, so the tail runs too.
         let xs: Vec<f32> = (0..100_013)
-            .map(|i| f32::from_bits(0x3300_0000u32.wrapping_add(i * 40_009)) * (-1f32).powi(i as i32))
+            .map(|i| {
+                f32::from_bits(0x3300_0000u32.wrapping_add(i * 40_009)) * (-1f32).powi(i as i32)
+            })
             .collect();
         let mut narrow = vec![0u16; xs.len()];
         f32_slice_to_f16(&xs, &mut narrow);
