@@ -173,6 +173,7 @@ impl LayerView<'_> {
     /// One row's query heads `q` [group, d] that share key/value head `h`, attending over
     /// positions 0..n read where the blocks hold them (decoding: nothing gathered) → out
     /// [group, d]. `scratch` is the kernel's.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attend(
         &self,
         h: usize,
