@@ -581,7 +581,7 @@ fn conv2d_backward_image(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::TensorFile;
     use std::path::Path;

@@ -34,6 +34,7 @@ pub mod activation;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
+pub mod batchnorm;
 pub mod conv;
 pub mod dropout;
 pub mod embedding;
@@ -49,6 +50,7 @@ pub mod rmsnorm;
 
 pub use activation::*;
 pub use attention::*;
+pub use batchnorm::*;
 pub use conv::*;
 pub use dropout::*;
 pub use embedding::*;
