@@ -44,6 +44,7 @@ pub mod half;
 pub mod layernorm;
 pub mod loss;
 pub mod math;
+pub mod pool;
 pub mod qmatmul;
 pub mod quant;
 pub mod rmsnorm;
@@ -58,6 +59,7 @@ pub use flash::*;
 pub use gemm::*;
 pub use layernorm::*;
 pub use loss::*;
+pub use pool::*;
 pub use rmsnorm::*;
 
 /// acc[j] += Σ_rows f(row)[j] for rows of `cols` values: each thread owns a range of columns and
