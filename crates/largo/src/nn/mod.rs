@@ -6,12 +6,14 @@
 
 mod attention;
 mod block;
+mod conv;
 mod embedding;
 mod layernorm;
 mod linear;
 
 pub use attention::{KvCache, MultiHeadAttention};
 pub use block::{Block, BlockStyle};
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dOptions, MaxPool2d};
 pub use embedding::Embedding;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
