@@ -63,7 +63,10 @@ impl Conv2d {
                 o.dilation
             );
         }
-        if o.groups == 0 || in_channels % o.groups != 0 || out_channels % o.groups != 0 {
+        if o.groups == 0
+            || !in_channels.is_multiple_of(o.groups)
+            || !out_channels.is_multiple_of(o.groups)
+        {
             bail!(
                 "Conv2d: in_channels {in_channels} and out_channels {out_channels} must both be \
                  divisible by groups {}",

@@ -103,7 +103,7 @@ impl Conv2dShape {
                 self.out_channels
             );
         }
-        if g == 0 || i.c % g != 0 || self.out_channels % g != 0 {
+        if g == 0 || !i.c.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
             bail!(
                 "conv2d: in_channels {} and out_channels {} must both be divisible by groups {g}",
                 i.c,
@@ -608,15 +608,16 @@ pub(crate) mod tests {
 
     /// The cases of `tools/gen_cnn_fixtures.py`'s `conv()`: (name, C_out, kernel, stride,
     /// padding, dilation, groups); N, C_in, H, W come from the input's shape.
-    const CASES: [(
-        &str,
+    type Case = (
+        &'static str,
         usize,
         [usize; 2],
         [usize; 2],
         [usize; 2],
         [usize; 2],
         usize,
-    ); 7] = [
+    );
+    const CASES: [Case; 7] = [
         ("basic", 4, [3, 3], [1, 1], [1, 1], [1, 1], 1),
         ("stride2", 5, [3, 2], [2, 2], [0, 1], [1, 1], 1),
         ("dilation2", 3, [3, 3], [1, 1], [2, 2], [2, 2], 1),

@@ -298,7 +298,8 @@ mod tests {
     use crate::io::TensorFile;
 
     /// The cases of `tools/gen_cnn_fixtures.py`'s `pool()`: (name, kernel, stride, padding).
-    const CASES: [(&str, [usize; 2], [usize; 2], [usize; 2]); 3] = [
+    type Case = (&'static str, [usize; 2], [usize; 2], [usize; 2]);
+    const CASES: [Case; 3] = [
         ("k3s2p1", [3, 3], [2, 2], [1, 1]),
         ("k2s2", [2, 2], [2, 2], [0, 0]),
         ("k3x2s1", [3, 2], [1, 2], [1, 0]),
