@@ -30,10 +30,15 @@ fn centred_dot(dy: &[f32], x: &[f32], mu: f32) -> f32 {
 }
 
 fn check(op: &str, s: Nchw, x: usize, per_channel: &[(&str, usize)]) -> Result<()> {
-    let shape = format!("[{}, {}, {}, {}]", s.n, s.c, s.h, s.w);
-    check_len(op, "the input", x, s.len(), &shape)?;
+    check_len(op, "the input", x, s.len(), s)?;
     for &(what, len) in per_channel {
-        check_len(op, what, len, s.c, &format!("one per channel, [{}]", s.c))?;
+        check_len(
+            op,
+            what,
+            len,
+            s.c,
+            format_args!("one per channel, [{}]", s.c),
+        )?;
     }
     Ok(())
 }

@@ -42,8 +42,20 @@ impl Nchw {
     }
 }
 
+impl std::fmt::Display for Nchw {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "[{}, {}, {}, {}]", self.n, self.c, self.h, self.w)
+    }
+}
+
 /// `what` must hold exactly `want` values: the error names the tensor and its expected shape.
-pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize, shape: &str) -> Result<()> {
+pub(crate) fn check_len(
+    op: &str,
+    what: &str,
+    got: usize,
+    want: usize,
+    shape: impl std::fmt::Display,
+) -> Result<()> {
     if got != want {
         bail!("{op}: {what} has {got} values, expected {want} ({shape})");
     }
@@ -153,34 +165,16 @@ impl Conv2dShape {
         bias: Option<usize>,
         y: usize,
     ) -> Result<(Geometry, Nchw)> {
-        let out = self.output()?;
-        let i = &self.input;
-        let ws = format!(
-            "[{}, {}, {}, {}]",
-            self.out_channels,
-            i.c / self.groups,
-            self.kernel[0],
-            self.kernel[1]
-        );
-        check_len(
-            "conv2d",
-            "the input",
-            x,
-            i.len(),
-            &format!("[{}, {}, {}, {}]", i.n, i.c, i.h, i.w),
-        )?;
-        check_len("conv2d", "the weight", weight, self.weight_len(), &ws)?;
+        let (out, i, op) = (self.output()?, &self.input, "conv2d");
+        let (k, cin_g) = (self.kernel, i.c / self.groups);
+        let ws = format_args!("[{}, {cin_g}, {}, {}]", self.out_channels, k[0], k[1]);
+        check_len(op, "the input", x, i.len(), i)?;
+        check_len(op, "the weight", weight, self.weight_len(), ws)?;
         if let Some(b) = bias {
-            check_len(
-                "conv2d",
-                "the bias",
-                b,
-                self.out_channels,
-                &format!("[{}]", self.out_channels),
-            )?;
+            let bs = format_args!("[{}]", self.out_channels);
+            check_len(op, "the bias", b, self.out_channels, bs)?;
         }
-        let os = format!("[{}, {}, {}, {}]", out.n, out.c, out.h, out.w);
-        check_len("conv2d", "the output", y, out.len(), &os)?;
+        check_len(op, "the output", y, out.len(), out)?;
         Ok((Geometry::new(self, out, COL_TILE_FLOATS), out))
     }
 }

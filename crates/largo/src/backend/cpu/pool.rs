@@ -61,20 +61,8 @@ impl Pool2dShape {
 
     fn check(&self, op: &str, x: usize, y: usize) -> Result<Nchw> {
         let (i, out) = (self.input, self.output(op)?);
-        check_len(
-            op,
-            "the input",
-            x,
-            i.len(),
-            &format!("[{}, {}, {}, {}]", i.n, i.c, i.h, i.w),
-        )?;
-        check_len(
-            op,
-            "the output",
-            y,
-            out.len(),
-            &format!("[{}, {}, {}, {}]", out.n, out.c, out.h, out.w),
-        )?;
+        check_len(op, "the input", x, i.len(), i)?;
+        check_len(op, "the output", y, out.len(), out)?;
         Ok(out)
     }
 
@@ -218,20 +206,8 @@ fn adaptive_check(op: &str, input: Nchw, output: [usize; 2], x: usize, y: usize)
         );
     }
     let out = Nchw::new(i.n, i.c, output[0], output[1]);
-    check_len(
-        op,
-        "the input",
-        x,
-        i.len(),
-        &format!("[{}, {}, {}, {}]", i.n, i.c, i.h, i.w),
-    )?;
-    check_len(
-        op,
-        "the output",
-        y,
-        out.len(),
-        &format!("[{}, {}, {}, {}]", out.n, out.c, out.h, out.w),
-    )?;
+    check_len(op, "the input", x, i.len(), i)?;
+    check_len(op, "the output", y, out.len(), out)?;
     Ok(out)
 }
 
