@@ -250,9 +250,12 @@ impl BatchNorm2d {
 }
 
 impl Module for BatchNorm2d {
-    params!(Self { weight, bias, .. }, v => {
+    params!(Self { weight, bias, running_mean, running_var, num_batches_tracked, .. }, v => {
         v.param("weight", weight);
         v.param("bias", bias);
+        v.buffer("running_mean", running_mean);
+        v.buffer("running_var", running_var);
+        v.count("num_batches_tracked", num_batches_tracked);
     });
 }
 
