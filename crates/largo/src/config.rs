@@ -57,7 +57,7 @@ pub struct DataConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// "mlp", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
+    /// "mlp", "cnn", "resnet", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
     /// live in the section of the same name.
     pub arch: Arch,
 }
@@ -611,7 +611,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("expected \"mlp\", \"gpt\" or \"encoder_lm\""),
+            e.contains("expected \"mlp\", \"cnn\", \"resnet\", \"gpt\" or \"encoder_lm\""),
             "{e}"
         );
         let mlp_dropout = [
