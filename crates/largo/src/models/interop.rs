@@ -319,7 +319,14 @@ pub fn import(
             (Box::new(model), info)
         }
         Arch::ResNet => {
-            let cfg = resnet_config(&mut file, weights, config, resnet_depth, &mut dropped)?;
+            let cfg = resnet_config(
+                &mut file,
+                weights,
+                config,
+                resnet_depth,
+                &mut renamed,
+                &mut dropped,
+            )?;
             let mut model = ResNet::new(cfg.clone())?;
             load_params(&mut model, &mut file)?;
             let info = ModelInfo {
@@ -430,6 +437,7 @@ fn resnet_config(
     weights: &Path,
     config: Option<&Path>,
     depth: Option<usize>,
+    renamed: &mut Vec<String>,
     dropped: &mut Vec<String>,
 ) -> Result<ResNetConfig> {
     let has = |file: &TensorFile, n: &str| file.tensors.contains_key(n);
@@ -449,19 +457,15 @@ fn resnet_config(
                 )
             })?;
         let all = std::mem::take(&mut file.tensors);
-        let mut outside = 0;
         for (name, t) in all {
             match name.strip_prefix(&prefix) {
                 Some(rest) => {
                     file.tensors.insert(rest.to_string(), t);
                 }
-                None => outside += 1,
+                None => dropped.push(format!("{name} (outside the ResNet, {prefix}*)")),
             }
         }
-        dropped.push(format!(
-            "the prefix {prefix:?} of every ResNet tensor (and {outside} tensor{} outside it)",
-            if outside == 1 { "" } else { "s" }
-        ));
+        renamed.push(format!("{prefix}* → * ({} tensors)", file.tensors.len()));
     }
     let mut cfg: ResNetConfig = read_config(config, Arch::ResNet)?;
     let stem = shape_of(file, "conv1.weight")?;
