@@ -1,6 +1,6 @@
 use anyhow::Result;
 use largo::data::image::{load_digit, Invert};
-use largo::models::store::{load_mlp, resolve_model_dir};
+use largo::models::store::{load_classifier, resolve_model_dir};
 use largo::nn::Forward;
 use std::path::PathBuf;
 
@@ -32,11 +32,15 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let dir = resolve_model_dir(&a.model)?;
-    let (mut model, _, norm) = load_mlp(&dir)?;
-    let side = (model.config.input as f64).sqrt() as u32;
-    if (side * side) as usize != model.config.input {
-        anyhow::bail!("model input {} is not a square image", model.config.input);
+    let (mut model, _, norm) = load_classifier(&dir)?;
+    let [c, h, w] = model.input();
+    if c != 1 || h != w {
+        anyhow::bail!(
+            "{}: the model takes {c}×{h}×{w} images; classify reads digit images (one grey square channel)",
+            dir.display()
+        );
     }
+    let side = h as u32;
     let invert = match a.invert {
         InvertArg::Auto => Invert::Auto,
         InvertArg::Yes => Invert::Yes,
@@ -48,9 +52,9 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| load_digit(p, side, invert, &norm))
         .collect::<Result<_, _>>()?;
-    let classes = model.config.classes;
+    let classes = model.classes();
     for (path, x) in a.images.iter().zip(inputs) {
-        let logits = model.forward(&x, Forward::eval(1, 1));
+        let logits = model.forward(&x, Forward::eval(1, 1))?;
         let probs = softmax(logits);
         let mut order: Vec<usize> = (0..classes).collect();
         order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));

@@ -7,7 +7,7 @@ use largo::eval::evaluate;
 use largo::eval::perplexity::{chunked_perplexity, Perplexity};
 use largo::models::llama::LlamaCache;
 use largo::models::llama_load::LlmFiles;
-use largo::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
+use largo::models::store::{load_classifier, load_info, load_lm, resolve_model_dir};
 use largo::nn::Forward;
 use largo::train::lm::evaluate_lm;
 use std::path::{Path, PathBuf};
@@ -81,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
         return eval_lm(&a, &dir);
     }
     let data_path = a.data.as_deref().expect("checked above");
-    let (mut model, info, norm) = load_mlp(&dir)?;
+    let (mut model, info, norm) = load_classifier(&dir)?;
     let split = a.split.unwrap_or(
         if !MnistFiles::Train.present_in(data_path) && MnistFiles::Test.present_in(data_path) {
             Split::Test
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         MnistFiles::Train
     };
-    let data = Mnist::load_files(data_path, files, model.config.classes).map_err(|e| {
+    let data = Mnist::load_files(data_path, files, model.classes()).map_err(|e| {
         let hint = match files {
             MnistFiles::Train if MnistFiles::Test.present_in(data_path) => {
                 "; it has the t10k-* test files: score them with --split test"
@@ -106,14 +106,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         anyhow::anyhow!("{e}{hint}")
     })?;
-    if data.pixels != model.config.input {
-        anyhow::bail!(
-            "{}: images have {} pixels, the model expects {}",
-            data_path.display(),
-            data.pixels,
-            model.config.input
-        );
-    }
+    model.check_input(data.pixels, &data_path.display().to_string())?;
     let indices: Vec<usize> = match split {
         Split::All | Split::Test => (0..data.len()).collect(),
         Split::Val | Split::Train => {
@@ -134,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
     if indices.is_empty() {
         anyhow::bail!("the chosen split of {} is empty", data_path.display());
     }
-    let e = evaluate(&mut model, &data, &norm, &indices, a.batch_size.max(1))?;
+    let e = evaluate(model.as_mut(), &data, &norm, &indices, a.batch_size.max(1))?;
     let files: Vec<String> = data.files.iter().map(|f| f.display().to_string()).collect();
     if a.json {
         let mut v = serde_json::to_value(&e)?;

@@ -4,7 +4,7 @@ use largo::explain::attention::AttentionMaps;
 use largo::explain::saliency::{attribute, baseline_input, render_png, Baseline, Method};
 use largo::explain::tokens::attribute_tokens;
 use largo::io::write_atomic;
-use largo::models::store::{load_info, load_mlp, resolve_model_dir};
+use largo::models::store::{load_classifier, load_info, resolve_model_dir};
 use largo::models::ModelKind;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -136,22 +136,22 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
     let dir = resolve_model_dir(&a.model)?;
     let info = load_info(&dir)?;
     match info.model {
-        ModelKind::Mlp(_) => {}
+        ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => {}
         ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => bail!(
-            "{}: saliency explains an image classifier (an MLP trained on digits); this is a {} model",
+            "{}: saliency explains an image classifier (an MLP, CNN or ResNet trained on digits); this is a {} model",
             dir.display(),
             info.arch()
         ),
     }
-    let (mut model, _, norm) = load_mlp(&dir)?;
-    let side = (model.config.input as f64).sqrt() as usize;
-    if side * side != model.config.input {
+    let (mut model, _, norm) = load_classifier(&dir)?;
+    let [c, h, w] = model.input();
+    if c != 1 || h != w {
         bail!(
-            "{}: the model takes {} inputs, not a square image; saliency needs an image classifier",
+            "{}: the model takes {c}×{h}×{w} inputs; saliency maps are drawn for one grey square image",
             dir.display(),
-            model.config.input
         );
     }
+    let side = h;
     let x = load_digit(&a.image, side as u32, Invert::Auto, &norm)?;
     let method = match a.method {
         MethodArg::Gradient => Method::Gradient,
@@ -162,7 +162,7 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
         BaselineArg::Blur => Baseline::Blur,
     };
     let base = baseline_input(kind, &x, side, &norm);
-    let r = attribute(&mut model, &x, a.class, method, &base)?;
+    let r = attribute(model.as_mut(), &x, a.class, method, &base)?;
     let name = match method {
         Method::Gradient => "gradient".to_string(),
         Method::IntegratedGradients { steps } => {

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// mlp, gpt or encoder-lm (the `nn.TransformerEncoder` language model of PyTorch's
-    /// tutorial); the earlier names seed-mlp and seed-transformer work too.
+    /// mlp, cnn, resnet18, resnet34, resnet50 (or resnet: any depth, read from the weights),
+    /// gpt or encoder-lm (the `nn.TransformerEncoder` language model of PyTorch's tutorial);
+    /// the earlier names seed-mlp and seed-transformer work too.
     #[arg(long)]
     arch: String,
     /// A `torch.save(model.state_dict())` file (.pt/.pth/.bin) or a .safetensors file.

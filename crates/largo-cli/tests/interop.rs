@@ -205,8 +205,8 @@ fn import_errors_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     fails_with(
-        &import_cmd(dir, "resnet", "mlp.pt", None, "m"),
-        "unsupported architecture \"resnet\": supported are mlp, gpt, encoder-lm",
+        &import_cmd(dir, "vgg16", "mlp.pt", None, "m"),
+        "unsupported architecture \"vgg16\": supported are mlp, cnn, resnet, gpt, encoder-lm, resnet18, resnet34, resnet50",
     );
     // MLP weights read as a GPT: the tensor the GPT needs is named.
     fails_with(

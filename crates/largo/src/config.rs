@@ -4,7 +4,9 @@
 //! the defaults have, with values of the same type. Unknown keys are rejected with the nearest
 //! valid name; then the merged table is deserialised into `Config`.
 
-use crate::models::{Arch, EncoderLmConfig, GptConfig, MlpConfig, ModelKind, Positions};
+use crate::models::{
+    Arch, CnnConfig, EncoderLmConfig, GptConfig, MlpConfig, ModelKind, Positions, ResNetConfig,
+};
 use crate::nn::Activation;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,8 @@ pub struct Config {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub mlp: MlpConfig,
+    pub cnn: CnnConfig,
+    pub resnet: ResNetConfig,
     pub gpt: GptConfig,
     pub encoder_lm: EncoderLmConfig,
     pub train: TrainConfig,
@@ -53,7 +57,7 @@ pub struct DataConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// "mlp", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
+    /// "mlp", "cnn", "resnet", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
     /// live in the section of the same name.
     pub arch: Arch,
 }
@@ -112,6 +116,8 @@ impl Default for Config {
             },
             model: ModelConfig { arch: Arch::Gpt },
             mlp: MlpConfig::default(),
+            cnn: CnnConfig::default(),
+            resnet: ResNetConfig::default(),
             gpt: GptConfig {
                 positions: Positions::Learned,
                 activation: Activation::Gelu,
@@ -187,6 +193,8 @@ impl Config {
     pub fn model(&self) -> ModelKind {
         match self.model.arch {
             Arch::Mlp => ModelKind::Mlp(self.mlp.clone()),
+            Arch::Cnn => ModelKind::Cnn(self.cnn.clone()),
+            Arch::ResNet => ModelKind::ResNet(self.resnet.clone()),
             Arch::Gpt => ModelKind::Gpt(self.gpt.clone()),
             Arch::EncoderLm => ModelKind::EncoderLm(self.encoder_lm.clone()),
         }
@@ -200,12 +208,12 @@ impl Config {
         let err = |m: String| Err(Error::Config(m));
         let (arch, kind) = (self.model.arch, self.data.kind.as_str());
         let data_kind = match arch {
-            Arch::Mlp => "mnist",
+            Arch::Mlp | Arch::Cnn | Arch::ResNet => "mnist",
             Arch::Gpt | Arch::EncoderLm => "text",
         };
         if kind != data_kind {
             return err(format!(
-                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": the MLP takes \"mnist\", language models take \"text\""
+                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\", language models take \"text\""
             ));
         }
         if self.is_lm() && !self.data.test_path.is_empty() {
@@ -245,8 +253,8 @@ impl Config {
                 self.run.name
             ));
         }
-        if let ModelKind::Mlp(mlp) = self.model() {
-            mlp.validate()?;
+        if !self.is_lm() {
+            self.model().validate()?;
         }
         self.optim.validate()?;
         self.schedule.validate()?;
@@ -603,7 +611,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("expected \"mlp\", \"gpt\" or \"encoder_lm\""),
+            e.contains("expected \"mlp\", \"cnn\", \"resnet\", \"gpt\" or \"encoder_lm\""),
             "{e}"
         );
         let mlp_dropout = [

@@ -1,12 +1,12 @@
 //! Evaluating a trained model. A classifier: loss, accuracy, per-class precision/recall/F1
 //! and the confusion matrix over a set of samples, from the same pass training validates with
-//! (`Mlp::score`). A language model: loss and perplexity over fixed windows
+//! (`models::classifier::score`). A language model: loss and perplexity over fixed windows
 //! (`train::lm::evaluate_lm`, training's validation).
 
 pub mod perplexity;
 
 use crate::data::mnist::{Mnist, Normalization};
-use crate::models::Mlp;
+use crate::models::ImageClassifier;
 use crate::Result;
 use serde::Serialize;
 
@@ -31,13 +31,13 @@ pub struct Evaluation {
 
 /// Runs the model over `indices` of `data` in batches, without dropout.
 pub fn evaluate(
-    model: &mut Mlp,
+    model: &mut dyn ImageClassifier,
     data: &Mnist,
     norm: &Normalization,
     indices: &[usize],
     batch_size: usize,
 ) -> Result<Evaluation> {
-    let scores = model.score(data, norm, indices, batch_size)?;
+    let scores = crate::models::classifier::score(model, data, norm, indices, batch_size)?;
     Ok(summarize(scores.confusion, scores.loss_sum, indices.len()))
 }
 

@@ -11,7 +11,7 @@
 use super::diverging_rgb;
 use crate::data::mnist::Normalization;
 use crate::draw;
-use crate::models::Mlp;
+use crate::models::ImageClassifier;
 use crate::nn::Forward;
 use crate::tensor::argmax;
 use crate::{Error, Result};
@@ -102,13 +102,13 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 /// Attributes the logit of `target` (default: the predicted class) to the pixels of `x`
 /// ([input], normalised). `baseline` is used by integrated gradients only.
 pub fn attribute(
-    model: &mut Mlp,
+    model: &mut dyn ImageClassifier,
     x: &[f32],
     target: Option<usize>,
     method: Method,
     baseline: &[f32],
 ) -> Result<Attribution> {
-    let (n_in, classes) = (model.config.input, model.config.classes);
+    let (n_in, classes) = (model.input_len(), model.classes());
     if x.len() != n_in || baseline.len() != n_in {
         return Err(Error::Invalid(format!(
             "the image has {} values; the model takes {n_in}",
@@ -121,7 +121,7 @@ pub fn attribute(
             classes - 1
         )));
     }
-    let logits = model.forward(x, Forward::eval(1, 1)).to_vec();
+    let logits = model.forward(x, Forward::eval(1, 1))?.to_vec();
     let predicted = argmax(&logits);
     let target = target.unwrap_or(predicted);
     let probabilities = softmax(&logits);
@@ -135,14 +135,14 @@ pub fn attribute(
         d
     };
     let (attributions, baseline_output, completeness_error) = match method {
-        Method::Gradient => (model.input_grad(&one_hot(1, 1.0)), None, None),
+        Method::Gradient => (model.input_grad(&one_hot(1, 1.0))?, None, None),
         Method::IntegratedGradients { steps } => {
             if steps == 0 || steps > 100_000 {
                 return Err(Error::Invalid(format!(
                     "--steps {steps}: expected 1 to 100000"
                 )));
             }
-            let f_base = model.forward(baseline, Forward::eval(1, 1))[target] as f64;
+            let f_base = model.forward(baseline, Forward::eval(1, 1))?[target] as f64;
             // All points of the path in one batch; each row's gradient weighted 1/steps sums
             // to the midpoint-rule mean of the gradient along the path.
             let mut path = Vec::with_capacity(steps * n_in);
@@ -154,8 +154,8 @@ pub fn attribute(
                         .map(|(&xi, &bi)| bi + alpha * (xi - bi)),
                 );
             }
-            model.forward(&path, Forward::eval(steps, 1));
-            let grads = model.input_grad(&one_hot(steps, 1.0 / steps as f32));
+            model.forward(&path, Forward::eval(steps, 1))?;
+            let grads = model.input_grad(&one_hot(steps, 1.0 / steps as f32))?;
             let mut mean_grad = vec![0f32; n_in];
             for row in grads.chunks_exact(n_in) {
                 mean_grad.iter_mut().zip(row).for_each(|(m, g)| *m += g);
@@ -238,7 +238,7 @@ pub fn render_png(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::MlpConfig;
+    use crate::models::{Mlp, MlpConfig};
     use crate::rng::Rng;
 
     fn model() -> Mlp {

@@ -5,8 +5,12 @@
 //! what PyTorch's strict `load_state_dict` expects beyond largo's parameters (tied `lm_head`,
 //! the encoder LM's `pe` buffer).
 
+use super::store::load_classifier;
 use super::store::{load_info, load_mlp, load_params, save_model, ModelInfo};
-use super::{Arch, EncoderLmConfig, GptConfig, Mlp, MlpConfig, ModelKind, TransformerLm};
+use super::{
+    Arch, BlockKind, Cnn, CnnConfig, EncoderLmConfig, GptConfig, Mlp, MlpConfig, ModelKind, ResNet,
+    ResNetConfig, TransformerLm,
+};
 use crate::backend::sinusoidal_table;
 use crate::data::mnist::Normalization;
 use crate::io::{load_weights, save_safetensors, TensorFile};
@@ -17,12 +21,40 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 
-/// The architecture named on the command line (`largo import --arch`): `mlp`, `gpt` or
+/// An architecture as `largo import --arch` names it: a kind, and for ResNet perhaps a depth
+/// (`resnet18`, `resnet34`, `resnet50`) the file must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportArch {
+    pub arch: Arch,
+    pub resnet_depth: Option<usize>,
+}
+
+impl From<Arch> for ImportArch {
+    fn from(arch: Arch) -> Self {
+        ImportArch {
+            arch,
+            resnet_depth: None,
+        }
+    }
+}
+
+/// The architecture named on the command line (`largo import --arch`): `mlp`, `cnn`,
+/// `resnet18`, `resnet34`, `resnet50` (or `resnet`: any depth, read from the file), `gpt` or
 /// `encoder-lm` (`seed-mlp` and `seed-transformer`, the earlier names, too).
-pub fn parse_arch(s: &str) -> Result<Arch> {
-    Arch::parse(s).ok_or_else(|| {
+pub fn parse_arch(s: &str) -> Result<ImportArch> {
+    if let Some(depth) = s
+        .strip_prefix("resnet")
+        .and_then(|d| d.parse::<usize>().ok())
+    {
+        ResNetConfig::depth(depth, 2)?;
+        return Ok(ImportArch {
+            arch: Arch::ResNet,
+            resnet_depth: Some(depth),
+        });
+    }
+    Arch::parse(s).map(ImportArch::from).ok_or_else(|| {
         Error::Invalid(format!(
-            "unsupported architecture {s:?}: supported are {}",
+            "unsupported architecture {s:?}: supported are {}, resnet18, resnet34, resnet50",
             Arch::cli_names()
         ))
     })
@@ -202,13 +234,14 @@ pub struct ImportReport {
 /// they determine them) and writes a largo model directory to `out`. `renames` map the file's
 /// names to largo's first.
 pub fn import(
-    arch: Arch,
+    arch: impl Into<ImportArch>,
     weights: &Path,
     config: Option<&Path>,
     tokenizer: Option<&Path>,
     out: &Path,
     renames: &[Rename],
 ) -> Result<ImportReport> {
+    let ImportArch { arch, resnet_depth } = arch.into();
     let mut file = read_weights(weights)?;
     let mut renamed = rename_file(&mut file, renames, weights)?;
     let mut dropped = Vec::new();
@@ -244,6 +277,61 @@ pub fn import(
             let info = ModelInfo {
                 model: ModelKind::Mlp(cfg),
                 normalization: Some(norm),
+                split: None,
+            };
+            (Box::new(model), info)
+        }
+        Arch::Cnn => {
+            let mut cfg: CnnConfig = read_config(config, Arch::Cnn)?;
+            // conv1 … convK and fc1 … fcL fix the channels, kernels and widths; the input
+            // size and the pools come from the config.
+            let (mut channels, mut kernels) = (Vec::new(), Vec::new());
+            while let Ok(shape) = shape_of(&file, &format!("conv{}.weight", channels.len() + 1)) {
+                if channels.is_empty() {
+                    cfg.input[0] = shape[1];
+                }
+                channels.push(shape[0]);
+                kernels.push(shape[2]);
+            }
+            let mut widths = Vec::new();
+            while let Ok(shape) = shape_of(&file, &format!("fc{}.weight", widths.len() + 1)) {
+                widths.push(shape[0]);
+            }
+            if channels.is_empty() || widths.is_empty() {
+                return Err(Error::format(
+                    weights,
+                    "expected conv1.weight, … and fc1.weight, … (the names of PyTorch's MNIST example net)",
+                ));
+            }
+            if channels.len() != cfg.pools.len() {
+                cfg.pools.resize(channels.len(), 1);
+            }
+            cfg.classes = widths.pop().expect("≥ 1 layer");
+            (cfg.channels, cfg.kernels, cfg.hidden) = (channels, kernels, widths);
+            let mut model = Cnn::new(cfg.clone())?;
+            load_params(&mut model, &mut file)
+                .map_err(|e| Error::Invalid(format!("{e} (the [cnn] settings: {cfg:?})")))?;
+            let info = ModelInfo {
+                model: ModelKind::Cnn(cfg),
+                normalization: Some(read_normalization(config)?),
+                split: None,
+            };
+            (Box::new(model), info)
+        }
+        Arch::ResNet => {
+            let cfg = resnet_config(
+                &mut file,
+                weights,
+                config,
+                resnet_depth,
+                &mut renamed,
+                &mut dropped,
+            )?;
+            let mut model = ResNet::new(cfg.clone())?;
+            load_params(&mut model, &mut file)?;
+            let info = ModelInfo {
+                model: ModelKind::ResNet(cfg),
+                normalization: Some(read_normalization(config)?),
                 split: None,
             };
             (Box::new(model), info)
@@ -340,6 +428,83 @@ pub fn import(
     })
 }
 
+/// A torchvision ResNet's settings from its `state_dict`: the stem's `conv1.weight` gives the
+/// width and input channels, `layerK.J.conv3` the block kind, the `layerK.J` the block counts,
+/// `fc.weight` the classes; the image size comes from `config` (default 224×224). A prefix
+/// before the names (`backbone.conv1.weight`) is dropped, with the tensors outside it.
+fn resnet_config(
+    file: &mut TensorFile,
+    weights: &Path,
+    config: Option<&Path>,
+    depth: Option<usize>,
+    renamed: &mut Vec<String>,
+    dropped: &mut Vec<String>,
+) -> Result<ResNetConfig> {
+    let has = |file: &TensorFile, n: &str| file.tensors.contains_key(n);
+    if !has(file, "conv1.weight") {
+        // The shortest `<prefix>conv1.weight` whose `<prefix>bn1.weight` exists.
+        let prefix = file
+            .tensors
+            .keys()
+            .filter_map(|n| n.strip_suffix("conv1.weight"))
+            .filter(|p| p.ends_with('.') && has(file, &format!("{p}bn1.weight")))
+            .min_by_key(|p| p.len())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::format(
+                    weights,
+                    "no conv1.weight (nor <prefix>.conv1.weight): not a torchvision ResNet state_dict",
+                )
+            })?;
+        let all = std::mem::take(&mut file.tensors);
+        for (name, t) in all {
+            match name.strip_prefix(&prefix) {
+                Some(rest) => {
+                    file.tensors.insert(rest.to_string(), t);
+                }
+                None => dropped.push(format!("{name} (outside the ResNet, {prefix}*)")),
+            }
+        }
+        renamed.push(format!("{prefix}* → * ({} tensors)", file.tensors.len()));
+    }
+    let mut cfg: ResNetConfig = read_config(config, Arch::ResNet)?;
+    let stem = shape_of(file, "conv1.weight")?;
+    if stem.len() != 4 {
+        return Err(Error::format(
+            weights,
+            format!("tensor conv1.weight has shape {stem:?}, expected [width, in_channels, 7, 7]"),
+        ));
+    }
+    (cfg.width, cfg.in_channels) = (stem[0], stem[1]);
+    cfg.block = if has(file, "layer1.0.conv3.weight") {
+        BlockKind::Bottleneck
+    } else {
+        BlockKind::Basic
+    };
+    for (k, count) in cfg.layers.iter_mut().enumerate() {
+        *count = (0..)
+            .take_while(|j| has(file, &format!("layer{}.{j}.conv1.weight", k + 1)))
+            .count();
+    }
+    let fc = shape_of(file, "fc.weight")?;
+    cfg.classes = fc[0];
+    if let Some(depth) = depth {
+        let want = ResNetConfig::depth(depth, cfg.classes)?;
+        if (want.block, want.layers) != (cfg.block, cfg.layers) {
+            return Err(Error::format(
+                weights,
+                format!(
+                    "resnet{depth} has {:?} blocks of kind {:?} in layer1 … layer4, the file has {:?} of kind {:?}",
+                    want.layers, want.block, cfg.layers, cfg.block
+                ),
+            ));
+        }
+    }
+    cfg.validate()
+        .map_err(|e| Error::format(weights, e.to_string()))?;
+    Ok(cfg)
+}
+
 /// Builds the language model `kind` describes and loads its weights from `file`.
 fn finish_lm(kind: ModelKind, file: &mut TensorFile) -> Result<(Box<dyn Module>, ModelInfo)> {
     let spec = kind.lm_spec().expect("a language model");
@@ -408,6 +573,7 @@ pub fn export(dir: &Path, out: &Path, renames: &[Rename]) -> Result<ExportReport
     let mut extra: Vec<(String, Tensor)> = Vec::new();
     let model: Box<dyn Module> = match &info.model {
         ModelKind::Mlp(_) => Box::new(load_mlp(dir)?.0),
+        ModelKind::Cnn(_) | ModelKind::ResNet(_) => load_classifier(dir)?.0,
         ModelKind::Gpt(g) => {
             let (model, _) = super::store::load_lm_model(dir)?;
             if g.tie_weights {
@@ -426,8 +592,8 @@ pub fn export(dir: &Path, out: &Path, renames: &[Rename]) -> Result<ExportReport
         }
     };
     let params = model.params();
-    let mut tensors: Vec<(String, &Tensor)> =
-        params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
+    let buffers = model.buffers();
+    let mut tensors = super::store::state_dict(&params, &buffers);
     tensors.extend(extra.iter().map(|(n, t)| (n.clone(), t)));
     let renamed = if renames.is_empty() {
         Vec::new()

@@ -248,6 +248,53 @@ fn layer_seed(seed: u64, layer: usize) -> u64 {
     seed.wrapping_add((layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+impl super::ImageClassifier for Mlp {
+    /// One grey image of `input` pixels (28×28 for MNIST; the MLP sees them flat).
+    fn input(&self) -> [usize; 3] {
+        let side = (self.config.input as f64).sqrt() as usize;
+        if side * side == self.config.input {
+            [1, side, side]
+        } else {
+            [1, 1, self.config.input]
+        }
+    }
+
+    fn classes(&self) -> usize {
+        self.config.classes
+    }
+
+    fn forward(&mut self, x: &[f32], pass: Forward) -> Result<&[f32]> {
+        let need = pass.rows() * self.config.input;
+        if x.len() < need {
+            bail!(
+                "mlp: a batch of {} needs {need} values, got {}",
+                pass.rows(),
+                x.len()
+            );
+        }
+        Ok(Mlp::forward(self, x, pass))
+    }
+
+    fn backward(&mut self, dlogits: &[f32], train: bool) -> Result<()> {
+        Mlp::backward(self, dlogits, train);
+        Ok(())
+    }
+
+    fn backward_with(
+        &mut self,
+        dlogits: &[f32],
+        train: bool,
+        on_ready: &mut GradsReady<'_>,
+    ) -> Result<()> {
+        Mlp::backward_with(self, dlogits, train, on_ready);
+        Ok(())
+    }
+
+    fn input_grad(&mut self, dlogits: &[f32]) -> Result<Vec<f32>> {
+        Ok(Mlp::input_grad(self, dlogits))
+    }
+}
+
 impl Module for Mlp {
     params!(Self { layers, .. }, v => {
         for (i, layer) in std::iter::zip(1.., layers) {

@@ -1,16 +1,22 @@
 //! Models built from `nn` layers, each a config struct plus small modules.
 
 pub mod bert;
+pub mod classifier;
+pub mod cnn;
 pub mod inspect;
 pub mod interop;
 pub mod llama;
 pub mod llama_cache;
 pub mod llama_load;
 pub mod mlp;
+pub mod resnet;
 pub mod sentence;
 pub mod transformer_lm;
 
+pub use classifier::ImageClassifier;
+pub use cnn::{Cnn, CnnConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub mod store;
 pub use transformer_lm::{EncoderLmConfig, GptConfig, LmSpec, Positions, TransformerLm};
 
@@ -23,6 +29,10 @@ use crate::{Error, Result};
 pub enum Arch {
     /// The MLP classifier (784-128-10 on MNIST by default).
     Mlp,
+    /// A convolutional classifier (PyTorch's MNIST example net by default).
+    Cnn,
+    /// ResNet (torchvision's, BasicBlock or Bottleneck).
+    ResNet,
     /// A GPT decoder shaped like nanoGPT's `model.py`.
     Gpt,
     /// The `nn.TransformerEncoder` language model of PyTorch's tutorial ("Language Modeling with
@@ -32,12 +42,20 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::Mlp, Arch::Gpt, Arch::EncoderLm];
+    pub const ALL: [Arch; 5] = [
+        Arch::Mlp,
+        Arch::Cnn,
+        Arch::ResNet,
+        Arch::Gpt,
+        Arch::EncoderLm,
+    ];
 
     /// The name in configs, `config.json` and the CLI; also the name of its config section.
     pub fn name(self) -> &'static str {
         match self {
             Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn",
+            Arch::ResNet => "resnet",
             Arch::Gpt => "gpt",
             Arch::EncoderLm => "encoder_lm",
         }
@@ -59,7 +77,7 @@ impl Arch {
     pub fn earlier_name(self) -> Option<&'static str> {
         match self {
             Arch::EncoderLm => Some("seed_transformer"),
-            Arch::Mlp | Arch::Gpt => None,
+            Arch::Mlp | Arch::Cnn | Arch::ResNet | Arch::Gpt => None,
         }
     }
 
@@ -90,10 +108,10 @@ impl Arch {
         format!("{} or {last}", rest.join(", "))
     }
 
-    /// Language models train on text and generate; the MLP classifies images.
+    /// Language models train on text and generate; the MLP, the CNN and ResNet classify images.
     pub fn is_lm(self) -> bool {
         match self {
-            Arch::Mlp => false,
+            Arch::Mlp | Arch::Cnn | Arch::ResNet => false,
             Arch::Gpt | Arch::EncoderLm => true,
         }
     }
@@ -145,6 +163,8 @@ impl<'de> serde::Deserialize<'de> for Arch {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelKind {
     Mlp(MlpConfig),
+    Cnn(CnnConfig),
+    ResNet(ResNetConfig),
     Gpt(GptConfig),
     EncoderLm(EncoderLmConfig),
 }
@@ -153,6 +173,8 @@ impl ModelKind {
     pub fn arch(&self) -> Arch {
         match self {
             ModelKind::Mlp(_) => Arch::Mlp,
+            ModelKind::Cnn(_) => Arch::Cnn,
+            ModelKind::ResNet(_) => Arch::ResNet,
             ModelKind::Gpt(_) => Arch::Gpt,
             ModelKind::EncoderLm(_) => Arch::EncoderLm,
         }
@@ -161,7 +183,7 @@ impl ModelKind {
     /// The language-model skeleton, for the kinds that are language models.
     pub fn lm_spec(&self) -> Option<LmSpec> {
         match self {
-            ModelKind::Mlp(_) => None,
+            ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => None,
             ModelKind::Gpt(c) => Some(c.spec()),
             ModelKind::EncoderLm(c) => Some(c.spec()),
         }
@@ -171,9 +193,37 @@ impl ModelKind {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelKind::Mlp(c) => c.validate(),
+            ModelKind::Cnn(c) => c.validate(),
+            ModelKind::ResNet(c) => c.validate(),
             ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
                 self.lm_spec().expect("a language model").validate()
             }
         }
+    }
+
+    /// The image classifier these settings build, freshly initialised from `rng`; None for a
+    /// language model.
+    pub fn build_classifier(
+        &self,
+        rng: &mut crate::rng::Rng,
+    ) -> Result<Option<Box<dyn ImageClassifier>>> {
+        Ok(match self {
+            ModelKind::Mlp(c) => {
+                let mut m = Mlp::new(c.clone())?;
+                m.init(rng);
+                Some(Box::new(m))
+            }
+            ModelKind::Cnn(c) => {
+                let mut m = Cnn::new(c.clone())?;
+                m.init(rng);
+                Some(Box::new(m))
+            }
+            ModelKind::ResNet(c) => {
+                let mut m = ResNet::new(c.clone())?;
+                m.init(rng);
+                Some(Box::new(m))
+            }
+            ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => None,
+        })
     }
 }

@@ -1,7 +1,10 @@
 //! A model directory: `config.json` (architecture, sizes, preprocessing) + `model.safetensors`
 //! with PyTorch `state_dict` names. Written atomically; loading checks every tensor's shape.
 
-use super::{Arch, EncoderLmConfig, GptConfig, LmSpec, Mlp, MlpConfig, ModelKind, TransformerLm};
+use super::{
+    Arch, CnnConfig, EncoderLmConfig, GptConfig, ImageClassifier, LmSpec, Mlp, MlpConfig,
+    ModelKind, ResNetConfig, TransformerLm,
+};
 use crate::data::mnist::Normalization;
 use crate::io::{save_safetensors, write_dir_atomic, TensorFile};
 use crate::nn::Module;
@@ -71,6 +74,10 @@ struct ModelInfoFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mlp: Option<MlpConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    cnn: Option<CnnConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resnet: Option<ResNetConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     normalization: Option<Normalization>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     split: Option<SplitInfo>,
@@ -103,12 +110,14 @@ impl TryFrom<ModelInfoFile> for ModelInfo {
         };
         let model = match arch {
             Arch::Mlp => ModelKind::Mlp(f.mlp.ok_or_else(|| missing("mlp"))?),
+            Arch::Cnn => ModelKind::Cnn(f.cnn.ok_or_else(|| missing("cnn"))?),
+            Arch::ResNet => ModelKind::ResNet(f.resnet.ok_or_else(|| missing("resnet"))?),
             Arch::Gpt => ModelKind::Gpt(f.gpt.ok_or_else(|| missing("gpt"))?),
             Arch::EncoderLm => {
                 ModelKind::EncoderLm(f.encoder_lm.ok_or_else(|| missing("encoder_lm"))?)
             }
         };
-        if arch == Arch::Mlp && f.normalization.is_none() {
+        if !arch.is_lm() && f.normalization.is_none() {
             return Err(missing("normalization"));
         }
         Ok(ModelInfo {
@@ -124,6 +133,8 @@ impl From<ModelInfo> for ModelInfoFile {
         let mut f = ModelInfoFile {
             arch: info.arch().name().to_string(),
             mlp: None,
+            cnn: None,
+            resnet: None,
             normalization: info.normalization,
             split: info.split,
             gpt: None,
@@ -131,6 +142,8 @@ impl From<ModelInfo> for ModelInfoFile {
         };
         match info.model {
             ModelKind::Mlp(c) => f.mlp = Some(c),
+            ModelKind::Cnn(c) => f.cnn = Some(c),
+            ModelKind::ResNet(c) => f.resnet = Some(c),
             ModelKind::Gpt(c) => f.gpt = Some(c),
             ModelKind::EncoderLm(c) => f.encoder_lm = Some(c),
         }
@@ -171,9 +184,24 @@ pub fn save_model(
             crate::io::write_atomic(&tmp.join(TOKENIZER_FILE), t.as_bytes())?;
         }
         let params = model.params();
-        let tensors: Vec<_> = params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
-        save_safetensors(&tmp.join(WEIGHTS_FILE), &tensors, None)
+        let buffers = model.buffers();
+        save_safetensors(
+            &tmp.join(WEIGHTS_FILE),
+            &state_dict(&params, &buffers),
+            None,
+        )
     })
+}
+
+/// Parameters then buffers, by name: what `model.safetensors` holds (PyTorch's `state_dict`).
+pub fn state_dict<'a>(
+    params: &'a [(String, &'a crate::nn::Param)],
+    buffers: &'a [(String, crate::tensor::Tensor)],
+) -> Vec<(String, &'a crate::tensor::Tensor)> {
+    let params = params.iter().map(|(n, p)| (n.clone(), &p.value));
+    params
+        .chain(buffers.iter().map(|(n, t)| (n.clone(), t)))
+        .collect()
 }
 
 pub fn load_info(dir: &Path) -> Result<ModelInfo> {
@@ -199,6 +227,27 @@ pub fn load_mlp(dir: &Path) -> Result<(Mlp, ModelInfo, Normalization)> {
     let mut model = Mlp::new(cfg)?;
     let mut file = TensorFile::load(&dir.join(WEIGHTS_FILE))?;
     load_params(&mut model, &mut file)?;
+    Ok((model, info, norm))
+}
+
+/// Loads an image classifier (MLP, CNN or ResNet) with its pixel normalisation; every tensor
+/// (parameters and buffers) must be present with the shape its config implies, and no other.
+pub fn load_classifier(dir: &Path) -> Result<(Box<dyn ImageClassifier>, ModelInfo, Normalization)> {
+    let info = load_info(dir)?;
+    let not_classifier = || {
+        Error::format(
+            dir.join(CONFIG_FILE),
+            format!("this is a {} model, not an image classifier", info.arch()),
+        )
+    };
+    let norm = info.normalization.ok_or_else(not_classifier)?;
+    let mut rng = crate::rng::Rng::new(0);
+    let mut model = info
+        .model
+        .build_classifier(&mut rng)?
+        .ok_or_else(not_classifier)?;
+    let mut file = TensorFile::load(&dir.join(WEIGHTS_FILE))?;
+    load_params(model.as_mut(), &mut file)?;
     Ok((model, info, norm))
 }
 
@@ -231,12 +280,14 @@ pub fn load_lm_model(dir: &Path) -> Result<(TransformerLm, ModelInfo)> {
     Ok((model, info))
 }
 
-/// Copies tensors from `file` into the module's parameters (strict, like `load_state_dict`).
+/// Copies tensors from `file` into the module's parameters and buffers (strict, like
+/// `load_state_dict`).
 pub fn load_params(model: &mut dyn Module, file: &mut TensorFile) -> Result<()> {
     for (name, p) in model.params_mut() {
         let shape = p.value.shape.clone();
         p.value = file.take(&name, &shape)?;
     }
+    model.load_buffers(&mut |name, shape| file.take(name, shape))?;
     if let Some(extra) = file.tensors.keys().next() {
         return Err(Error::format(
             &file.path,

@@ -6,17 +6,20 @@
 
 mod attention;
 mod block;
+mod conv;
 mod embedding;
 mod layernorm;
 mod linear;
 
 pub use attention::{KvCache, MultiHeadAttention};
 pub use block::{Block, BlockStyle};
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dOptions, MaxPool2d};
 pub use embedding::Embedding;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
 
 use crate::tensor::Tensor;
+use crate::{Error, Result};
 
 /// A trainable tensor and its gradient (same length; summed over micro-batches until zeroed).
 #[derive(Clone, Debug)]
@@ -47,7 +50,9 @@ pub type GradsReady<'a> = dyn FnMut(usize, &mut [(String, &mut Param)]) + 'a;
 /// A module lists its parameters once, with `params!`: a destructuring pattern of `Self`
 /// and a body that calls `v.param(name, p)` for each own parameter and `v.child(prefix, m)`
 /// for each sub-module, in `state_dict` order. The macro makes that one listing both walks,
-/// `walk_params` (over `&Param`) and `walk_params_mut` (over `&mut Param`): the pattern binds
+/// `walk_params` (over `&Param`) and `walk_params_mut` (over `&mut Param`); buffers (state saved
+/// but not trained) are listed in the same body with `v.buffer(name, b)` and `v.count(name, c)`,
+/// which only a walk that asks for them sees (`buffers`, `load_buffers`). The pattern binds
 /// the fields by shared or by mutable reference (match ergonomics), and the two visitors,
 /// [`Params`] and [`ParamsMut`], have the same methods. Everything else — `params`,
 /// `params_mut`, `zero_grad`, … — is built on the walks.
@@ -101,6 +106,76 @@ pub trait Module {
         self.visit_params(&mut |_, p| n += p.value.numel());
         n
     }
+
+    /// Every buffer (state that is not trained but saved: batch norm's running statistics), in
+    /// order, as `state_dict` names and tensors; a count is a 0-dimensional tensor.
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut ignore = |_: &str, _: &Param| {};
+        let mut on_buffer = |name: &str, b: BufferRef<'_>| {
+            let t = match b {
+                BufferRef::Values(v) => Tensor {
+                    shape: vec![v.len()],
+                    data: v.to_vec(),
+                },
+                BufferRef::Count(c) => Tensor {
+                    shape: Vec::new(),
+                    data: vec![c as f32],
+                },
+            };
+            out.push((name.to_string(), t));
+        };
+        self.walk_params(&mut Params::with_buffers(&mut ignore, &mut on_buffer));
+        out
+    }
+
+    /// Sets every buffer from `take(name, shape)` (shape [len], or [] for a count); the first
+    /// error stops the walk and is returned.
+    fn load_buffers(
+        &mut self,
+        take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<()> {
+        let mut result = Ok(());
+        let mut ignore = |_: &str, _: &mut Param| {};
+        let mut on_buffer = |name: &str, b: BufferMut<'_>| {
+            if result.is_err() {
+                return;
+            }
+            result = match b {
+                BufferMut::Values(v) => take(name, &[v.len()]).map(|t| *v = t.data),
+                BufferMut::Count(c) => take(name, &[]).and_then(|t| {
+                    let x = t.data[0];
+                    if x >= 0.0 && x.fract() == 0.0 {
+                        *c = x as u64;
+                        Ok(())
+                    } else {
+                        Err(Error::Invalid(format!(
+                            "{name} = {x}: expected a count (an integer ≥ 0)"
+                        )))
+                    }
+                }),
+            };
+        };
+        self.walk_params_mut(&mut ParamsMut::with_buffers(&mut ignore, &mut on_buffer));
+        result
+    }
+
+    /// Number of buffer tensors (the length of `buffers()`).
+    fn num_buffers(&self) -> usize {
+        self.buffers().len()
+    }
+}
+
+/// A buffer as the shared walk sees it.
+pub enum BufferRef<'a> {
+    Values(&'a [f32]),
+    Count(u64),
+}
+
+/// A buffer as the mutable walk sees it.
+pub enum BufferMut<'a> {
+    Values(&'a mut Vec<f32>),
+    Count(&'a mut u64),
 }
 
 /// Implements [`Module`]'s two walks from one listing:
@@ -132,16 +207,19 @@ macro_rules! params {
 }
 pub(crate) use params;
 
-/// The shared walk's visitor: full dotted names (`fc1` + `weight` → `fc1.weight`) to `f`.
+/// The shared walk's visitor: full dotted names (`fc1` + `weight` → `fc1.weight`) to `f`, and
+/// the buffers' to `on_buffer` when the walk asks for them.
 pub struct Params<'a, 'f> {
     name: String,
     f: &'f mut dyn FnMut(&str, &'a Param),
+    on_buffer: Option<&'f mut dyn FnMut(&str, BufferRef<'a>)>,
 }
 
 /// The mutable walk's visitor: the same methods as [`Params`].
 pub struct ParamsMut<'a, 'f> {
     name: String,
     f: &'f mut dyn FnMut(&str, &'a mut Param),
+    on_buffer: Option<&'f mut dyn FnMut(&str, BufferMut<'a>)>,
 }
 
 impl<'a, 'f> Params<'a, 'f> {
@@ -149,6 +227,38 @@ impl<'a, 'f> Params<'a, 'f> {
         Params {
             name: String::new(),
             f,
+            on_buffer: None,
+        }
+    }
+
+    /// A walk that also visits the buffers.
+    pub fn with_buffers(
+        f: &'f mut dyn FnMut(&str, &'a Param),
+        on_buffer: &'f mut dyn FnMut(&str, BufferRef<'a>),
+    ) -> Self {
+        Params {
+            name: String::new(),
+            f,
+            on_buffer: Some(on_buffer),
+        }
+    }
+
+    /// A buffer of values (a running mean), named like a parameter.
+    pub fn buffer(&mut self, name: &str, b: &'a Vec<f32>) {
+        self.visit_buffer(name, BufferRef::Values(b));
+    }
+
+    /// A count kept as a buffer (`num_batches_tracked`).
+    pub fn count(&mut self, name: &str, c: &'a u64) {
+        self.visit_buffer(name, BufferRef::Count(*c));
+    }
+
+    fn visit_buffer(&mut self, name: &str, b: BufferRef<'a>) {
+        if let Some(f) = self.on_buffer.as_mut() {
+            let len = self.name.len();
+            self.name.push_str(name);
+            f(&self.name, b);
+            self.name.truncate(len);
         }
     }
 
@@ -177,6 +287,38 @@ impl<'a, 'f> ParamsMut<'a, 'f> {
         ParamsMut {
             name: String::new(),
             f,
+            on_buffer: None,
+        }
+    }
+
+    /// A walk that also visits the buffers.
+    pub fn with_buffers(
+        f: &'f mut dyn FnMut(&str, &'a mut Param),
+        on_buffer: &'f mut dyn FnMut(&str, BufferMut<'a>),
+    ) -> Self {
+        ParamsMut {
+            name: String::new(),
+            f,
+            on_buffer: Some(on_buffer),
+        }
+    }
+
+    /// A buffer of values (a running mean), named like a parameter.
+    pub fn buffer(&mut self, name: &str, b: &'a mut Vec<f32>) {
+        self.visit_buffer(name, BufferMut::Values(b));
+    }
+
+    /// A count kept as a buffer (`num_batches_tracked`).
+    pub fn count(&mut self, name: &str, c: &'a mut u64) {
+        self.visit_buffer(name, BufferMut::Count(c));
+    }
+
+    fn visit_buffer(&mut self, name: &str, b: BufferMut<'a>) {
+        if let Some(f) = self.on_buffer.as_mut() {
+            let len = self.name.len();
+            self.name.push_str(name);
+            f(&self.name, b);
+            self.name.truncate(len);
         }
     }
 

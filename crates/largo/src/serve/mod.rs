@@ -15,8 +15,8 @@ use crate::data::mnist::Normalization;
 use crate::generate::Sampling;
 use crate::models::llama::KvType;
 use crate::models::sentence::{is_hf_dir, SentenceEncoder};
-use crate::models::store::{load_info, load_lm, load_mlp, resolve_model_dir};
-use crate::models::{Mlp, ModelKind, TransformerLm};
+use crate::models::store::{load_classifier, load_info, load_lm, resolve_model_dir};
+use crate::models::{ImageClassifier, ModelKind, TransformerLm};
 use crate::nn::{Forward, Module};
 use crate::tensor::argmax;
 use crate::{Error, Result};
@@ -54,7 +54,7 @@ pub enum Served {
     /// A digit classifier: its forward pass keeps activations, hence the lock (it is small
     /// and fast; requests take turns).
     Classifier {
-        model: Mutex<Mlp>,
+        model: Mutex<Box<dyn ImageClassifier>>,
         norm: Normalization,
         side: usize,
     },
@@ -72,15 +72,14 @@ impl Served {
         let dir = resolve_model_dir(path)?;
         let info = load_info(&dir)?;
         match info.model {
-            ModelKind::Mlp(_) => {
-                let (mut model, _, norm) = load_mlp(&dir)?;
-                let side = (model.config.input as f64).sqrt() as usize;
-                if side * side != model.config.input {
+            ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => {
+                let (mut model, _, norm) = load_classifier(&dir)?;
+                let [c, h, w] = model.input();
+                if c != 1 || h != w {
                     return Err(Error::format(
                         &dir,
                         format!(
-                            "the classifier takes {} inputs, not a square image: /v1/classify serves image classifiers",
-                            model.config.input
+                            "the classifier takes {c}×{h}×{w} inputs, not one square grey image: /v1/classify serves digit classifiers"
                         ),
                     ));
                 }
@@ -88,7 +87,7 @@ impl Served {
                 Ok(Served::Classifier {
                     model: Mutex::new(model),
                     norm,
-                    side,
+                    side: h,
                 })
             }
             ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
@@ -536,7 +535,7 @@ async fn classify(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
     let Served::Classifier { norm, side, model } = served.as_ref() else {
         return Err(wrong_route(&name, served));
     };
-    let classes = model.lock().expect("classifier").config.classes;
+    let classes = model.lock().expect("classifier").classes();
     let top_k = integer_field(&o, "top_k", 3, 1, classes as u64)? as usize;
     let x = match (o.get("image"), o.get("pixels")) {
         (Some(_), Some(_)) => {
@@ -600,6 +599,7 @@ async fn classify(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
         .lock()
         .expect("classifier")
         .forward(&x, Forward::eval(1, 1))
+        .map_err(|e| ApiError::invalid(e.to_string(), None))?
         .to_vec();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();

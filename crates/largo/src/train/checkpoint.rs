@@ -85,7 +85,8 @@ pub fn save(
     write_dir_atomic(&dir, |tmp| {
         let params = model.params();
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-        let tensors: Vec<_> = params.iter().map(|(n, p)| (n.clone(), &p.value)).collect();
+        let buffers = model.buffers();
+        let tensors = crate::models::store::state_dict(&params, &buffers);
         save_safetensors(&tmp.join("model.safetensors"), &tensors, None)?;
         let opt_state = opt.state_tensors(&names);
         let opt_refs: Vec<_> = opt_state.iter().map(|(n, t)| (n.clone(), t)).collect();

@@ -1,4 +1,4 @@
-//! The classifier task (the MLP on MNIST): epochs of shuffled mini-batches, validation after
+//! The classifier task (an image classifier — MLP, CNN or ResNet — on MNIST-style IDX files): epochs of shuffled mini-batches, validation after
 //! each epoch, `best/` by `train.metric` (accuracy or loss).
 
 use super::checkpoint::TrainState;
@@ -7,8 +7,9 @@ use super::session::{Metric, Schedule, StepSums, Task, TestScore, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, MnistFiles, Normalization};
+use crate::models::classifier::score;
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
-use crate::models::{Mlp, MlpConfig, ModelKind};
+use crate::models::{ImageClassifier, ModelKind};
 use crate::nn::{Forward, Module};
 use crate::rng::{stream, Rng};
 use crate::tensor::argmax;
@@ -17,8 +18,8 @@ use std::path::Path;
 
 pub(crate) struct ClassifierTask<'a> {
     cfg: &'a Config,
-    mlp: MlpConfig,
-    model: Mlp,
+    kind: ModelKind,
+    model: Box<dyn ImageClassifier>,
     data: Mnist,
     split: SplitInfo,
     train_idx: Vec<usize>,
@@ -38,14 +39,10 @@ pub(crate) struct ClassifierTask<'a> {
 }
 
 impl<'a> ClassifierTask<'a> {
-    pub(crate) fn new(cfg: &'a Config, mlp: &MlpConfig) -> Result<Self> {
-        let data = Mnist::load(Path::new(&cfg.data.path), mlp.classes)?;
-        if data.pixels != mlp.input {
-            return Err(Error::Config(format!(
-                "mlp.input = {} but the images in {} have {} pixels",
-                mlp.input, cfg.data.path, data.pixels
-            )));
-        }
+    pub(crate) fn new(cfg: &'a Config, kind: ModelKind) -> Result<Self> {
+        let model = build(&kind, cfg.run.seed)?;
+        let data = Mnist::load(Path::new(&cfg.data.path), model.classes())?;
+        check_pixels(model.as_ref(), &kind, &data, &cfg.data.path)?;
         let split = SplitInfo {
             seed: cfg.run.seed,
             val_fraction: cfg.data.val_fraction,
@@ -59,12 +56,12 @@ impl<'a> ClassifierTask<'a> {
         }
         let test = match cfg.data.test_path.as_str() {
             "" => None,
-            path => Some(load_test(Path::new(path), mlp)?),
+            path => Some(load_test(Path::new(path), &kind, model.as_ref())?),
         };
         Ok(ClassifierTask {
             cfg,
-            mlp: mlp.clone(),
-            model: Mlp::new(mlp.clone())?,
+            kind,
+            model,
             data,
             split,
             train_idx,
@@ -92,12 +89,11 @@ impl<'a> ClassifierTask<'a> {
 
 impl Task for ClassifierTask<'_> {
     fn model(&mut self) -> &mut dyn Module {
-        &mut self.model
+        self.model.as_mut()
     }
 
     fn init(&mut self, state: &mut TrainState) {
-        self.model
-            .init(&mut Rng::for_stream(self.cfg.run.seed, stream::INIT));
+        self.model = build(&self.kind, self.cfg.run.seed).expect("built once in new()");
         state.normalization = Some(Normalization::fit(&self.data, &self.train_idx));
     }
 
@@ -123,7 +119,7 @@ impl Task for ClassifierTask<'_> {
             self.order_epoch = Some(state.epoch);
         }
         let norm = self.norm();
-        let classes = self.mlp.classes;
+        let classes = self.model.classes();
         let smoothing = t.label_smoothing as f32;
         let micro: Vec<&[usize]> = self.order.chunks(t.batch_size).collect();
         let group = &micro[state.next_batch..(state.next_batch + t.grad_accum).min(micro.len())];
@@ -141,7 +137,7 @@ impl Task for ClassifierTask<'_> {
             let n = idx.len();
             let logits = self
                 .model
-                .forward(&self.x, Forward::train(n, 1, dropout_seed));
+                .forward(&self.x, Forward::train(n, 1, dropout_seed))?;
             self.row_losses.resize(n, 0.0);
             let loss = cross_entropy_forward(
                 logits,
@@ -172,8 +168,8 @@ impl Task for ClassifierTask<'_> {
             match dist.grad_hook(i + 1 == group.len()) {
                 Some(h) => self
                     .model
-                    .backward_with(&self.dlogits, true, &mut |w, p| h.ready(w, p)),
-                None => self.model.backward(&self.dlogits, true),
+                    .backward_with(&self.dlogits, true, &mut |w, p| h.ready(w, p))?,
+                None => self.model.backward(&self.dlogits, true)?,
             }
             loss_sum += loss as f64 * weight as f64;
             correct_sum += correct;
@@ -187,7 +183,8 @@ impl Task for ClassifierTask<'_> {
 
     fn validate(&mut self, dist: &Dist) -> Result<Validation> {
         let norm = self.norm();
-        let (loss, accuracy) = validate(&mut self.model, &self.data, &norm, &self.val_idx, dist)?;
+        let (loss, accuracy) =
+            validate(self.model.as_mut(), &self.data, &norm, &self.val_idx, dist)?;
         Ok(Validation {
             loss,
             accuracy: Some(accuracy),
@@ -214,7 +211,7 @@ impl Task for ClassifierTask<'_> {
         };
         let norm = self.norm();
         let all: Vec<usize> = (0..test.len()).collect();
-        let (loss, accuracy) = validate(&mut self.model, test, &norm, &all, dist)?;
+        let (loss, accuracy) = validate(self.model.as_mut(), test, &norm, &all, dist)?;
         Ok(Some(TestScore {
             loss,
             accuracy,
@@ -225,41 +222,66 @@ impl Task for ClassifierTask<'_> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let info = ModelInfo {
-            model: ModelKind::Mlp(self.mlp.clone()),
+            model: self.kind.clone(),
             normalization: self.norm,
             split: Some(self.split),
         };
-        save_model(dir, &self.model, &info, None)
+        save_model(dir, self.model.as_ref(), &info, None)
     }
 }
 
+/// The model `kind` describes, initialised from the run's seed.
+fn build(kind: &ModelKind, seed: u64) -> Result<Box<dyn ImageClassifier>> {
+    kind.build_classifier(&mut Rng::for_stream(seed, stream::INIT))?
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "model.arch = \"{}\" is not an image classifier",
+                kind.arch()
+            ))
+        })
+}
+
+/// The images of `data` (from `path`) must have the values one input of `model` takes.
+fn check_pixels(
+    model: &dyn ImageClassifier,
+    kind: &ModelKind,
+    data: &Mnist,
+    path: &str,
+) -> Result<()> {
+    if data.pixels != model.input_len() {
+        let [c, h, w] = model.input();
+        return Err(Error::Config(format!(
+            "{path}: the images have {} pixels, but the {} model takes {c}×{h}×{w} = {} values (see its [{}] section)",
+            data.pixels,
+            kind.arch(),
+            model.input_len(),
+            kind.arch()
+        )));
+    }
+    Ok(())
+}
+
 /// `data.test_path`: its `t10k-*` files, or else its `train-*` files, all of them.
-fn load_test(dir: &Path, mlp: &MlpConfig) -> Result<Mnist> {
+fn load_test(dir: &Path, kind: &ModelKind, model: &dyn ImageClassifier) -> Result<Mnist> {
     let which = if !MnistFiles::Test.present_in(dir) && MnistFiles::Train.present_in(dir) {
         MnistFiles::Train
     } else {
         MnistFiles::Test
     };
-    let test = Mnist::load_files(dir, which, mlp.classes).map_err(|e| {
+    let test = Mnist::load_files(dir, which, model.classes()).map_err(|e| {
         Error::Config(format!(
             "data.test_path: {e} (it takes a directory of t10k-* or train-* files)"
         ))
     })?;
-    if test.pixels != mlp.input {
-        return Err(Error::Config(format!(
-            "data.test_path: mlp.input = {} but the images in {} have {} pixels",
-            mlp.input,
-            dir.display(),
-            test.pixels
-        )));
-    }
+    let path = format!("data.test_path {}", dir.display());
+    check_pixels(model, kind, &test, &path)?;
     Ok(test)
 }
 
 /// Validation loss and accuracy; with several ranks each scores every N-th batch of 256 and
 /// the sums are added.
 fn validate(
-    model: &mut Mlp,
+    model: &mut dyn ImageClassifier,
     data: &Mnist,
     norm: &Normalization,
     val_idx: &[usize],
@@ -273,7 +295,7 @@ fn validate(
         .flatten()
         .copied()
         .collect();
-    let scores = model.score(data, norm, &mine, BATCH)?;
+    let scores = score(model, data, norm, &mine, BATCH)?;
     let mut sums = [scores.loss_sum, scores.correct() as f64];
     dist.sum_f64(&mut sums)?;
     let n = val_idx.len();

@@ -40,8 +40,10 @@ pub fn train_distributed(cfg: &Config, opts: &TrainOptions, dist: &Dist) -> Resu
         std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))
     })?;
     let result = match cfg.model() {
-        ModelKind::Mlp(mlp) => classifier::ClassifierTask::new(cfg, &mlp)
-            .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
+        kind @ (ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_)) => {
+            classifier::ClassifierTask::new(cfg, kind)
+                .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task))
+        }
         ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => lm::LmTask::new(cfg, &run, dist)
             .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
     };

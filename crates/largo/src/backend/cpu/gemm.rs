@@ -505,21 +505,53 @@ pub fn matmul_rows_serial(
     c: &mut [f32],
     ldc: usize,
 ) {
+    matmul_strided_serial(Trans::N, tb, m, n, k, a, lda, b, ldb, c, ldc, false);
+}
+
+/// `c (+)= op(a) · op(b)` in f32 on the calling thread, every operand a block of a wider
+/// row-major buffer: `a` is stored `[m,k]` (N) or `[k,m]` (T) with rows `lda` apart, `b` `[k,n]`
+/// (N) or `[n,k]` (T) with rows `ldb` apart, `c` `[m,n]` with rows `ldc` apart; `accumulate`
+/// adds into c. For kernels that tile an operand in place (a convolution's band of output rows).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided_serial(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
+        }
         return;
     }
+    let (a_rows, a_cols) = if ta == Trans::N { (m, k) } else { (k, m) };
     let (b_rows, b_cols) = if tb == Trans::N { (k, n) } else { (n, k) };
-    assert!(a.len() >= (m - 1) * lda + k, "matmul_rows: a too short");
+    assert!(
+        a.len() >= (a_rows - 1) * lda + a_cols,
+        "matmul_strided: a too short"
+    );
     assert!(
         b.len() >= (b_rows - 1) * ldb + b_cols,
-        "matmul_rows: b too short"
+        "matmul_strided: b too short"
     );
-    assert!(c.len() >= (m - 1) * ldc + n, "matmul_rows: c too short");
-    // (column stride, row stride) of op(b) [k,n].
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul_strided: c too short");
+    // (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
+    let (a_cs, a_rs) = match ta {
+        Trans::N => (1, lda as isize),
+        Trans::T => (lda as isize, 1),
+    };
     let (b_cs, b_rs) = match tb {
         Trans::N => (1, ldb as isize),
         Trans::T => (ldb as isize, 1),
@@ -534,14 +566,14 @@ pub fn matmul_rows_serial(
             c.as_mut_ptr(),
             1,
             ldc as isize,
-            false,
+            accumulate,
             a.as_ptr(),
-            1,
-            lda as isize,
+            a_cs,
+            a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
-            0.0,
+            1.0,
             1.0,
             false,
             false,

@@ -34,6 +34,8 @@ pub mod activation;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
+pub mod batchnorm;
+pub mod conv;
 pub mod dropout;
 pub mod embedding;
 pub mod flash;
@@ -42,18 +44,22 @@ pub mod half;
 pub mod layernorm;
 pub mod loss;
 pub mod math;
+pub mod pool;
 pub mod qmatmul;
 pub mod quant;
 pub mod rmsnorm;
 
 pub use activation::*;
 pub use attention::*;
+pub use batchnorm::*;
+pub use conv::*;
 pub use dropout::*;
 pub use embedding::*;
 pub use flash::*;
 pub use gemm::*;
 pub use layernorm::*;
 pub use loss::*;
+pub use pool::*;
 pub use rmsnorm::*;
 
 /// acc[j] += Σ_rows f(row)[j] for rows of `cols` values: each thread owns a range of columns and

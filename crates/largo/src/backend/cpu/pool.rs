@@ -1,0 +1,417 @@
+//! 2-D pooling over NCHW activations, PyTorch's semantics: `max_pool2d` (padding never wins;
+//! indices saved for backward), `avg_pool2d` (count_include_pad=True), `adaptive_avg_pool2d`.
+//! Every (image, channel) plane is independent: one task per plane.
+
+use super::conv::{check_len, out_len, Nchw};
+use crate::{bail, Result};
+use rayon::prelude::*;
+
+/// One pooling call: a `kernel` window every `stride`, the input padded by `padding` on each
+/// side. Pairs are (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dShape {
+    pub input: Nchw,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl Pool2dShape {
+    /// The output's shape, or an error naming what does not fit (PyTorch's limits: padding at
+    /// most half the kernel, a window inside the padded input).
+    pub fn output(&self, op: &str) -> Result<Nchw> {
+        let i = &self.input;
+        if i.h == 0 || i.w == 0 {
+            bail!(
+                "{op}: the input [{}, {}, {}, {}] has no pixels",
+                i.n,
+                i.c,
+                i.h,
+                i.w
+            );
+        }
+        for (axis, k, p) in [
+            ("height", self.kernel[0], self.padding[0]),
+            ("width", self.kernel[1], self.padding[1]),
+        ] {
+            if p > k / 2 {
+                bail!("{op}: padding {p} along the {axis} is more than half the kernel size {k}");
+            }
+        }
+        let oh = out_len(
+            op,
+            "height",
+            i.h,
+            self.kernel[0],
+            self.stride[0],
+            self.padding[0],
+            1,
+        )?;
+        let ow = out_len(
+            op,
+            "width",
+            i.w,
+            self.kernel[1],
+            self.stride[1],
+            self.padding[1],
+            1,
+        )?;
+        Ok(Nchw::new(i.n, i.c, oh, ow))
+    }
+
+    fn check(&self, op: &str, x: usize, y: usize) -> Result<Nchw> {
+        let (i, out) = (self.input, self.output(op)?);
+        check_len(op, "the input", x, i.len(), i)?;
+        check_len(op, "the output", y, out.len(), out)?;
+        Ok(out)
+    }
+
+    /// The window of output (oh, ow) clipped to the input: rows h0..h1, columns w0..w1, and the
+    /// window's size within the padded input (avg_pool2d's count_include_pad divisor).
+    fn window(&self, oh: usize, ow: usize) -> (usize, usize, usize, usize, usize) {
+        let (i, k, s, p) = (&self.input, self.kernel, self.stride, self.padding);
+        let clip = |o: usize, axis: usize, len: usize| {
+            let start = (o * s[axis]) as isize - p[axis] as isize;
+            let end = (start + k[axis] as isize).min((len + p[axis]) as isize);
+            let padded = (end - start) as usize;
+            (
+                start.max(0) as usize,
+                end.min(len as isize) as usize,
+                padded,
+            )
+        };
+        let ((h0, h1, ph), (w0, w1, pw)) = (clip(oh, 0, i.h), clip(ow, 1, i.w));
+        (h0, h1, w0, w1, ph * pw)
+    }
+}
+
+/// x [N, C, H, W] → y [N, C, OH, OW], each the maximum of its window; `indices` [N, C, OH, OW]
+/// keeps where it came from as h·W + w in its plane (PyTorch's `return_indices`). A NaN wins
+/// (the window's last), as in PyTorch's CPU kernel.
+pub fn max_pool2d_forward(
+    s: &Pool2dShape,
+    x: &[f32],
+    y: &mut [f32],
+    indices: &mut [u32],
+) -> Result<()> {
+    let op = "max_pool2d";
+    let out = s.check(op, x.len(), y.len())?;
+    check_len(op, "indices", indices.len(), y.len(), "the output's shape")?;
+    let (plane, w) = (s.input.plane(), s.input.w);
+    y.par_chunks_mut(out.plane())
+        .zip(indices.par_chunks_mut(out.plane()))
+        .zip(x.par_chunks(plane))
+        .for_each(|((y, idx), x)| {
+            for (o, (y, idx)) in y.iter_mut().zip(idx).enumerate() {
+                let (h0, h1, w0, w1, _) = s.window(o / out.w, o % out.w);
+                let (mut best, mut at) = (f32::NEG_INFINITY, h0 * w + w0);
+                for r in h0..h1 {
+                    for (c, &v) in x[r * w..][w0..w1].iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            (best, at) = (v, r * w + w0 + c);
+                        }
+                    }
+                }
+                (*y, *idx) = (best, at as u32);
+            }
+        });
+    Ok(())
+}
+
+/// dx [N, C, H, W] = each dy routed to the input its maximum came from (summed where windows
+/// overlap on the same maximum).
+pub fn max_pool2d_backward(
+    s: &Pool2dShape,
+    dy: &[f32],
+    indices: &[u32],
+    dx: &mut [f32],
+) -> Result<()> {
+    let op = "max_pool2d backward";
+    let out = s.check(op, dx.len(), dy.len())?;
+    check_len(op, "indices", indices.len(), dy.len(), "the output's shape")?;
+    let plane = s.input.plane();
+    if let Some(&bad) = indices.iter().find(|&&i| i as usize >= plane) {
+        bail!(
+            "{op}: index {bad} is outside the {}×{} input plane",
+            s.input.h,
+            s.input.w
+        );
+    }
+    dx.par_chunks_mut(plane)
+        .zip(
+            dy.par_chunks(out.plane())
+                .zip(indices.par_chunks(out.plane())),
+        )
+        .for_each(|(dx, (dy, idx))| {
+            dx.fill(0.0);
+            for (&d, &i) in dy.iter().zip(idx) {
+                dx[i as usize] += d;
+            }
+        });
+    Ok(())
+}
+
+/// x [N, C, H, W] → y [N, C, OH, OW], each the mean of its window with padding counted as
+/// zeros (count_include_pad=True, PyTorch's default).
+pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let out = s.check("avg_pool2d", x.len(), y.len())?;
+    let (plane, w) = (s.input.plane(), s.input.w);
+    y.par_chunks_mut(out.plane())
+        .zip(x.par_chunks(plane))
+        .for_each(|(y, x)| {
+            for (o, y) in y.iter_mut().enumerate() {
+                let (h0, h1, w0, w1, count) = s.window(o / out.w, o % out.w);
+                let sum: f32 = (h0..h1)
+                    .map(|r| x[r * w..][w0..w1].iter().sum::<f32>())
+                    .sum();
+                *y = sum / count as f32;
+            }
+        });
+    Ok(())
+}
+
+/// dx [N, C, H, W] = Σ over the windows holding each input of dy / the window's count.
+pub fn avg_pool2d_backward(s: &Pool2dShape, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    let out = s.check("avg_pool2d backward", dx.len(), dy.len())?;
+    let (plane, w) = (s.input.plane(), s.input.w);
+    dx.par_chunks_mut(plane)
+        .zip(dy.par_chunks(out.plane()))
+        .for_each(|(dx, dy)| {
+            dx.fill(0.0);
+            for (o, &d) in dy.iter().enumerate() {
+                let (h0, h1, w0, w1, count) = s.window(o / out.w, o % out.w);
+                let g = d / count as f32;
+                for r in h0..h1 {
+                    dx[r * w..][w0..w1].iter_mut().for_each(|v| *v += g);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Output cell i of `out` over an input of `len`: rows ⌊i·len/out⌋ .. ⌈(i+1)·len/out⌉.
+fn adaptive_range(i: usize, out: usize, len: usize) -> (usize, usize) {
+    (i * len / out, ((i + 1) * len).div_ceil(out))
+}
+
+fn adaptive_check(op: &str, input: Nchw, output: [usize; 2], x: usize, y: usize) -> Result<Nchw> {
+    let i = input;
+    if i.h == 0 || i.w == 0 || output[0] == 0 || output[1] == 0 {
+        bail!(
+            "{op}: input [{}, {}, {}, {}] and output size {output:?} must be non-empty",
+            i.n,
+            i.c,
+            i.h,
+            i.w
+        );
+    }
+    let out = Nchw::new(i.n, i.c, output[0], output[1]);
+    check_len(op, "the input", x, i.len(), i)?;
+    check_len(op, "the output", y, out.len(), out)?;
+    Ok(out)
+}
+
+/// x [N, C, H, W] → y [N, C, output[0], output[1]], each the mean of its adaptive window
+/// (`adaptive_range`); (1, 1) is global average pooling.
+pub fn adaptive_avg_pool2d_forward(
+    input: Nchw,
+    output: [usize; 2],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let out = adaptive_check("adaptive_avg_pool2d", input, output, x.len(), y.len())?;
+    let w = input.w;
+    y.par_chunks_mut(out.plane())
+        .zip(x.par_chunks(input.plane()))
+        .for_each(|(y, x)| {
+            for (o, y) in y.iter_mut().enumerate() {
+                let (h0, h1) = adaptive_range(o / out.w, out.h, input.h);
+                let (w0, w1) = adaptive_range(o % out.w, out.w, input.w);
+                let sum: f32 = (h0..h1)
+                    .map(|r| x[r * w..][w0..w1].iter().sum::<f32>())
+                    .sum();
+                *y = sum / ((h1 - h0) * (w1 - w0)) as f32;
+            }
+        });
+    Ok(())
+}
+
+/// dx [N, C, H, W] = Σ over the adaptive windows holding each input of dy / the window's size.
+pub fn adaptive_avg_pool2d_backward(
+    input: Nchw,
+    output: [usize; 2],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    let out = adaptive_check(
+        "adaptive_avg_pool2d backward",
+        input,
+        output,
+        dx.len(),
+        dy.len(),
+    )?;
+    let w = input.w;
+    dx.par_chunks_mut(input.plane())
+        .zip(dy.par_chunks(out.plane()))
+        .for_each(|(dx, dy)| {
+            dx.fill(0.0);
+            for (o, &d) in dy.iter().enumerate() {
+                let (h0, h1) = adaptive_range(o / out.w, out.h, input.h);
+                let (w0, w1) = adaptive_range(o % out.w, out.w, input.w);
+                let g = d / ((h1 - h0) * (w1 - w0)) as f32;
+                for r in h0..h1 {
+                    dx[r * w..][w0..w1].iter_mut().for_each(|v| *v += g);
+                }
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::conv::tests::{assert_close, fixtures};
+    use crate::io::TensorFile;
+
+    /// The cases of `tools/gen_cnn_fixtures.py`'s `pool()`: (name, kernel, stride, padding).
+    type Case = (&'static str, [usize; 2], [usize; 2], [usize; 2]);
+    const CASES: [Case; 3] = [
+        ("k3s2p1", [3, 3], [2, 2], [1, 1]),
+        ("k2s2", [2, 2], [2, 2], [0, 0]),
+        ("k3x2s1", [3, 2], [1, 2], [1, 0]),
+    ];
+
+    fn input<'a>(f: &'a TensorFile, case: &str) -> (Nchw, &'a [f32]) {
+        let x = f.get(&format!("{case}.x")).expect("x");
+        let [n, c, h, w] = x.shape[..] else {
+            panic!("4-d input")
+        };
+        (Nchw::new(n, c, h, w), &x.data)
+    }
+
+    #[test]
+    fn max_pool2d_matches_pytorch_with_its_indices() {
+        let f = fixtures("pool.safetensors");
+        for (name, kernel, stride, padding) in CASES {
+            let case = format!("maxpool.{name}");
+            let t = |what: &str| &f.get(&format!("{case}.{what}")).expect(what).data;
+            let (input, x) = input(&f, &case);
+            let s = Pool2dShape {
+                input,
+                kernel,
+                stride,
+                padding,
+            };
+            let (mut y, mut idx) = (vec![f32::NAN; t("y").len()], vec![0u32; t("y").len()]);
+            max_pool2d_forward(&s, x, &mut y, &mut idx).unwrap();
+            assert_close(&format!("{case} y"), &y, t("y"), 0.0);
+            let idx: Vec<f32> = idx.iter().map(|&i| i as f32).collect();
+            assert_close(&format!("{case} indices"), &idx, t("indices"), 0.0);
+            let mut dx = vec![f32::NAN; x.len()];
+            let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+            max_pool2d_backward(&s, t("dy"), &idx, &mut dx).unwrap();
+            assert_close(&format!("{case} dx"), &dx, t("dx"), 1e-6);
+        }
+    }
+
+    #[test]
+    fn avg_pool2d_matches_pytorch() {
+        let f = fixtures("pool.safetensors");
+        for (name, kernel, stride, padding) in CASES {
+            let case = format!("avgpool.{name}");
+            let t = |what: &str| &f.get(&format!("{case}.{what}")).expect(what).data;
+            let (input, x) = input(&f, &case);
+            let s = Pool2dShape {
+                input,
+                kernel,
+                stride,
+                padding,
+            };
+            let mut y = vec![f32::NAN; t("y").len()];
+            avg_pool2d_forward(&s, x, &mut y).unwrap();
+            assert_close(&format!("{case} y"), &y, t("y"), 1e-6);
+            let mut dx = vec![f32::NAN; x.len()];
+            avg_pool2d_backward(&s, t("dy"), &mut dx).unwrap();
+            assert_close(&format!("{case} dx"), &dx, t("dx"), 1e-6);
+        }
+    }
+
+    #[test]
+    fn adaptive_avg_pool2d_matches_pytorch() {
+        let f = fixtures("pool.safetensors");
+        for (name, output) in [
+            ("3x4", [3, 4]),
+            ("1x1", [1, 1]),
+            ("5x7", [5, 7]),
+            ("8x10", [8, 10]),
+        ] {
+            let case = format!("adaptive.{name}");
+            let t = |what: &str| &f.get(&format!("{case}.{what}")).expect(what).data;
+            let (input, x) = input(&f, &case);
+            let mut y = vec![f32::NAN; t("y").len()];
+            adaptive_avg_pool2d_forward(input, output, x, &mut y).unwrap();
+            assert_close(&format!("{case} y"), &y, t("y"), 1e-6);
+            let mut dx = vec![f32::NAN; x.len()];
+            adaptive_avg_pool2d_backward(input, output, t("dy"), &mut dx).unwrap();
+            assert_close(&format!("{case} dx"), &dx, t("dx"), 1e-6);
+        }
+    }
+
+    #[test]
+    fn max_pool2d_lets_nan_win_and_ignores_padding() {
+        let s = Pool2dShape {
+            input: Nchw::new(1, 1, 2, 2),
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        let x = [-3.0, -1.0, f32::NAN, -2.0];
+        let (mut y, mut idx) = (vec![0.0; 9], vec![0; 9]);
+        max_pool2d_forward(&s, &x, &mut y, &mut idx).unwrap();
+        // Top-left window holds only x[0] and padding: the padding (−∞) never wins.
+        assert_eq!((y[0], idx[0]), (-3.0, 0));
+        assert_eq!((y[2], idx[2]), (-1.0, 1));
+        assert!(y[4].is_nan() && idx[4] == 2, "{y:?} {idx:?}");
+    }
+
+    #[test]
+    fn pools_reject_bad_shapes() {
+        let s = Pool2dShape {
+            input: Nchw::new(1, 1, 4, 4),
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        };
+        let (x, mut y, mut idx) = (vec![0.0; 16], vec![0.0; 4], vec![0; 4]);
+        let e = |r: Result<()>| r.unwrap_err().to_string();
+        let bad = Pool2dShape {
+            padding: [2, 0],
+            ..s
+        };
+        assert!(e(max_pool2d_forward(&bad, &x, &mut y, &mut idx))
+            .contains("padding 2 along the height is more than half the kernel size 2"));
+        let bad = Pool2dShape {
+            stride: [2, 0],
+            ..s
+        };
+        assert!(e(avg_pool2d_forward(&bad, &x, &mut y)).contains("stride"));
+        let bad = Pool2dShape {
+            kernel: [7, 2],
+            padding: [1, 0],
+            ..s
+        };
+        assert!(e(avg_pool2d_forward(&bad, &x, &mut y)).contains("more than the padded input"));
+        assert!(e(max_pool2d_forward(&s, &x[..15], &mut y, &mut idx))
+            .contains("the input has 15 values, expected 16"));
+        assert!(
+            e(max_pool2d_forward(&s, &x, &mut y, &mut idx[..3])).contains("indices has 3 values")
+        );
+        let mut dx = vec![0.0; 16];
+        assert!(
+            e(max_pool2d_backward(&s, &y, &[0, 1, 2, 16], &mut dx)).contains("index 16 is outside")
+        );
+        assert!(e(adaptive_avg_pool2d_forward(s.input, [0, 1], &x, &mut y)).contains("non-empty"));
+        assert!(e(adaptive_avg_pool2d_forward(s.input, [3, 3], &x, &mut y))
+            .contains("the output has 4 values, expected 9"));
+    }
+}
