@@ -15,6 +15,9 @@ enum What {
     Mlp,
     /// GPT (4 layers, d 256, 8 heads, ff 1024) training tokens/s and peak RSS.
     Gpt,
+    /// Image classifiers (PyTorch's MNIST example net, ResNet-18 at 32×32 and 224×224):
+    /// training samples/s, inference images/s, peak RSS; `tools/bench_cnn.py` is PyTorch's side.
+    Cnn,
     /// GPT generation tokens/s, batch 1, 200 tokens, KV cache.
     Generate,
     /// Sentence embeddings/s of a BERT model (--model) on sentences of 10-60 words.
@@ -104,6 +107,13 @@ pub struct Args {
     /// `llm`: repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// `bench cnn`: one case (mnist_net, resnet18_32 or resnet18_224) instead of all three, so
+    /// each peak RSS is its own.
+    #[arg(long)]
+    case: Option<String>,
+    /// `bench cnn`: seconds of timed steps per measurement.
+    #[arg(long, default_value_t = 10.0)]
+    cnn_seconds: f64,
     /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
     /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
     /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
@@ -131,6 +141,24 @@ pub fn run(a: Args) -> Result<()> {
             let (tps, rss) = largo::bench::bench_gpt_train(a.vocab.max(2))?;
             println!("largo gpt train: {tps:.0} tokens/s (median of steps 3-22, batch 16x128, {threads} threads, matmul precision {precision})");
             println!("peak RSS: {rss:.0} MB");
+        }
+        What::Cnn => {
+            let cases: Vec<&str> = match &a.case {
+                Some(c) => vec![c.as_str()],
+                None => largo::bench::CNN_CASES.to_vec(),
+            };
+            for case in cases {
+                let r = largo::bench::bench_cnn(case, a.cnn_seconds.max(0.1))?;
+                let [c, h, w] = r.input;
+                println!(
+                    "largo cnn {}: train {:.1} samples/s, inference {:.1} images/s (batch {}, {c}×{h}×{w}, {threads} threads, matmul precision {precision}); peak RSS {:.0} MB",
+                    r.case,
+                    r.train_samples_per_s,
+                    r.infer_images_per_s,
+                    r.batch,
+                    largo::bench::peak_rss_mb()
+                );
+            }
         }
         What::Generate => {
             let tps = largo::bench::bench_gpt_generate(a.vocab.max(2), 200)?;

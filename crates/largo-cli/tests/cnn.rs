@@ -244,3 +244,42 @@ fn a_torchvision_resnet_imports_with_pytorchs_logits_and_exports_under_its_names
         "tensor layer2.0.conv1.weight has shape [8, 12, 1, 3], the model expects [8, 4, 3, 3]",
     );
 }
+
+#[test]
+fn bench_cnn_reports_training_and_inference_speed_and_names_bad_cases() {
+    let root = repo();
+    let out = largo(
+        &root,
+        &[
+            "bench",
+            "cnn",
+            "--case",
+            "mnist_net",
+            "--cnn-seconds",
+            "0.1",
+        ],
+    );
+    let text = ok(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("largo cnn mnist_net: train "))
+        .unwrap_or_else(|| panic!("no mnist_net line in:\n{text}"));
+    let number_after = |label: &str| -> f64 {
+        line.split(label)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"))
+    };
+    assert!(number_after("train ") > 0.0, "{line}");
+    assert!(number_after("inference ") > 0.0, "{line}");
+    assert!(
+        line.contains("batch 64, 1×28×28") && line.contains("peak RSS"),
+        "{line}"
+    );
+    let out = largo(&root, &["bench", "cnn", "--case", "vgg16"]);
+    fails_with(
+        &out,
+        "no CNN benchmark case 'vgg16': expected one of mnist_net, resnet18_32, resnet18_224",
+    );
+}

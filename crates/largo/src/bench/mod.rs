@@ -7,7 +7,7 @@
 pub mod load;
 
 use crate::backend::{cross_entropy_backward, cross_entropy_forward, Gemm, GemmProvider};
-use crate::models::{Mlp, MlpConfig};
+use crate::models::{Cnn, CnnConfig, ImageClassifier, Mlp, MlpConfig, ResNet, ResNetConfig};
 use crate::nn::{Forward, Module};
 use crate::rng::Rng;
 use crate::train::optim::{OptimConfig, Optimizer};
@@ -139,6 +139,87 @@ pub fn bench_mlp(batch: usize, steps: usize) -> Result<f64> {
         }
     }
     Ok(batch as f64 / median(times))
+}
+
+/// The image classifiers `tools/bench_cnn.py` measures too: PyTorch's MNIST example net
+/// (batch 64, 1×28×28), ResNet-18 on 32×32 (10 classes) and 224×224 (1000 classes), batch 16.
+pub const CNN_CASES: [&str; 3] = ["mnist_net", "resnet18_32", "resnet18_224"];
+
+pub struct CnnResult {
+    pub case: &'static str,
+    pub batch: usize,
+    pub input: [usize; 3],
+    pub train_samples_per_s: f64,
+    pub infer_images_per_s: f64,
+}
+
+/// Training samples/s (AdamW steps) and inference images/s (eval forward) of one of
+/// [`CNN_CASES`] on random data, each the median over about `seconds` of steps.
+pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
+    let mut rng = Rng::new(1);
+    let (case, batch, mut model): (&'static str, usize, Box<dyn ImageClassifier>) = match case {
+        "mnist_net" => {
+            let mut m = Cnn::new(CnnConfig::default())?;
+            m.init(&mut rng);
+            ("mnist_net", 64, Box::new(m))
+        }
+        "resnet18_32" | "resnet18_224" => {
+            let small = case == "resnet18_32";
+            let mut cfg = ResNetConfig::depth(18, if small { 10 } else { 1000 })?;
+            if small {
+                cfg.image_size = [32, 32];
+            }
+            let mut m = ResNet::new(cfg)?;
+            m.init(&mut rng);
+            (
+                if small { "resnet18_32" } else { "resnet18_224" },
+                16,
+                Box::new(m),
+            )
+        }
+        other => crate::bail!(
+            "no CNN benchmark case '{other}': expected one of {}",
+            CNN_CASES.join(", ")
+        ),
+    };
+    let classes = model.classes();
+    let x: Vec<f32> = (0..batch * model.input_len())
+        .map(|_| rng.normal())
+        .collect();
+    let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
+    let mut opt = Optimizer::new(OptimConfig::default());
+    let (mut losses, mut dlogits) = (vec![0f32; batch], vec![0f32; batch * classes]);
+    let mut failed = None;
+    let mut step = 0u64;
+    let train = time_median(seconds, 3, || {
+        step += 1;
+        let mut run = |model: &mut Box<dyn ImageClassifier>| -> Result<()> {
+            model.zero_grad();
+            let logits = model.forward(&x, Forward::train(batch, 1, step))?;
+            cross_entropy_forward(logits, &y, classes, -100, 0.0, &mut losses)?;
+            cross_entropy_backward(logits, &y, classes, -100, 0.0, 1.0, &mut dlogits)?;
+            model.backward(&dlogits, true)
+        };
+        if let Err(e) = run(&mut model) {
+            failed.get_or_insert(e);
+        }
+        opt.step(model.params_mut(), 1e-3);
+    });
+    let infer = time_median(seconds, 3, || {
+        if let Err(e) = model.forward(&x, Forward::eval(batch, 1)) {
+            failed.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(CnnResult {
+        case,
+        batch,
+        input: model.input(),
+        train_samples_per_s: batch as f64 / train,
+        infer_images_per_s: batch as f64 / infer,
+    })
 }
 
 /// Threads in the pool the kernels run on.
