@@ -9,12 +9,14 @@ mod block;
 mod embedding;
 mod layernorm;
 mod linear;
+mod lora;
 
 pub use attention::{KvCache, MultiHeadAttention};
 pub use block::{Block, BlockStyle};
 pub use embedding::Embedding;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
+pub use lora::{LoraConfig, LoraLinear, LoraTarget};
 
 use crate::tensor::Tensor;
 
