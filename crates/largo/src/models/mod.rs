@@ -6,6 +6,7 @@ pub mod interop;
 pub mod llama;
 pub mod llama_cache;
 pub mod llama_load;
+pub mod llama_train;
 pub mod mlp;
 pub mod sentence;
 pub mod transformer_lm;

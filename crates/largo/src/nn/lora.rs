@@ -160,17 +160,25 @@ impl LoraConfig {
         }
         for key in ["rank_pattern", "alpha_pattern"] {
             if v[key].as_object().is_some_and(|m| !m.is_empty()) {
-                return Err(bad(format!("{key}: per-module ranks and alphas are not supported")));
+                return Err(bad(format!(
+                    "{key}: per-module ranks and alphas are not supported"
+                )));
             }
         }
         if !(v["bias"].is_null() || v["bias"] == "none") {
-            return Err(bad(format!("bias = {}: only \"none\" is supported", v["bias"])));
+            return Err(bad(format!(
+                "bias = {}: only \"none\" is supported",
+                v["bias"]
+            )));
         }
         let targets: Vec<&str> = v["target_modules"]
             .as_array()
             .ok_or_else(|| bad("target_modules: expected a list of module names".into()))?
             .iter()
-            .map(|t| t.as_str().ok_or_else(|| bad(format!("target_modules: {t} is not a name"))))
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| bad(format!("target_modules: {t} is not a name")))
+            })
             .collect::<Result<_>>()?;
         LoraConfig::new(r as usize, alpha as f32, dropout as f32, &targets)
             .map_err(|e| bad(e.to_string()))
@@ -355,7 +363,10 @@ mod tests {
         let h = 1e-2f32;
         let check = |got: f32, up: f64, down: f64, what: &str| {
             let numeric = (up - down) / (2.0 * h as f64);
-            assert!((got as f64 - numeric).abs() < 1e-3, "{what}: {got} vs {numeric}");
+            assert!(
+                (got as f64 - numeric).abs() < 1e-3,
+                "{what}: {got} vs {numeric}"
+            );
         };
         for k in 0..a.len() {
             let (mut up, mut down) = (a.clone(), a.clone());
@@ -430,7 +441,12 @@ mod tests {
         lora.backward(&base, &x, &dy, rows, &mut dx, false);
         let mut dx_plain = vec![0f32; rows * i];
         plain.backward(&base, &xd, &dy, rows, &mut dx_plain, false);
-        assert!(lora.a.grad.iter().zip(&plain.a.grad).all(|(a, b)| (a - b).abs() < 1e-6));
+        assert!(lora
+            .a
+            .grad
+            .iter()
+            .zip(&plain.a.grad)
+            .all(|(a, b)| (a - b).abs() < 1e-6));
         // dx is zero where the mask dropped x, twice the undropped gradient elsewhere.
         for (k, (&got, &v)) in dx.iter().zip(&dx_plain).enumerate() {
             let want = if xd[k] == 0.0 { 0.0 } else { 2.0 * v };
@@ -440,8 +456,13 @@ mod tests {
 
     #[test]
     fn unknown_targets_name_the_valid_ones_and_names_follow_peft() {
-        let e = LoraConfig::new(4, 8.0, 0.0, &["q", "qkv"]).unwrap_err().to_string();
-        assert!(e.contains("\"qkv\"") && e.contains("q k v o gate up down"), "{e}");
+        let e = LoraConfig::new(4, 8.0, 0.0, &["q", "qkv"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"qkv\"") && e.contains("q k v o gate up down"),
+            "{e}"
+        );
         let c = LoraConfig::new(4, 8.0, 0.0, &["v_proj", "q", "v"]).unwrap();
         assert_eq!(c.targets, vec![LoraTarget::Q, LoraTarget::V]);
         assert_eq!(c.scale(), 2.0);
@@ -449,7 +470,12 @@ mod tests {
         let lora = LoraLinear::new(&base, &c, &mut Rng::new(0));
         let names: Vec<String> = lora.params().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["lora_A.weight", "lora_B.weight"]);
-        assert!(lora.a.value.data.iter().all(|v| v.abs() <= 1.0 / 32f32.sqrt()));
+        assert!(lora
+            .a
+            .value
+            .data
+            .iter()
+            .all(|v| v.abs() <= 1.0 / 32f32.sqrt()));
         assert!(lora.b.value.data.iter().all(|&v| v == 0.0));
     }
 }

@@ -255,8 +255,16 @@ mod tests {
             assert!((fwd[i] as f64 - h(g[i], u[i])).abs() < 1e-6);
             let ng = (h(g[i] + e, u[i]) - h(g[i] - e, u[i])) / (2.0 * e) * dh[i] as f64;
             let nu = (h(g[i], u[i] + e) - h(g[i], u[i] - e)) / (2.0 * e) * dh[i] as f64;
-            assert!((dg[i] as f64 - ng).abs() < 1e-5, "dgate[{i}] {} vs {ng}", dg[i]);
-            assert!((du[i] as f64 - nu).abs() < 1e-5, "dup[{i}] {} vs {nu}", du[i]);
+            assert!(
+                (dg[i] as f64 - ng).abs() < 1e-5,
+                "dgate[{i}] {} vs {ng}",
+                dg[i]
+            );
+            assert!(
+                (du[i] as f64 - nu).abs() < 1e-5,
+                "dup[{i}] {} vs {nu}",
+                du[i]
+            );
         }
     }
 }

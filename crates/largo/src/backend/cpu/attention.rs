@@ -751,8 +751,12 @@ mod tests {
         // <R·x, y> = <x, Rᵀ·y> for 3 rows of 2 heads of D = 4.
         let (t, heads, d) = (3, 2, 4);
         let (cos, sin) = rope_tables(5, t, d, 10000.0);
-        let x: Vec<f32> = (0..t * heads * d).map(|i| (i as f32 * 0.37).sin()).collect();
-        let y: Vec<f32> = (0..t * heads * d).map(|i| (i as f32 * 0.71).cos()).collect();
+        let x: Vec<f32> = (0..t * heads * d)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let y: Vec<f32> = (0..t * heads * d)
+            .map(|i| (i as f32 * 0.71).cos())
+            .collect();
         let mut rx = x.clone();
         rope_rows_forward(&mut rx, heads, d, &cos, &sin);
         let mut rty = y.clone();

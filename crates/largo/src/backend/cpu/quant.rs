@@ -475,7 +475,9 @@ mod tests {
 
     #[test]
     fn q8_0_quantisation_moves_each_value_by_at_most_half_a_step() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let bytes = quantize_q8_0(&x).unwrap();
         assert_eq!(bytes.len(), 3 * 34);
         let mut back = vec![0f32; 96];
@@ -487,7 +489,10 @@ mod tests {
                 assert!((a - b).abs() <= step * (0.5 + 127.0 / 2048.0), "{a} → {b}");
             }
         }
-        assert!(quantize_q8_0(&x[..40]).unwrap_err().to_string().contains("40 values"));
+        assert!(quantize_q8_0(&x[..40])
+            .unwrap_err()
+            .to_string()
+            .contains("40 values"));
     }
 
     #[test]

@@ -70,9 +70,13 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let (rows, c) = (3, 5);
-        let x: Vec<f32> = (0..rows * c).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let x: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
         let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.25).collect();
-        let dy: Vec<f32> = (0..rows * c).map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0).collect();
+        let dy: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0)
+            .collect();
         let eps = 1e-5;
         // L = Σ dy ⊙ y, so dL/dx is the backward of dy; the residual's 1.0 checks the "+=".
         let loss = |x: &[f32]| -> f64 {

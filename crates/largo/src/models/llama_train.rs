@@ -1,0 +1,602 @@
+//! Fine-tuning a Llama-family decoder with LoRA: the full-sequence causal forward over a batch
+//! [B, T] of token ids with its activations saved, the cross-entropy loss, and the backward
+//! pass down to the adapters. The base model ([`Llama`], f32 or quantised) is frozen: only the
+//! adapters' A and B get gradients, but the gradient flows through every frozen matrix
+//! (dx = dy·W, quantised ones dequantised a tile at a time).
+//!
+//! Per layer, forward and backward:
+//!
+//! ```text
+//! n = rms_norm(x)                          dx += rms_norm_backward(x, dn)
+//! q, k, v = n·Wqᵀ, n·Wkᵀ, n·Wvᵀ (+ LoRA)     dn = dq·Wq + dk·Wk + dv·Wv (+ LoRA)
+//! q, k = rope(q), rope(k)                  dq, dk = rope⁻¹(dq), rope⁻¹(dk) (rotation by −θ)
+//! o = causal_attention(q, k, v)            dq, dk, dv = flash backward (k, v repeated per
+//!                                                       query head; dk, dv summed back)
+//! x = x + o·Woᵀ (+ LoRA)                   do = dx·Wo (+ LoRA)
+//! n = rms_norm(x)                          dx += rms_norm_backward(x, dn)
+//! h = silu(n·Wgᵀ) ⊙ (n·Wuᵀ) (+ LoRA)        dg, du = swiglu_backward(dh); dn = dg·Wg + du·Wu
+//! x = x + h·Wdᵀ (+ LoRA)                   dh = dx·Wd (+ LoRA)
+//! ```
+//!
+//! Parameters are named as PEFT names them (`base_model.model.model.layers.{i}.self_attn.
+//! q_proj.lora_A.weight`), so an adapter moves between largo and PEFT as it is.
+
+use super::llama::{add_row_bias, rope_cos_sin, Llama, Matrix};
+use crate::backend::{
+    add_assign, cross_entropy_backward, cross_entropy_forward, flash_attention_backward,
+    flash_attention_forward, rms_norm_backward, rms_norm_forward, rope_rows_backward,
+    rope_rows_forward, swiglu_backward, swiglu_forward, AttnDropout, AttnShape, FlashTiles,
+};
+use crate::io::TensorFile;
+use crate::nn::{params, LoraConfig, LoraLinear, LoraTarget, Module};
+use crate::rng::{splitmix64, Rng};
+use crate::{bail, Error, Result};
+
+/// Targets with this value are left out of the loss (transformers' and PyTorch's default).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// transformers' `labels` [B, T] → the target of each position: position t predicts
+/// labels[t + 1] of its sequence, and the last position of each sequence predicts nothing
+/// (what `LlamaForCausalLM` does to its labels before the loss).
+pub fn shift_labels(labels: &[i64], batch: usize) -> Result<Vec<i64>> {
+    if batch == 0 || !labels.len().is_multiple_of(batch) {
+        bail!(
+            "{} labels do not split into {batch} sequences",
+            labels.len()
+        );
+    }
+    let t = labels.len() / batch;
+    let mut targets = vec![IGNORE_INDEX; labels.len()];
+    for (tg, lb) in targets.chunks_exact_mut(t).zip(labels.chunks_exact(t)) {
+        tg[..t - 1].copy_from_slice(&lb[1..]);
+    }
+    Ok(targets)
+}
+
+/// The adapters of one decoder layer, one slot per [`LoraTarget`] (in `LoraTarget::ALL`'s
+/// order, which is PEFT's).
+#[derive(Clone, Debug)]
+pub struct LoraLayer {
+    pub adapters: [Option<LoraLinear>; 7],
+}
+
+impl Module for LoraLayer {
+    params!(Self { adapters }, v => {
+        for (target, adapter) in std::iter::zip(LoraTarget::ALL, adapters) {
+            if let Some(a) = adapter {
+                v.child(target.module(), a);
+            }
+        }
+    });
+}
+
+/// What one layer's forward keeps for backward. Rows are the B·T positions; "heads" buffers
+/// are [B, H, T, D] with the key/value heads repeated for each query head sharing them.
+struct LayerActs {
+    /// The residual stream entering the layer [rows, C].
+    x: Vec<f32>,
+    /// rms_norm(x), the input of q, k and v [rows, C].
+    normed_attn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention's output [B, H, T, D] and each row's log-sum-exp [B, H, T].
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    /// The residual stream after attention [rows, C].
+    x_mid: Vec<f32>,
+    /// rms_norm(x_mid), the input of gate and up [rows, C].
+    normed_mlp: Vec<f32>,
+    /// gate and up before the product [rows, F], and h = silu(gate) ⊙ up, down's input.
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+/// Everything forward saved: per layer, then the final norm's input and the loss gradient of
+/// the logits (computed with the loss, so the logits themselves are not kept).
+struct Acts {
+    batch: usize,
+    t: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    layers: Vec<LayerActs>,
+    x_final: Vec<f32>,
+    dlogits: Vec<f32>,
+}
+
+/// A frozen Llama-family decoder with trainable LoRA adapters.
+pub struct LoraLlama {
+    pub base: Llama,
+    pub lora: LoraConfig,
+    pub layers: Vec<LoraLayer>,
+    acts: Option<Acts>,
+}
+
+impl Module for LoraLlama {
+    params!(Self { layers, .. }, v => {
+        for (i, layer) in std::iter::zip(0.., layers) {
+            v.child(&format!("base_model.model.model.layers.{i}"), layer);
+        }
+    });
+}
+
+/// The base matrix a target adapts.
+fn base_matrix(layer: &super::llama::LlamaLayer, target: LoraTarget) -> &Matrix {
+    match target {
+        LoraTarget::Q => &layer.q_proj,
+        LoraTarget::K => &layer.k_proj,
+        LoraTarget::V => &layer.v_proj,
+        LoraTarget::O => &layer.o_proj,
+        LoraTarget::Gate => &layer.gate_proj,
+        LoraTarget::Up => &layer.up_proj,
+        LoraTarget::Down => &layer.down_proj,
+    }
+}
+
+/// y [rows, out] = x·Wᵀ, plus the adapter's update where the projection has one.
+fn project(
+    base: &Matrix,
+    lora: &mut Option<LoraLinear>,
+    x: &[f32],
+    rows: usize,
+    seed: u64,
+    y: &mut [f32],
+) {
+    match lora {
+        Some(l) => l.forward(base, x, rows, seed, y),
+        None => base.forward_f32(x, rows, y),
+    }
+}
+
+/// dx [rows, in] (+)= dy·W (and the adapter's share; its A and B gradients accumulate).
+fn project_backward(
+    base: &Matrix,
+    lora: &mut Option<LoraLinear>,
+    x: &[f32],
+    dy: &[f32],
+    rows: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    match lora {
+        Some(l) => l.backward(base, x, dy, rows, dx, accumulate),
+        None => base.backward_input(dy, rows, dx, accumulate),
+    }
+}
+
+/// rows [B·T, n·D] → heads [B, n·rep, T, D], head h of the output taken from head h / rep (a
+/// key/value head repeated for the `rep` query heads that share it, as transformers'
+/// `repeat_kv`).
+fn rows_to_heads(rows: &[f32], b: usize, t: usize, n: usize, d: usize, rep: usize) -> Vec<f32> {
+    let h = n * rep;
+    let mut out = vec![0f32; b * h * t * d];
+    for (bh, head) in out.chunks_exact_mut(t * d).enumerate() {
+        let (bi, src) = (bh / h, (bh % h) / rep);
+        for (i, row) in head.chunks_exact_mut(d).enumerate() {
+            let at = (bi * t + i) * n * d + src * d;
+            row.copy_from_slice(&rows[at..at + d]);
+        }
+    }
+    out
+}
+
+/// The transpose of [`rows_to_heads`]: heads [B, n·rep, T, D] → rows [B·T, n·D], the `rep`
+/// copies of a head summed (the gradient of a repeat).
+fn heads_to_rows(heads: &[f32], b: usize, t: usize, n: usize, d: usize, rep: usize) -> Vec<f32> {
+    let h = n * rep;
+    let mut out = vec![0f32; b * t * n * d];
+    for (bh, head) in heads.chunks_exact(t * d).enumerate() {
+        let (bi, dst) = (bh / h, (bh % h) / rep);
+        for (i, row) in head.chunks_exact(d).enumerate() {
+            let at = (bi * t + i) * n * d + dst * d;
+            out[at..at + d]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, &v)| *o += v);
+        }
+    }
+    out
+}
+
+/// The dropout seed of one adapter in one pass.
+fn adapter_seed(seed: u64, layer: usize, target: LoraTarget) -> u64 {
+    let mut s =
+        seed ^ ((layer * 8 + target as usize) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    splitmix64(&mut s)
+}
+
+impl LoraLlama {
+    /// Adapters on `lora.targets` of every layer, initialised as PEFT does from `seed`.
+    pub fn new(base: Llama, lora: LoraConfig, seed: u64) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let layers = base
+            .layers
+            .iter()
+            .map(|layer| LoraLayer {
+                adapters: LoraTarget::ALL.map(|t| {
+                    lora.targets
+                        .contains(&t)
+                        .then(|| LoraLinear::new(base_matrix(layer, t), &lora, &mut rng))
+                }),
+            })
+            .collect();
+        Ok(LoraLlama {
+            base,
+            lora,
+            layers,
+            acts: None,
+        })
+    }
+
+    /// Sets every adapter weight from `file` (PEFT's `adapter_model.safetensors` names). A
+    /// missing tensor, a shape that does not fit the base, or a tensor with no adapter to go
+    /// to is an error naming it.
+    pub fn load_adapter_weights(&mut self, file: &TensorFile) -> Result<()> {
+        let mut unused: std::collections::BTreeSet<&str> =
+            file.tensors.keys().map(String::as_str).collect();
+        let mut result = Ok(());
+        self.visit_params_mut(&mut |name, p| {
+            if result.is_err() {
+                return;
+            }
+            unused.remove(name);
+            result = file.get(name).and_then(|t| {
+                if t.shape != p.value.shape {
+                    return Err(Error::format(
+                        &file.path,
+                        format!(
+                            "adapter tensor {name} has shape {:?}, the base model needs {:?}",
+                            t.shape, p.value.shape
+                        ),
+                    ));
+                }
+                p.value.data.copy_from_slice(&t.data);
+                Ok(())
+            });
+        });
+        result?;
+        if let Some(name) = unused.first() {
+            return Err(Error::format(
+                &file.path,
+                format!(
+                    "adapter tensor {name} matches no adapter of this model (targets {})",
+                    self.lora
+                        .targets
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mean cross-entropy of `targets` (next-token ids per position, [`IGNORE_INDEX`] to
+    /// leave one out; see [`shift_labels`]) over a batch of `batch` sequences of `ids`, all
+    /// starting at position 0. Saves the activations [`backward`](Self::backward) needs;
+    /// `seed` draws the adapters' dropout masks.
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        targets: &[i64],
+        batch: usize,
+        seed: u64,
+    ) -> Result<f32> {
+        let cfg = self.base.config.clone();
+        let (c, d, f, vocab) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (qd, kvd, group) = (cfg.q_dim(), cfg.kv_dim(), heads / kv_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
+            bail!(
+                "{} token ids do not split into {batch} sequences",
+                ids.len()
+            );
+        }
+        if targets.len() != ids.len() {
+            bail!(
+                "{} targets for {} token ids: one per position needed",
+                targets.len(),
+                ids.len()
+            );
+        }
+        let (b, t, rows) = (batch, ids.len() / batch, ids.len());
+        if t > cfg.max_position_embeddings {
+            bail!(
+                "sequences of {t} tokens exceed the model's context of {} (max_position_embeddings)",
+                cfg.max_position_embeddings
+            );
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {id} is outside the vocabulary of {vocab}");
+        }
+        crate::backend::check_targets(targets, vocab, IGNORE_INDEX)?;
+        self.acts = None;
+
+        // Rotary tables for every row: each sequence at positions 0..t.
+        let (cos_t, sin_t) = rope_cos_sin(self.base.rope_inv_freq(), 0, t);
+        let (cos, sin) = (cos_t.repeat(b), sin_t.repeat(b));
+        let mut x = vec![0f32; rows * c];
+        for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
+            self.base.embed_tokens.row(id as usize, row);
+        }
+        let shape = AttnShape::new(b, heads, t, d);
+        let mut saved = Vec::with_capacity(self.layers.len());
+        for (l, (layer, lora)) in self.base.layers.iter().zip(&mut self.layers).enumerate() {
+            let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
+            let seed_of = |target| adapter_seed(seed, l, target);
+            // Attention.
+            let mut normed_attn = vec![0f32; rows * c];
+            rms_norm_forward(&x, &layer.input_layernorm, eps, &mut normed_attn);
+            let (mut q, mut k, mut v) = (
+                vec![0f32; rows * qd],
+                vec![0f32; rows * kvd],
+                vec![0f32; rows * kvd],
+            );
+            project(
+                &layer.q_proj,
+                aq,
+                &normed_attn,
+                rows,
+                seed_of(LoraTarget::Q),
+                &mut q,
+            );
+            project(
+                &layer.k_proj,
+                ak,
+                &normed_attn,
+                rows,
+                seed_of(LoraTarget::K),
+                &mut k,
+            );
+            project(
+                &layer.v_proj,
+                av,
+                &normed_attn,
+                rows,
+                seed_of(LoraTarget::V),
+                &mut v,
+            );
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_row_bias(&mut q, bq);
+                add_row_bias(&mut k, bk);
+                add_row_bias(&mut v, bv);
+            }
+            rope_rows_forward(&mut q, heads, d, &cos, &sin);
+            rope_rows_forward(&mut k, kv_heads, d, &cos, &sin);
+            let q = rows_to_heads(&q, b, t, heads, d, 1);
+            let k = rows_to_heads(&k, b, t, kv_heads, d, group);
+            let v = rows_to_heads(&v, b, t, kv_heads, d, group);
+            let (mut o, mut lse) = (vec![0f32; b * heads * t * d], vec![0f32; b * heads * t]);
+            flash_attention_forward(
+                &q,
+                &k,
+                &v,
+                shape,
+                true,
+                None,
+                AttnDropout::NONE,
+                FlashTiles::default(),
+                &mut lse,
+                &mut o,
+            );
+            let attn = heads_to_rows(&o, b, t, heads, d, 1);
+            let mut proj = vec![0f32; rows * c];
+            project(
+                &layer.o_proj,
+                ao,
+                &attn,
+                rows,
+                seed_of(LoraTarget::O),
+                &mut proj,
+            );
+            let x_in = x.clone();
+            add_assign(&mut x, &proj);
+            // MLP.
+            let mut normed_mlp = vec![0f32; rows * c];
+            rms_norm_forward(&x, &layer.post_attention_layernorm, eps, &mut normed_mlp);
+            let (mut gate, mut up) = (vec![0f32; rows * f], vec![0f32; rows * f]);
+            let seed_g = seed_of(LoraTarget::Gate);
+            project(&layer.gate_proj, ag, &normed_mlp, rows, seed_g, &mut gate);
+            project(
+                &layer.up_proj,
+                au,
+                &normed_mlp,
+                rows,
+                seed_of(LoraTarget::Up),
+                &mut up,
+            );
+            let mut hidden = gate.clone();
+            swiglu_forward(&mut hidden, &up);
+            let seed_d = seed_of(LoraTarget::Down);
+            project(&layer.down_proj, ad, &hidden, rows, seed_d, &mut proj);
+            let x_mid = x.clone();
+            add_assign(&mut x, &proj);
+            saved.push(LayerActs {
+                x: x_in,
+                normed_attn,
+                q,
+                k,
+                v,
+                o,
+                lse,
+                x_mid,
+                normed_mlp,
+                gate,
+                up,
+                hidden,
+            });
+        }
+        // Final norm, head, loss; the logits' gradient is computed now and kept instead.
+        let mut normed = vec![0f32; rows * c];
+        rms_norm_forward(&x, &self.base.norm, eps, &mut normed);
+        let head = self
+            .base
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.base.embed_tokens);
+        let mut logits = vec![0f32; rows * vocab];
+        head.forward_f32(&normed, rows, &mut logits);
+        let mut row_losses = vec![0f32; rows];
+        let loss =
+            cross_entropy_forward(&logits, targets, vocab, IGNORE_INDEX, 0.0, &mut row_losses)?;
+        let mut dlogits = vec![0f32; rows * vocab];
+        cross_entropy_backward(
+            &logits,
+            targets,
+            vocab,
+            IGNORE_INDEX,
+            0.0,
+            1.0,
+            &mut dlogits,
+        )?;
+        self.acts = Some(Acts {
+            batch: b,
+            t,
+            cos,
+            sin,
+            layers: saved,
+            x_final: x,
+            dlogits,
+        });
+        Ok(loss)
+    }
+
+    /// Adds the gradient of the last forward's loss into every adapter's A and B (zero them
+    /// first with `zero_grad`), and frees the saved activations.
+    pub fn backward(&mut self) -> Result<()> {
+        let Some(acts) = self.acts.take() else {
+            bail!("LoRA backward needs a forward pass first");
+        };
+        let cfg = &self.base.config;
+        let (c, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (qd, group) = (cfg.q_dim(), heads / kv_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let (b, t) = (acts.batch, acts.t);
+        let rows = b * t;
+        let shape = AttnShape::new(b, heads, t, d);
+        // Head and final norm: dx is the residual stream's gradient from here down.
+        let head = self
+            .base
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.base.embed_tokens);
+        let mut dnormed = vec![0f32; rows * c];
+        head.backward_input(&acts.dlogits, rows, &mut dnormed, false);
+        let mut dx = vec![0f32; rows * c];
+        rms_norm_backward(&acts.x_final, &self.base.norm, eps, &dnormed, &mut dx);
+        let layers = self.base.layers.iter().zip(&mut self.layers);
+        for ((layer, lora), a) in layers.zip(&acts.layers).rev() {
+            let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
+            // MLP: x_out = x_mid + down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x_mid).
+            let mut dhidden = vec![0f32; rows * f];
+            project_backward(
+                &layer.down_proj,
+                ad,
+                &a.hidden,
+                &dx,
+                rows,
+                &mut dhidden,
+                false,
+            );
+            let (mut dgate, mut dup) = (vec![0f32; rows * f], vec![0f32; rows * f]);
+            swiglu_backward(&a.gate, &a.up, &dhidden, &mut dgate, &mut dup);
+            project_backward(
+                &layer.gate_proj,
+                ag,
+                &a.normed_mlp,
+                &dgate,
+                rows,
+                &mut dnormed,
+                false,
+            );
+            project_backward(
+                &layer.up_proj,
+                au,
+                &a.normed_mlp,
+                &dup,
+                rows,
+                &mut dnormed,
+                true,
+            );
+            rms_norm_backward(
+                &a.x_mid,
+                &layer.post_attention_layernorm,
+                eps,
+                &dnormed,
+                &mut dx,
+            );
+            // Attention: x_mid = x + o_proj(attention(rope(q(n)), rope(k(n)), v(n))).
+            let attn = heads_to_rows(&a.o, b, t, heads, d, 1);
+            let mut dattn = vec![0f32; rows * qd];
+            project_backward(&layer.o_proj, ao, &attn, &dx, rows, &mut dattn, false);
+            let dout = rows_to_heads(&dattn, b, t, heads, d, 1);
+            let (mut dqh, mut dkh, mut dvh) = (
+                vec![0f32; a.q.len()],
+                vec![0f32; a.k.len()],
+                vec![0f32; a.v.len()],
+            );
+            flash_attention_backward(
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.o,
+                &a.lse,
+                &dout,
+                shape,
+                true,
+                None,
+                AttnDropout::NONE,
+                FlashTiles::default(),
+                &mut dqh,
+                &mut dkh,
+                &mut dvh,
+            );
+            let mut dq = heads_to_rows(&dqh, b, t, heads, d, 1);
+            let mut dk = heads_to_rows(&dkh, b, t, kv_heads, d, group);
+            let dv = heads_to_rows(&dvh, b, t, kv_heads, d, group);
+            rope_rows_backward(&mut dq, heads, d, &acts.cos, &acts.sin);
+            rope_rows_backward(&mut dk, kv_heads, d, &acts.cos, &acts.sin);
+            let n = &a.normed_attn;
+            project_backward(&layer.q_proj, aq, n, &dq, rows, &mut dnormed, false);
+            project_backward(&layer.k_proj, ak, n, &dk, rows, &mut dnormed, true);
+            project_backward(&layer.v_proj, av, n, &dv, rows, &mut dnormed, true);
+            rms_norm_backward(&a.x, &layer.input_layernorm, eps, &dnormed, &mut dx);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_shift_left_and_the_last_position_predicts_nothing() {
+        let t = shift_labels(&[5, 6, 7, -100, 8, 9], 2).unwrap();
+        assert_eq!(t, [6, 7, -100, 8, 9, -100]);
+        assert!(shift_labels(&[1, 2, 3], 2).is_err());
+    }
+
+    #[test]
+    fn heads_to_rows_is_the_transpose_of_rows_to_heads() {
+        // Repeating 2 heads 3 times, then summing the copies back, triples each value.
+        let (b, t, n, d, rep) = (2, 3, 2, 4, 3);
+        let rows: Vec<f32> = (0..b * t * n * d).map(|i| i as f32).collect();
+        let heads = rows_to_heads(&rows, b, t, n, d, rep);
+        assert_eq!(heads.len(), b * n * rep * t * d);
+        // Batch 1, output head 4 (from head 1), position 2: row 1·3 + 2 = 5, columns 4..8.
+        let at = ((n * rep + 4) * t + 2) * d;
+        assert_eq!(&heads[at..at + d], &rows[5 * n * d + d..5 * n * d + 2 * d]);
+        let back = heads_to_rows(&heads, b, t, n, d, rep);
+        assert!(back.iter().zip(&rows).all(|(a, r)| *a == 3.0 * r));
+    }
+}
