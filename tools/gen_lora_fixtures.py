@@ -6,7 +6,9 @@ Writes crates/largo/tests/fixtures/lora/:
                        intermediate 64 (a multiple of 32, so every matrix can be Q8_0), untied head
     batch.json         token ids [2, 12] and labels [2, 12] (transformers' convention: the model
                        shifts them; -100 excludes a position from the loss)
-    <set>/             for each target set (qv: q and v; all: the seven projections):
+    <set>/             for each target set (qv: q and v; all: the seven projections) on tiny-llama,
+                       and qwen2-attn: q, k, v and o on tests/fixtures/llama/qwen2 (the
+                       Qwen2ForCausalLM of gen_llama_fixtures.py: q/k/v biases, a tied head):
         adapter_config.json, adapter_model.safetensors
                        the adapter as PEFT saves it (r 4, alpha 8, dropout 0; lora_B set to random
                        values so that the gradients of lora_A are not zero)
@@ -23,13 +25,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2ForCausalLM
 
 OUT = Path("crates/largo/tests/fixtures/lora")
-TARGETS = {
-    "qv": ["q_proj", "v_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+QWEN2 = Path("crates/largo/tests/fixtures/llama/qwen2")
 
 
 def base_model():
@@ -49,6 +49,10 @@ def base_model():
     return model.eval()
 
 
+def qwen2_model():
+    return Qwen2ForCausalLM.from_pretrained(QWEN2, attn_implementation="eager").eval()
+
+
 def batch():
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 64, (2, 12), generator=g)
@@ -64,11 +68,13 @@ def main():
     model.save_pretrained(OUT / "tiny-llama", safe_serialization=True)
     ids, labels = batch()
     (OUT / "batch.json").write_text(json.dumps({"ids": ids.tolist(), "labels": labels.tolist()}) + "\n")
-    for kind, targets in TARGETS.items():
+    sets = {"qv": (base_model, ["q_proj", "v_proj"]), "all": (base_model, ALL),
+            "qwen2-attn": (qwen2_model, ALL[:4])}
+    for kind, (make, targets) in sets.items():
         torch.manual_seed(2)
         peft_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
                               bias="none", task_type="CAUSAL_LM")
-        peft_model = get_peft_model(base_model(), peft_cfg)
+        peft_model = get_peft_model(make(), peft_cfg)
         with torch.no_grad():
             for name, p in peft_model.named_parameters():
                 if "lora_B" in name:

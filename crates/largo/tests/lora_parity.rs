@@ -1,5 +1,6 @@
 //! LoRA fine-tuning against PyTorch + PEFT (tools/gen_lora_fixtures.py): a tiny random
-//! `LlamaForCausalLM` with adapters on q and v, and on all seven projections; the loss of a
+//! `LlamaForCausalLM` with adapters on q and v, and on all seven projections, and a tiny
+//! `Qwen2ForCausalLM` (q/k/v biases, tied head) with adapters on q, k, v and o; the loss of a
 //! fixed batch and the gradient of every lora_A / lora_B weight, computed by PyTorch in
 //! float64. Then a Q8_0 base against its dequantised f32 copy, and a few AdamW steps.
 
@@ -68,8 +69,12 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn loss_and_lora_gradients_match_peft_for_each_target_set() {
-    for (kind, tensors) in [("qv", 8), ("all", 28)] {
-        let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
+    for (kind, base_dir, tensors) in [
+        ("qv", fixtures().join("tiny-llama"), 8),
+        ("all", fixtures().join("tiny-llama"), 28),
+        ("qwen2-attn", fixtures().join("../llama/qwen2"), 16),
+    ] {
+        let base = load_hf(&base_dir).unwrap();
         let mut model = adapted(base, kind);
         let (loss, grads) = loss_and_grads(&mut model);
         let reference =
