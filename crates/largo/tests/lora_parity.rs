@@ -161,6 +161,29 @@ fn a_q8_0_base_trains_as_its_dequantised_f32_copy() {
 }
 
 #[test]
+fn checkpointed_layers_give_the_same_gradients() {
+    // With LoRA dropout, so the recomputed forward must redraw the same masks.
+    let all = TensorFile::load(&fixtures().join("all/adapter_model.safetensors")).unwrap();
+    let run = |checkpoint: bool| {
+        let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
+        let targets = ["q", "k", "v", "o", "gate", "up", "down"];
+        let config = LoraConfig::new(4, 8.0, 0.1, &targets).unwrap();
+        let mut model = LoraLlama::new(base, config, 0).unwrap();
+        model.load_adapter_weights(&all).unwrap();
+        model.checkpoint_activations = checkpoint;
+        loss_and_grads(&mut model)
+    };
+    let (kept, checkpointed) = (run(false), run(true));
+    assert_eq!(kept.0, checkpointed.0);
+    for ((name, a), (_, b)) in kept.1.iter().zip(&checkpointed.1) {
+        assert_eq!(a, b, "{name}");
+    }
+    // Dropout changed the loss from PEFT's (dropout 0) one.
+    let peft = TensorFile::load(&fixtures().join("all/reference.safetensors")).unwrap();
+    assert_ne!(kept.0, peft.get("loss").unwrap().data[0]);
+}
+
+#[test]
 fn adapters_that_do_not_fit_are_refused_by_tensor_name() {
     let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
     let all = TensorFile::load(&fixtures().join("all/adapter_model.safetensors")).unwrap();

@@ -21,7 +21,7 @@
 //! Parameters are named as PEFT names them (`base_model.model.model.layers.{i}.self_attn.
 //! q_proj.lora_A.weight`), so an adapter moves between largo and PEFT as it is.
 
-use super::llama::{add_row_bias, rope_cos_sin, Llama, Matrix};
+use super::llama::{add_row_bias, rope_cos_sin, Llama, LlamaConfig, LlamaLayer, Matrix};
 use crate::backend::{
     add_assign, cross_entropy_backward, cross_entropy_forward, flash_attention_backward,
     flash_attention_forward, rms_norm_backward, rms_norm_forward, rope_rows_backward,
@@ -93,14 +93,18 @@ struct LayerActs {
     hidden: Vec<f32>,
 }
 
+/// What forward kept of one layer: everything backward needs, or with checkpointing only the
+/// layer's input, from which backward runs the layer's forward again.
+enum Saved {
+    All(LayerActs),
+    Input(Vec<f32>),
+}
+
 /// Everything forward saved: per layer, then the final norm's input and the loss gradient of
 /// the logits (computed with the loss, so the logits themselves are not kept).
 struct Acts {
-    batch: usize,
-    t: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    layers: Vec<LayerActs>,
+    pass: Pass,
+    layers: Vec<Saved>,
     x_final: Vec<f32>,
     dlogits: Vec<f32>,
 }
@@ -110,6 +114,10 @@ pub struct LoraLlama {
     pub base: Llama,
     pub lora: LoraConfig,
     pub layers: Vec<LoraLayer>,
+    /// Keep only each layer's input and recompute its activations during backward (gradient
+    /// checkpointing per block): memory for one layer's activations instead of all of them,
+    /// for a second forward pass's work. The gradients are the same either way.
+    pub checkpoint_activations: bool,
     acts: Option<Acts>,
 }
 
@@ -206,6 +214,140 @@ fn adapter_seed(seed: u64, layer: usize, target: LoraTarget) -> u64 {
     splitmix64(&mut s)
 }
 
+/// The rotary tables, batch shape and dropout seed of one pass, shared by its layers.
+struct Pass {
+    batch: usize,
+    t: usize,
+    seed: u64,
+    /// cos and sin [B·T, D/2]: each sequence at positions 0..t.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// One layer's forward over the residual stream x [rows, C], in place; returns what its
+/// backward needs. Deterministic: run again on the same x (a checkpointed layer during
+/// backward) it gives the same values, adapters' saved inputs included.
+fn layer_forward(
+    cfg: &LlamaConfig,
+    layer: &LlamaLayer,
+    lora: &mut LoraLayer,
+    l: usize,
+    pass: &Pass,
+    x: &mut Vec<f32>,
+) -> LayerActs {
+    let (c, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let (qd, kvd, group) = (cfg.q_dim(), cfg.kv_dim(), heads / kv_heads);
+    let eps = cfg.rms_norm_eps as f32;
+    let (b, t, seed) = (pass.batch, pass.t, pass.seed);
+    let (cos, sin) = (&pass.cos, &pass.sin);
+    let rows = b * t;
+    let shape = AttnShape::new(b, heads, t, d);
+    let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
+    let seed_of = |target| adapter_seed(seed, l, target);
+    // Attention.
+    let mut normed_attn = vec![0f32; rows * c];
+    rms_norm_forward(x, &layer.input_layernorm, eps, &mut normed_attn);
+    let (mut q, mut k, mut v) = (
+        vec![0f32; rows * qd],
+        vec![0f32; rows * kvd],
+        vec![0f32; rows * kvd],
+    );
+    project(
+        &layer.q_proj,
+        aq,
+        &normed_attn,
+        rows,
+        seed_of(LoraTarget::Q),
+        &mut q,
+    );
+    project(
+        &layer.k_proj,
+        ak,
+        &normed_attn,
+        rows,
+        seed_of(LoraTarget::K),
+        &mut k,
+    );
+    project(
+        &layer.v_proj,
+        av,
+        &normed_attn,
+        rows,
+        seed_of(LoraTarget::V),
+        &mut v,
+    );
+    if let Some([bq, bk, bv]) = &layer.qkv_bias {
+        add_row_bias(&mut q, bq);
+        add_row_bias(&mut k, bk);
+        add_row_bias(&mut v, bv);
+    }
+    rope_rows_forward(&mut q, heads, d, cos, sin);
+    rope_rows_forward(&mut k, kv_heads, d, cos, sin);
+    let q = rows_to_heads(&q, b, t, heads, d, 1);
+    let k = rows_to_heads(&k, b, t, kv_heads, d, group);
+    let v = rows_to_heads(&v, b, t, kv_heads, d, group);
+    let (mut o, mut lse) = (vec![0f32; b * heads * t * d], vec![0f32; b * heads * t]);
+    flash_attention_forward(
+        &q,
+        &k,
+        &v,
+        shape,
+        true,
+        None,
+        AttnDropout::NONE,
+        FlashTiles::default(),
+        &mut lse,
+        &mut o,
+    );
+    let attn = heads_to_rows(&o, b, t, heads, d, 1);
+    let mut proj = vec![0f32; rows * c];
+    project(
+        &layer.o_proj,
+        ao,
+        &attn,
+        rows,
+        seed_of(LoraTarget::O),
+        &mut proj,
+    );
+    let x_in = x.clone();
+    add_assign(x, &proj);
+    // MLP.
+    let mut normed_mlp = vec![0f32; rows * c];
+    rms_norm_forward(x, &layer.post_attention_layernorm, eps, &mut normed_mlp);
+    let (mut gate, mut up) = (vec![0f32; rows * f], vec![0f32; rows * f]);
+    let seed_g = seed_of(LoraTarget::Gate);
+    project(&layer.gate_proj, ag, &normed_mlp, rows, seed_g, &mut gate);
+    project(
+        &layer.up_proj,
+        au,
+        &normed_mlp,
+        rows,
+        seed_of(LoraTarget::Up),
+        &mut up,
+    );
+    let mut hidden = gate.clone();
+    swiglu_forward(&mut hidden, &up);
+    let seed_d = seed_of(LoraTarget::Down);
+    project(&layer.down_proj, ad, &hidden, rows, seed_d, &mut proj);
+    let x_mid = x.clone();
+    add_assign(x, &proj);
+    LayerActs {
+        x: x_in,
+        normed_attn,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        x_mid,
+        normed_mlp,
+        gate,
+        up,
+        hidden,
+    }
+}
+
 impl LoraLlama {
     /// Adapters on `lora.targets` of every layer, initialised as PEFT does from `seed`.
     pub fn new(base: Llama, lora: LoraConfig, seed: u64) -> Result<Self> {
@@ -225,6 +367,7 @@ impl LoraLlama {
             base,
             lora,
             layers,
+            checkpoint_activations: false,
             acts: None,
         })
     }
@@ -284,15 +427,8 @@ impl LoraLlama {
         batch: usize,
         seed: u64,
     ) -> Result<f32> {
-        let cfg = self.base.config.clone();
-        let (c, d, f, vocab) = (
-            cfg.hidden_size,
-            cfg.head_dim,
-            cfg.intermediate_size,
-            cfg.vocab_size,
-        );
-        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (qd, kvd, group) = (cfg.q_dim(), cfg.kv_dim(), heads / kv_heads);
+        let cfg = &self.base.config;
+        let (c, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let eps = cfg.rms_norm_eps as f32;
         if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
             bail!(
@@ -327,111 +463,21 @@ impl LoraLlama {
         for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
             self.base.embed_tokens.row(id as usize, row);
         }
-        let shape = AttnShape::new(b, heads, t, d);
+        let pass = Pass {
+            batch: b,
+            t,
+            seed,
+            cos,
+            sin,
+        };
         let mut saved = Vec::with_capacity(self.layers.len());
-        for (l, (layer, lora)) in self.base.layers.iter().zip(&mut self.layers).enumerate() {
-            let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
-            let seed_of = |target| adapter_seed(seed, l, target);
-            // Attention.
-            let mut normed_attn = vec![0f32; rows * c];
-            rms_norm_forward(&x, &layer.input_layernorm, eps, &mut normed_attn);
-            let (mut q, mut k, mut v) = (
-                vec![0f32; rows * qd],
-                vec![0f32; rows * kvd],
-                vec![0f32; rows * kvd],
-            );
-            project(
-                &layer.q_proj,
-                aq,
-                &normed_attn,
-                rows,
-                seed_of(LoraTarget::Q),
-                &mut q,
-            );
-            project(
-                &layer.k_proj,
-                ak,
-                &normed_attn,
-                rows,
-                seed_of(LoraTarget::K),
-                &mut k,
-            );
-            project(
-                &layer.v_proj,
-                av,
-                &normed_attn,
-                rows,
-                seed_of(LoraTarget::V),
-                &mut v,
-            );
-            if let Some([bq, bk, bv]) = &layer.qkv_bias {
-                add_row_bias(&mut q, bq);
-                add_row_bias(&mut k, bk);
-                add_row_bias(&mut v, bv);
-            }
-            rope_rows_forward(&mut q, heads, d, &cos, &sin);
-            rope_rows_forward(&mut k, kv_heads, d, &cos, &sin);
-            let q = rows_to_heads(&q, b, t, heads, d, 1);
-            let k = rows_to_heads(&k, b, t, kv_heads, d, group);
-            let v = rows_to_heads(&v, b, t, kv_heads, d, group);
-            let (mut o, mut lse) = (vec![0f32; b * heads * t * d], vec![0f32; b * heads * t]);
-            flash_attention_forward(
-                &q,
-                &k,
-                &v,
-                shape,
-                true,
-                None,
-                AttnDropout::NONE,
-                FlashTiles::default(),
-                &mut lse,
-                &mut o,
-            );
-            let attn = heads_to_rows(&o, b, t, heads, d, 1);
-            let mut proj = vec![0f32; rows * c];
-            project(
-                &layer.o_proj,
-                ao,
-                &attn,
-                rows,
-                seed_of(LoraTarget::O),
-                &mut proj,
-            );
-            let x_in = x.clone();
-            add_assign(&mut x, &proj);
-            // MLP.
-            let mut normed_mlp = vec![0f32; rows * c];
-            rms_norm_forward(&x, &layer.post_attention_layernorm, eps, &mut normed_mlp);
-            let (mut gate, mut up) = (vec![0f32; rows * f], vec![0f32; rows * f]);
-            let seed_g = seed_of(LoraTarget::Gate);
-            project(&layer.gate_proj, ag, &normed_mlp, rows, seed_g, &mut gate);
-            project(
-                &layer.up_proj,
-                au,
-                &normed_mlp,
-                rows,
-                seed_of(LoraTarget::Up),
-                &mut up,
-            );
-            let mut hidden = gate.clone();
-            swiglu_forward(&mut hidden, &up);
-            let seed_d = seed_of(LoraTarget::Down);
-            project(&layer.down_proj, ad, &hidden, rows, seed_d, &mut proj);
-            let x_mid = x.clone();
-            add_assign(&mut x, &proj);
-            saved.push(LayerActs {
-                x: x_in,
-                normed_attn,
-                q,
-                k,
-                v,
-                o,
-                lse,
-                x_mid,
-                normed_mlp,
-                gate,
-                up,
-                hidden,
+        let layers = self.base.layers.iter().zip(&mut self.layers);
+        for (l, (layer, lora)) in layers.enumerate() {
+            let acts = layer_forward(cfg, layer, lora, l, &pass, &mut x);
+            saved.push(if self.checkpoint_activations {
+                Saved::Input(acts.x)
+            } else {
+                Saved::All(acts)
             });
         }
         // Final norm, head, loss; the logits' gradient is computed now and kept instead.
@@ -458,10 +504,7 @@ impl LoraLlama {
             &mut dlogits,
         )?;
         self.acts = Some(Acts {
-            batch: b,
-            t,
-            cos,
-            sin,
+            pass,
             layers: saved,
             x_final: x,
             dlogits,
@@ -480,7 +523,7 @@ impl LoraLlama {
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let (qd, group) = (cfg.q_dim(), heads / kv_heads);
         let eps = cfg.rms_norm_eps as f32;
-        let (b, t) = (acts.batch, acts.t);
+        let (b, t) = (acts.pass.batch, acts.pass.t);
         let rows = b * t;
         let shape = AttnShape::new(b, heads, t, d);
         // Head and final norm: dx is the residual stream's gradient from here down.
@@ -494,7 +537,11 @@ impl LoraLlama {
         let mut dx = vec![0f32; rows * c];
         rms_norm_backward(&acts.x_final, &self.base.norm, eps, &dnormed, &mut dx);
         let layers = self.base.layers.iter().zip(&mut self.layers);
-        for ((layer, lora), a) in layers.zip(&acts.layers).rev() {
+        for (l, ((layer, lora), saved)) in layers.zip(acts.layers).enumerate().rev() {
+            let a = match saved {
+                Saved::All(a) => a,
+                Saved::Input(mut x) => layer_forward(cfg, layer, lora, l, &acts.pass, &mut x),
+            };
             let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
             // MLP: x_out = x_mid + down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x_mid).
             let mut dhidden = vec![0f32; rows * f];
@@ -563,8 +610,8 @@ impl LoraLlama {
             let mut dq = heads_to_rows(&dqh, b, t, heads, d, 1);
             let mut dk = heads_to_rows(&dkh, b, t, kv_heads, d, group);
             let dv = heads_to_rows(&dvh, b, t, kv_heads, d, group);
-            rope_rows_backward(&mut dq, heads, d, &acts.cos, &acts.sin);
-            rope_rows_backward(&mut dk, kv_heads, d, &acts.cos, &acts.sin);
+            rope_rows_backward(&mut dq, heads, d, &acts.pass.cos, &acts.pass.sin);
+            rope_rows_backward(&mut dk, kv_heads, d, &acts.pass.cos, &acts.pass.sin);
             let n = &a.normed_attn;
             project_backward(&layer.q_proj, aq, n, &dq, rows, &mut dnormed, false);
             project_backward(&layer.k_proj, ak, n, &dk, rows, &mut dnormed, true);
