@@ -96,7 +96,7 @@ struct LayerActs {
 /// What forward kept of one layer: everything backward needs, or with checkpointing only the
 /// layer's input, from which backward runs the layer's forward again.
 enum Saved {
-    All(LayerActs),
+    All(Box<LayerActs>),
     Input(Vec<f32>),
 }
 
@@ -233,7 +233,7 @@ fn layer_forward(
     lora: &mut LoraLayer,
     l: usize,
     pass: &Pass,
-    x: &mut Vec<f32>,
+    x: &mut [f32],
 ) -> LayerActs {
     let (c, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -310,7 +310,7 @@ fn layer_forward(
         seed_of(LoraTarget::O),
         &mut proj,
     );
-    let x_in = x.clone();
+    let x_in = x.to_vec();
     add_assign(x, &proj);
     // MLP.
     let mut normed_mlp = vec![0f32; rows * c];
@@ -330,7 +330,7 @@ fn layer_forward(
     swiglu_forward(&mut hidden, &up);
     let seed_d = seed_of(LoraTarget::Down);
     project(&layer.down_proj, ad, &hidden, rows, seed_d, &mut proj);
-    let x_mid = x.clone();
+    let x_mid = x.to_vec();
     add_assign(x, &proj);
     LayerActs {
         x: x_in,
@@ -477,7 +477,7 @@ impl LoraLlama {
             saved.push(if self.checkpoint_activations {
                 Saved::Input(acts.x)
             } else {
-                Saved::All(acts)
+                Saved::All(Box::new(acts))
             });
         }
         // Final norm, head, loss; the logits' gradient is computed now and kept instead.
@@ -539,7 +539,7 @@ impl LoraLlama {
         let layers = self.base.layers.iter().zip(&mut self.layers);
         for (l, ((layer, lora), saved)) in layers.zip(acts.layers).enumerate().rev() {
             let a = match saved {
-                Saved::All(a) => a,
+                Saved::All(a) => *a,
                 Saved::Input(mut x) => layer_forward(cfg, layer, lora, l, &acts.pass, &mut x),
             };
             let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
