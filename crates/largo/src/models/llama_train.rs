@@ -245,38 +245,19 @@ fn layer_forward(
     let shape = AttnShape::new(b, heads, t, d);
     let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
     let seed_of = |target| adapter_seed(seed, l, target);
-    // Attention.
+    use LoraTarget::{Down, Gate, Up, K, O, Q, V};
+    // Attention: q, k, v [rows, H·D | KVH·D] of n = rms_norm(x), rotated, then attention in the
+    // heads layout, back to rows for o_proj.
+    let x_in = x.to_vec();
     let mut normed_attn = vec![0f32; rows * c];
     rms_norm_forward(x, &layer.input_layernorm, eps, &mut normed_attn);
-    let (mut q, mut k, mut v) = (
-        vec![0f32; rows * qd],
-        vec![0f32; rows * kvd],
-        vec![0f32; rows * kvd],
-    );
-    project(
-        &layer.q_proj,
-        aq,
-        &normed_attn,
-        rows,
-        seed_of(LoraTarget::Q),
-        &mut q,
-    );
-    project(
-        &layer.k_proj,
-        ak,
-        &normed_attn,
-        rows,
-        seed_of(LoraTarget::K),
-        &mut k,
-    );
-    project(
-        &layer.v_proj,
-        av,
-        &normed_attn,
-        rows,
-        seed_of(LoraTarget::V),
-        &mut v,
-    );
+    let n = &normed_attn;
+    let mut q = vec![0f32; rows * qd];
+    let mut k = vec![0f32; rows * kvd];
+    let mut v = vec![0f32; rows * kvd];
+    project(&layer.q_proj, aq, n, rows, seed_of(Q), &mut q);
+    project(&layer.k_proj, ak, n, rows, seed_of(K), &mut k);
+    project(&layer.v_proj, av, n, rows, seed_of(V), &mut v);
     if let Some([bq, bk, bv]) = &layer.qkv_bias {
         add_row_bias(&mut q, bq);
         add_row_bias(&mut k, bk);
@@ -287,50 +268,29 @@ fn layer_forward(
     let q = rows_to_heads(&q, b, t, heads, d, 1);
     let k = rows_to_heads(&k, b, t, kv_heads, d, group);
     let v = rows_to_heads(&v, b, t, kv_heads, d, group);
-    let (mut o, mut lse) = (vec![0f32; b * heads * t * d], vec![0f32; b * heads * t]);
+    let mut o = vec![0f32; b * heads * t * d];
+    let mut lse = vec![0f32; b * heads * t];
+    let (tiles, no_dropout) = (FlashTiles::default(), AttnDropout::NONE);
     flash_attention_forward(
-        &q,
-        &k,
-        &v,
-        shape,
-        true,
-        None,
-        AttnDropout::NONE,
-        FlashTiles::default(),
-        &mut lse,
-        &mut o,
+        &q, &k, &v, shape, true, None, no_dropout, tiles, &mut lse, &mut o,
     );
     let attn = heads_to_rows(&o, b, t, heads, d, 1);
     let mut proj = vec![0f32; rows * c];
-    project(
-        &layer.o_proj,
-        ao,
-        &attn,
-        rows,
-        seed_of(LoraTarget::O),
-        &mut proj,
-    );
-    let x_in = x.to_vec();
+    project(&layer.o_proj, ao, &attn, rows, seed_of(O), &mut proj);
     add_assign(x, &proj);
-    // MLP.
+    let x_mid = x.to_vec();
+    // MLP: h = silu(gate) ⊙ up of n = rms_norm(x), then down.
     let mut normed_mlp = vec![0f32; rows * c];
     rms_norm_forward(x, &layer.post_attention_layernorm, eps, &mut normed_mlp);
-    let (mut gate, mut up) = (vec![0f32; rows * f], vec![0f32; rows * f]);
-    let seed_g = seed_of(LoraTarget::Gate);
-    project(&layer.gate_proj, ag, &normed_mlp, rows, seed_g, &mut gate);
-    project(
-        &layer.up_proj,
-        au,
-        &normed_mlp,
-        rows,
-        seed_of(LoraTarget::Up),
-        &mut up,
-    );
+    let n = &normed_mlp;
+    let mut gate = vec![0f32; rows * f];
+    let mut up = vec![0f32; rows * f];
+    project(&layer.gate_proj, ag, n, rows, seed_of(Gate), &mut gate);
+    project(&layer.up_proj, au, n, rows, seed_of(Up), &mut up);
     let mut hidden = gate.clone();
     swiglu_forward(&mut hidden, &up);
-    let seed_d = seed_of(LoraTarget::Down);
-    project(&layer.down_proj, ad, &hidden, rows, seed_d, &mut proj);
-    let x_mid = x.to_vec();
+    let h = &hidden;
+    project(&layer.down_proj, ad, h, rows, seed_of(Down), &mut proj);
     add_assign(x, &proj);
     LayerActs {
         x: x_in,
@@ -346,6 +306,63 @@ fn layer_forward(
         up,
         hidden,
     }
+}
+
+/// Backward of [`layer_forward`]: with dx [rows, C] the gradient of the layer's output, adds
+/// the adapters' gradients and turns dx into the gradient of the layer's input, in place.
+fn layer_backward(
+    cfg: &LlamaConfig,
+    layer: &LlamaLayer,
+    lora: &mut LoraLayer,
+    a: &LayerActs,
+    pass: &Pass,
+    dx: &mut [f32],
+) {
+    let (c, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let (qd, group) = (cfg.q_dim(), heads / kv_heads);
+    let eps = cfg.rms_norm_eps as f32;
+    let (b, t) = (pass.batch, pass.t);
+    let (cos, sin) = (&pass.cos, &pass.sin);
+    let rows = b * t;
+    let shape = AttnShape::new(b, heads, t, d);
+    let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
+    // MLP: x_out = x_mid + down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x_mid). The residual
+    // passes dx on unchanged; the branch adds its share.
+    let (h, mut dhidden) = (&a.hidden, vec![0f32; rows * f]);
+    project_backward(&layer.down_proj, ad, h, dx, rows, &mut dhidden, false);
+    let mut dgate = vec![0f32; rows * f];
+    let mut dup = vec![0f32; rows * f];
+    swiglu_backward(&a.gate, &a.up, &dhidden, &mut dgate, &mut dup);
+    let (n, mut dn) = (&a.normed_mlp, vec![0f32; rows * c]);
+    project_backward(&layer.gate_proj, ag, n, &dgate, rows, &mut dn, false);
+    project_backward(&layer.up_proj, au, n, &dup, rows, &mut dn, true);
+    let w = &layer.post_attention_layernorm;
+    rms_norm_backward(&a.x_mid, w, eps, &dn, dx);
+    // Attention: x_mid = x + o_proj(attention(rope(q(n)), rope(k(n)), v(n))), n = rms_norm(x).
+    let attn = heads_to_rows(&a.o, b, t, heads, d, 1);
+    let mut dattn = vec![0f32; rows * qd];
+    project_backward(&layer.o_proj, ao, &attn, dx, rows, &mut dattn, false);
+    let dout = rows_to_heads(&dattn, b, t, heads, d, 1);
+    let mut dqh = vec![0f32; a.q.len()];
+    let mut dkh = vec![0f32; a.k.len()];
+    let mut dvh = vec![0f32; a.v.len()];
+    let (tiles, no_dropout) = (FlashTiles::default(), AttnDropout::NONE);
+    let (q, k, v, o, lse) = (&a.q, &a.k, &a.v, &a.o, &a.lse);
+    flash_attention_backward(
+        q, k, v, o, lse, &dout, shape, true, None, no_dropout, tiles, &mut dqh, &mut dkh, &mut dvh,
+    );
+    // Back to rows; the repeated key/value heads' gradients summed; rotations undone.
+    let mut dq = heads_to_rows(&dqh, b, t, heads, d, 1);
+    let mut dk = heads_to_rows(&dkh, b, t, kv_heads, d, group);
+    let dv = heads_to_rows(&dvh, b, t, kv_heads, d, group);
+    rope_rows_backward(&mut dq, heads, d, cos, sin);
+    rope_rows_backward(&mut dk, kv_heads, d, cos, sin);
+    let n = &a.normed_attn;
+    project_backward(&layer.q_proj, aq, n, &dq, rows, &mut dn, false);
+    project_backward(&layer.k_proj, ak, n, &dk, rows, &mut dn, true);
+    project_backward(&layer.v_proj, av, n, &dv, rows, &mut dn, true);
+    rms_norm_backward(&a.x, &layer.input_layernorm, eps, &dn, dx);
 }
 
 impl LoraLlama {
@@ -519,13 +536,9 @@ impl LoraLlama {
             bail!("LoRA backward needs a forward pass first");
         };
         let cfg = &self.base.config;
-        let (c, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (qd, group) = (cfg.q_dim(), heads / kv_heads);
+        let c = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
-        let (b, t) = (acts.pass.batch, acts.pass.t);
-        let rows = b * t;
-        let shape = AttnShape::new(b, heads, t, d);
+        let rows = acts.pass.batch * acts.pass.t;
         // Head and final norm: dx is the residual stream's gradient from here down.
         let head = self
             .base
@@ -542,81 +555,7 @@ impl LoraLlama {
                 Saved::All(a) => *a,
                 Saved::Input(mut x) => layer_forward(cfg, layer, lora, l, &acts.pass, &mut x),
             };
-            let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
-            // MLP: x_out = x_mid + down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x_mid).
-            let mut dhidden = vec![0f32; rows * f];
-            project_backward(
-                &layer.down_proj,
-                ad,
-                &a.hidden,
-                &dx,
-                rows,
-                &mut dhidden,
-                false,
-            );
-            let (mut dgate, mut dup) = (vec![0f32; rows * f], vec![0f32; rows * f]);
-            swiglu_backward(&a.gate, &a.up, &dhidden, &mut dgate, &mut dup);
-            project_backward(
-                &layer.gate_proj,
-                ag,
-                &a.normed_mlp,
-                &dgate,
-                rows,
-                &mut dnormed,
-                false,
-            );
-            project_backward(
-                &layer.up_proj,
-                au,
-                &a.normed_mlp,
-                &dup,
-                rows,
-                &mut dnormed,
-                true,
-            );
-            rms_norm_backward(
-                &a.x_mid,
-                &layer.post_attention_layernorm,
-                eps,
-                &dnormed,
-                &mut dx,
-            );
-            // Attention: x_mid = x + o_proj(attention(rope(q(n)), rope(k(n)), v(n))).
-            let attn = heads_to_rows(&a.o, b, t, heads, d, 1);
-            let mut dattn = vec![0f32; rows * qd];
-            project_backward(&layer.o_proj, ao, &attn, &dx, rows, &mut dattn, false);
-            let dout = rows_to_heads(&dattn, b, t, heads, d, 1);
-            let (mut dqh, mut dkh, mut dvh) = (
-                vec![0f32; a.q.len()],
-                vec![0f32; a.k.len()],
-                vec![0f32; a.v.len()],
-            );
-            flash_attention_backward(
-                &a.q,
-                &a.k,
-                &a.v,
-                &a.o,
-                &a.lse,
-                &dout,
-                shape,
-                true,
-                None,
-                AttnDropout::NONE,
-                FlashTiles::default(),
-                &mut dqh,
-                &mut dkh,
-                &mut dvh,
-            );
-            let mut dq = heads_to_rows(&dqh, b, t, heads, d, 1);
-            let mut dk = heads_to_rows(&dkh, b, t, kv_heads, d, group);
-            let dv = heads_to_rows(&dvh, b, t, kv_heads, d, group);
-            rope_rows_backward(&mut dq, heads, d, &acts.pass.cos, &acts.pass.sin);
-            rope_rows_backward(&mut dk, kv_heads, d, &acts.pass.cos, &acts.pass.sin);
-            let n = &a.normed_attn;
-            project_backward(&layer.q_proj, aq, n, &dq, rows, &mut dnormed, false);
-            project_backward(&layer.k_proj, ak, n, &dk, rows, &mut dnormed, true);
-            project_backward(&layer.v_proj, av, n, &dv, rows, &mut dnormed, true);
-            rms_norm_backward(&a.x, &layer.input_layernorm, eps, &dnormed, &mut dx);
+            layer_backward(cfg, layer, lora, &a, &acts.pass, &mut dx);
         }
         Ok(())
     }
