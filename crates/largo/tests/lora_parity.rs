@@ -184,6 +184,35 @@ fn checkpointed_layers_give_the_same_gradients() {
 }
 
 #[test]
+fn a_saved_adapter_loads_back_as_it_was() {
+    let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
+    let model = adapted(base.clone(), "qv");
+    let dir = std::env::temp_dir().join(format!("largo-lora-{}", std::process::id()));
+    model.save_adapter(&dir, Some("tiny-llama")).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    let mut back = LoraLlama::new(
+        base,
+        LoraConfig::from_peft_config(&dir.join("adapter_config.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(back.lora, model.lora);
+    back.load_adapter_weights(&TensorFile::load(&dir.join("adapter_model.safetensors")).unwrap())
+        .unwrap();
+    for ((name, a), (_, b)) in model.params().iter().zip(back.params()) {
+        assert_eq!(a.value, b.value, "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn adapters_that_do_not_fit_are_refused_by_tensor_name() {
     let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
     let all = TensorFile::load(&fixtures().join("all/adapter_model.safetensors")).unwrap();

@@ -433,6 +433,27 @@ impl LoraLlama {
         Ok(())
     }
 
+    /// Writes the adapters as PEFT does (`adapter_config.json`, `adapter_model.safetensors`
+    /// with PEFT's tensor names) into `dir`, which is created if needed; `base_model` goes to
+    /// `base_model_name_or_path`.
+    pub fn save_adapter(&self, dir: &std::path::Path, base_model: Option<&str>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let config = serde_json::to_string_pretty(&self.lora.to_peft_config(base_model))
+            .expect("a JSON value serialises");
+        crate::io::write_atomic(&dir.join("adapter_config.json"), config.as_bytes())?;
+        let tensors: Vec<(String, &crate::tensor::Tensor)> = self
+            .params()
+            .into_iter()
+            .map(|(name, p)| (name, &p.value))
+            .collect();
+        let metadata = std::collections::HashMap::from([("format".into(), "pt".into())]);
+        crate::io::save_safetensors(
+            &dir.join("adapter_model.safetensors"),
+            &tensors,
+            Some(metadata),
+        )
+    }
+
     /// The mean cross-entropy of `targets` (next-token ids per position, [`IGNORE_INDEX`] to
     /// leave one out; see [`shift_labels`]) over a batch of `batch` sequences of `ids`, all
     /// starting at position 0. Saves the activations [`backward`](Self::backward) needs;

@@ -184,6 +184,25 @@ impl LoraConfig {
             .map_err(|e| bad(e.to_string()))
     }
 
+    /// PEFT's `adapter_config.json` for these adapters on the base `base_model`.
+    pub fn to_peft_config(&self, base_model: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.targets.iter().map(|t| t.proj()).collect::<Vec<_>>(),
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_rslora": false,
+            "use_dora": false,
+            "init_lora_weights": true,
+            "inference_mode": true,
+        })
+    }
+
     /// What multiplies the adapter's output: alpha / r (PEFT without rsLoRA).
     pub fn scale(&self) -> f32 {
         self.alpha / self.r as f32
