@@ -101,13 +101,19 @@ enum Saved {
 }
 
 /// Everything forward saved: per layer, then the final norm's input and the loss gradient of
-/// the logits (computed with the loss, so the logits themselves are not kept).
+/// its output (computed with the loss, through the frozen head: nothing of the vocabulary's
+/// size is kept).
 struct Acts {
     pass: Pass,
     layers: Vec<Saved>,
     x_final: Vec<f32>,
-    dlogits: Vec<f32>,
+    /// [rows, C].
+    dnormed: Vec<f32>,
 }
+
+/// Logits computed at a time by the loss (64 MiB of f32, and as much for their gradient):
+/// each chunk dequantises a quantised head once more, so not too few rows either.
+const LOGITS_CHUNK_VALUES: usize = 1 << 24;
 
 /// A frozen Llama-family decoder with trainable LoRA adapters.
 pub struct LoraLlama {
@@ -365,6 +371,45 @@ fn layer_backward(
     rms_norm_backward(&a.x, &layer.input_layernorm, eps, &dn, dx);
 }
 
+/// The head and the loss, `chunk` rows at a time: each chunk's logits give its losses and
+/// their gradient, taken through the frozen head at once, so neither the logits nor their
+/// gradient [rows, vocab] are ever held whole. normed: [rows, C]; `valid` targets are not
+/// [`IGNORE_INDEX`]. Returns the mean loss and its gradient with respect to `normed`.
+fn loss_through_head(
+    head: &Matrix,
+    normed: &[f32],
+    targets: &[i64],
+    vocab: usize,
+    valid: usize,
+    chunk: usize,
+) -> Result<(f32, Vec<f32>)> {
+    let (rows, c) = (targets.len(), head.cols);
+    let chunk = chunk.clamp(1, rows.max(1));
+    let mut logits = vec![0f32; chunk * vocab];
+    let mut dlogits = vec![0f32; chunk * vocab];
+    let mut row_losses = vec![0f32; rows];
+    let mut dnormed = vec![0f32; rows * c];
+    for r0 in (0..rows).step_by(chunk) {
+        let m = chunk.min(rows - r0);
+        let tg = &targets[r0..r0 + m];
+        let (z, dz) = (&mut logits[..m * vocab], &mut dlogits[..m * vocab]);
+        head.forward_f32(&normed[r0 * c..(r0 + m) * c], m, z);
+        cross_entropy_forward(z, tg, vocab, IGNORE_INDEX, 0.0, &mut row_losses[r0..r0 + m])?;
+        // The kernel divides by the chunk's valid rows; the mean is over the batch's.
+        let in_chunk = tg.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        let scale = in_chunk as f32 / valid.max(1) as f32;
+        cross_entropy_backward(z, tg, vocab, IGNORE_INDEX, 0.0, scale, dz)?;
+        head.backward_input(dz, m, &mut dnormed[r0 * c..(r0 + m) * c], false);
+    }
+    let total: f64 = row_losses.iter().map(|&l| l as f64).sum();
+    let loss = if valid == 0 {
+        0.0
+    } else {
+        (total / valid as f64) as f32
+    };
+    Ok((loss, dnormed))
+}
+
 impl LoraLlama {
     /// Adapters on `lora.targets` of every layer, initialised as PEFT does from `seed`.
     pub fn new(base: Llama, lora: LoraConfig, seed: u64) -> Result<Self> {
@@ -491,7 +536,7 @@ impl LoraLlama {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("token id {id} is outside the vocabulary of {vocab}");
         }
-        crate::backend::check_targets(targets, vocab, IGNORE_INDEX)?;
+        let valid = crate::backend::check_targets(targets, vocab, IGNORE_INDEX)?;
         self.acts = None;
 
         // Rotary tables for every row: each sequence at positions 0..t.
@@ -518,7 +563,7 @@ impl LoraLlama {
                 Saved::All(Box::new(acts))
             });
         }
-        // Final norm, head, loss; the logits' gradient is computed now and kept instead.
+        // Final norm, then head and loss.
         let mut normed = vec![0f32; rows * c];
         rms_norm_forward(&x, &self.base.norm, eps, &mut normed);
         let head = self
@@ -526,26 +571,13 @@ impl LoraLlama {
             .lm_head
             .as_ref()
             .unwrap_or(&self.base.embed_tokens);
-        let mut logits = vec![0f32; rows * vocab];
-        head.forward_f32(&normed, rows, &mut logits);
-        let mut row_losses = vec![0f32; rows];
-        let loss =
-            cross_entropy_forward(&logits, targets, vocab, IGNORE_INDEX, 0.0, &mut row_losses)?;
-        let mut dlogits = vec![0f32; rows * vocab];
-        cross_entropy_backward(
-            &logits,
-            targets,
-            vocab,
-            IGNORE_INDEX,
-            0.0,
-            1.0,
-            &mut dlogits,
-        )?;
+        let chunk = LOGITS_CHUNK_VALUES / vocab;
+        let (loss, dnormed) = loss_through_head(head, &normed, targets, vocab, valid, chunk)?;
         self.acts = Some(Acts {
             pass,
             layers: saved,
             x_final: x,
-            dlogits,
+            dnormed,
         });
         Ok(loss)
     }
@@ -560,16 +592,10 @@ impl LoraLlama {
         let c = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
         let rows = acts.pass.batch * acts.pass.t;
-        // Head and final norm: dx is the residual stream's gradient from here down.
-        let head = self
-            .base
-            .lm_head
-            .as_ref()
-            .unwrap_or(&self.base.embed_tokens);
-        let mut dnormed = vec![0f32; rows * c];
-        head.backward_input(&acts.dlogits, rows, &mut dnormed, false);
+        // Final norm (the head's part was done with the loss): dx is the residual stream's
+        // gradient from here down.
         let mut dx = vec![0f32; rows * c];
-        rms_norm_backward(&acts.x_final, &self.base.norm, eps, &dnormed, &mut dx);
+        rms_norm_backward(&acts.x_final, &self.base.norm, eps, &acts.dnormed, &mut dx);
         let layers = self.base.layers.iter().zip(&mut self.layers);
         for (l, ((layer, lora), saved)) in layers.zip(acts.layers).enumerate().rev() {
             let a = match saved {
@@ -605,5 +631,33 @@ mod tests {
         assert_eq!(&heads[at..at + d], &rows[5 * n * d + d..5 * n * d + 2 * d]);
         let back = heads_to_rows(&heads, b, t, n, d, rep);
         assert!(back.iter().zip(&rows).all(|(a, r)| *a == 3.0 * r));
+    }
+
+    #[test]
+    fn the_loss_in_chunks_of_rows_is_the_loss_of_the_whole_batch() {
+        let (rows, c, vocab) = (7, 32, 11);
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        let head = Matrix::new(vocab, c, values(vocab * c, 0.37)).unwrap();
+        let normed = values(rows * c, 0.91);
+        let targets = [3, IGNORE_INDEX, 0, 10, 4, IGNORE_INDEX, 7];
+        let whole = loss_through_head(&head, &normed, &targets, vocab, 5, rows).unwrap();
+        for chunk in [1, 2, 3] {
+            let parts = loss_through_head(&head, &normed, &targets, vocab, 5, chunk).unwrap();
+            assert!(
+                (parts.0 - whole.0).abs() < 1e-6,
+                "{} vs {}",
+                parts.0,
+                whole.0
+            );
+            let close = parts
+                .1
+                .iter()
+                .zip(&whole.1)
+                .all(|(a, b)| (a - b).abs() < 1e-6);
+            assert!(close, "chunks of {chunk}");
+        }
+        assert!(whole.1.iter().any(|&g| g != 0.0));
+        // Rows left out of the loss get no gradient.
+        assert!(whole.1[c..2 * c].iter().all(|&g| g == 0.0));
     }
 }
