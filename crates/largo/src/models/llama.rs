@@ -5,8 +5,8 @@
 //!
 //! Every weight inside has Hugging Face's name and layout, whatever file it came from (GGUF's
 //! permuted query/key rows are put back at load), and rotary positions use Hugging Face's
-//! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
-//! values of the positions seen so far.
+//! half-split convention. Inference here (fine-tuning with LoRA: `llama_train.rs`); a KV cache of
+//! fixed-size blocks holds the keys and values of the positions seen so far.
 
 use super::llama_cache::LayerView;
 pub use super::llama_cache::{KvPool, KvType, LlamaCache, BLOCK_TOKENS};
