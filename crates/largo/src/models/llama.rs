@@ -5,8 +5,8 @@
 //!
 //! Every weight inside has Hugging Face's name and layout, whatever file it came from (GGUF's
 //! permuted query/key rows are put back at load), and rotary positions use Hugging Face's
-//! half-split convention. Inference only; a KV cache of fixed-size blocks holds the keys and
-//! values of the positions seen so far.
+//! half-split convention. Inference here (fine-tuning with LoRA: `llama_train.rs`); a KV cache of
+//! fixed-size blocks holds the keys and values of the positions seen so far.
 
 use super::llama_cache::LayerView;
 pub use super::llama_cache::{KvPool, KvType, LlamaCache, BLOCK_TOKENS};
@@ -239,6 +239,82 @@ impl Matrix {
     }
 }
 
+/// Values a training product dequantises at a time (1 MiB of f32): whole rows of the matrix.
+const DEQUANT_TILE_VALUES: usize = 256 * 1024;
+
+impl Matrix {
+    /// Rows per dequantised tile.
+    fn tile_rows(&self) -> usize {
+        (DEQUANT_TILE_VALUES / self.cols.max(1)).clamp(1, self.rows.max(1))
+    }
+
+    /// Rows r0..r1 as f32 into `out` [r1 − r0, cols].
+    fn dequantize_rows(q: &QMatrix, r0: usize, out: &mut [f32]) {
+        out.par_chunks_mut(q.cols)
+            .enumerate()
+            .for_each(|(i, row)| q.dequantize_row(r0 + i, row));
+    }
+
+    /// y [n, rows] = x [n, cols] · selfᵀ in f32 arithmetic: what training differentiates.
+    /// Quantised weights are dequantised a tile of rows at a time (never the whole matrix) and
+    /// multiplied by the f32 GEMM, so the product is exactly that of the dequantised matrix;
+    /// inference's integer kernels round the activations to 8 bits instead.
+    pub fn forward_f32(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        match &self.weights {
+            Weights::F32(d) => Gemm::nt(n, rows, cols).run(x, d, &mut y[..n * rows]),
+            Weights::Quant(q) => {
+                let tile = self.tile_rows();
+                let mut w = vec![0f32; tile * cols];
+                let mut part = vec![0f32; n * tile];
+                for r0 in (0..rows).step_by(tile) {
+                    let m = tile.min(rows - r0);
+                    Self::dequantize_rows(q, r0, &mut w[..m * cols]);
+                    // part [n, m] = x · W[r0..r0+m]ᵀ, then into columns r0.. of y.
+                    Gemm::nt(n, m, cols).run(x, &w[..m * cols], &mut part[..n * m]);
+                    for (yr, pr) in y.chunks_exact_mut(rows).zip(part.chunks_exact(m)) {
+                        yr[r0..r0 + m].copy_from_slice(pr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// dx [n, cols] = dy [n, rows] · self (added into dx with `accumulate`): the input's
+    /// gradient through a frozen matrix. Quantised weights are dequantised a tile of rows at a
+    /// time, each tile's share dy[:, tile] · W[tile] summed into dx.
+    pub fn backward_input(&self, dy: &[f32], n: usize, dx: &mut [f32], accumulate: bool) {
+        let (rows, cols) = (self.rows, self.cols);
+        let dx = &mut dx[..n * cols];
+        match &self.weights {
+            Weights::F32(d) => {
+                let g = Gemm::nn(n, cols, rows);
+                let g = if accumulate { g.accumulate() } else { g };
+                g.run(dy, d, dx);
+            }
+            Weights::Quant(q) => {
+                let tile = self.tile_rows();
+                let mut w = vec![0f32; tile * cols];
+                let mut dy_tile = vec![0f32; n * tile];
+                for r0 in (0..rows).step_by(tile) {
+                    let m = tile.min(rows - r0);
+                    Self::dequantize_rows(q, r0, &mut w[..m * cols]);
+                    for (t, d) in dy_tile.chunks_exact_mut(m).zip(dy.chunks_exact(rows)) {
+                        t.copy_from_slice(&d[r0..r0 + m]);
+                    }
+                    let g = Gemm::nn(n, cols, m);
+                    let g = if accumulate || r0 > 0 {
+                        g.accumulate()
+                    } else {
+                        g
+                    };
+                    g.run(&dy_tile[..n * m], &w[..m * cols], dx);
+                }
+            }
+        }
+    }
+}
+
 /// One decoder layer's weights (Hugging Face: `model.layers.{i}.…`).
 #[derive(Clone, Debug)]
 pub struct LlamaLayer {
@@ -358,6 +434,11 @@ impl Llama {
             });
         }
         types.into_iter().collect::<Vec<_>>().join(" + ")
+    }
+
+    /// The inverse frequency of each rotary pair, scaling and `rope_freqs` applied.
+    pub fn rope_inv_freq(&self) -> &[f64] {
+        &self.inv_freq
     }
 
     /// Divides each rotary frequency by its factor (GGUF's `rope_freqs.weight`, Llama 3's
@@ -689,7 +770,7 @@ fn prompt_attention(
 }
 
 /// cos and sin [t, D/2] of positions start..start+t.
-fn rope_cos_sin(inv_freq: &[f64], start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_cos_sin(inv_freq: &[f64], start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(t * inv_freq.len());
     let mut sin = Vec::with_capacity(t * inv_freq.len());
     for pos in start..start + t {
@@ -703,7 +784,7 @@ fn rope_cos_sin(inv_freq: &[f64], start: usize, t: usize) -> (Vec<f32>, Vec<f32>
     (cos, sin)
 }
 
-fn add_row_bias(x: &mut [f32], bias: &[f32]) {
+pub(crate) fn add_row_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += b;

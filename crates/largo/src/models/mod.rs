@@ -8,6 +8,7 @@ pub mod interop;
 pub mod llama;
 pub mod llama_cache;
 pub mod llama_load;
+pub mod llama_train;
 pub mod mlp;
 pub mod resnet;
 pub mod sentence;

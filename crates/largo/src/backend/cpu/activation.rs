@@ -196,6 +196,24 @@ pub fn swiglu_forward(gate: &mut [f32], up: &[f32]) {
         });
 }
 
+/// Backward of [`swiglu_forward`]: `gate` and `up` are its inputs, dh the gradient of
+/// h = silu(g)·u. With s = σ(g): du = dh·g·s, dg = dh·u·s·(1 + g·(1 − s)).
+pub fn swiglu_backward(gate: &[f32], up: &[f32], dh: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    const CHUNK: usize = 16 * 1024;
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .zip(dh.par_chunks(CHUNK))
+        .for_each(|(((dg, du), (g, u)), dh)| {
+            for ((((dg, du), &g), &u), &dh) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dh) {
+                let s = 1.0 / (1.0 + (-g).exp());
+                *du = dh * g * s;
+                *dg = dh * u * s * (1.0 + g * (1.0 - s));
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +236,35 @@ mod tests {
             );
         }
         assert!(y.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn swiglu_backward_matches_finite_differences() {
+        let g: Vec<f64> = vec![-3.0, -0.5, 0.0, 0.7, 2.5];
+        let u: Vec<f64> = vec![1.5, -2.0, 0.3, 0.9, -0.4];
+        let h = |g: f64, u: f64| g / (1.0 + (-g).exp()) * u;
+        let gf: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+        let uf: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+        let mut fwd = gf.clone();
+        swiglu_forward(&mut fwd, &uf);
+        let dh = [0.5f32, -1.0, 2.0, 1.0, 0.25];
+        let (mut dg, mut du) = ([0f32; 5], [0f32; 5]);
+        swiglu_backward(&gf, &uf, &dh, &mut dg, &mut du);
+        let e = 1e-6;
+        for i in 0..5 {
+            assert!((fwd[i] as f64 - h(g[i], u[i])).abs() < 1e-6);
+            let ng = (h(g[i] + e, u[i]) - h(g[i] - e, u[i])) / (2.0 * e) * dh[i] as f64;
+            let nu = (h(g[i], u[i] + e) - h(g[i], u[i] - e)) / (2.0 * e) * dh[i] as f64;
+            assert!(
+                (dg[i] as f64 - ng).abs() < 1e-5,
+                "dgate[{i}] {} vs {ng}",
+                dg[i]
+            );
+            assert!(
+                (du[i] as f64 - nu).abs() < 1e-5,
+                "dup[{i}] {} vs {nu}",
+                du[i]
+            );
+        }
     }
 }

@@ -696,6 +696,16 @@ fn rope_rotate(x: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32], sign
 /// in place, with cos/sin [t, D/2]: the half-split pairs (j, j + D/2) of each head, as Hugging
 /// Face's `rotate_half`.
 pub fn rope_rows_forward(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    rope_rows_rotate(x, heads, d, cos, sin, 1.0);
+}
+
+/// Backward of [`rope_rows_forward`], in place on dx [t, heads·D]: the rotation's transpose,
+/// a rotation by −θ.
+pub fn rope_rows_backward(dx: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    rope_rows_rotate(dx, heads, d, cos, sin, -1.0);
+}
+
+fn rope_rows_rotate(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32], sign: f32) {
     let half = d / 2;
     x.par_chunks_mut(heads * d)
         .enumerate()
@@ -708,8 +718,9 @@ pub fn rope_rows_forward(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin
                 let (x1, x2) = head.split_at_mut(half);
                 for j in 0..half {
                     let (a, b) = (x1[j], x2[j]);
-                    x1[j] = a * c[j] - b * s[j];
-                    x2[j] = b * c[j] + a * s[j];
+                    let sn = sign * s[j];
+                    x1[j] = a * c[j] - b * sn;
+                    x2[j] = b * c[j] + a * sn;
                 }
             }
         });
@@ -734,6 +745,27 @@ pub fn sinusoidal_table(max_len: usize, d: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rope_rows_backward_is_the_transpose_of_forward() {
+        // <R·x, y> = <x, Rᵀ·y> for 3 rows of 2 heads of D = 4.
+        let (t, heads, d) = (3, 2, 4);
+        let (cos, sin) = rope_tables(5, t, d, 10000.0);
+        let x: Vec<f32> = (0..t * heads * d)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let y: Vec<f32> = (0..t * heads * d)
+            .map(|i| (i as f32 * 0.71).cos())
+            .collect();
+        let mut rx = x.clone();
+        rope_rows_forward(&mut rx, heads, d, &cos, &sin);
+        let mut rty = y.clone();
+        rope_rows_backward(&mut rty, heads, d, &cos, &sin);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p * q) as f64).sum::<f64>();
+        assert!((dot(&rx, &y) - dot(&x, &rty)).abs() < 1e-5);
+        rope_rows_backward(&mut rx, heads, d, &cos, &sin);
+        assert!(rx.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
 
     #[test]
     fn cached_group_attention_equals_the_plain_formula_for_every_head_size_and_type() {

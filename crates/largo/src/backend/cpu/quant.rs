@@ -1,5 +1,5 @@
 //! ggml's block formats (what GGUF files store) and their dequantisation to f32, one function
-//! per block type after llama.cpp's `dequantize_row_*`. Portable scalar code, forward only:
+//! per block type after llama.cpp's `dequantize_row_*` (and Q8_0's quantisation). Portable scalar code, forward only:
 //! quantised matmuls that never expand the weights come later.
 //!
 //! A block holds `block_values` consecutive values of a row in `block_bytes` bytes; every
@@ -7,7 +7,7 @@
 //! of Q6_K. Arithmetic follows `gguf.quants.dequantize` operation for operation (scale times
 //! scale first, no fused multiply-add), so the results equal it bit for bit.
 
-use super::half::f16_to_f32;
+use super::half::{f16_to_f32, f32_to_f16};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -316,6 +316,27 @@ pub fn dequantize_row_q8_0(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Quantises `values` (a whole number of 32-value blocks) to Q8_0 as llama.cpp's
+/// `quantize_row_q8_0_ref` does: per block d = max|x|/127 (stored as f16), q = round(x/d),
+/// ties away from zero.
+pub fn quantize_q8_0(values: &[f32]) -> Result<Vec<u8>> {
+    if !values.len().is_multiple_of(32) {
+        return Err(Error::Invalid(format!(
+            "quantize Q8_0: {} values are not whole blocks of 32",
+            values.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for block in values.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+        out.extend(block.iter().map(|&x| (x * inv).round() as i8 as u8));
+    }
+    Ok(out)
+}
+
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K/Q5_K block, packed in 12
 /// bytes: sub-blocks 0..4 in the low 6 bits of bytes j and j + 4, sub-blocks 4..8 in the
 /// nibbles of bytes j + 4 with their top two bits in the top bits of bytes j - 4 and j.
@@ -450,6 +471,28 @@ mod tests {
             assert_eq!(out[j], 2.0 * (j as f32 - 8.0));
             assert_eq!(out[j + 16], 2.0 * (7.0 - j as f32));
         }
+    }
+
+    #[test]
+    fn q8_0_quantisation_moves_each_value_by_at_most_half_a_step() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let bytes = quantize_q8_0(&x).unwrap();
+        assert_eq!(bytes.len(), 3 * 34);
+        let mut back = vec![0f32; 96];
+        dequantize(GgmlType::Q8_0, &bytes, &mut back).unwrap();
+        for (block, got) in x.chunks_exact(32).zip(back.chunks_exact(32)) {
+            let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, b) in block.iter().zip(got) {
+                // Half a step, plus the f16 rounding of the scale (2⁻¹¹ of up to 127 steps).
+                assert!((a - b).abs() <= step * (0.5 + 127.0 / 2048.0), "{a} → {b}");
+            }
+        }
+        assert!(quantize_q8_0(&x[..40])
+            .unwrap_err()
+            .to_string()
+            .contains("40 values"));
     }
 
     #[test]
