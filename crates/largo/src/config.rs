@@ -39,8 +39,9 @@ pub struct RunConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
-    /// "mnist" (IDX files in `path`) or "text" (a `largo prepare text` directory, or raw text
-    /// files / a directory of them, prepared into the run with `tokenizer`).
+    /// "mnist" (IDX files in `path`), "image_folder" (`path/<class>/*.png|jpg`, resized and
+    /// center-cropped to the model's input) or "text" (a `largo prepare text` directory, or raw
+    /// text files / a directory of them, prepared into the run with `tokenizer`).
     pub kind: String,
     pub path: String,
     /// Fraction held out for validation (samples for MNIST, whole documents for text).
@@ -207,13 +208,13 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Config(m));
         let (arch, kind) = (self.model.arch, self.data.kind.as_str());
-        let data_kind = match arch {
-            Arch::Mlp | Arch::Cnn | Arch::ResNet => "mnist",
-            Arch::Gpt | Arch::EncoderLm => "text",
+        let data_kinds: &[&str] = match arch {
+            Arch::Mlp | Arch::Cnn | Arch::ResNet => &["mnist", "image_folder"],
+            Arch::Gpt | Arch::EncoderLm => &["text"],
         };
-        if kind != data_kind {
+        if !data_kinds.contains(&kind) {
             return err(format!(
-                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\", language models take \"text\""
+                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\" or \"image_folder\", language models take \"text\""
             ));
         }
         if self.is_lm() && !self.data.test_path.is_empty() {

@@ -2,6 +2,7 @@
 
 pub mod idx;
 pub mod image;
+pub mod image_folder;
 pub mod llm_tokenizer;
 pub mod mnist;
 pub mod text;
