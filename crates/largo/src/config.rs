@@ -54,6 +54,11 @@ pub struct DataConfig {
     /// MNIST only: a directory of `t10k-*` (or else `train-*`) files scored once after
     /// training, reported apart from validation ("": none).
     pub test_path: String,
+    /// Image classifiers, training only: pad by N pixels and crop back at a random offset
+    /// (torchvision's `RandomCrop(size, padding=N)`); 0: off. Seeded; off for digits.
+    pub augment_padding: usize,
+    /// Image classifiers, training only: mirror left–right with probability ½.
+    pub augment_flip: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,6 +119,8 @@ impl Default for Config {
                 max_train_samples: 0,
                 tokenizer: "char".into(),
                 test_path: String::new(),
+                augment_padding: 0,
+                augment_flip: false,
             },
             model: ModelConfig { arch: Arch::Gpt },
             mlp: MlpConfig::default(),

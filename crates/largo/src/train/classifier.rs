@@ -6,6 +6,7 @@ use super::dist::Dist;
 use super::session::{Metric, Schedule, StepSums, Task, TestScore, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
+use crate::data::augment::Augment;
 use crate::data::image_folder::load_image_folder;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, MnistFiles, Normalization};
 use crate::models::classifier::score;
@@ -138,6 +139,19 @@ impl Task for ClassifierTask<'_> {
             }
             let idx: Vec<usize> = positions.iter().map(|&p| self.train_idx[p]).collect();
             gather_batch(&self.data, &norm, &idx, &mut self.x, &mut self.y);
+            let augment = Augment {
+                padding: self.cfg.data.augment_padding,
+                flip: self.cfg.data.augment_flip,
+            };
+            let (seed, input) = (self.cfg.run.seed, self.model.input());
+            augment.apply(
+                &mut self.x,
+                input,
+                norm.apply(0),
+                seed,
+                state.epoch,
+                positions,
+            );
             let n = idx.len();
             let logits = self
                 .model
