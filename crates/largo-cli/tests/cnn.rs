@@ -331,6 +331,22 @@ fn a_resnet_trains_on_an_image_folder_and_bad_folders_name_the_problem() {
     );
     let (model, _, _) = load_classifier(&tmp.path().join("runs/folder/best")).unwrap();
     assert_eq!(model.input(), [3, 16, 16]);
+    // eval reads the class folders too: the recorded split gives the same 6 validation images.
+    let out = ok(&largo(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            "runs/folder",
+            "--data",
+            root.to_str().unwrap(),
+            "--split",
+            "val",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["samples"], 6, "{out}");
 
     // An empty class folder and an unreadable image are errors naming them.
     std::fs::create_dir_all(root.join("green")).unwrap();
