@@ -1,5 +1,6 @@
 use crate::prepare::{hint_unknown, UnknownArg};
 use anyhow::Result;
+use largo::data::image_folder::load_image_folder;
 use largo::data::mnist::{Mnist, MnistFiles};
 use largo::data::text::TokenData;
 use largo::data::text::{drop_unknown, Skipped};
@@ -94,18 +95,27 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         MnistFiles::Train
     };
-    let data = Mnist::load_files(data_path, files, model.classes()).map_err(|e| {
-        let hint = match files {
-            MnistFiles::Train if MnistFiles::Test.present_in(data_path) => {
-                "; it has the t10k-* test files: score them with --split test"
-            }
-            MnistFiles::Test if MnistFiles::Train.present_in(data_path) => {
-                "; it has train-* files: score them with --split all, val or train"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("{e}{hint}")
-    })?;
+    // A directory of class folders and no IDX files: torchvision's ImageFolder layout.
+    let image_folder = !MnistFiles::Train.present_in(data_path)
+        && !MnistFiles::Test.present_in(data_path)
+        && std::fs::read_dir(data_path).is_ok_and(|rd| rd.flatten().any(|e| e.path().is_dir()));
+    let data = if image_folder {
+        let [c, h, w] = model.input();
+        load_image_folder(data_path, c, [h, w], model.classes())?
+    } else {
+        Mnist::load_files(data_path, files, model.classes()).map_err(|e| {
+            let hint = match files {
+                MnistFiles::Train if MnistFiles::Test.present_in(data_path) => {
+                    "; it has the t10k-* test files: score them with --split test"
+                }
+                MnistFiles::Test if MnistFiles::Train.present_in(data_path) => {
+                    "; it has train-* files: score them with --split all, val or train"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("{e}{hint}")
+        })?
+    };
     model.check_input(data.pixels, &data_path.display().to_string())?;
     let indices: Vec<usize> = match split {
         Split::All | Split::Test => (0..data.len()).collect(),

@@ -39,8 +39,9 @@ pub struct RunConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
-    /// "mnist" (IDX files in `path`) or "text" (a `largo prepare text` directory, or raw text
-    /// files / a directory of them, prepared into the run with `tokenizer`).
+    /// "mnist" (IDX files in `path`), "image_folder" (`path/<class>/*.png|jpg`, resized and
+    /// center-cropped to the model's input) or "text" (a `largo prepare text` directory, or raw
+    /// text files / a directory of them, prepared into the run with `tokenizer`).
     pub kind: String,
     pub path: String,
     /// Fraction held out for validation (samples for MNIST, whole documents for text).
@@ -53,6 +54,11 @@ pub struct DataConfig {
     /// MNIST only: a directory of `t10k-*` (or else `train-*`) files scored once after
     /// training, reported apart from validation ("": none).
     pub test_path: String,
+    /// Image classifiers, training only: pad by N pixels and crop back at a random offset
+    /// (torchvision's `RandomCrop(size, padding=N)`); 0: off. Seeded; off for digits.
+    pub augment_padding: usize,
+    /// Image classifiers, training only: mirror left–right with probability ½.
+    pub augment_flip: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +119,8 @@ impl Default for Config {
                 max_train_samples: 0,
                 tokenizer: "char".into(),
                 test_path: String::new(),
+                augment_padding: 0,
+                augment_flip: false,
             },
             model: ModelConfig { arch: Arch::Gpt },
             mlp: MlpConfig::default(),
@@ -207,13 +215,13 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Config(m));
         let (arch, kind) = (self.model.arch, self.data.kind.as_str());
-        let data_kind = match arch {
-            Arch::Mlp | Arch::Cnn | Arch::ResNet => "mnist",
-            Arch::Gpt | Arch::EncoderLm => "text",
+        let data_kinds: &[&str] = match arch {
+            Arch::Mlp | Arch::Cnn | Arch::ResNet => &["mnist", "image_folder"],
+            Arch::Gpt | Arch::EncoderLm => &["text"],
         };
-        if kind != data_kind {
+        if !data_kinds.contains(&kind) {
             return err(format!(
-                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\", language models take \"text\""
+                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\" or \"image_folder\", language models take \"text\""
             ));
         }
         if self.is_lm() && !self.data.test_path.is_empty() {

@@ -11,6 +11,8 @@ pub mod stream {
     pub const INIT: u64 = 1;
     pub const SPLIT: u64 = 2;
     pub const DROPOUT: u64 = 3;
+    /// Training-time image augmentation; one stream per epoch from here (see `SHUFFLE`).
+    pub const AUGMENT: u64 = 1_000_000;
     /// Epoch `e` shuffles with stream `SHUFFLE + e`.
     pub const SHUFFLE: u64 = 1000;
 }

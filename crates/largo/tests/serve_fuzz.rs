@@ -59,7 +59,7 @@ fn models() -> BTreeMap<String, Arc<Served>> {
     m.insert(
         "digits".to_string(),
         Arc::new(Served::Classifier {
-            model: Mutex::new(mlp),
+            model: Mutex::new(Box::new(mlp)),
             norm: Normalization {
                 mean: 0.1,
                 std: 0.3,

@@ -1,5 +1,6 @@
 //! Data: readers, cleaning, splits and batches.
 
+pub mod augment;
 pub mod idx;
 pub mod image;
 pub mod image_folder;

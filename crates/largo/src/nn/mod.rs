@@ -209,19 +209,23 @@ macro_rules! params {
 }
 pub(crate) use params;
 
+/// What a walk that asks for buffers calls with each (shared and mutable walk).
+type OnBuffer<'a, 'f> = &'f mut dyn FnMut(&str, BufferRef<'a>);
+type OnBufferMut<'a, 'f> = &'f mut dyn FnMut(&str, BufferMut<'a>);
+
 /// The shared walk's visitor: full dotted names (`fc1` + `weight` → `fc1.weight`) to `f`, and
 /// the buffers' to `on_buffer` when the walk asks for them.
 pub struct Params<'a, 'f> {
     name: String,
     f: &'f mut dyn FnMut(&str, &'a Param),
-    on_buffer: Option<&'f mut dyn FnMut(&str, BufferRef<'a>)>,
+    on_buffer: Option<OnBuffer<'a, 'f>>,
 }
 
 /// The mutable walk's visitor: the same methods as [`Params`].
 pub struct ParamsMut<'a, 'f> {
     name: String,
     f: &'f mut dyn FnMut(&str, &'a mut Param),
-    on_buffer: Option<&'f mut dyn FnMut(&str, BufferMut<'a>)>,
+    on_buffer: Option<OnBufferMut<'a, 'f>>,
 }
 
 impl<'a, 'f> Params<'a, 'f> {
@@ -246,7 +250,7 @@ impl<'a, 'f> Params<'a, 'f> {
     }
 
     /// A buffer of values (a running mean), named like a parameter.
-    pub fn buffer(&mut self, name: &str, b: &'a Vec<f32>) {
+    pub fn buffer(&mut self, name: &str, b: &'a [f32]) {
         self.visit_buffer(name, BufferRef::Values(b));
     }
 

@@ -14,7 +14,7 @@ use crate::eval::{evaluate, Evaluation};
 use crate::explain::attention::AttentionMaps;
 use crate::explain::saliency::{attribute, baseline_input, render_png, Baseline, Method};
 use crate::generate::{generate, Sampling};
-use crate::models::store::{load_lm, load_mlp, resolve_model_dir};
+use crate::models::store::{load_classifier, load_lm, resolve_model_dir};
 use crate::nn::{Forward, Module};
 use crate::tensor::argmax;
 use crate::train::metrics::{read_records, Record};
@@ -469,17 +469,15 @@ fn classifier_sections(run: &Path, cfg: &Config, notes: &mut Vec<String>) -> Vec
 
 fn classifier_parts(run: &Path, cfg: &Config) -> Result<Vec<Section>> {
     let model_dir = resolve_model_dir(run)?;
-    let (mut model, info, norm) = load_mlp(&model_dir)?;
+    let (mut model, info, norm) = load_classifier(&model_dir)?;
     let data_path = resolve_config_path(&cfg.data.path, run, &cfg.run.out_dir);
-    let data = Mnist::load(&data_path, model.config.classes)?;
-    if data.pixels != model.config.input {
-        return Err(Error::Invalid(format!(
-            "{}: images have {} pixels, the model expects {}",
-            data_path.display(),
-            data.pixels,
-            model.config.input
-        )));
-    }
+    let data = if cfg.data.kind == "image_folder" {
+        let [c, h, w] = model.input();
+        crate::data::image_folder::load_image_folder(&data_path, c, [h, w], model.classes())?
+    } else {
+        Mnist::load(&data_path, model.classes())?
+    };
+    model.check_input(data.pixels, &data_path.display().to_string())?;
     // The model records the split it trained with; older models fall back on the config's.
     let (seed, fraction) = info
         .split
@@ -492,7 +490,7 @@ fn classifier_parts(run: &Path, cfg: &Config) -> Result<Vec<Section>> {
             "the run has no validation split (val_fraction {fraction})"
         )));
     }
-    let e = evaluate(&mut model, &data, &norm, &val, 256)?;
+    let e = evaluate(model.as_mut(), &data, &norm, &val, 256)?;
     let params: usize = model.params().iter().map(|(_, p)| p.value.data.len()).sum();
     let mut body = html::facts(&[
         ("model", model_dir.display().to_string()),
@@ -538,7 +536,7 @@ fn classifier_parts(run: &Path, cfg: &Config) -> Result<Vec<Section>> {
         "Evaluation: confusion matrix",
         body,
     )];
-    sections.push(saliency_section(&mut model, &data, &norm, &val)?);
+    sections.push(saliency_section(model.as_mut(), &data, &norm, &val)?);
     Ok(sections)
 }
 
@@ -581,18 +579,18 @@ pub fn confusion_html(e: &Evaluation) -> String {
 /// Integrated-gradients maps of a few validation digits: two the model gets right and two it
 /// gets wrong, when it gets any wrong.
 fn saliency_section(
-    model: &mut crate::models::Mlp,
+    model: &mut dyn crate::models::ImageClassifier,
     data: &Mnist,
     norm: &crate::data::mnist::Normalization,
     val: &[usize],
 ) -> Result<Section> {
     const STEPS: usize = 64;
-    let side = (data.pixels as f64).sqrt() as usize;
-    if side * side != data.pixels {
+    let [c, side, w] = model.input();
+    if c != 1 || side != w {
         return Ok(Section::new(
             "saliency",
             "Explanations: pixel attributions",
-            html::note("The inputs are not square images; no saliency maps."),
+            html::note("The inputs are not grey square images; no saliency maps."),
         ));
     }
     let (mut right, mut wrong) = (Vec::new(), Vec::new());
@@ -601,7 +599,7 @@ fn saliency_section(
             .iter()
             .map(|&p| norm.apply(p))
             .collect();
-        let predicted = argmax(model.forward(&x, Forward::eval(1, 1)));
+        let predicted = argmax(model.forward(&x, Forward::eval(1, 1))?);
         let label = data.labels[i] as usize;
         let list = if predicted == label {
             &mut right

@@ -6,6 +6,8 @@ use super::dist::Dist;
 use super::session::{Metric, Schedule, StepSums, Task, TestScore, Validation};
 use crate::backend::{cross_entropy_backward, cross_entropy_forward};
 use crate::config::Config;
+use crate::data::augment::Augment;
+use crate::data::image_folder::load_image_folder;
 use crate::data::mnist::{epoch_order, gather_batch, Mnist, MnistFiles, Normalization};
 use crate::models::classifier::score;
 use crate::models::store::{save_model, ModelInfo, SplitInfo};
@@ -41,7 +43,7 @@ pub(crate) struct ClassifierTask<'a> {
 impl<'a> ClassifierTask<'a> {
     pub(crate) fn new(cfg: &'a Config, kind: ModelKind) -> Result<Self> {
         let model = build(&kind, cfg.run.seed)?;
-        let data = Mnist::load(Path::new(&cfg.data.path), model.classes())?;
+        let data = load_images(cfg, Path::new(&cfg.data.path), model.as_ref())?;
         check_pixels(model.as_ref(), &kind, &data, &cfg.data.path)?;
         let split = SplitInfo {
             seed: cfg.run.seed,
@@ -56,6 +58,9 @@ impl<'a> ClassifierTask<'a> {
         }
         let test = match cfg.data.test_path.as_str() {
             "" => None,
+            path if cfg.data.kind == "image_folder" => {
+                Some(load_images(cfg, Path::new(path), model.as_ref())?)
+            }
             path => Some(load_test(Path::new(path), &kind, model.as_ref())?),
         };
         Ok(ClassifierTask {
@@ -134,6 +139,19 @@ impl Task for ClassifierTask<'_> {
             }
             let idx: Vec<usize> = positions.iter().map(|&p| self.train_idx[p]).collect();
             gather_batch(&self.data, &norm, &idx, &mut self.x, &mut self.y);
+            let augment = Augment {
+                padding: self.cfg.data.augment_padding,
+                flip: self.cfg.data.augment_flip,
+            };
+            let (seed, input) = (self.cfg.run.seed, self.model.input());
+            augment.apply(
+                &mut self.x,
+                input,
+                norm.apply(0),
+                seed,
+                state.epoch,
+                positions,
+            );
             let n = idx.len();
             let logits = self
                 .model
@@ -228,6 +246,16 @@ impl Task for ClassifierTask<'_> {
         };
         save_model(dir, self.model.as_ref(), &info, None)
     }
+}
+
+/// `data.kind`'s images at `path`: IDX files ("mnist") or class folders ("image_folder"),
+/// the latter resized and cropped to the model's input.
+fn load_images(cfg: &Config, path: &Path, model: &dyn ImageClassifier) -> Result<Mnist> {
+    if cfg.data.kind == "image_folder" {
+        let [c, h, w] = model.input();
+        return load_image_folder(path, c, [h, w], model.classes());
+    }
+    Mnist::load(path, model.classes())
 }
 
 /// The model `kind` describes, initialised from the run's seed.
