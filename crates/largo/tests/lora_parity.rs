@@ -10,7 +10,8 @@ use largo::io::TensorFile;
 use largo::models::llama::{Llama, Matrix, Weights};
 use largo::models::llama_load::load_hf;
 use largo::models::llama_train::{shift_labels, LoraLlama};
-use largo::nn::{LoraConfig, Module};
+use largo::models::lora::LoraConfig;
+use largo::nn::Module;
 use largo::train::optim::{OptimConfig, Optimizer};
 use std::path::PathBuf;
 

@@ -22,13 +22,14 @@
 //! q_proj.lora_A.weight`), so an adapter moves between largo and PEFT as it is.
 
 use super::llama::{add_row_bias, rope_cos_sin, Llama, LlamaConfig, LlamaLayer, Matrix};
+use super::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::backend::{
     add_assign, cross_entropy_backward, cross_entropy_forward, flash_attention_backward,
     flash_attention_forward, rms_norm_backward, rms_norm_forward, rope_rows_backward,
     rope_rows_forward, swiglu_backward, swiglu_forward, AttnDropout, AttnShape, FlashTiles,
 };
 use crate::io::TensorFile;
-use crate::nn::{params, LoraConfig, LoraLinear, LoraTarget, Module};
+use crate::nn::{params, Module};
 use crate::rng::{splitmix64, Rng};
 use crate::{bail, Error, Result};
 

@@ -9,6 +9,7 @@ pub mod llama;
 pub mod llama_cache;
 pub mod llama_load;
 pub mod llama_train;
+pub mod lora;
 pub mod mlp;
 pub mod resnet;
 pub mod sentence;

@@ -10,7 +10,6 @@ mod conv;
 mod embedding;
 mod layernorm;
 mod linear;
-mod lora;
 
 pub use attention::{KvCache, MultiHeadAttention};
 pub use block::{Block, BlockStyle};
@@ -18,7 +17,6 @@ pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dOptions,
 pub use embedding::Embedding;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
-pub use lora::{LoraConfig, LoraLinear, LoraTarget};
 
 use crate::tensor::Tensor;
 use crate::{Error, Result};

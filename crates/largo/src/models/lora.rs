@@ -9,9 +9,9 @@
 //! starts from the base model. The base stays as loaded, f32 or quantised ([`Matrix`]); only A
 //! and B get gradients, but the input's gradient goes through W too (dx = dy·W + …).
 
-use super::{params, Module, Param};
+use super::llama::Matrix;
 use crate::backend::{dropout_backward, dropout_forward, Gemm};
-use crate::models::llama::Matrix;
+use crate::nn::{params, Module, Param};
 use crate::rng::Rng;
 use crate::{bail, Result};
 
