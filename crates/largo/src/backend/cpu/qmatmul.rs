@@ -1,5 +1,5 @@
-//! Matrix products with quantised weights (Q8_0, Q4_0, Q4_1) that never expand the weights
-//! to f32: the activations are quantised per 32-value block to 8 bits (scale max|x|/127, the
+//! Matrix products with quantised weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K;
+//! see `Packing`) that never expand the weights to f32: the activations are quantised per 32-value block to 8 bits (scale max|x|/127, the
 //! block's integer sum kept, as llama.cpp's `q8_1`), and every output is
 //!
 //! ```text

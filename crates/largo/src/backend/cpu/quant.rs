@@ -1,6 +1,6 @@
 //! ggml's block formats (what GGUF files store) and their dequantisation to f32, one function
-//! per block type after llama.cpp's `dequantize_row_*` (and Q8_0's quantisation). Portable scalar code, forward only:
-//! quantised matmuls that never expand the weights come later.
+//! per block type after llama.cpp's `dequantize_row_*` (and Q8_0's quantisation). Portable
+//! scalar code: the integer matmuls over packed blocks are in `qmatmul.rs`.
 //!
 //! A block holds `block_values` consecutive values of a row in `block_bytes` bytes; every
 //! scale is an IEEE f16 except the 6-bit sub-block scales of the K-quants and the int8 ones
