@@ -1,7 +1,6 @@
 //! What every image classifier (the MLP, the CNN, ResNet) offers the classifier task, `eval`,
 //! `classify` and `serve`: batches of images in, logits out, and the way back.
 
-use super::mlp::Scores;
 use crate::backend::cross_entropy_forward;
 use crate::data::mnist::{gather_batch, Mnist, Normalization};
 use crate::nn::{Forward, GradsReady, Module};
@@ -56,6 +55,23 @@ pub trait ImageClassifier: Module + Send {
             )));
         }
         Ok(())
+    }
+}
+
+/// What a classifier's pass over samples counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scores {
+    /// Cross-entropy summed over the samples.
+    pub loss_sum: f64,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl Scores {
+    pub fn correct(&self) -> u64 {
+        (0..self.confusion.len())
+            .map(|c| self.confusion[c][c])
+            .sum()
     }
 }
 

@@ -123,10 +123,16 @@ impl KvBlock {
                 }
             }
             KvData::F16(d) => {
-                let mut halves = vec![0u16; src.len()];
-                f32_slice_to_f16(src, &mut halves);
-                for (x, h) in d[at..at + span].iter_mut().step_by(stride).zip(halves) {
-                    *x = h;
+                // Converted 64 at a time on the stack: this runs per head, layer and token.
+                let mut halves = [0u16; 64];
+                let mut dst = d[at..at + span].iter_mut().step_by(stride);
+                for part in src.chunks(64) {
+                    let h = &mut halves[..part.len()];
+                    f32_slice_to_f16(part, h);
+                    // The halves lead the zip: when they run out, no destination is taken.
+                    for (&h, x) in h.iter().zip(dst.by_ref()) {
+                        *x = h;
+                    }
                 }
             }
         }
@@ -402,6 +408,45 @@ mod tests {
             "attention_bias": false
         }))
         .expect("a config")
+    }
+
+    #[test]
+    fn an_f16_cache_gives_back_what_it_stored_for_heads_wider_than_a_conversion_chunk() {
+        // Head size 80 > the 64 values converted at a time; 2 KV heads, 3 positions.
+        let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "arch": "llama", "vocab_size": 8, "hidden_size": 160, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "head_dim": 80, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "rope_scaling": null, "tie_word_embeddings": true,
+            "attention_bias": false
+        }))
+        .expect("a config");
+        let kv = cfg.kv_dim();
+        // Halves exactly: i/8 for small i.
+        let k: Vec<f32> = (0..3 * kv).map(|i| (i % 512) as f32 / 8.0).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        let mut c = LlamaCache::of_type(&cfg, KvType::F16);
+        c.store(0, &k, &v, 3);
+        c.advance(3);
+        for h in 0..2 {
+            let (mut keys, mut values) = (vec![0f32; 3 * 80], vec![0f32; 3 * 80]);
+            c.gather_head(0, false, h, 3, &mut keys);
+            c.gather_head(0, true, h, 3, &mut values);
+            for p in 0..3 {
+                let want = &k[p * kv + h * 80..p * kv + (h + 1) * 80];
+                assert_eq!(
+                    &keys[p * 80..(p + 1) * 80],
+                    want,
+                    "keys of head {h}, position {p}"
+                );
+                let want: Vec<f32> = want.iter().map(|x| -x).collect();
+                assert_eq!(
+                    &values[p * 80..(p + 1) * 80],
+                    &want[..],
+                    "values of head {h}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! `y = W⁽ᴸ⁾·σ(…σ(W⁽¹⁾·x + b⁽¹⁾)…) + b⁽ᴸ⁾`, returning logits; the loss applies the softmax.
 //! Parameter names are PyTorch's: `fc1.weight`, `fc1.bias`, `fc2.weight`, …
 
-use crate::backend::{cross_entropy_forward, dropout_backward, dropout_forward};
-use crate::data::mnist::{gather_batch, Mnist, Normalization};
+use crate::backend::{dropout_backward, dropout_forward};
 use crate::nn::{params, Activation, Forward, GradsReady, Linear, Module};
 use crate::rng::Rng;
-use crate::tensor::{argmax, ensure_len};
+use crate::tensor::ensure_len;
 use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -72,23 +71,6 @@ pub struct Mlp {
     acts: Activations,
 }
 
-/// What a classifier's pass over samples counts.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scores {
-    /// Cross-entropy summed over the samples.
-    pub loss_sum: f64,
-    /// confusion[true][predicted]
-    pub confusion: Vec<Vec<u64>>,
-}
-
-impl Scores {
-    pub fn correct(&self) -> u64 {
-        (0..self.confusion.len())
-            .map(|c| self.confusion[c][c])
-            .sum()
-    }
-}
-
 impl Mlp {
     pub fn new(config: MlpConfig) -> Result<Self> {
         config.validate()?;
@@ -145,36 +127,6 @@ impl Mlp {
             a.pre[l] = pre;
         }
         &a.logits
-    }
-
-    /// Scores samples `indices` of `data` in batches, without dropout: the summed loss and the
-    /// confusion counts that validation and evaluation are made from.
-    pub fn score(
-        &mut self,
-        data: &Mnist,
-        norm: &Normalization,
-        indices: &[usize],
-        batch_size: usize,
-    ) -> Result<Scores> {
-        let classes = self.config.classes;
-        let mut confusion = vec![vec![0u64; classes]; classes];
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        let mut losses = Vec::new();
-        let mut loss_sum = 0f64;
-        for chunk in indices.chunks(batch_size.max(1)) {
-            gather_batch(data, norm, chunk, &mut x, &mut y);
-            let logits = self.forward(&x, Forward::eval(chunk.len(), 1));
-            losses.resize(chunk.len(), 0.0);
-            let mean = cross_entropy_forward(logits, &y, classes, -100, 0.0, &mut losses)?;
-            loss_sum += mean as f64 * chunk.len() as f64;
-            for (row, &t) in logits.chunks_exact(classes).zip(&y) {
-                confusion[t as usize][argmax(row)] += 1;
-            }
-        }
-        Ok(Scores {
-            loss_sum,
-            confusion,
-        })
     }
 
     /// Back-propagates dlogits [batch, classes] from the last forward, adding into every grad.
