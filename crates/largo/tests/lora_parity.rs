@@ -378,3 +378,78 @@ fn smollm2_q4_1_training_forward_gives_the_inference_loss() {
          forward + backward {step:.2?}"
     );
 }
+
+/// Mean next-token cross-entropy of `logits` [t, vocab] against `targets`, in f64.
+fn mean_loss(logits: &[f32], targets: &[i64], vocab: usize) -> f64 {
+    let mut total = 0f64;
+    let mut n = 0;
+    for (row, &t) in logits.chunks_exact(vocab).zip(targets) {
+        if t < 0 {
+            continue;
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = row
+            .iter()
+            .map(|&z| (z as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        total += lse - row[t as usize] as f64;
+        n += 1;
+    }
+    total / n as f64
+}
+
+/// An adapter set on the base for inference (unmerged, `load_adapted`) gives the training
+/// forward's loss, and the logits of the base with the adapter merged into its weights.
+#[test]
+fn an_unmerged_adapter_gives_the_training_loss_and_the_merged_logits() {
+    use largo::models::llama::LlamaCache;
+    use largo::models::llama_train::load_adapted;
+    let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
+    let (ids, targets) = batch();
+    let t = ids.len() / 2;
+    let (ids, targets) = (&ids[..t], &targets[..t]);
+    let mut trained = adapted(base.clone(), "all");
+    let want = trained.forward(ids, targets, 1, 0).unwrap() as f64;
+
+    let unmerged = load_adapted(base.clone(), &fixtures().join("all")).unwrap();
+    let v = unmerged.config.vocab_size;
+    let logits = unmerged
+        .forward(ids, &mut LlamaCache::new(&unmerged.config), true)
+        .unwrap();
+    let got = mean_loss(&logits, targets, v);
+    assert!(
+        (got - want).abs() < 1e-4,
+        "inference {got} vs training {want}"
+    );
+
+    let mut merged = unmerged.clone();
+    for layer in &mut merged.layers {
+        for m in [
+            &mut layer.q_proj,
+            &mut layer.k_proj,
+            &mut layer.v_proj,
+            &mut layer.o_proj,
+            &mut layer.gate_proj,
+            &mut layer.up_proj,
+            &mut layer.down_proj,
+        ] {
+            assert!(m.adapter.is_some());
+            *m = Matrix::new(m.rows, m.cols, m.merged_f32()).unwrap();
+        }
+    }
+    let merged_logits = merged
+        .forward(ids, &mut LlamaCache::new(&merged.config), true)
+        .unwrap();
+    let err = relative_error(&merged_logits, &logits);
+    assert!(
+        err < 1e-5,
+        "merged vs unmerged logits: relative error {err}"
+    );
+    // The adapter changes the model (B is not zero in the fixture).
+    let plain = base
+        .forward(ids, &mut LlamaCache::new(&base.config), true)
+        .unwrap();
+    assert!(relative_error(&plain, &logits) > 1e-3);
+}

@@ -149,6 +149,42 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub weights: Weights,
+    /// A LoRA adapter applied without merging: every product adds its low-rank update.
+    pub adapter: Option<LowRank>,
+}
+
+/// A trained low-rank update of a [`Matrix`]: W' = W + scale·B·A (a LoRA adapter).
+#[derive(Clone, Debug)]
+pub struct LowRank {
+    /// `lora_A.weight` [r, cols].
+    pub a: Vec<f32>,
+    /// `lora_B.weight` [rows, r].
+    pub b: Vec<f32>,
+    pub rank: usize,
+    /// alpha / r.
+    pub scale: f32,
+}
+
+impl LowRank {
+    /// y [n, rows] += scale · (x [n, cols] · Aᵀ) · Bᵀ.
+    fn add_product(&self, x: &[f32], n: usize, rows: usize, cols: usize, y: &mut [f32]) {
+        let r = self.rank;
+        let mut xa = vec![0f32; n * r];
+        Gemm::nt(n, r, cols).run(&x[..n * cols], &self.a, &mut xa);
+        xa.iter_mut().for_each(|v| *v *= self.scale);
+        Gemm::nt(n, rows, r)
+            .accumulate()
+            .run(&xa, &self.b, &mut y[..n * rows]);
+    }
+
+    /// w [rows, cols] += scale · B·A: the update merged into f32 weights.
+    pub fn merge_into(&self, w: &mut [f32], rows: usize, cols: usize) {
+        let mut ba = vec![0f32; rows * cols];
+        Gemm::nn(rows, cols, self.rank).run(&self.b, &self.a, &mut ba);
+        w.iter_mut()
+            .zip(&ba)
+            .for_each(|(w, &d)| *w += self.scale * d);
+    }
 }
 
 /// How a [`Matrix`] holds its values.
@@ -173,6 +209,7 @@ impl Matrix {
             rows,
             cols,
             weights: Weights::F32(data),
+            adapter: None,
         })
     }
 
@@ -182,6 +219,7 @@ impl Matrix {
             rows: q.rows,
             cols: q.cols,
             weights: Weights::Quant(q),
+            adapter: None,
         }
     }
 
@@ -218,7 +256,12 @@ impl Matrix {
             .collect();
         match quants {
             Some(qs) => {
-                qmatmul_many(&qs, x, n, ys).expect("shapes checked when the model was built")
+                qmatmul_many(&qs, x, n, ys).expect("shapes checked when the model was built");
+                for (m, y) in ms.iter().zip(ys.iter_mut()) {
+                    if let Some(lr) = &m.adapter {
+                        lr.add_product(x, n, m.rows, m.cols, y);
+                    }
+                }
             }
             None => {
                 for (m, y) in ms.iter().zip(ys.iter_mut()) {
@@ -236,6 +279,26 @@ impl Matrix {
                 qmatmul(q, x, n, y).expect("shapes checked when the model was built")
             }
         }
+        if let Some(lr) = &self.adapter {
+            lr.add_product(x, n, self.rows, self.cols, y);
+        }
+    }
+
+    /// The weights as f32 [rows, cols] (quantised ones dequantised), with the adapter, if
+    /// any, merged in.
+    pub fn merged_f32(&self) -> Vec<f32> {
+        let mut w = match &self.weights {
+            Weights::F32(d) => d.clone(),
+            Weights::Quant(q) => {
+                let mut w = vec![0f32; self.rows * self.cols];
+                Self::dequantize_rows(q, 0, &mut w);
+                w
+            }
+        };
+        if let Some(lr) = &self.adapter {
+            lr.merge_into(&mut w, self.rows, self.cols);
+        }
+        w
     }
 }
 
@@ -278,6 +341,9 @@ impl Matrix {
                 }
             }
         }
+        if let Some(lr) = &self.adapter {
+            lr.add_product(x, n, rows, cols, y);
+        }
     }
 
     /// dx [n, cols] = dy [n, rows] · self (added into dx with `accumulate`): the input's
@@ -311,6 +377,13 @@ impl Matrix {
                     g.run(&dy_tile[..n * m], &w[..m * cols], dx);
                 }
             }
+        }
+        if let Some(lr) = &self.adapter {
+            // dx += scale · (dy·B)·A
+            let mut dyb = vec![0f32; n * lr.rank];
+            Gemm::nn(n, lr.rank, rows).run(&dy[..n * rows], &lr.b, &mut dyb);
+            dyb.iter_mut().for_each(|v| *v *= lr.scale);
+            Gemm::nn(n, cols, lr.rank).accumulate().run(&dyb, &lr.a, dx);
         }
     }
 }

@@ -21,7 +21,7 @@
 //! Parameters are named as PEFT names them (`base_model.model.model.layers.{i}.self_attn.
 //! q_proj.lora_A.weight`), so an adapter moves between largo and PEFT as it is.
 
-use super::llama::{add_row_bias, rope_cos_sin, Llama, LlamaConfig, LlamaLayer, Matrix};
+use super::llama::{add_row_bias, rope_cos_sin, Llama, LlamaConfig, LlamaLayer, LowRank, Matrix};
 use super::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::backend::{
     add_assign, cross_entropy_backward, cross_entropy_forward, flash_attention_backward,
@@ -147,6 +147,29 @@ fn base_matrix(layer: &super::llama::LlamaLayer, target: LoraTarget) -> &Matrix 
         LoraTarget::Up => &layer.up_proj,
         LoraTarget::Down => &layer.down_proj,
     }
+}
+
+fn base_matrix_mut(layer: &mut super::llama::LlamaLayer, target: LoraTarget) -> &mut Matrix {
+    match target {
+        LoraTarget::Q => &mut layer.q_proj,
+        LoraTarget::K => &mut layer.k_proj,
+        LoraTarget::V => &mut layer.v_proj,
+        LoraTarget::O => &mut layer.o_proj,
+        LoraTarget::Gate => &mut layer.gate_proj,
+        LoraTarget::Up => &mut layer.up_proj,
+        LoraTarget::Down => &mut layer.down_proj,
+    }
+}
+
+/// Reads the PEFT adapter directory `dir` (`adapter_config.json`, `adapter_model.safetensors`)
+/// and sets each adapter on its matrix of `base`, applied without merging (see
+/// [`Matrix::adapter`]). Tensors that do not fit the base are refused by name.
+pub fn load_adapted(base: Llama, dir: &std::path::Path) -> Result<Llama> {
+    let config = LoraConfig::from_peft_config(&dir.join("adapter_config.json"))?;
+    let file = TensorFile::load(&dir.join("adapter_model.safetensors"))?;
+    let mut model = LoraLlama::new(base, config, 0)?;
+    model.load_adapter_weights(&file)?;
+    Ok(model.into_adapted())
 }
 
 /// y [rows, out] = x·Wᵀ, plus the adapter's update where the projection has one.
@@ -433,6 +456,24 @@ impl LoraLlama {
             checkpoint_activations: false,
             acts: None,
         })
+    }
+
+    /// The base with each trained adapter set on its matrix, for inference (unmerged).
+    pub fn into_adapted(self) -> Llama {
+        let mut base = self.base;
+        for (layer, lora) in base.layers.iter_mut().zip(self.layers) {
+            for (target, adapter) in std::iter::zip(LoraTarget::ALL, lora.adapters) {
+                if let Some(a) = adapter {
+                    base_matrix_mut(layer, target).adapter = Some(LowRank {
+                        a: a.a.value.data,
+                        b: a.b.value.data,
+                        rank: a.rank,
+                        scale: a.scale,
+                    });
+                }
+            }
+        }
+        base
     }
 
     /// Sets every adapter weight from `file` (PEFT's `adapter_model.safetensors` names). A
