@@ -3,8 +3,8 @@
 
 use crate::generate::SamplingArgs;
 use anyhow::{bail, Context, Result};
+use largo::data::chat_template::{ChatMessage, ChatTemplate};
 use largo::data::llm_tokenizer::LlmTokenizer;
-use largo::generate::chat::{ChatMessage, ChatTemplate};
 use largo::generate::llm::generate_llm;
 use largo::generate::Sampling;
 use largo::models::llama::Llama;
@@ -14,9 +14,14 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A GGUF file, a directory holding one, or a Hugging Face directory (Llama, Qwen2).
+    /// A GGUF file, a directory holding one, a Hugging Face directory (Llama, Qwen2), or a
+    /// `largo finetune` run (its base with its adapter).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter (PEFT's layout, or a `largo finetune` run) applied on --model without
+    /// merging.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// A system message that opens the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -98,12 +103,13 @@ impl Chat {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let files = LlmFiles::find(&a.model)?.with_context(|| {
-        format!(
-            "{}: chat needs a GGUF file or a Hugging Face directory of a Llama-family model",
-            a.model.display()
-        )
-    })?;
+    let files =
+        LlmFiles::find_with_adapter(&a.model, a.adapter.as_deref())?.with_context(|| {
+            format!(
+                "{}: chat needs a GGUF file or a Hugging Face directory of a Llama-family model",
+                a.model.display()
+            )
+        })?;
     let model = files.load(a.dequantize)?;
     let tokenizer = files.load_tokenizer()?;
     let source = tokenizer

@@ -56,6 +56,10 @@ pub struct Args {
     /// (naming them) or `skip`ped (counted on stderr).
     #[arg(long, value_enum, default_value = "error")]
     unknown: UnknownArg,
+    /// Pretrained LLMs: a LoRA adapter (PEFT's layout, or a `largo finetune` run) applied on
+    /// --model without merging.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
     /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
     /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
@@ -76,6 +80,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if let Some(text) = &a.text {
         return eval_text(&a, text);
+    }
+    if let Some(files) = LlmFiles::find_with_adapter(&a.model, a.adapter.as_deref())? {
+        anyhow::bail!(
+            "{} is a pretrained language model: score a text file with --text FILE (perplexity as llama-perplexity computes it)",
+            files.describe()
+        );
     }
     let dir = resolve_model_dir(&a.model)?;
     if load_info(&dir)?.lm_spec().is_some() {
@@ -208,7 +218,7 @@ fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    if let Some(files) = LlmFiles::find(&a.model)? {
+    if let Some(files) = LlmFiles::find_with_adapter(&a.model, a.adapter.as_deref())? {
         let model = files.load(a.dequantize)?;
         let tokenizer = files.load_tokenizer()?;
         let context = model.config.max_position_embeddings;
@@ -227,7 +237,7 @@ fn eval_text(a: &Args, text_path: &Path) -> Result<()> {
             let mut cache = LlamaCache::new(&model.config);
             model.forward(chunk, &mut cache, true)
         })?;
-        return print_perplexity(a, files.path(), text_path, &p);
+        return print_perplexity(a, Path::new(&files.describe()), text_path, &p);
     }
     let dir = resolve_model_dir(&a.model)?;
     let (mut model, _, tokenizer) = load_lm(&dir)?;

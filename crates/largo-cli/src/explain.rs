@@ -137,7 +137,7 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
     let info = load_info(&dir)?;
     match info.model {
         ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => {}
-        ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => bail!(
+        ModelKind::Gpt(_) | ModelKind::EncoderLm(_) | ModelKind::Llama(_) => bail!(
             "{}: saliency explains an image classifier (an MLP, CNN or ResNet trained on digits); this is a {} model",
             dir.display(),
             info.arch()

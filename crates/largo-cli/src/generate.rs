@@ -56,6 +56,10 @@ pub struct Args {
     prompt: String,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Pretrained LLMs: a LoRA adapter (PEFT's layout, or a `largo finetune` run) applied on
+    /// --model without merging.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Pretrained LLMs: expand every quantised GGUF weight to f32 and run f32 matmuls
     /// (transformers' numbers: for parity checks and exact f32 arithmetic). By default the
     /// weights stay quantised and run on the integer kernels, activations rounded to 8 bits
@@ -69,7 +73,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let Some(files) = LlmFiles::find(&a.model)? {
+    if let Some(files) = LlmFiles::find_with_adapter(&a.model, a.adapter.as_deref())? {
         return generate_pretrained(&a, &files);
     }
     let dir = resolve_model_dir(&a.model)?;
@@ -119,7 +123,7 @@ fn generate_pretrained(a: &Args, files: &LlmFiles) -> Result<()> {
     let tokenizer = files.load_tokenizer()?;
     eprintln!(
         "loaded {} in {:.2} s",
-        files.path().display(),
+        files.describe(),
         t.elapsed().as_secs_f64()
     );
     let sampling = a.sampling.sampling();

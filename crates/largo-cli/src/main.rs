@@ -6,6 +6,7 @@ mod classify;
 mod embed;
 mod eval;
 mod explain;
+mod finetune;
 mod generate;
 mod interop;
 mod prepare;
@@ -44,6 +45,9 @@ enum Command {
     Prepare(prepare::What),
     /// Train a model from a TOML config (default: a small GPT on the bundled Shakespeare).
     Train(train::Args),
+    /// Fine-tune a pretrained LLM (GGUF or Hugging Face) with LoRA on text or chat JSONL: a
+    /// training run whose model is a PEFT adapter.
+    Finetune(finetune::Args),
     /// Evaluate: loss and perplexity (language models); accuracy, per-class precision/recall/F1
     /// and the confusion matrix (classifiers).
     Eval(eval::Args),
@@ -101,13 +105,17 @@ fn main() -> ExitCode {
     largo::backend::set_matmul_precision(cli.matmul_precision);
     // Training and benchmarks print it in their own lines; elsewhere say it once on stderr
     // when it is not f32, since outputs then differ from f32 ones in the third digit.
-    let logs_own = matches!(cli.command, Command::Train(_) | Command::Bench(_));
+    let logs_own = matches!(
+        cli.command,
+        Command::Train(_) | Command::Finetune(_) | Command::Bench(_)
+    );
     if cli.matmul_precision != largo::backend::MatmulPrecision::Highest && !logs_own {
         eprintln!("{}", largo::backend::describe_matmul_precision());
     }
     let res = match cli.command {
         Command::Prepare(w) => prepare::run(w),
         Command::Train(a) => train::run(a),
+        Command::Finetune(a) => finetune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Explain(w) => explain::run(w),

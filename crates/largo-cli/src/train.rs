@@ -93,11 +93,18 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn train_run(a: &Args, dist: &Dist) -> Result<()> {
-    let cfg =
-        dist.share_config(|| load_config(a).map_err(|e| largo::Error::Invalid(format!("{e:#}"))))?;
+    let cfg = dist.share_config(|| {
+        load_config(&[], a.config.as_deref(), &a.overrides, a.resume.as_deref())
+            .map_err(|e| largo::Error::Invalid(format!("{e:#}")))
+    })?;
+    train_and_report(&cfg, a.resume.is_some(), a.no_progress, dist)
+}
+
+/// Trains `cfg` (continuing its run with `resume`) and prints what came of it.
+pub fn train_and_report(cfg: &Config, resume: bool, no_progress: bool, dist: &Dist) -> Result<()> {
     let lead = dist.is_lead();
-    let progress = lead && !a.no_progress && std::io::stderr().is_terminal();
-    if lead {
+    let progress = lead && !no_progress && std::io::stderr().is_terminal();
+    if lead && cfg.model.arch != largo::models::Arch::Llama {
         eprintln!(
             "training {} on {}  →  {}",
             cfg.model.arch,
@@ -105,14 +112,7 @@ fn train_run(a: &Args, dist: &Dist) -> Result<()> {
             largo::train::run_dir(&cfg).display()
         );
     }
-    let out = train_distributed(
-        &cfg,
-        &TrainOptions {
-            resume: a.resume.is_some(),
-            progress,
-        },
-        dist,
-    )?;
+    let out = train_distributed(cfg, &TrainOptions { resume, progress }, dist)?;
     if !lead {
         return Ok(());
     }
@@ -128,7 +128,9 @@ fn train_run(a: &Args, dist: &Dist) -> Result<()> {
         if let (Some(m), Some(step)) = (out.best_metric, out.best_epoch) {
             println!("best val_loss = {m:.4} at step {step}  →  {run}/best");
         }
-        print_sample(&out.run_dir)?;
+        if cfg.model.arch != largo::models::Arch::Llama {
+            print_sample(&out.run_dir)?;
+        }
     } else {
         println!(
             "done: {} steps, {} epochs this session; last validation loss {:.4}, accuracy {:.2}%",
@@ -158,7 +160,19 @@ fn train_run(a: &Args, dist: &Dist) -> Result<()> {
         println!("stopped early (patience {})", cfg.train.patience);
     }
     println!("metrics: {run}/metrics.jsonl   curves: {run}/curves.png");
-    if cfg.is_lm() {
+    if cfg.model.arch == largo::models::Arch::Llama {
+        let talk = if cfg.data.kind == "chat" {
+            format!("largo chat --model {run} --message \"…\"")
+        } else {
+            format!("largo generate --model {run} --prompt \"…\"")
+        };
+        println!("next: {talk}");
+        println!("      largo eval --model {run} --text <held-out text>");
+        println!(
+            "      largo merge --model {} --adapter {run} --out merged.gguf",
+            cfg.model.base
+        );
+    } else if cfg.is_lm() {
         println!(
             "next: largo generate --model {run} --prompt \"{SAMPLE_PROMPT}\" --max-tokens 300 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7"
         );
@@ -200,15 +214,21 @@ fn print_sample(run: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// The configuration of a new run (numbered past existing ones) or of the run to resume.
-fn load_config(a: &Args) -> Result<Config> {
-    Ok(match &a.resume {
+/// The configuration of a new run (numbered past existing ones): `preset` on the defaults,
+/// then the file `config` and the `overrides`; or, with `resume`, of the run to continue.
+pub fn load_config(
+    preset: &[String],
+    config: Option<&std::path::Path>,
+    overrides: &[String],
+    resume: Option<&std::path::Path>,
+) -> Result<Config> {
+    Ok(match resume {
         Some(dir) => {
             let saved = dir.join("config.toml");
             if !saved.is_file() {
                 anyhow::bail!("{}: not a run directory (no config.toml)", dir.display());
             }
-            let mut cfg = Config::load(Some(&saved), &a.overrides)?;
+            let mut cfg = Config::load(Some(&saved), overrides)?;
             // The run lives where it was found, whatever out_dir said when it started.
             cfg.run.out_dir = dir
                 .parent()
@@ -222,7 +242,7 @@ fn load_config(a: &Args) -> Result<Config> {
             cfg
         }
         None => {
-            let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
+            let mut cfg = Config::load_with_preset(preset, config, overrides)?;
             // Never train over an existing run: number the new one, as Lightning's versions do.
             let base = cfg.run.name.clone();
             let mut n = 1;

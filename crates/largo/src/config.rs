@@ -5,7 +5,8 @@
 //! valid name; then the merged table is deserialised into `Config`.
 
 use crate::models::{
-    Arch, CnnConfig, EncoderLmConfig, GptConfig, MlpConfig, ModelKind, Positions, ResNetConfig,
+    Arch, CnnConfig, EncoderLmConfig, GptConfig, LlamaAdapterConfig, LoraSettings, MlpConfig,
+    ModelKind, Positions, ResNetConfig,
 };
 use crate::nn::Activation;
 use crate::{Error, Result};
@@ -23,6 +24,8 @@ pub struct Config {
     pub resnet: ResNetConfig,
     pub gpt: GptConfig,
     pub encoder_lm: EncoderLmConfig,
+    /// Adapters of a LoRA fine-tuning run (`model.arch = "llama"`).
+    pub lora: LoraSettings,
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
@@ -40,8 +43,10 @@ pub struct RunConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
     /// "mnist" (IDX files in `path`), "image_folder" (`path/<class>/*.png|jpg`, resized and
-    /// center-cropped to the model's input) or "text" (a `largo prepare text` directory, or raw
-    /// text files / a directory of them, prepared into the run with `tokenizer`).
+    /// center-cropped to the model's input), "text" (a `largo prepare text` directory, or raw
+    /// text files / a directory of them, prepared into the run with `tokenizer`; for a
+    /// pretrained model: documents packed into `context`-token windows) or "chat" (pretrained
+    /// models: JSONL conversations, the loss on the assistant's tokens).
     pub kind: String,
     pub path: String,
     /// Fraction held out for validation (samples for MNIST, whole documents for text).
@@ -59,13 +64,19 @@ pub struct DataConfig {
     pub augment_padding: usize,
     /// Image classifiers, training only: mirror left–right with probability ½.
     pub augment_flip: bool,
+    /// Fine-tuning a pretrained model: tokens per training sequence (text windows; longer
+    /// conversations are cut).
+    pub context: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// "mlp", "cnn", "resnet", "gpt" or "encoder_lm" ("seed_transformer" in earlier versions); its settings
-    /// live in the section of the same name.
+    /// live in the section of the same name. "llama": LoRA fine-tuning of the pretrained
+    /// `base`, with the `[lora]` section.
     pub arch: Arch,
+    /// `model.arch = "llama"`: the pretrained model (a .gguf file or a Hugging Face directory).
+    pub base: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,6 +112,9 @@ pub struct TrainConfig {
     /// Validations without improvement by more than `min_delta` before stopping; 0 disables.
     pub patience: usize,
     pub min_delta: f64,
+    /// Pretrained models: keep only each block's input in the forward pass and recompute the
+    /// block during backward (memory of one block's activations instead of all of them).
+    pub checkpoint_activations: bool,
 }
 
 impl Default for Config {
@@ -121,8 +135,12 @@ impl Default for Config {
                 test_path: String::new(),
                 augment_padding: 0,
                 augment_flip: false,
+                context: 512,
             },
-            model: ModelConfig { arch: Arch::Gpt },
+            model: ModelConfig {
+                arch: Arch::Gpt,
+                base: String::new(),
+            },
             mlp: MlpConfig::default(),
             cnn: CnnConfig::default(),
             resnet: ResNetConfig::default(),
@@ -132,6 +150,7 @@ impl Default for Config {
                 ..GptConfig::default()
             },
             encoder_lm: EncoderLmConfig::default(),
+            lora: LoraSettings::default(),
             train: TrainConfig {
                 epochs: 10,
                 batch_size: 16,
@@ -149,6 +168,7 @@ impl Default for Config {
                 metric: "val_loss".into(),
                 patience: 0,
                 min_delta: 0.0,
+                checkpoint_activations: false,
             },
             optim: OptimConfig {
                 lr: 1e-3,
@@ -170,7 +190,21 @@ impl Default for Config {
 impl Config {
     /// Defaults, then the file (if any), then each `key=value` override, all type-checked.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        Self::load_with_preset(&[], path, overrides)
+    }
+
+    /// As [`load`](Self::load), with `preset` overrides applied to the defaults first (a
+    /// command's own defaults, such as [`FINETUNE_PRESET`]), which the file and the overrides
+    /// may change.
+    pub fn load_with_preset(
+        preset: &[String],
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self> {
         let mut table = schema();
+        for kv in preset {
+            apply_override(&mut table, kv)?;
+        }
         if let Some(path) = path {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let user: toml::Table = toml::from_str(&text)
@@ -205,6 +239,10 @@ impl Config {
             Arch::ResNet => ModelKind::ResNet(self.resnet.clone()),
             Arch::Gpt => ModelKind::Gpt(self.gpt.clone()),
             Arch::EncoderLm => ModelKind::EncoderLm(self.encoder_lm.clone()),
+            Arch::Llama => ModelKind::Llama(LlamaAdapterConfig {
+                base: self.model.base.clone(),
+                lora: self.lora.clone(),
+            }),
         }
     }
 
@@ -218,10 +256,25 @@ impl Config {
         let data_kinds: &[&str] = match arch {
             Arch::Mlp | Arch::Cnn | Arch::ResNet => &["mnist", "image_folder"],
             Arch::Gpt | Arch::EncoderLm => &["text"],
+            Arch::Llama => &["text", "chat"],
         };
         if !data_kinds.contains(&kind) {
             return err(format!(
-                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\" or \"image_folder\", language models take \"text\""
+                "data.kind = {kind:?} does not suit model.arch = \"{arch}\": image classifiers (mlp, cnn, resnet) take \"mnist\" or \"image_folder\", language models take \"text\", pretrained ones (llama) \"text\" or \"chat\""
+            ));
+        }
+        if arch == Arch::Llama {
+            self.model().validate()?;
+            if self.data.context < 2 {
+                return err(format!(
+                    "data.context = {} must be ≥ 2 tokens",
+                    self.data.context
+                ));
+            }
+        } else if !self.model.base.is_empty() {
+            return err(format!(
+                "model.base = {:?} is for fine-tuning a pretrained model (model.arch = \"llama\"), not {arch}",
+                self.model.base
             ));
         }
         if self.is_lm() && !self.data.test_path.is_empty() {
@@ -269,6 +322,24 @@ impl Config {
         Ok(())
     }
 }
+
+/// `largo finetune`'s defaults for LoRA on a pretrained model, where they differ from
+/// training a small model from scratch: PEFT's usual learning rate without weight decay, a
+/// short warm-up, small batches, and a run measured in a few hundred steps.
+pub const FINETUNE_PRESET: &[&str] = &[
+    "model.arch=\"llama\"",
+    "optim.lr=2e-4",
+    "optim.weight_decay=0.0",
+    "optim.beta2=0.999",
+    "schedule.kind=\"cosine\"",
+    "schedule.warmup_steps=10",
+    "schedule.min_lr=2e-5",
+    "train.batch_size=4",
+    "train.max_steps=200",
+    "train.eval_every=50",
+    "train.eval_batches=8",
+    "train.log_every=5",
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {

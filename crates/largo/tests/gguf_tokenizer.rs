@@ -2,8 +2,8 @@
 //! (`AutoTokenizer.from_pretrained(dir, gguf_file=…)`), on hard text; chat templates render as
 //! transformers' `apply_chat_template` does. References: tools/gen_gguf_tokenizer_fixtures.py.
 
+use largo::data::chat_template::{ChatMessage, ChatTemplate};
 use largo::data::llm_tokenizer::{tokenizer_from_gguf, LlmTokenizer};
-use largo::generate::chat::{ChatMessage, ChatTemplate};
 use largo::io::gguf::GgufFile;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Data: readers, cleaning, splits and batches.
 
 pub mod augment;
+pub mod chat_template;
+pub mod finetune;
 pub mod idx;
 pub mod image;
 pub mod image_folder;

@@ -391,9 +391,9 @@ pub fn prepare_text(
     Ok(PrepareSummary { meta, skipped })
 }
 
-type Docs = Vec<(String, String)>;
+pub(crate) type Docs = Vec<(String, String)>;
 
-fn split_documents(mut docs: Docs, val_fraction: f64, seed: u64) -> (Docs, Docs) {
+pub(crate) fn split_documents(mut docs: Docs, val_fraction: f64, seed: u64) -> (Docs, Docs) {
     if val_fraction == 0.0 {
         return (docs, Vec::new());
     }

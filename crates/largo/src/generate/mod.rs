@@ -1,7 +1,6 @@
 //! Text generation with a KV cache: temperature, top-k and top-p (nucleus) sampling, stop
 //! strings, and text streamed as it is produced.
 
-pub mod chat;
 pub mod constrained;
 pub mod llm;
 

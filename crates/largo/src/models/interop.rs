@@ -336,6 +336,12 @@ pub fn import(
             };
             (Box::new(model), info)
         }
+        Arch::Llama => {
+            return Err(Error::Invalid(format!(
+                "{}: a Llama-family model needs no import (generate, chat, eval and serve read its GGUF or Hugging Face files as they are, and a PEFT adapter directory with --adapter)",
+                weights.display()
+            )))
+        }
         Arch::EncoderLm => {
             let mut cfg: EncoderLmConfig = read_config(config, Arch::EncoderLm)?;
             // PyTorch's Transformer program names the head `fc` (`self.fc = nn.Linear(…)`).
@@ -572,6 +578,12 @@ pub fn export(dir: &Path, out: &Path, renames: &[Rename]) -> Result<ExportReport
     let info = load_info(dir)?;
     let mut extra: Vec<(String, Tensor)> = Vec::new();
     let model: Box<dyn Module> = match &info.model {
+        ModelKind::Llama(_) => {
+            return Err(Error::format(
+                dir,
+                "a fine-tuned adapter is already in PEFT's layout (adapter_model.safetensors, loaded by PeftModel.from_pretrained); `largo merge` writes the merged model as Hugging Face safetensors or GGUF",
+            ))
+        }
         ModelKind::Mlp(_) => Box::new(load_mlp(dir)?.0),
         ModelKind::Cnn(_) | ModelKind::ResNet(_) => load_classifier(dir)?.0,
         ModelKind::Gpt(g) => {

@@ -15,23 +15,31 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Where a pretrained decoder's files are: a GGUF file, or a Hugging Face directory.
+/// Where a pretrained decoder's files are: its base (a GGUF file or a Hugging Face directory)
+/// and, for a fine-tuned model, the LoRA adapter applied on it without merging.
 #[derive(Clone, Debug, PartialEq)]
-pub enum LlmFiles {
+pub struct LlmFiles {
+    pub base: LlmBase,
+    /// A PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    pub adapter: Option<PathBuf>,
+}
+
+/// A pretrained decoder's own files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LlmBase {
     Gguf(PathBuf),
     HuggingFace(PathBuf),
 }
 
-impl LlmFiles {
+impl LlmBase {
     /// A `.gguf` file, a directory holding one, or a Hugging Face directory whose
-    /// `config.json` names a Llama-family class; `None` for anything else (largo's own model
-    /// directories, BERT).
-    pub fn find(path: &Path) -> Result<Option<LlmFiles>> {
+    /// `config.json` names a Llama-family class; `None` for anything else.
+    pub fn find(path: &Path) -> Result<Option<LlmBase>> {
         if let Some(file) = super::inspect::gguf_file_of(path)? {
-            return Ok(Some(LlmFiles::Gguf(file)));
+            return Ok(Some(LlmBase::Gguf(file)));
         }
         if hf_llama_arch(path).is_some() {
-            return Ok(Some(LlmFiles::HuggingFace(path.to_path_buf())));
+            return Ok(Some(LlmBase::HuggingFace(path.to_path_buf())));
         }
         // Another Hugging Face causal LM: name it rather than mistake it for something else.
         let config = path.join("config.json");
@@ -51,17 +59,102 @@ impl LlmFiles {
         }
     }
 
+    /// Loads the model; `dequantize` expands every GGUF weight to f32.
+    pub fn load(&self, dequantize: bool) -> Result<Llama> {
+        match self {
+            LlmBase::Gguf(file) => load_gguf_with(&GgufFile::open(file)?, dequantize),
+            LlmBase::HuggingFace(dir) => load_hf(dir),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            LlmBase::Gguf(p) | LlmBase::HuggingFace(p) => p,
+        }
+    }
+}
+
+impl LlmFiles {
+    /// A pretrained base ([`LlmBase::find`]), or a LoRA fine-tuning run or model directory
+    /// (`config.json` with `"arch": "llama"`: its base, with the directory's adapter); `None`
+    /// for anything else (largo's own models, BERT).
+    pub fn find(path: &Path) -> Result<Option<LlmFiles>> {
+        if let Some(base) = LlmBase::find(path)? {
+            return Ok(Some(LlmFiles {
+                base,
+                adapter: None,
+            }));
+        }
+        let Ok(dir) = super::store::resolve_model_dir(path) else {
+            return Ok(None);
+        };
+        let info = super::store::load_info(&dir)?;
+        let super::ModelKind::Llama(c) = info.model else {
+            return Ok(None);
+        };
+        let base_path = Path::new(&c.base);
+        match LlmBase::find(base_path) {
+            Ok(Some(base)) => Ok(Some(LlmFiles {
+                base,
+                adapter: Some(dir),
+            })),
+            Ok(None) => Err(Error::format(
+                dir.join("config.json"),
+                format!(
+                    "llama.base = {:?} is not a pretrained model (a .gguf file or a Hugging Face Llama directory): the fine-tuned adapter needs its base",
+                    c.base
+                ),
+            )),
+            Err(e) => Err(Error::format(
+                dir.join("config.json"),
+                format!("llama.base = {:?}: {e}", c.base),
+            )),
+        }
+    }
+
+    /// [`find`](Self::find), then the adapter in `adapter` (`--adapter`) applied on it; an
+    /// adapter for a model that is not a pretrained decoder is an error.
+    pub fn find_with_adapter(path: &Path, adapter: Option<&Path>) -> Result<Option<LlmFiles>> {
+        let found = Self::find(path)?;
+        match (found, adapter) {
+            (Some(files), Some(dir)) => files.with_adapter(dir).map(Some),
+            (None, Some(dir)) => Err(Error::Invalid(format!(
+                "--adapter {}: adapters apply to a pretrained Llama-family model (a .gguf file or a Hugging Face directory), and {} is not one",
+                dir.display(),
+                path.display()
+            ))),
+            (found, None) => Ok(found),
+        }
+    }
+
+    /// These files with the adapter in `dir` applied; refused when they already carry one.
+    pub fn with_adapter(self, dir: &Path) -> Result<LlmFiles> {
+        if let Some(own) = &self.adapter {
+            return Err(Error::Invalid(format!(
+                "{} already is a fine-tuned model (its adapter is {}): give its base as --model to apply another adapter",
+                self.base.path().display(),
+                own.display()
+            )));
+        }
+        let dir = super::store::resolve_adapter_dir(dir)?;
+        Ok(LlmFiles {
+            adapter: Some(dir),
+            ..self
+        })
+    }
+
     /// Loads the model with every weight as f32 (GGUF blocks dequantised): transformers'
     /// numbers. `load(false)` keeps Q8_0/Q4_0/Q4_1 matrices quantised for the integer kernels.
     pub fn load_model(&self) -> Result<Llama> {
         self.load(true)
     }
 
-    /// Loads the model; `dequantize` expands every GGUF weight to f32.
+    /// Loads the model, with its adapter if any; `dequantize` expands every GGUF weight to f32.
     pub fn load(&self, dequantize: bool) -> Result<Llama> {
-        match self {
-            LlmFiles::Gguf(file) => load_gguf_with(&GgufFile::open(file)?, dequantize),
-            LlmFiles::HuggingFace(dir) => load_hf(dir),
+        let base = self.base.load(dequantize)?;
+        match &self.adapter {
+            Some(dir) => super::llama_train::load_adapted(base, dir),
+            None => Ok(base),
         }
     }
 
@@ -69,15 +162,22 @@ impl LlmFiles {
     /// `tokenizer.json`, `tokenizer_config.json` (BOS/EOS, `add_bos_token`, the chat template
     /// or `chat_template.jinja`) and `generation_config.json` (end tokens).
     pub fn load_tokenizer(&self) -> Result<LlmTokenizer> {
-        match self {
-            LlmFiles::Gguf(file) => tokenizer_from_gguf(&GgufFile::open(file)?),
-            LlmFiles::HuggingFace(dir) => tokenizer_from_hf_dir(dir),
+        match &self.base {
+            LlmBase::Gguf(file) => tokenizer_from_gguf(&GgufFile::open(file)?),
+            LlmBase::HuggingFace(dir) => tokenizer_from_hf_dir(dir),
         }
     }
 
+    /// The base's path.
     pub fn path(&self) -> &Path {
-        match self {
-            LlmFiles::Gguf(p) | LlmFiles::HuggingFace(p) => p,
+        self.base.path()
+    }
+
+    /// The model's name for messages: the base, and the adapter when there is one.
+    pub fn describe(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!("{} + adapter {}", self.path().display(), a.display()),
+            None => self.path().display().to_string(),
         }
     }
 }

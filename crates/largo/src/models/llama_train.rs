@@ -33,8 +33,7 @@ use crate::nn::{params, Module};
 use crate::rng::{splitmix64, Rng};
 use crate::{bail, Error, Result};
 
-/// Targets with this value are left out of the loss (transformers' and PyTorch's default).
-pub const IGNORE_INDEX: i64 = -100;
+pub use crate::data::finetune::IGNORE_INDEX;
 
 /// transformers' `labels` [B, T] → the target of each position: position t predicts
 /// labels[t + 1] of its sequence, and the last position of each sequence predicts nothing
@@ -622,6 +621,23 @@ impl LoraLlama {
             dnormed,
         });
         Ok(loss)
+    }
+
+    /// The mean loss of `targets`, as [`forward`](Self::forward) computes it but with the
+    /// adapters' dropout off and nothing kept for backward (validation), and the number of
+    /// targets it is the mean of.
+    pub fn evaluate(&mut self, ids: &[u32], targets: &[i64], batch: usize) -> Result<(f32, usize)> {
+        self.set_dropout(0.0);
+        let loss = self.forward(ids, targets, batch, 0);
+        self.set_dropout(self.lora.dropout);
+        self.acts = None;
+        let counted = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        Ok((loss?, counted))
+    }
+
+    fn set_dropout(&mut self, p: f32) {
+        let adapters = self.layers.iter_mut().flat_map(|l| l.adapters.iter_mut());
+        adapters.flatten().for_each(|a| a.dropout = p);
     }
 
     /// Adds the gradient of the last forward's loss into every adapter's A and B (zero them

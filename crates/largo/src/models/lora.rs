@@ -93,6 +93,62 @@ impl LoraTarget {
     }
 }
 
+/// A fine-tuning run's model: a pretrained Llama-family base (a GGUF file or a Hugging Face
+/// directory, kept frozen as loaded) and the adapters trained on it. In a training config:
+/// `model.base` and the `[lora]` section; in a model directory's `config.json`: the `llama`
+/// section, next to PEFT's `adapter_config.json` and `adapter_model.safetensors`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaAdapterConfig {
+    /// The base model's path.
+    pub base: String,
+    pub lora: LoraSettings,
+}
+
+impl LlamaAdapterConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.base.is_empty() {
+            bail!("model.base is empty: name the pretrained model to fine-tune (a .gguf file or a Hugging Face directory)");
+        }
+        self.lora.to_config().map(|_| ())
+    }
+}
+
+/// The `[lora]` section of a config: what [`LoraConfig`] is made from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSettings {
+    /// Rank of each update.
+    pub r: usize,
+    /// The update is scaled by alpha / r.
+    pub alpha: f64,
+    /// Dropout on each adapter's input during training.
+    pub dropout: f64,
+    /// Projections adapted in every layer, among q k v o gate up down.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraSettings {
+    /// r 8, alpha 16, dropout 0.05 on all seven projections (QLoRA's choice of modules).
+    fn default() -> Self {
+        LoraSettings {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: LoraTarget::ALL.iter().map(|t| t.name().into()).collect(),
+        }
+    }
+}
+
+impl LoraSettings {
+    /// The checked configuration (`lora.*` named in errors).
+    pub fn to_config(&self) -> Result<LoraConfig> {
+        let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
+        LoraConfig::new(self.r, self.alpha as f32, self.dropout as f32, &targets)
+            .map_err(|e| crate::Error::Config(format!("lora: {e}")))
+    }
+}
+
 /// Rank, scaling, dropout and target modules of a set of adapters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {

@@ -17,6 +17,7 @@ pub mod transformer_lm;
 
 pub use classifier::ImageClassifier;
 pub use cnn::{Cnn, CnnConfig};
+pub use lora::{LlamaAdapterConfig, LoraSettings};
 pub use mlp::{Mlp, MlpConfig};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub mod store;
@@ -41,15 +42,19 @@ pub enum Arch {
     /// nn.Transformer"): embedding ×√d, sinusoidal positions, post-norm encoder layers, a linear
     /// head.
     EncoderLm,
+    /// A pretrained Llama-family decoder (Llama, Qwen2; GGUF or Hugging Face) fine-tuned with
+    /// LoRA adapters on its frozen weights.
+    Llama,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 6] = [
         Arch::Mlp,
         Arch::Cnn,
         Arch::ResNet,
         Arch::Gpt,
         Arch::EncoderLm,
+        Arch::Llama,
     ];
 
     /// The name in configs, `config.json` and the CLI; also the name of its config section.
@@ -60,6 +65,7 @@ impl Arch {
             Arch::ResNet => "resnet",
             Arch::Gpt => "gpt",
             Arch::EncoderLm => "encoder_lm",
+            Arch::Llama => "llama",
         }
     }
 
@@ -79,7 +85,7 @@ impl Arch {
     pub fn earlier_name(self) -> Option<&'static str> {
         match self {
             Arch::EncoderLm => Some("seed_transformer"),
-            Arch::Mlp | Arch::Cnn | Arch::ResNet | Arch::Gpt => None,
+            Arch::Mlp | Arch::Cnn | Arch::ResNet | Arch::Gpt | Arch::Llama => None,
         }
     }
 
@@ -114,7 +120,7 @@ impl Arch {
     pub fn is_lm(self) -> bool {
         match self {
             Arch::Mlp | Arch::Cnn | Arch::ResNet => false,
-            Arch::Gpt | Arch::EncoderLm => true,
+            Arch::Gpt | Arch::EncoderLm | Arch::Llama => true,
         }
     }
 }
@@ -169,6 +175,7 @@ pub enum ModelKind {
     ResNet(ResNetConfig),
     Gpt(GptConfig),
     EncoderLm(EncoderLmConfig),
+    Llama(LlamaAdapterConfig),
 }
 
 impl ModelKind {
@@ -179,13 +186,16 @@ impl ModelKind {
             ModelKind::ResNet(_) => Arch::ResNet,
             ModelKind::Gpt(_) => Arch::Gpt,
             ModelKind::EncoderLm(_) => Arch::EncoderLm,
+            ModelKind::Llama(_) => Arch::Llama,
         }
     }
 
-    /// The language-model skeleton, for the kinds that are language models.
+    /// The skeleton of largo's own language models (GPT, the encoder LM); None for the rest.
     pub fn lm_spec(&self) -> Option<LmSpec> {
         match self {
-            ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => None,
+            ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) | ModelKind::Llama(_) => {
+                None
+            }
             ModelKind::Gpt(c) => Some(c.spec()),
             ModelKind::EncoderLm(c) => Some(c.spec()),
         }
@@ -197,6 +207,7 @@ impl ModelKind {
             ModelKind::Mlp(c) => c.validate(),
             ModelKind::Cnn(c) => c.validate(),
             ModelKind::ResNet(c) => c.validate(),
+            ModelKind::Llama(c) => c.validate(),
             ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
                 self.lm_spec().expect("a language model").validate()
             }
@@ -225,7 +236,7 @@ impl ModelKind {
                 m.init(rng);
                 Some(Box::new(m))
             }
-            ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => None,
+            ModelKind::Gpt(_) | ModelKind::EncoderLm(_) | ModelKind::Llama(_) => None,
         })
     }
 }

@@ -2,8 +2,8 @@
 //! with PyTorch `state_dict` names. Written atomically; loading checks every tensor's shape.
 
 use super::{
-    Arch, CnnConfig, EncoderLmConfig, GptConfig, ImageClassifier, LmSpec, Mlp, MlpConfig,
-    ModelKind, ResNetConfig, TransformerLm,
+    Arch, CnnConfig, EncoderLmConfig, GptConfig, ImageClassifier, LlamaAdapterConfig, LmSpec, Mlp,
+    MlpConfig, ModelKind, ResNetConfig, TransformerLm,
 };
 use crate::data::mnist::Normalization;
 use crate::io::{save_safetensors, write_dir_atomic, TensorFile};
@@ -89,6 +89,8 @@ struct ModelInfoFile {
         skip_serializing_if = "Option::is_none"
     )]
     encoder_lm: Option<EncoderLmConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    llama: Option<LlamaAdapterConfig>,
 }
 
 impl TryFrom<ModelInfoFile> for ModelInfo {
@@ -116,6 +118,7 @@ impl TryFrom<ModelInfoFile> for ModelInfo {
             Arch::EncoderLm => {
                 ModelKind::EncoderLm(f.encoder_lm.ok_or_else(|| missing("encoder_lm"))?)
             }
+            Arch::Llama => ModelKind::Llama(f.llama.ok_or_else(|| missing("llama"))?),
         };
         if !arch.is_lm() && f.normalization.is_none() {
             return Err(missing("normalization"));
@@ -139,6 +142,7 @@ impl From<ModelInfo> for ModelInfoFile {
             split: info.split,
             gpt: None,
             encoder_lm: None,
+            llama: None,
         };
         match info.model {
             ModelKind::Mlp(c) => f.mlp = Some(c),
@@ -146,6 +150,7 @@ impl From<ModelInfo> for ModelInfoFile {
             ModelKind::ResNet(c) => f.resnet = Some(c),
             ModelKind::Gpt(c) => f.gpt = Some(c),
             ModelKind::EncoderLm(c) => f.encoder_lm = Some(c),
+            ModelKind::Llama(c) => f.llama = Some(c),
         }
         f
     }
@@ -167,6 +172,27 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     Err(Error::format(
         path,
         format!("no {CONFIG_FILE} here nor in best/ or model/: not a largo model or run directory"),
+    ))
+}
+
+/// A LoRA adapter directory (PEFT's `adapter_config.json` and `adapter_model.safetensors`), or
+/// a fine-tuning run holding one in `best/` (else `model/`).
+pub fn resolve_adapter_dir(path: &Path) -> Result<PathBuf> {
+    const ADAPTER_CONFIG: &str = "adapter_config.json";
+    for cand in [path.to_path_buf(), path.join("best"), path.join("model")] {
+        if cand.join(ADAPTER_CONFIG).is_file() {
+            return Ok(cand);
+        }
+    }
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "adapter directory not found"),
+        ));
+    }
+    Err(Error::format(
+        path,
+        format!("no {ADAPTER_CONFIG} here nor in best/ or model/: not a LoRA adapter (PEFT's layout) or fine-tuning run"),
     ))
 }
 

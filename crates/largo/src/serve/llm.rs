@@ -10,8 +10,8 @@ use super::batching::{BatchStats, BATCH_BUCKETS};
 use super::{
     admit, model_named, rand_seed, unix_time, within_timeout, wrong_route, Served, Shared,
 };
+use crate::data::chat_template::{ChatMessage, ChatTemplate};
 use crate::data::llm_tokenizer::LlmTokenizer;
-use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::constrained::{JsonConstraints, TokenConstraint};
 use crate::generate::llm::{Finish, LlmDecoder, LlmGeneration, TokenLogprob};
 use crate::generate::Sampling;

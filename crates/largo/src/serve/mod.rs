@@ -90,6 +90,12 @@ impl Served {
                     side: h,
                 })
             }
+            // LlmFiles::find took fine-tuned models above; a base it could not find is an error
+            // there.
+            ModelKind::Llama(_) => Err(Error::format(
+                &dir,
+                "a fine-tuned model whose base was not found",
+            )),
             ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => {
                 let (mut model, _, tokenizer) = load_lm(&dir)?;
                 model.drop_grads();

@@ -30,7 +30,7 @@ pub fn lm_spec(cfg: &Config, vocab: usize) -> Result<(LmSpec, ModelInfo)> {
     match &mut model {
         ModelKind::Gpt(g) => set(&mut g.vocab_size)?,
         ModelKind::EncoderLm(s) => set(&mut s.ntoken)?,
-        ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) => {
+        ModelKind::Mlp(_) | ModelKind::Cnn(_) | ModelKind::ResNet(_) | ModelKind::Llama(_) => {
             return Err(Error::Config(format!(
                 "model.arch = \"{}\" is not a language model",
                 cfg.model.arch

@@ -1,9 +1,10 @@
-//! Training: the one session (`session`) that every task (`classifier`, `lm`) runs in;
+//! Training: the one session (`session`) that every task (`classifier`, `lm`, `finetune`) runs in;
 //! optimisers, schedules, checkpoints, data parallelism, metrics and curves.
 
 pub mod checkpoint;
 pub mod classifier;
 pub mod dist;
+pub mod finetune;
 pub mod lm;
 pub mod metrics;
 pub mod optim;
@@ -45,6 +46,8 @@ pub fn train_distributed(cfg: &Config, opts: &TrainOptions, dist: &Dist) -> Resu
                 .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task))
         }
         ModelKind::Gpt(_) | ModelKind::EncoderLm(_) => lm::LmTask::new(cfg, &run, dist)
+            .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
+        ModelKind::Llama(_) => finetune::FinetuneTask::new(cfg, dist)
             .and_then(|mut task| session::run(cfg, opts, &run, dist, &mut task)),
     };
     // A run that failed before its first checkpoint leaves nothing behind.
