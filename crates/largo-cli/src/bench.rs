@@ -25,6 +25,10 @@ enum What {
     /// A pretrained LLM (--model FILE.gguf or a Hugging Face directory): prompt processing of
     /// 512 tokens and generation of 128, tokens/s as llama-bench -p 512 -n 128 reports them.
     Llm,
+    /// LoRA fine-tuning of a pretrained LLM (--model): r 8 on all seven projections, batches
+    /// of --batch × --context random tokens, AdamW; tokens/s, GFLOP/s and peak RSS.
+    /// `tools/bench_finetune.py` is PEFT's side.
+    Finetune,
     /// HTTP load on a server: requests/s, tokens/s, latency percentiles, errors and the
     /// server's peak RSS, for embeddings and/or completions (see --url, --model, --clients).
     Serve,
@@ -101,12 +105,24 @@ pub struct Args {
     /// Sentences for `embed`, and the request texts of `serve` (used round-robin).
     #[arg(long, default_value_t = 512)]
     sentences: usize,
-    /// Batch size for `embed`.
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
+    /// Batch size: `embed` (default 32), `finetune` (default 4).
+    #[arg(long)]
+    batch: Option<usize>,
     /// `llm`: repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// `bench finetune`: tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// `bench finetune`: the adapters' rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// `bench finetune`: recompute each block's activations during backward.
+    #[arg(long)]
+    checkpointing: bool,
+    /// `bench finetune`: seconds of timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 60.0)]
+    finetune_seconds: f64,
     /// `bench cnn`: one case (mnist_net, resnet18_32 or resnet18_224) instead of all three, so
     /// each peak RSS is its own.
     #[arg(long)]
@@ -169,11 +185,12 @@ pub fn run(a: Args) -> Result<()> {
             let encoder =
                 largo::models::sentence::SentenceEncoder::load(std::path::Path::new(dir))?;
             let sentences = largo::bench::bench_sentences(&a.corpus, a.sentences.max(1))?;
-            let sps = largo::bench::bench_embed(&encoder, &sentences, a.batch.max(1), 3)?;
+            let batch = a.batch.unwrap_or(32).max(1);
+            let sps = largo::bench::bench_embed(&encoder, &sentences, batch, 3)?;
             println!(
                 "largo embed: {sps:.1} sentences/s ({} sentences of 10-60 words, batch {}, {threads} threads, matmul precision {precision})",
                 sentences.len(),
-                a.batch
+                batch
             );
             println!("peak RSS: {:.0} MB", largo::bench::peak_rss_mb());
         }
@@ -204,6 +221,49 @@ pub fn run(a: Args) -> Result<()> {
                 println!(
                     "load {:.2} s, peak RSS {:.0} MB, {:.1} GB/s of weights during generation (memory reads at {:.1} GB/s); {}",
                     r.load_s, r.peak_rss_mb, r.gen_gb_s, r.mem_gb_s, r.cpu
+                );
+            }
+        }
+        What::Finetune => {
+            let Some(path) = a.models.first() else {
+                bail!("bench finetune needs --model FILE.gguf or a Hugging Face directory");
+            };
+            let path = std::path::Path::new(path);
+            let files = largo::models::llama_load::LlmFiles::find(path)?.with_context(|| {
+                format!(
+                    "{}: neither a GGUF file nor a Hugging Face directory of a Llama-family model",
+                    path.display()
+                )
+            })?;
+            let batch = a.batch.unwrap_or(4).max(1);
+            let r = largo::bench::bench_finetune(
+                &files,
+                a.dequantize,
+                batch,
+                a.context,
+                a.rank,
+                a.checkpointing,
+                a.finetune_seconds,
+            )?;
+            if a.serve.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "largo finetune {} (weights {}): {:.1} tokens/s, {:.1} GFLOP/s; batch {} × {}, r {}, checkpointing {}; {} steps in {:.1} s",
+                    files.path().display(),
+                    r.weights,
+                    r.tokens_per_s,
+                    r.gflop_s,
+                    r.batch,
+                    r.context,
+                    r.r,
+                    r.checkpointing,
+                    r.steps,
+                    r.seconds
+                );
+                println!(
+                    "load {:.2} s, peak RSS {:.0} MB, {} threads; {}",
+                    r.load_s, r.peak_rss_mb, r.threads, r.cpu
                 );
             }
         }

@@ -450,6 +450,105 @@ pub fn bench_llm(
     })
 }
 
+/// `largo bench finetune`: LoRA training steps (forward, backward, AdamW on the adapters) on
+/// a pretrained model, batches of random tokens.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FinetuneBench {
+    pub tokens_per_s: f64,
+    /// 4 × base parameters × tokens/s: the frozen base's forward and input gradients (the
+    /// LoRA terms, attention scores and optimiser left out), as tools/bench_finetune.py
+    /// counts PEFT's.
+    pub gflop_s: f64,
+    /// Parameters of the base, a tied head counted twice (it is multiplied twice).
+    pub base_params: usize,
+    pub weights: String,
+    pub batch: usize,
+    pub context: usize,
+    pub r: usize,
+    pub checkpointing: bool,
+    pub steps: usize,
+    pub seconds: f64,
+    pub load_s: f64,
+    pub peak_rss_mb: f64,
+    pub cpu: String,
+    pub threads: usize,
+}
+
+/// Trains adapters of rank `r` on all seven projections of `files`' model for `seconds` after
+/// one warm-up step; batches of `batch` × `context` random tokens.
+pub fn bench_finetune(
+    files: &crate::models::llama_load::LlmFiles,
+    dequantize: bool,
+    batch: usize,
+    context: usize,
+    r: usize,
+    checkpointing: bool,
+    seconds: f64,
+) -> Result<FinetuneBench> {
+    use crate::models::llama_train::LoraLlama;
+    use crate::models::lora::{LoraConfig, LoraTarget};
+    use crate::nn::Module;
+    use crate::train::optim::{OptimConfig, Optimizer};
+    let t = std::time::Instant::now();
+    let base = files.load(dequantize)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let weights = base.weight_types();
+    let c = &base.config;
+    let vocab = c.vocab_size;
+    let matrices: usize = c.num_hidden_layers
+        * (c.hidden_size * (c.q_dim() + 2 * c.kv_dim())
+            + c.q_dim() * c.hidden_size
+            + 3 * c.hidden_size * c.intermediate_size);
+    // The embedding, and the head (the embedding again when tied): both are products.
+    let base_params = matrices + 2 * vocab * c.hidden_size;
+    let targets: Vec<&str> = LoraTarget::ALL.iter().map(|t| t.name()).collect();
+    let lora = LoraConfig::new(r, 2.0 * r as f32, 0.0, &targets)?;
+    let mut model = LoraLlama::new(base, lora, 0)?;
+    model.checkpoint_activations = checkpointing;
+    let mut opt = Optimizer::new(OptimConfig {
+        lr: 2e-4,
+        weight_decay: 0.0,
+        ..OptimConfig::default()
+    });
+    let mut rng = crate::rng::Rng::new(0);
+    let mut step = |model: &mut LoraLlama| -> Result<()> {
+        let ids: Vec<u32> = (0..batch * context)
+            .map(|_| rng.below(vocab) as u32)
+            .collect();
+        let labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let targets = crate::models::llama_train::shift_labels(&labels, batch)?;
+        model.zero_grad();
+        model.forward(&ids, &targets, batch, 0)?;
+        model.backward()?;
+        opt.step(model.params_mut(), 2e-4);
+        Ok(())
+    };
+    step(&mut model)?;
+    let (mut steps, t) = (0, std::time::Instant::now());
+    while steps == 0 || t.elapsed().as_secs_f64() < seconds {
+        step(&mut model)?;
+        steps += 1;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let tokens_per_s = (steps * batch * context) as f64 / elapsed;
+    Ok(FinetuneBench {
+        tokens_per_s,
+        gflop_s: 4.0 * base_params as f64 * tokens_per_s / 1e9,
+        base_params,
+        weights,
+        batch,
+        context,
+        r,
+        checkpointing,
+        steps,
+        seconds: elapsed,
+        load_s,
+        peak_rss_mb: peak_rss_mb(),
+        cpu: cpu_description(),
+        threads: threads(),
+    })
+}
+
 /// Memory read bandwidth: 256 MB (far beyond any cache) summed by every thread of the pool,
 /// best of 3, GB/s.
 pub fn memory_read_gb_s() -> f64 {

@@ -242,13 +242,15 @@ impl LoraConfig {
 
     /// PEFT's `adapter_config.json` for these adapters on the base `base_model`.
     pub fn to_peft_config(&self, base_model: Option<&str>) -> serde_json::Value {
+        // An f32 as the decimal it was written as (0.05, not 0.05000000074505806).
+        let decimal = |v: f32| v.to_string().parse::<f64>().unwrap_or(v as f64);
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": base_model,
             "r": self.r,
-            "lora_alpha": self.alpha,
-            "lora_dropout": self.dropout,
+            "lora_alpha": decimal(self.alpha),
+            "lora_dropout": decimal(self.dropout),
             "target_modules": self.targets.iter().map(|t| t.proj()).collect::<Vec<_>>(),
             "bias": "none",
             "fan_in_fan_out": false,
