@@ -70,13 +70,13 @@ impl Module for LoraLayer {
     });
 }
 
-/// What one layer's forward keeps for backward. Rows are the B·T positions; "heads" buffers
-/// are [B, H, T, D] with the key/value heads repeated for each query head sharing them.
+/// What one layer's forward keeps for backward. Rows are the B·T positions. What is cheap to
+/// recompute is not kept: the norms' outputs, silu(gate) ⊙ up, and the key/value heads
+/// repeated for the query heads that share them.
 struct LayerActs {
     /// The residual stream entering the layer [rows, C].
     x: Vec<f32>,
-    /// rms_norm(x), the input of q, k and v [rows, C].
-    normed_attn: Vec<f32>,
+    /// Rotated queries [B, H, T, D]; rotated keys and values [rows, KVH·D].
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -85,12 +85,9 @@ struct LayerActs {
     lse: Vec<f32>,
     /// The residual stream after attention [rows, C].
     x_mid: Vec<f32>,
-    /// rms_norm(x_mid), the input of gate and up [rows, C].
-    normed_mlp: Vec<f32>,
-    /// gate and up before the product [rows, F], and h = silu(gate) ⊙ up, down's input.
+    /// gate and up before the product [rows, F].
     gate: Vec<f32>,
     up: Vec<f32>,
-    hidden: Vec<f32>,
 }
 
 /// What forward kept of one layer: everything backward needs, or with checkpointing only the
@@ -278,9 +275,9 @@ fn layer_forward(
     // Attention: q, k, v [rows, H·D | KVH·D] of n = rms_norm(x), rotated, then attention in the
     // heads layout, back to rows for o_proj.
     let x_in = x.to_vec();
-    let mut normed_attn = vec![0f32; rows * c];
-    rms_norm_forward(x, &layer.input_layernorm, eps, &mut normed_attn);
-    let n = &normed_attn;
+    let mut normed = vec![0f32; rows * c];
+    rms_norm_forward(x, &layer.input_layernorm, eps, &mut normed);
+    let n = &normed;
     let mut q = vec![0f32; rows * qd];
     let mut k = vec![0f32; rows * kvd];
     let mut v = vec![0f32; rows * kvd];
@@ -295,45 +292,49 @@ fn layer_forward(
     rope_rows_forward(&mut q, heads, d, cos, sin);
     rope_rows_forward(&mut k, kv_heads, d, cos, sin);
     let q = rows_to_heads(&q, b, t, heads, d, 1);
-    let k = rows_to_heads(&k, b, t, kv_heads, d, group);
-    let v = rows_to_heads(&v, b, t, kv_heads, d, group);
     let mut o = vec![0f32; b * heads * t * d];
     let mut lse = vec![0f32; b * heads * t];
     let (tiles, no_dropout) = (FlashTiles::default(), AttnDropout::NONE);
-    flash_attention_forward(
-        &q, &k, &v, shape, true, None, no_dropout, tiles, &mut lse, &mut o,
-    );
+    {
+        let kh = rows_to_heads(&k, b, t, kv_heads, d, group);
+        let vh = rows_to_heads(&v, b, t, kv_heads, d, group);
+        flash_attention_forward(
+            &q, &kh, &vh, shape, true, None, no_dropout, tiles, &mut lse, &mut o,
+        );
+    }
     let attn = heads_to_rows(&o, b, t, heads, d, 1);
     let mut proj = vec![0f32; rows * c];
     project(&layer.o_proj, ao, &attn, rows, seed_of(O), &mut proj);
     add_assign(x, &proj);
     let x_mid = x.to_vec();
     // MLP: h = silu(gate) ⊙ up of n = rms_norm(x), then down.
-    let mut normed_mlp = vec![0f32; rows * c];
-    rms_norm_forward(x, &layer.post_attention_layernorm, eps, &mut normed_mlp);
-    let n = &normed_mlp;
+    rms_norm_forward(x, &layer.post_attention_layernorm, eps, &mut normed);
+    let n = &normed;
     let mut gate = vec![0f32; rows * f];
     let mut up = vec![0f32; rows * f];
     project(&layer.gate_proj, ag, n, rows, seed_of(Gate), &mut gate);
     project(&layer.up_proj, au, n, rows, seed_of(Up), &mut up);
     let mut hidden = gate.clone();
     swiglu_forward(&mut hidden, &up);
-    let h = &hidden;
-    project(&layer.down_proj, ad, h, rows, seed_of(Down), &mut proj);
+    project(
+        &layer.down_proj,
+        ad,
+        &hidden,
+        rows,
+        seed_of(Down),
+        &mut proj,
+    );
     add_assign(x, &proj);
     LayerActs {
         x: x_in,
-        normed_attn,
         q,
         k,
         v,
         o,
         lse,
         x_mid,
-        normed_mlp,
         gate,
         up,
-        hidden,
     }
 }
 
@@ -358,14 +359,22 @@ fn layer_backward(
     let [aq, ak, av, ao, ag, au, ad] = &mut lora.adapters;
     // MLP: x_out = x_mid + down(silu(gate(n)) ⊙ up(n)), n = rms_norm(x_mid). The residual
     // passes dx on unchanged; the branch adds its share.
-    let (h, mut dhidden) = (&a.hidden, vec![0f32; rows * f]);
-    project_backward(&layer.down_proj, ad, h, dx, rows, &mut dhidden, false);
+    let mut dhidden = vec![0f32; rows * f];
+    {
+        let mut hidden = a.gate.clone();
+        swiglu_forward(&mut hidden, &a.up);
+        project_backward(&layer.down_proj, ad, &hidden, dx, rows, &mut dhidden, false);
+    }
     let mut dgate = vec![0f32; rows * f];
     let mut dup = vec![0f32; rows * f];
     swiglu_backward(&a.gate, &a.up, &dhidden, &mut dgate, &mut dup);
-    let (n, mut dn) = (&a.normed_mlp, vec![0f32; rows * c]);
-    project_backward(&layer.gate_proj, ag, n, &dgate, rows, &mut dn, false);
-    project_backward(&layer.up_proj, au, n, &dup, rows, &mut dn, true);
+    drop(dhidden);
+    let mut n = vec![0f32; rows * c];
+    rms_norm_forward(&a.x_mid, &layer.post_attention_layernorm, eps, &mut n);
+    let mut dn = vec![0f32; rows * c];
+    project_backward(&layer.gate_proj, ag, &n, &dgate, rows, &mut dn, false);
+    project_backward(&layer.up_proj, au, &n, &dup, rows, &mut dn, true);
+    drop((dgate, dup));
     let w = &layer.post_attention_layernorm;
     rms_norm_backward(&a.x_mid, w, eps, &dn, dx);
     // Attention: x_mid = x + o_proj(attention(rope(q(n)), rope(k(n)), v(n))), n = rms_norm(x).
@@ -373,24 +382,28 @@ fn layer_backward(
     let mut dattn = vec![0f32; rows * qd];
     project_backward(&layer.o_proj, ao, &attn, dx, rows, &mut dattn, false);
     let dout = rows_to_heads(&dattn, b, t, heads, d, 1);
+    let k = rows_to_heads(&a.k, b, t, kv_heads, d, group);
+    let v = rows_to_heads(&a.v, b, t, kv_heads, d, group);
     let mut dqh = vec![0f32; a.q.len()];
-    let mut dkh = vec![0f32; a.k.len()];
-    let mut dvh = vec![0f32; a.v.len()];
+    let mut dkh = vec![0f32; k.len()];
+    let mut dvh = vec![0f32; v.len()];
     let (tiles, no_dropout) = (FlashTiles::default(), AttnDropout::NONE);
-    let (q, k, v, o, lse) = (&a.q, &a.k, &a.v, &a.o, &a.lse);
+    let (q, o, lse) = (&a.q, &a.o, &a.lse);
     flash_attention_backward(
-        q, k, v, o, lse, &dout, shape, true, None, no_dropout, tiles, &mut dqh, &mut dkh, &mut dvh,
+        q, &k, &v, o, lse, &dout, shape, true, None, no_dropout, tiles, &mut dqh, &mut dkh,
+        &mut dvh,
     );
+    drop((k, v));
     // Back to rows; the repeated key/value heads' gradients summed; rotations undone.
     let mut dq = heads_to_rows(&dqh, b, t, heads, d, 1);
     let mut dk = heads_to_rows(&dkh, b, t, kv_heads, d, group);
     let dv = heads_to_rows(&dvh, b, t, kv_heads, d, group);
     rope_rows_backward(&mut dq, heads, d, cos, sin);
     rope_rows_backward(&mut dk, kv_heads, d, cos, sin);
-    let n = &a.normed_attn;
-    project_backward(&layer.q_proj, aq, n, &dq, rows, &mut dn, false);
-    project_backward(&layer.k_proj, ak, n, &dk, rows, &mut dn, true);
-    project_backward(&layer.v_proj, av, n, &dv, rows, &mut dn, true);
+    rms_norm_forward(&a.x, &layer.input_layernorm, eps, &mut n);
+    project_backward(&layer.q_proj, aq, &n, &dq, rows, &mut dn, false);
+    project_backward(&layer.k_proj, ak, &n, &dk, rows, &mut dn, true);
+    project_backward(&layer.v_proj, av, &n, &dv, rows, &mut dn, true);
     rms_norm_backward(&a.x, &layer.input_layernorm, eps, &dn, dx);
 }
 
