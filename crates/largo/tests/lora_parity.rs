@@ -453,3 +453,57 @@ fn an_unmerged_adapter_gives_the_training_loss_and_the_merged_logits() {
         .unwrap();
     assert!(relative_error(&plain, &logits) > 1e-3);
 }
+
+/// PEFT loads an adapter largo wrote (`PeftModel.from_pretrained`, tools/peft_logits.py) and
+/// computes the logits largo computes with it. Skipped where Python with torch, transformers
+/// and PEFT is not installed.
+#[test]
+fn peft_loads_an_adapter_largo_wrote() {
+    use largo::models::llama::LlamaCache;
+    use largo::models::llama_train::load_adapted;
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import torch, transformers, peft"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("skipped: python3 with torch, transformers and peft is not installed");
+        return;
+    }
+    let base_dir = fixtures().join("tiny-llama");
+    let base = load_hf(&base_dir).unwrap();
+    let config = LoraConfig::new(4, 8.0, 0.0, &["q", "v", "gate", "down"]).unwrap();
+    let mut model = LoraLlama::new(base.clone(), config, 3).unwrap();
+    // B is zero at initialisation: give it values so the adapter changes the logits.
+    model.visit_params_mut(&mut |name, p| {
+        if name.ends_with("lora_B.weight") {
+            for (i, v) in p.value.data.iter_mut().enumerate() {
+                *v = 0.05 * ((i as f32) * 0.37).sin();
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    model.save_adapter(dir.path(), Some("tiny-llama")).unwrap();
+
+    let ids: Vec<u32> = (0..10).map(|i| (i * 7 + 3) % 64).collect();
+    let adapted = load_adapted(base, dir.path()).unwrap();
+    let ours = adapted
+        .forward(&ids, &mut LlamaCache::new(&adapted.config), true)
+        .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/peft_logits.py");
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&base_dir)
+        .arg(dir.path())
+        .arg(list.join(","))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<f32> = theirs.into_iter().flatten().collect();
+    let err = relative_error(&ours, &theirs);
+    assert!(err < 1e-5, "largo vs PEFT logits: relative error {err}");
+}
