@@ -655,6 +655,11 @@ fn lm_sections(run: &Path, cfg: &Config, notes: &mut Vec<String>) -> Vec<Section
             ]
         }
     };
+    if cfg.model.arch == crate::models::Arch::Llama {
+        let samples = pretrained_samples_section(&model_dir, cfg)
+            .unwrap_or_else(|e| unavailable("samples", "Samples", &e, notes));
+        return vec![samples];
+    }
     let text = training_text(run, cfg);
     let samples = samples_section(&model_dir)
         .unwrap_or_else(|e| unavailable("samples", "Samples", &e, notes));
@@ -705,6 +710,68 @@ fn samples_section(model_dir: &Path) -> Result<Section> {
         body.push_str(&format!(
             "<h3>seed {seed}</h3>\n<pre class=\"sample\"><b>{}</b>{}</pre>\n",
             escape(&prompt),
+            escape(&g.text)
+        ));
+    }
+    Ok(Section::new("samples", "Samples", body))
+}
+
+/// A fine-tuned pretrained model's replies (chat data: to the first user message of the data)
+/// or continuations (text: of "ROMEO:"), greedy and sampled.
+fn pretrained_samples_section(model_dir: &Path, cfg: &Config) -> Result<Section> {
+    use crate::data::chat_template::{ChatMessage, ChatTemplate};
+    use crate::generate::llm::generate_llm;
+    let files = crate::models::llama_load::LlmFiles::find(model_dir)?
+        .ok_or_else(|| Error::format(model_dir, "not a fine-tuned pretrained model"))?;
+    let model = files.load(false)?;
+    let tokenizer = files.load_tokenizer()?;
+    let (shown, ids) = match (cfg.data.kind.as_str(), &tokenizer.chat_template) {
+        ("chat", Some(source)) => {
+            let path = Path::new(&cfg.data.path);
+            let first = crate::data::finetune::read_chat_jsonl(path)?
+                .into_iter()
+                .next()
+                .and_then(|c| c.messages.into_iter().find(|m| m.role == "user"))
+                .ok_or_else(|| Error::format(path, "no user message to ask"))?;
+            let template = ChatTemplate::with_name("the chat template", source.clone())?;
+            let (bos, eos) = (
+                tokenizer.bos_token().unwrap_or_default(),
+                tokenizer.eos_token().unwrap_or_default(),
+            );
+            let text = template.render(
+                &[ChatMessage::new("user", &first.content)],
+                true,
+                &bos,
+                &eos,
+            )?;
+            (first.content, tokenizer.encode(&text, false)?)
+        }
+        _ => (
+            SAMPLE_PROMPT.to_string(),
+            tokenizer.encode(SAMPLE_PROMPT, true)?,
+        ),
+    };
+    let mut body = html::facts(&[
+        ("model", files.describe()),
+        ("prompt", format!("{shown:?}")),
+        (
+            "sampling",
+            "120 tokens: greedy, then temperature 0.8, top-k 40, top-p 0.95".into(),
+        ),
+    ]);
+    for (label, temperature, seed) in [("greedy", 0.0, 0), ("seed 1", 0.8, 1), ("seed 2", 0.8, 2)] {
+        let sampling = Sampling {
+            max_tokens: 120,
+            temperature,
+            top_k: 40,
+            top_p: 0.95,
+            seed,
+            stop: Vec::new(),
+        };
+        let g = generate_llm(&model, &tokenizer, &ids, &sampling, |_| true)?;
+        body.push_str(&format!(
+            "<h3>{label}</h3>\n<pre class=\"sample\"><b>{}</b>\n{}</pre>\n",
+            escape(&shown),
             escape(&g.text)
         ));
     }
