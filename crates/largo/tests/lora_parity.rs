@@ -5,7 +5,7 @@
 //! float64. Then a Q8_0 base against its dequantised f32 copy, and a few AdamW steps.
 
 use largo::backend::cpu::qmatmul::QMatrix;
-use largo::backend::cpu::quant::{quantize_q8_0, GgmlType};
+use largo::backend::cpu::quant::{quantize_q4_0, quantize_q8_0, GgmlType};
 use largo::io::TensorFile;
 use largo::models::llama::{Llama, Matrix, Weights};
 use largo::models::llama_load::load_hf;
@@ -101,13 +101,16 @@ fn loss_and_lora_gradients_match_peft_for_each_target_set() {
     }
 }
 
-/// (the matrix as Q8_0, its dequantised f32 copy).
-fn quantised(m: &Matrix) -> (Matrix, Matrix) {
+/// (the matrix as `ty` (Q8_0 or Q4_0), its dequantised f32 copy).
+fn quantised(m: &Matrix, ty: GgmlType) -> (Matrix, Matrix) {
     let Weights::F32(values) = &m.weights else {
         panic!("the fixture is f32")
     };
-    let bytes = quantize_q8_0(values).unwrap();
-    let q = Matrix::quantized(QMatrix::from_ggml(GgmlType::Q8_0, m.rows, m.cols, &bytes).unwrap());
+    let bytes = match ty {
+        GgmlType::Q8_0 => quantize_q8_0(values).unwrap(),
+        _ => quantize_q4_0(values).unwrap(),
+    };
+    let q = Matrix::quantized(QMatrix::from_ggml(ty, m.rows, m.cols, &bytes).unwrap());
     let mut deq = vec![0f32; m.rows * m.cols];
     for (r, row) in deq.chunks_exact_mut(m.cols).enumerate() {
         q.row(r, row);
@@ -116,11 +119,11 @@ fn quantised(m: &Matrix) -> (Matrix, Matrix) {
     (q, plain)
 }
 
-/// Every matrix of `base` (embedding and head too) as Q8_0, and the same dequantised to f32.
-fn q8_0_and_dequantised(base: &Llama) -> (Llama, Llama) {
+/// Every matrix of `base` (embedding and head too) as `ty`, and the same dequantised to f32.
+fn quantised_and_dequantised(base: &Llama, ty: GgmlType) -> (Llama, Llama) {
     let (mut q, mut p) = (base.clone(), base.clone());
     let mut both = |get: &dyn Fn(&mut Llama) -> &mut Matrix| {
-        let (qm, pm) = quantised(get(&mut base.clone()));
+        let (qm, pm) = quantised(get(&mut base.clone()), ty);
         *get(&mut q) = qm;
         *get(&mut p) = pm;
     };
@@ -139,9 +142,15 @@ fn q8_0_and_dequantised(base: &Llama) -> (Llama, Llama) {
 }
 
 #[test]
-fn a_q8_0_base_trains_as_its_dequantised_f32_copy() {
+fn q8_0_and_q4_0_bases_train_as_their_dequantised_f32_copies() {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        a_quantised_base_trains_as_its_dequantised_f32_copy(ty);
+    }
+}
+
+fn a_quantised_base_trains_as_its_dequantised_f32_copy(ty: GgmlType) {
     let base = load_hf(&fixtures().join("tiny-llama")).unwrap();
-    let (q8, plain) = q8_0_and_dequantised(&base);
+    let (q8, plain) = quantised_and_dequantised(&base, ty);
     assert!(q8.layers[1].down_proj.is_quantized() && !plain.layers[1].down_proj.is_quantized());
     let (q_loss, q_grads) = loss_and_grads(&mut adapted(q8, "all"));
     let (p_loss, p_grads) = loss_and_grads(&mut adapted(plain, "all"));
@@ -158,7 +167,7 @@ fn a_q8_0_base_trains_as_its_dequantised_f32_copy() {
     // Quantisation itself moved the loss (the comparison is not between identical models).
     let (f_loss, _) = loss_and_grads(&mut adapted(base, "all"));
     assert!((f_loss - p_loss).abs() > 1e-6, "{f_loss} vs {p_loss}");
-    eprintln!("Q8_0: loss {q_loss} vs {p_loss} dequantised (f32 base {f_loss}); worst gradient {worst:.1e}");
+    eprintln!("{ty:?}: loss {q_loss} vs {p_loss} dequantised (f32 base {f_loss}); worst gradient {worst:.1e}");
 }
 
 #[test]

@@ -337,6 +337,31 @@ pub fn quantize_q8_0(values: &[f32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Quantises `values` (a whole number of 32-value blocks) to Q4_0 as llama.cpp's
+/// `quantize_row_q4_0_ref` does: per block, the value of largest magnitude m gives
+/// d = m / −8 (stored as f16) and q = min(15, trunc(x/d + 8.5)); the first 16 values go to
+/// the low nibbles, the last 16 to the high ones.
+pub fn quantize_q4_0(values: &[f32]) -> Result<Vec<u8>> {
+    if !values.len().is_multiple_of(32) {
+        return Err(Error::Invalid(format!(
+            "quantize Q4_0: {} values are not whole blocks of 32",
+            values.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(values.len() / 32 * 18);
+    for block in values.chunks_exact(32) {
+        let max = block
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+        let q = |x: f32| ((x * inv + 8.5) as u8).min(15);
+        out.extend((0..16).map(|j| q(block[j]) | q(block[j + 16]) << 4));
+    }
+    Ok(out)
+}
+
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K/Q5_K block, packed in 12
 /// bytes: sub-blocks 0..4 in the low 6 bits of bytes j and j + 4, sub-blocks 4..8 in the
 /// nibbles of bytes j + 4 with their top two bits in the top bits of bytes j - 4 and j.
@@ -493,6 +518,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("40 values"));
+    }
+
+    #[test]
+    fn q4_0_quantisation_moves_each_value_by_at_most_half_a_step() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let bytes = quantize_q4_0(&x).unwrap();
+        assert_eq!(bytes.len(), 3 * 18);
+        let mut back = vec![0f32; 96];
+        dequantize(GgmlType::Q4_0, &bytes, &mut back).unwrap();
+        for (block, got) in x.chunks_exact(32).zip(back.chunks_exact(32)) {
+            let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 8.0;
+            for (a, b) in block.iter().zip(got) {
+                // Half a step (the top of the range, +8 steps, is clamped to 7: one step),
+                // plus the f16 rounding of the scale.
+                assert!((a - b).abs() <= step * (1.0 + 8.0 / 2048.0), "{a} → {b}");
+            }
+            // The value of largest magnitude is exact (−8 steps), up to the f16 scale.
+            let m = block
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let i = block.iter().position(|&v| v == m).unwrap();
+            assert!((got[i] - m).abs() <= m.abs() / 1024.0, "{m} → {}", got[i]);
+        }
+        assert!(quantize_q4_0(&x[..40]).is_err());
     }
 
     #[test]
