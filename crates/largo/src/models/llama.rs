@@ -302,8 +302,9 @@ impl Matrix {
     }
 }
 
-/// Values a training product dequantises at a time (1 MiB of f32): whole rows of the matrix.
-const DEQUANT_TILE_VALUES: usize = 256 * 1024;
+/// Values a training product dequantises at a time (4 MiB of f32: most of a layer's matrices in
+/// one tile, so each is one GEMM): whole rows of the matrix.
+const DEQUANT_TILE_VALUES: usize = 1 << 20;
 
 impl Matrix {
     /// Rows per dequantised tile.
