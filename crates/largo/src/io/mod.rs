@@ -1,6 +1,8 @@
-//! Files: atomic writes (temp file, fsync, rename), safetensors in both directions, GGUF read.
+//! Files: atomic writes (temp file, fsync, rename), safetensors in both directions, GGUF read
+//! and write.
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod torch_pickle;
 
 use crate::tensor::Tensor;
