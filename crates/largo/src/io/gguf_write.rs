@@ -10,7 +10,6 @@ use crate::backend::cpu::half::f32_slice_to_f16;
 use crate::backend::cpu::quant::quantize_q8_0;
 use crate::{Error, Result};
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -97,21 +96,10 @@ pub fn write_gguf(
 ) -> Result<u64> {
     let alignment = alignment_of(metadata)?;
     let (header, sizes) = header(metadata, tensors, alignment)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| -> Result<u64> {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut total = header.len() as u64;
+    super::write_atomic_with(path, |out| {
         let io = |e| Error::io(path, e);
         out.write_all(&header).map_err(io)?;
-        let mut total = header.len() as u64;
         let zeros = vec![0u8; alignment as usize];
         for (i, (spec, &size)) in tensors.iter().zip(&sizes).enumerate() {
             let bytes = data(i)?;
@@ -129,18 +117,9 @@ pub fn write_gguf(
             out.write_all(&zeros[..pad as usize]).map_err(io)?;
             total += size + pad;
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(path, e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        super::sync_dir(dir).map_err(io)?;
-        Ok(total)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+        Ok(())
+    })?;
+    Ok(total)
 }
 
 fn alignment_of(metadata: &[(String, GgufValue)]) -> Result<u64> {
