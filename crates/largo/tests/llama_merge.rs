@@ -387,3 +387,57 @@ fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
     merge(&gguf, &qv, &out_gguf, None, true).unwrap();
     assert!(GgufFile::open(&out_gguf).is_ok());
 }
+
+fn smollm2() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipped: {} is absent", p.display());
+        None
+    }
+}
+
+#[test]
+fn smollm2_merged_to_f16_and_q8_0_keeps_base_plus_adapter_logits() {
+    use largo::nn::Module;
+    let Some(base) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    {
+        // Adapters on every projection with B drawn at random (PEFT starts it at zero).
+        let targets = ["q", "k", "v", "o", "gate", "up", "down"];
+        let config = LoraConfig::new(8, 16.0, 0.0, &targets).unwrap();
+        let mut lora = LoraLlama::new(load(&base), config, 3).unwrap();
+        let mut rng = largo::rng::Rng::new(5);
+        lora.visit_params_mut(&mut |name, p| {
+            if name.ends_with("lora_B.weight") {
+                p.value
+                    .data
+                    .iter_mut()
+                    .for_each(|v| *v = rng.normal() * 0.03);
+            }
+        });
+        lora.save_adapter(&adapter, None).unwrap();
+    }
+    let unmerged = load_adapted_model(&base, &adapter).unwrap();
+    assert_eq!(unmerged.adapted_matrices, 30 * 7);
+    let want = logits(&unmerged.model);
+    let shift = relative_error(&logits(&load(&base)), &want);
+    for (ty, tolerance) in [(MergeType::F16, 5e-3), (MergeType::Q8_0, 5e-2)] {
+        let out = dir.path().join(format!("merged-{}.gguf", ty.name()));
+        merge_to_gguf(&base, &unmerged.model, &out, ty).unwrap();
+        let err = relative_error(&logits(&load(&out)), &want);
+        println!(
+            "SmolLM2 + adapter as {}: relative error {err:.2e} (adapter's shift {shift:.2e})",
+            ty.name()
+        );
+        assert!(err <= tolerance, "{}: {err}", ty.name());
+        assert!(
+            err < shift / 4.0,
+            "{}: {err} vs the adapter's {shift}",
+            ty.name()
+        );
+    }
+}

@@ -412,7 +412,9 @@ mod tests {
             shape: shape.to_vec(),
             dtype,
         };
-        let cases: Vec<(Vec<(String, GgufValue)>, Vec<GgufTensorSpec>, &str)> = vec![
+        // Metadata, tensors, and what the error says.
+        type Case = (Vec<(String, GgufValue)>, Vec<GgufTensorSpec>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 vec![],
                 vec![spec("a", &[2, 3], GgmlType::F32)],
