@@ -10,10 +10,10 @@ pub struct Args {
     /// The base model: a GGUF file, or a Hugging Face directory (Llama, Qwen2).
     #[arg(long)]
     model: PathBuf,
-    /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors), as
-    /// `largo train` or PEFT writes it.
+    /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors) or a
+    /// `largo finetune` run; not needed when --model is a fine-tuning run itself.
     #[arg(long)]
-    adapter: PathBuf,
+    adapter: Option<PathBuf>,
     /// Where to write: a `.gguf` file (needs a GGUF base; llama.cpp loads it) or a Hugging
     /// Face directory (model.safetensors, config.json, the base's tokenizer files).
     #[arg(long)]
@@ -32,7 +32,7 @@ fn parse_type(s: &str) -> Result<MergeType, String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let report = merge(&a.model, &a.adapter, &a.out, a.ty, a.force)?;
+    let report = merge(&a.model, a.adapter.as_deref(), &a.out, a.ty, a.force)?;
     println!(
         "wrote {}: {} tensors ({}), {:.2} MiB; {} adapted matrices merged",
         report.path.display(),

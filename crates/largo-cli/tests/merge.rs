@@ -7,7 +7,7 @@ use common::{fails_with, largo, ok, repo};
 use largo::io::gguf::{GgmlType, GgufFile};
 use largo::models::llama::Llama;
 use largo::models::llama_cache::LlamaCache;
-use largo::models::llama_load::LlmFiles;
+use largo::models::llama_load::LlmBase;
 use largo::models::llama_merge::load_adapted_model;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn merge_writes_a_gguf_and_a_directory_with_the_adapted_logits() {
     let dir = tempfile::tempdir().unwrap();
     let (base, adapter) = (fixture("llama/llama-f32.gguf"), fixture("lora/all"));
-    let want = logits(&load_adapted_model(&base, &adapter).unwrap().model);
+    let want = logits(&load_adapted_model(&base, Some(&adapter)).unwrap().model);
 
     let out = dir.path().join("merged.gguf");
     let args = ["merge", "--model", arg(&base), "--adapter", arg(&adapter)];
@@ -62,7 +62,7 @@ fn merge_writes_a_gguf_and_a_directory_with_the_adapted_logits() {
         gguf.tensor("blk.0.ffn_up.weight").unwrap().dtype,
         GgmlType::Q8_0
     );
-    let merged = LlmFiles::Gguf(out.clone()).load(true).unwrap();
+    let merged = LlmBase::Gguf(out.clone()).load(true).unwrap();
     let err = relative_error(&logits(&merged), &want);
     assert!(err < 5e-2, "q8_0 merge: relative error {err}");
 
@@ -81,7 +81,7 @@ fn merge_writes_a_gguf_and_a_directory_with_the_adapted_logits() {
         "{stderr}"
     );
     assert_eq!(names_in(&out_dir), ["config.json", "model.safetensors"]);
-    let merged = LlmFiles::HuggingFace(out_dir.clone()).load(true).unwrap();
+    let merged = LlmBase::HuggingFace(out_dir.clone()).load(true).unwrap();
     let err = relative_error(&logits(&merged), &want);
     assert!(err < 1e-5, "f32 directory: relative error {err}");
     assert_eq!(names_in(dir.path()), ["merged-hf", "merged.gguf"]);
@@ -113,15 +113,17 @@ fn merge_refuses_bad_requests_by_name_and_leaves_nothing_behind() {
     let missing = dir.path().join("no-such-adapter");
     fails_with(
         &run(&gguf, &missing, &out, &[]),
-        &format!(
-            "{}: the adapter directory does not exist",
-            missing.display()
-        ),
+        &format!("{}: adapter directory not found", missing.display()),
     );
     fails_with(
         &run(&gguf, &qv, &dir.path().join("hf-out"), &["--type", "q8_0"]),
         "q8_0 is a GGUF type",
     );
+    let no_adapter = largo(
+        dir.path(),
+        &["merge", "--model", arg(&gguf), "--out", arg(&out)],
+    );
+    fails_with(&no_adapter, "is a base model without an adapter");
     let bad_type = largo(
         dir.path(),
         &[

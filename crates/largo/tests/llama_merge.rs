@@ -98,7 +98,7 @@ fn merged_gguf_gives_the_logits_of_base_plus_adapter() {
         ("llama/qwen2-f32.gguf", "lora/qwen2-attn", 8),
     ] {
         let base_path = fixtures().join(base);
-        let unmerged = load_adapted_model(&base_path, &fixtures().join(adapter)).unwrap();
+        let unmerged = load_adapted_model(&base_path, Some(&fixtures().join(adapter))).unwrap();
         assert_eq!(unmerged.adapted_matrices, adapted, "{base} + {adapter}");
         let want = logits(&unmerged.model);
         // The adapter matters far beyond every tolerance below.
@@ -199,7 +199,14 @@ fn an_f32_merge_of_a_zero_adapter_reproduces_the_base_gguf_bit_for_bit() {
         let adapter = dir.path().join("adapter");
         zero_adapter(load(&base_path), &adapter);
         let out = dir.path().join("merged.gguf");
-        let report = merge(&base_path, &adapter, &out, Some(MergeType::F32), false).unwrap();
+        let report = merge(
+            &base_path,
+            Some(&adapter),
+            &out,
+            Some(MergeType::F32),
+            false,
+        )
+        .unwrap();
         assert_eq!(report.adapted_matrices, 14);
         let (src, written) = (
             GgufFile::open(&base_path).unwrap(),
@@ -225,7 +232,7 @@ fn merged_hugging_face_directory_gives_the_logits_of_base_plus_adapter() {
         ("llama/qwen2-f32.gguf", "lora/qwen2-attn"),
     ] {
         let base_path = fixtures().join(base);
-        let unmerged = load_adapted_model(&base_path, &fixtures().join(adapter)).unwrap();
+        let unmerged = load_adapted_model(&base_path, Some(&fixtures().join(adapter))).unwrap();
         let want = logits(&unmerged.model);
         let dir = tempfile::tempdir().unwrap();
         for (ty, tolerance) in [
@@ -287,7 +294,7 @@ fn tokenizer_files_of_a_hugging_face_base_are_copied() {
     std::fs::write(base.join("tokenizer.json"), "{\"stand-in\": 1}").unwrap();
     std::fs::write(base.join("chat_template.jinja"), "{{ messages }}").unwrap();
     let out = dir.path().join("merged");
-    let report = merge(&base, &fixtures().join("lora/qv"), &out, None, false).unwrap();
+    let report = merge(&base, Some(&fixtures().join("lora/qv")), &out, None, false).unwrap();
     assert!(report.tokenizer);
     assert_eq!(report.types.get("f32"), Some(&report.tensors));
     for f in [
@@ -344,7 +351,7 @@ fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
             Path::new("/nonexistent/adapter"),
             &out_gguf,
             None,
-            "/nonexistent/adapter: the adapter directory does not exist",
+            "/nonexistent/adapter: adapter directory not found",
         ),
         (
             Path::new("/nonexistent/base.gguf"),
@@ -363,7 +370,7 @@ fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
         (&gguf, &qv, &gguf, None, "is an input of this merge"),
     ];
     for (base, adapter, out, ty, needle) in cases {
-        let e = merge(base, adapter, out, ty, false)
+        let e = merge(base, Some(adapter), out, ty, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains(needle), "{e}\nlacks {needle:?}");
@@ -376,7 +383,7 @@ fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
 
     // An existing output is kept unless forced.
     std::fs::write(&out_gguf, b"keep me").unwrap();
-    let e = merge(&gguf, &qv, &out_gguf, None, false)
+    let e = merge(&gguf, Some(&qv), &out_gguf, None, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -384,7 +391,7 @@ fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
         "{e}"
     );
     assert_eq!(std::fs::read(&out_gguf).unwrap(), b"keep me");
-    merge(&gguf, &qv, &out_gguf, None, true).unwrap();
+    merge(&gguf, Some(&qv), &out_gguf, None, true).unwrap();
     assert!(GgufFile::open(&out_gguf).is_ok());
 }
 
@@ -421,7 +428,7 @@ fn smollm2_merged_to_f16_and_q8_0_keeps_base_plus_adapter_logits() {
         });
         lora.save_adapter(&adapter, None).unwrap();
     }
-    let unmerged = load_adapted_model(&base, &adapter).unwrap();
+    let unmerged = load_adapted_model(&base, Some(&adapter)).unwrap();
     assert_eq!(unmerged.adapted_matrices, 30 * 7);
     let want = logits(&unmerged.model);
     let shift = relative_error(&logits(&load(&base)), &want);

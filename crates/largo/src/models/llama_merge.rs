@@ -4,7 +4,7 @@
 //! `config.json`, the base's tokenizer files) that transformers loads.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, Matrix, RopeScaling};
-use super::llama_load::{gguf_name, LlmFiles};
+use super::llama_load::{gguf_name, LlmBase, LlmFiles};
 use crate::io::gguf::{GgmlType, GgufFile, GgufValue};
 use crate::io::gguf_write::{encode_values, write_gguf, GgufTensorSpec};
 use crate::io::safetensors_write::{self, write_safetensors, SafetensorsSpec};
@@ -87,41 +87,42 @@ impl std::str::FromStr for MergeType {
     }
 }
 
-/// A base model with an adapter applied (not yet merged), and where the base came from.
+/// A base model with an adapter applied (not yet merged), and where they came from.
 pub struct AdaptedModel {
-    pub base: LlmFiles,
+    pub base: LlmBase,
+    /// The adapter directory (resolved: a fine-tuning run's `best/` or `model/`).
+    pub adapter: PathBuf,
     pub model: Llama,
     /// Matrices that carry an adapter.
     pub adapted_matrices: usize,
 }
 
-/// Loads `base` (a GGUF file or a Hugging Face directory) with every weight as f32, and sets
-/// the PEFT adapter in `adapter_dir` on it. Shapes that do not fit are refused by tensor name.
-pub fn load_adapted_model(base: &Path, adapter_dir: &Path) -> Result<AdaptedModel> {
-    if !base.exists() {
-        return Err(Error::format(base, "the base model does not exist"));
+/// Loads `model` (a GGUF file or a Hugging Face directory, or a LoRA fine-tuning run: its base
+/// and adapter) with every weight as f32, and sets the PEFT adapter in `adapter_dir` (or the
+/// run's) on it. Shapes that do not fit are refused by tensor name.
+pub fn load_adapted_model(model: &Path, adapter_dir: Option<&Path>) -> Result<AdaptedModel> {
+    if !model.exists() {
+        return Err(Error::format(model, "the base model does not exist"));
     }
-    if !adapter_dir.is_dir() {
-        let what = if adapter_dir.exists() {
-            "is not a directory: expected a PEFT adapter directory (adapter_config.json, \
-             adapter_model.safetensors)"
-        } else {
-            "the adapter directory does not exist"
-        };
-        return Err(Error::format(adapter_dir, what));
-    }
-    let files = LlmFiles::find(base)?.ok_or_else(|| {
+    let files = LlmFiles::find_with_adapter(model, adapter_dir)?.ok_or_else(|| {
         Error::format(
-            base,
-            "neither a GGUF file nor a Hugging Face directory of a Llama-family model",
+            model,
+            "neither a GGUF file nor a Hugging Face directory of a Llama-family model (nor a \
+             LoRA fine-tuning run)",
         )
     })?;
-    let model = files.load(true)?;
-    let model = super::llama_train::load_adapted(model, adapter_dir)?;
+    let Some(adapter) = files.adapter.clone() else {
+        return Err(Error::format(
+            model,
+            "is a base model without an adapter: give the adapter to merge (--adapter)",
+        ));
+    };
+    let loaded = files.load(true)?;
     Ok(AdaptedModel {
-        adapted_matrices: adapted_matrices(&model),
-        base: files,
-        model,
+        adapted_matrices: adapted_matrices(&loaded),
+        base: files.base,
+        adapter,
+        model: loaded,
     })
 }
 
@@ -160,13 +161,14 @@ pub fn is_gguf_output(out: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// `largo merge`: loads `base` with the PEFT adapter in `adapter_dir`, merges it, and writes
+/// `largo merge`: loads `base` with the PEFT adapter in `adapter_dir` (or a fine-tuning run
+/// with its own adapter, `adapter_dir` then `None`), merges it, and writes
 /// a GGUF (`out` ending in `.gguf`: the base must be a GGUF; `ty` defaults to f16) or a
 /// Hugging Face directory (`ty` defaults to f32). An existing `out` is replaced only with
 /// `force`. Everything that can be checked before the model loads is.
 pub fn merge(
     base: &Path,
-    adapter_dir: &Path,
+    adapter_dir: Option<&Path>,
     out: &Path,
     ty: Option<MergeType>,
     force: bool,
@@ -180,7 +182,8 @@ pub fn merge(
     if !gguf_out {
         ty.hf()?;
     }
-    check_output(out, force, &[base, adapter_dir])?;
+    let inputs: Vec<&Path> = std::iter::once(base).chain(adapter_dir).collect();
+    check_output(out, force, &inputs)?;
     if out.exists() && gguf_out == out.is_dir() {
         return Err(Error::format(
             out,
@@ -192,14 +195,18 @@ pub fn merge(
         ));
     }
     if gguf_out && base.exists() {
-        if let Some(LlmFiles::HuggingFace(dir)) = LlmFiles::find(base)? {
+        if let Some(LlmFiles {
+            base: LlmBase::HuggingFace(dir),
+            ..
+        }) = LlmFiles::find(base)?
+        {
             return Err(gguf_output_needs_gguf_base(&dir));
         }
     }
     let adapted = load_adapted_model(base, adapter_dir)?;
     match (&adapted.base, gguf_out) {
-        (LlmFiles::Gguf(file), true) => merge_to_gguf(file, &adapted.model, out, ty),
-        (LlmFiles::HuggingFace(dir), true) => Err(gguf_output_needs_gguf_base(dir)),
+        (LlmBase::Gguf(file), true) => merge_to_gguf(file, &adapted.model, out, ty),
+        (LlmBase::HuggingFace(dir), true) => Err(gguf_output_needs_gguf_base(dir)),
         (files, false) => merge_to_hf(files, &adapted.model, out, ty),
     }
 }
@@ -474,14 +481,14 @@ const HF_TOKENIZER_FILES: [&str; 9] = [
 /// converted: `tokenizer` is false in the report). The directory is built under a temporary
 /// name and renamed into place, replacing an existing `out` only once complete.
 pub fn merge_to_hf(
-    base: &LlmFiles,
+    base: &LlmBase,
     model: &Llama,
     out: &Path,
     ty: MergeType,
 ) -> Result<MergeReport> {
     let (dtype, torch_dtype) = ty.hf()?;
     let config = match base {
-        LlmFiles::HuggingFace(dir) => {
+        LlmBase::HuggingFace(dir) => {
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let mut v: serde_json::Value =
@@ -499,7 +506,7 @@ pub fn merge_to_hf(
             }
             v
         }
-        LlmFiles::Gguf(file) => {
+        LlmBase::Gguf(file) => {
             hf_config_from_gguf(&GgufFile::open(file)?, &model.config, torch_dtype)?
         }
     };
@@ -525,7 +532,7 @@ pub fn merge_to_hf(
             .map_err(|e| Error::io(tmp.join("config.json"), e))?;
         bytes += text.len() as u64;
         files.push("config.json".to_string());
-        if let LlmFiles::HuggingFace(dir) = base {
+        if let LlmBase::HuggingFace(dir) = base {
             for name in HF_TOKENIZER_FILES {
                 let from = dir.join(name);
                 if from.is_file() {
