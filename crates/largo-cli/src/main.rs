@@ -9,6 +9,7 @@ mod explain;
 mod finetune;
 mod generate;
 mod interop;
+mod merge;
 mod prepare;
 mod report;
 mod serve;
@@ -68,6 +69,9 @@ enum Command {
     Export(interop::ExportArgs),
     /// Describe a model directory: architecture, parameters per module, dtypes, tokenizer.
     Inspect(interop::InspectArgs),
+    /// Merge a LoRA adapter into its base: a GGUF (f16, q8_0, …) that llama.cpp loads, or a
+    /// Hugging Face directory.
+    Merge(merge::Args),
     /// Serve models over HTTP with an OpenAI-compatible API (/v1/chat/completions,
     /// /v1/completions, /v1/embeddings).
     Serve(serve::Args),
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Import(a) => interop::run_import(a),
         Command::Export(a) => interop::run_export(a),
         Command::Inspect(a) => interop::run_inspect(a),
+        Command::Merge(a) => merge::run(a),
         Command::Serve(a) => serve::run_serve(a),
         Command::Bench(a) => bench::run(a),
         Command::Sweep(a) => sweep::run(a),

@@ -1,6 +1,9 @@
-//! Files: atomic writes (temp file, fsync, rename), safetensors in both directions, GGUF read.
+//! Files: atomic writes (temp file, fsync, rename), safetensors in both directions, GGUF read
+//! and write.
 
 pub mod gguf;
+pub mod gguf_write;
+pub mod safetensors_write;
 pub mod torch_pickle;
 
 use crate::tensor::Tensor;
@@ -32,6 +35,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(|e| Error::io(path, e))
+}
+
+/// Writes `path` as `fill` streams it through a buffer, atomically as [`write_atomic`]: a
+/// temporary file beside `path`, synced, then renamed over it; removed if anything fails, so
+/// readers see the old file or the whole new one. Errors from `fill` pass through as they are.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        fill(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_dir(dir).map_err(|e| Error::io(path, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -700,7 +700,7 @@ impl TensorSource for GgufTensors<'_> {
 }
 
 /// GGUF's name of a Hugging Face tensor name.
-fn gguf_name(hf: &str) -> String {
+pub(crate) fn gguf_name(hf: &str) -> String {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -734,7 +734,7 @@ fn gguf_name(hf: &str) -> String {
 
 /// Undoes llama.cpp's `permute` of a q or k projection's rows ([heads·D] rows of `cols`
 /// values): GGUF row 2i + p of a head is Hugging Face's row p·D/2 + i.
-fn unpermute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize) {
+pub(crate) fn unpermute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize) {
     let cols = data.len() / rows;
     let d = rows / heads;
     let half = d / 2;

@@ -8,6 +8,7 @@ pub mod interop;
 pub mod llama;
 pub mod llama_cache;
 pub mod llama_load;
+pub mod llama_merge;
 pub mod llama_train;
 pub mod lora;
 pub mod mlp;
