@@ -109,7 +109,7 @@ pub fn train_and_report(cfg: &Config, resume: bool, no_progress: bool, dist: &Di
             "training {} on {}  →  {}",
             cfg.model.arch,
             cfg.data.path,
-            largo::train::run_dir(&cfg).display()
+            largo::train::run_dir(cfg).display()
         );
     }
     let out = train_distributed(cfg, &TrainOptions { resume, progress }, dist)?;

@@ -284,7 +284,7 @@ fn bad_finetune_input_is_an_error_naming_it() {
         ),
     ];
     for (text, want) in cases {
-        let data = write_chat(tmp.path(), &[text.clone()]);
+        let data = write_chat(tmp.path(), std::slice::from_ref(text));
         fails_with(&finetune(tmp.path(), &data, "bad", &[]), want);
         assert!(
             !tmp.path().join("runs/bad").exists(),

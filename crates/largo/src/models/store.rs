@@ -164,10 +164,7 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
         }
     }
     if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
-        ));
+        return Err(Error::format(path, "model directory not found"));
     }
     Err(Error::format(
         path,
@@ -185,10 +182,7 @@ pub fn resolve_adapter_dir(path: &Path) -> Result<PathBuf> {
         }
     }
     if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "adapter directory not found"),
-        ));
+        return Err(Error::format(path, "adapter directory not found"));
     }
     Err(Error::format(
         path,

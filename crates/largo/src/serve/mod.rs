@@ -50,7 +50,7 @@ pub enum Served {
     },
     Embedder(SentenceEncoder),
     /// A pretrained Llama-family decoder (GGUF or Hugging Face), with its chat template.
-    Llm(llm::LlmServed),
+    Llm(Box<llm::LlmServed>),
     /// A digit classifier: its forward pass keeps activations, hence the lock (it is small
     /// and fast; requests take turns).
     Classifier {
@@ -64,7 +64,7 @@ impl Served {
     /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one.
     pub fn load(path: &Path) -> Result<Self> {
         if let Some(files) = crate::models::llama_load::LlmFiles::find(path)? {
-            return Ok(Served::Llm(llm::LlmServed::load(&files)?));
+            return Ok(Served::Llm(Box::new(llm::LlmServed::load(&files)?)));
         }
         if is_hf_dir(path) {
             return Ok(Served::Embedder(SentenceEncoder::load(path)?));
