@@ -195,16 +195,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("peak RSS: {:.0} MB", largo::bench::peak_rss_mb());
         }
         What::Llm => {
-            let Some(path) = a.models.first() else {
-                bail!("bench llm needs --model FILE.gguf or a Hugging Face directory");
-            };
-            let path = std::path::Path::new(path);
-            let files = largo::models::llama_load::LlmFiles::find(path)?.with_context(|| {
-                format!(
-                    "{}: neither a GGUF file nor a Hugging Face directory of a Llama-family model",
-                    path.display()
-                )
-            })?;
+            let files = pretrained(&a.models, "llm")?;
             let r = largo::bench::bench_llm(&files, a.reps, a.dequantize)?;
             if a.serve.json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -225,16 +216,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         What::Finetune => {
-            let Some(path) = a.models.first() else {
-                bail!("bench finetune needs --model FILE.gguf or a Hugging Face directory");
-            };
-            let path = std::path::Path::new(path);
-            let files = largo::models::llama_load::LlmFiles::find(path)?.with_context(|| {
-                format!(
-                    "{}: neither a GGUF file nor a Hugging Face directory of a Llama-family model",
-                    path.display()
-                )
-            })?;
+            let files = pretrained(&a.models, "finetune")?;
             let batch = a.batch.unwrap_or(4).max(1);
             let r = largo::bench::bench_finetune(
                 &files,
@@ -274,6 +256,20 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pretrained model of `bench llm` / `bench finetune`: the first --model.
+fn pretrained(models: &[String], bench: &str) -> Result<largo::models::llama_load::LlmFiles> {
+    let Some(path) = models.first() else {
+        bail!("bench {bench} needs --model FILE.gguf or a Hugging Face directory");
+    };
+    let path = std::path::Path::new(path);
+    largo::models::llama_load::LlmFiles::find(path)?.with_context(|| {
+        format!(
+            "{}: neither a GGUF file nor a Hugging Face directory of a Llama-family model",
+            path.display()
+        )
+    })
 }
 
 /// A `largo serve` child of this same binary, started by the bench and stopped with SIGTERM.

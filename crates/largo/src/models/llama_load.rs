@@ -735,6 +735,18 @@ pub(crate) fn gguf_name(hf: &str) -> String {
 /// Undoes llama.cpp's `permute` of a q or k projection's rows ([heads·D] rows of `cols`
 /// values): GGUF row 2i + p of a head is Hugging Face's row p·D/2 + i.
 pub(crate) fn unpermute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize) {
+    move_rotary_rows(data, rows, heads, false);
+}
+
+/// llama.cpp's converter `permute` itself: Hugging Face's row p·D/2 + i of a head becomes
+/// GGUF row 2i + p (the rotary pairs interleaved); the inverse of [`unpermute_rows`].
+pub(crate) fn permute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize) {
+    move_rotary_rows(data, rows, heads, true);
+}
+
+/// Moves the rows of each head between the two rotary layouts: to GGUF's interleaved pairs
+/// (`to_gguf`) or back to Hugging Face's halves.
+fn move_rotary_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize, to_gguf: bool) {
     let cols = data.len() / rows;
     let d = rows / heads;
     let half = d / 2;
@@ -742,8 +754,8 @@ pub(crate) fn unpermute_rows<T: Copy>(data: &mut [T], rows: usize, heads: usize)
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {
-                let from = h * d + 2 * i + p;
-                let to = h * d + p * half + i;
+                let (hf, gguf) = (h * d + p * half + i, h * d + 2 * i + p);
+                let (from, to) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 data[to * cols..(to + 1) * cols]
                     .copy_from_slice(&src[from * cols..(from + 1) * cols]);
             }

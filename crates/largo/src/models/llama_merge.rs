@@ -4,7 +4,7 @@
 //! `config.json`, the base's tokenizer files) that transformers loads.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, Matrix, RopeScaling};
-use super::llama_load::{gguf_name, LlmBase, LlmFiles};
+use super::llama_load::{gguf_name, permute_rows, LlmBase, LlmFiles};
 use crate::io::gguf::{GgmlType, GgufFile, GgufValue};
 use crate::io::gguf_write::{encode_values, write_gguf, GgufTensorSpec};
 use crate::io::safetensors_write::{self, write_safetensors, SafetensorsSpec};
@@ -309,26 +309,6 @@ fn named_weights(model: &Llama) -> Vec<(String, Weight<'_>)> {
         out.push(("lm_head.weight".to_string(), Weight::Matrix(head)));
     }
     out
-}
-
-/// llama.cpp's converter `permute` of a q or k projection's rows ([heads·D] rows): Hugging
-/// Face's row p·D/2 + i of a head becomes GGUF row 2i + p (the rotary pairs interleaved).
-/// The inverse of [`unpermute_rows`](super::llama_load::unpermute_rows).
-fn permute_rows(data: &mut [f32], rows: usize, heads: usize) {
-    let cols = data.len() / rows;
-    let d = rows / heads;
-    let half = d / 2;
-    let src = data.to_vec();
-    for h in 0..heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let from = h * d + p * half + i;
-                let to = h * d + 2 * i + p;
-                data[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&src[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
 }
 
 /// The head count whose rotary rows a weight's rows are permuted for in a GGUF of `config`
