@@ -654,6 +654,43 @@ mod tests {
     }
 
     #[test]
+    fn a_fine_tuning_config_names_its_base_and_valid_adapters() {
+        let load = |kv: &[&str]| {
+            let kv: Vec<String> = kv.iter().map(|s| s.to_string()).collect();
+            Config::load_with_preset(
+                &FINETUNE_PRESET
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+                None,
+                &kv,
+            )
+        };
+        let c = load(&["model.base=m.gguf", "data.kind=chat"]).unwrap();
+        assert_eq!(c.model.arch, Arch::Llama);
+        assert_eq!(
+            (c.optim.lr, c.train.batch_size, c.data.context),
+            (2e-4, 4, 512)
+        );
+        let ModelKind::Llama(m) = c.model() else {
+            panic!("a llama model")
+        };
+        assert_eq!(
+            (m.base.as_str(), m.lora.r, m.lora.targets.len()),
+            ("m.gguf", 8, 7)
+        );
+        let err = |kv: &[&str]| load(kv).unwrap_err().to_string();
+        assert!(err(&[]).contains("model.base is empty"));
+        assert!(err(&["model.base=m.gguf", "lora.r=0"]).contains("lora.r must be ≥ 1"));
+        assert!(err(&["model.base=m.gguf", "data.kind=mnist"]).contains("does not suit"));
+        assert!(err(&["model.base=m.gguf", "data.context=1"]).contains("data.context = 1"));
+        let e = Config::load(None, &["model.base=m.gguf".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is for fine-tuning a pretrained model"), "{e}");
+    }
+
+    #[test]
     fn overrides_are_type_checked() {
         let c = Config::load(None, &["train.epochs=3".into(), "optim.lr=0.5".into()]).unwrap();
         assert_eq!(c.model.arch, Arch::Gpt);
@@ -690,7 +727,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("expected \"mlp\", \"cnn\", \"resnet\", \"gpt\" or \"encoder_lm\""),
+            e.contains(
+                "expected \"mlp\", \"cnn\", \"resnet\", \"gpt\", \"encoder_lm\" or \"llama\""
+            ),
             "{e}"
         );
         let mlp_dropout = [
