@@ -52,12 +52,22 @@ pub fn parse_arch(s: &str) -> Result<ImportArch> {
             resnet_depth: Some(depth),
         });
     }
-    Arch::parse(s).map(ImportArch::from).ok_or_else(|| {
-        Error::Invalid(format!(
-            "unsupported architecture {s:?}: supported are {}, resnet18, resnet34, resnet50",
-            Arch::cli_names()
-        ))
-    })
+    // A pretrained Llama needs no import: its GGUF or Hugging Face files are read as they are.
+    let importable = |a: &Arch| *a != Arch::Llama;
+    Arch::parse(s)
+        .filter(importable)
+        .map(ImportArch::from)
+        .ok_or_else(|| {
+            let names: Vec<String> = Arch::ALL
+                .iter()
+                .filter(|a| importable(a))
+                .map(|a| a.cli_name())
+                .collect();
+            Error::Invalid(format!(
+                "unsupported architecture {s:?}: supported are {}, resnet18, resnet34, resnet50",
+                names.join(", ")
+            ))
+        })
 }
 
 /// A prefix mapping of tensor names (`--rename OLD.=NEW.`): a name that starts with `from`

@@ -88,6 +88,15 @@ impl LlmFiles {
         let Ok(dir) = super::store::resolve_model_dir(path) else {
             return Ok(None);
         };
+        // Only a largo fine-tuning directory: other config.json files (BERT's, largo's other
+        // models) are someone else's to read.
+        let arch = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["arch"].as_str().map(str::to_string));
+        if arch.as_deref() != Some(super::Arch::Llama.name()) {
+            return Ok(None);
+        }
         let info = super::store::load_info(&dir)?;
         let super::ModelKind::Llama(c) = info.model else {
             return Ok(None);

@@ -101,12 +101,6 @@ impl Arch {
         names.join(", ")
     }
 
-    /// `mlp, gpt, encoder-lm`, for the command line's error messages.
-    pub fn cli_names() -> String {
-        let names: Vec<String> = Self::ALL.iter().map(|a| a.cli_name()).collect();
-        names.join(", ")
-    }
-
     /// `"mlp", "gpt" or "encoder_lm"`, for error messages.
     pub fn expected() -> String {
         let names: Vec<String> = Self::ALL
