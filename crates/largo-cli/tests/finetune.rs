@@ -302,6 +302,10 @@ fn bad_finetune_input_is_an_error_naming_it() {
         "unknown LoRA target module \"attn\": valid are q k v o gate up down",
     );
     fails_with(
+        &finetune(tmp.path(), &data, "bad", &["--set", "lora.r=100000"]),
+        "lora.r = 100000 exceeds the rank of q_proj ([64, 64]): at most 64",
+    );
+    fails_with(
         &finetune(tmp.path(), &data, "bad", &["--set", "data.context=4096"]),
         "data.context = 4096 exceeds the model's context of 1024",
     );

@@ -449,6 +449,22 @@ fn loss_through_head(
 impl LoraLlama {
     /// Adapters on `lora.targets` of every layer, initialised as PEFT does from `seed`.
     pub fn new(base: Llama, lora: LoraConfig, seed: u64) -> Result<Self> {
+        // A rank past a matrix's own adds nothing, and the adapters are allocated from it.
+        for layer in base.layers.iter().take(1) {
+            for &t in &lora.targets {
+                let m = base_matrix(layer, t);
+                let most = m.rows.min(m.cols);
+                if lora.r > most {
+                    bail!(
+                        "lora.r = {} exceeds the rank of {} ([{}, {}]): at most {most}",
+                        lora.r,
+                        t.proj(),
+                        m.rows,
+                        m.cols
+                    );
+                }
+            }
+        }
         let mut rng = Rng::new(seed);
         let layers = base
             .layers
