@@ -1,6 +1,6 @@
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use largo::models::llama::KvType;
-use largo::serve::{run, ServeConfig};
+use largo::serve::{run, ModelSpec, ServeConfig};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +13,12 @@ pub struct Args {
     /// a Hugging Face Llama/Qwen2 directory (chat completions with the model's template).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
+    /// A LoRA adapter (PEFT's layout, or a `largo finetune` run) on a pretrained --model,
+    /// served as the model `BASE:NAME` (unmerged; each adapter loads its own copy of the base):
+    /// `[BASE:]NAME=DIR`, or DIR (NAME: its directory's name). BASE may be left out when one
+    /// --model is given. Repeatable.
+    #[arg(long = "adapter", value_name = "[BASE:]NAME=DIR")]
+    adapters: Vec<String>,
     /// Address to bind; 127.0.0.1 keeps the server local.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -66,6 +72,40 @@ impl From<KvCacheType> for KvType {
     }
 }
 
+/// `--adapter [BASE:]NAME=DIR` (or DIR) against the --model entries in `models`.
+fn adapter_spec(spec: &str, models: &[ModelSpec]) -> Result<ModelSpec> {
+    let (label, dir) = match spec.split_once('=') {
+        Some((l, d)) if !l.is_empty() => (Some(l), PathBuf::from(d)),
+        _ => (None, PathBuf::from(spec)),
+    };
+    let dir_name = || {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "adapter".into())
+    };
+    let (base, name) = match label.map(|l| l.split_once(':')) {
+        Some(Some((b, n))) => (Some(b.to_string()), n.to_string()),
+        Some(None) => (None, label.unwrap_or_default().to_string()),
+        None => (None, dir_name()),
+    };
+    let bases: Vec<&ModelSpec> = models.iter().filter(|m| m.adapter.is_none()).collect();
+    let base = match base {
+        Some(b) => bases
+            .into_iter()
+            .find(|m| m.name == b)
+            .with_context(|| format!("--adapter {spec}: no --model is named '{b}'"))?,
+        None if bases.len() == 1 => bases[0],
+        None => bail!(
+            "--adapter {spec}: name its base among the --model names, as --adapter BASE:{name}=DIR"
+        ),
+    };
+    Ok(ModelSpec {
+        name: format!("{}:{name}", base.name),
+        path: base.path.clone(),
+        adapter: Some(dir),
+    })
+}
+
 pub fn run_serve(a: Args) -> Result<()> {
     let mut models = Vec::new();
     for m in &a.models {
@@ -80,7 +120,14 @@ pub fn run_serve(a: Args) -> Result<()> {
                 (name, dir)
             }
         };
-        models.push((name, dir));
+        models.push(ModelSpec {
+            name,
+            path: dir,
+            adapter: None,
+        });
+    }
+    for spec in &a.adapters {
+        models.push(adapter_spec(spec, &models)?);
     }
     let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
     if a.max_concurrent == 0 || a.max_queue == 0 {
@@ -106,7 +153,7 @@ pub fn run_serve(a: Args) -> Result<()> {
         kv_cache_mb: a.kv_cache_mb,
         kv_cache_type: a.kv_cache_type.into(),
     };
-    let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let keyed = cfg.api_key.is_some();
     run(&models, cfg, |addr| {
         println!(

@@ -1385,3 +1385,98 @@ fn a_required_tool_call_comes_back_as_tool_calls_with_valid_arguments() {
         assert_eq!(v["error"]["param"], param, "{v}");
     }
 }
+
+/// A LoRA adapter fine-tuned here is served over its base as `chat:sonnets` (and as the run
+/// itself): its greedy completion is what `largo generate` gives with the run, and differs
+/// from the base's.
+#[test]
+fn adapters_are_served_over_their_base_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("data/shakespeare/sonnets_gut.txt")).unwrap();
+    std::fs::write(tmp.path().join("sonnets.txt"), &text[..6000]).unwrap();
+    let base = repo().join("crates/largo/tests/fixtures/llama/tiny-chat.gguf");
+    let base = base.to_str().unwrap();
+    ok(&largo(
+        tmp.path(),
+        &[
+            "finetune",
+            "--model",
+            base,
+            "--data",
+            "sonnets.txt",
+            "--set",
+            "data.context=32",
+            "--set",
+            "train.max_steps=20",
+            "--set",
+            "optim.lr=1e-2",
+            "--set",
+            "run.name=sonnets",
+            "--no-progress",
+        ],
+    ));
+    let generated = ok(&largo(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "runs/sonnets",
+            "--prompt",
+            "Shall I",
+            "--max-tokens",
+            "10",
+            "--temperature",
+            "0",
+        ],
+    ));
+    let server = start_with(
+        tmp.path(),
+        &[&tiny_chat_model(), "run=runs/sonnets"],
+        None,
+        &["--adapter", "chat:sonnets=runs/sonnets"],
+    );
+    let (_, _, models) = request(&server, "GET", "/v1/models", b"", None);
+    for name in ["\"chat\"", "\"run\"", "\"chat:sonnets\""] {
+        assert!(models.contains(name), "{models}");
+    }
+    let complete = |model: &str| {
+        let body = format!(
+            r#"{{"model": "{model}", "prompt": "Shall I", "max_tokens": 10, "temperature": 0}}"#
+        );
+        let (status, v) = post(&server, "/v1/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let adapted = complete("chat:sonnets");
+    assert_eq!(
+        format!("Shall I{adapted}"),
+        generated.trim_end_matches('\n')
+    );
+    assert_eq!(complete("run"), adapted);
+    assert_ne!(complete("chat"), adapted);
+    let refused = |args: &[&str], want: &str| {
+        let mut all = vec!["serve", "--port", "0"];
+        all.extend_from_slice(args);
+        common::fails_with(&largo(tmp.path(), &all), want);
+    };
+    refused(
+        &[
+            "--model",
+            "run=runs/sonnets",
+            "--adapter",
+            "nope:x=runs/sonnets",
+        ],
+        "--adapter nope:x=runs/sonnets: no --model is named 'nope'",
+    );
+    refused(
+        &[
+            "--model",
+            "a=runs/sonnets",
+            "--model",
+            "b=runs/sonnets",
+            "--adapter",
+            "runs/sonnets",
+        ],
+        "name its base among the --model names, as --adapter BASE:sonnets=DIR",
+    );
+}

@@ -61,9 +61,11 @@ pub enum Served {
 }
 
 impl Served {
-    /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one.
-    pub fn load(path: &Path) -> Result<Self> {
-        if let Some(files) = crate::models::llama_load::LlmFiles::find(path)? {
+    /// Loads a largo language-model directory or a Hugging Face / sentence-transformers one;
+    /// `adapter` (a PEFT directory or fine-tuning run) goes on a pretrained LLM, unmerged.
+    pub fn load(path: &Path, adapter: Option<&Path>) -> Result<Self> {
+        let found = crate::models::llama_load::LlmFiles::find_with_adapter(path, adapter)?;
+        if let Some(files) = found {
             return Ok(Served::Llm(Box::new(llm::LlmServed::load(&files)?)));
         }
         if is_hf_dir(path) {
@@ -786,19 +788,29 @@ pub fn router(models: BTreeMap<String, Arc<Served>>, cfg: ServeConfig) -> Router
         .with_state(st)
 }
 
-/// Loads `models` (name → directory), binds and serves until SIGTERM or Ctrl-C, then lets
-/// in-flight requests finish. `on_listen` receives the bound address (port 0 picks one).
+/// A model to serve under `name`: a directory or file, and for a pretrained LLM optionally a
+/// LoRA adapter applied on it.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub adapter: Option<PathBuf>,
+}
+
+/// Loads `models`, binds and serves until SIGTERM or Ctrl-C, then lets in-flight requests
+/// finish. `on_listen` receives the bound address (port 0 picks one).
 pub fn run(
-    models: &[(String, PathBuf)],
+    models: &[ModelSpec],
     cfg: ServeConfig,
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     let mut loaded = BTreeMap::new();
-    for (name, dir) in models {
-        if loaded.contains_key(name) {
-            return Err(Error::Invalid(format!("two models are named '{name}'")));
+    for m in models {
+        if loaded.contains_key(&m.name) {
+            return Err(Error::Invalid(format!("two models are named '{}'", m.name)));
         }
-        loaded.insert(name.clone(), Arc::new(Served::load(dir)?));
+        let served = Served::load(&m.path, m.adapter.as_deref())?;
+        loaded.insert(m.name.clone(), Arc::new(served));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
