@@ -75,7 +75,8 @@ enum Command {
     /// Serve models over HTTP with an OpenAI-compatible API (/v1/chat/completions,
     /// /v1/completions, /v1/embeddings).
     Serve(serve::Args),
-    /// Measure speed: `gemm`, `mlp`, `gpt` (training) or `generate`.
+    /// Measure speed: `gemm`, `mlp`, `gpt`, `cnn` (training), `generate`, `embed`, `llm`,
+    /// `finetune` (LoRA on a pretrained model) or `serve` (HTTP load).
     Bench(bench::Args),
     /// Hyper-parameter sweep: a grid or random search of training runs, with successive halving.
     Sweep(sweep::Args),
