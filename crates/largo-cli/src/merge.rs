@@ -46,9 +46,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if !report.tokenizer {
         eprintln!(
-            "note: no tokenizer was written to {}: a GGUF base's tokenizer is not converted (nor \
-             was one in the base directory); copy tokenizer.json and tokenizer_config.json from \
-             the model's Hugging Face repository",
+            "note: no tokenizer was written to {}: the base has none (no tokenizer files, no \
+             GGUF tokenizer metadata); copy tokenizer.json and tokenizer_config.json from the \
+             model's Hugging Face repository",
             report.path.display()
         );
     }

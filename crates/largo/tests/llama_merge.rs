@@ -311,6 +311,40 @@ fn tokenizer_files_of_a_hugging_face_base_are_copied() {
     assert!(report.files.contains(&"model.safetensors".to_string()));
 }
 
+/// A GGUF base's tokenizer goes into the Hugging Face directory as `tokenizer.json` and
+/// `tokenizer_config.json`: the same ids as the GGUF's own tokenizer, its BOS/EOS and template.
+#[test]
+fn the_tokenizer_of_a_gguf_base_is_written_for_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixtures().join("llama/tiny-chat.gguf");
+    let files = LlmFiles::find(&gguf).unwrap().unwrap();
+    let adapter = dir.path().join("adapter");
+    zero_adapter(files.load(true).unwrap(), &adapter);
+    let out = dir.path().join("merged");
+    let report = merge(&gguf, Some(&adapter), &out, None, false).unwrap();
+    assert!(report.tokenizer, "{:?}", report.files);
+    let ours = files.load_tokenizer().unwrap();
+    let written = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    for text in [
+        "Hello world!",
+        "<|im_start|>user\nhi there<|im_end|>",
+        "ünï 42  x",
+    ] {
+        let ids = written.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, ours.encode(text, false).unwrap(), "{text:?}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["eos_token"].as_str(), ours.eos_token().as_deref());
+    assert_eq!(config["bos_token"].as_str(), ours.bos_token().as_deref());
+    assert_eq!(
+        config["chat_template"].as_str(),
+        ours.chat_template.as_deref()
+    );
+    assert!(ours.chat_template.is_some());
+}
+
 #[test]
 fn bad_requests_are_refused_by_name_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,12 @@
 //! Merging a LoRA adapter into its Llama-family base (W' = W + scale·B·A, in f32) and writing
 //! the result: a GGUF that llama.cpp loads (the base GGUF's metadata and tensor list, matrices
 //! re-encoded as F32, F16, BF16 or Q8_0), or a Hugging Face directory (`model.safetensors`,
-//! `config.json`, the base's tokenizer files) that transformers loads.
+//! `config.json`, the tokenizer: the base's files, or a GGUF's converted) that transformers
+//! loads.
 
 use super::llama::{Llama, LlamaArch, LlamaConfig, Matrix, RopeScaling};
 use super::llama_load::{gguf_name, permute_rows, LlmBase, LlmFiles};
+use crate::data::llm_tokenizer::{tokenizer_from_gguf, LlmTokenizer};
 use crate::io::gguf::{GgmlType, GgufFile, GgufValue};
 use crate::io::gguf_write::{encode_values, write_gguf, GgufTensorSpec};
 use crate::io::safetensors_write::{self, write_safetensors, SafetensorsSpec};
@@ -457,8 +459,9 @@ const HF_TOKENIZER_FILES: [&str; 9] = [
 /// Writes `model` (merged) as a Hugging Face directory `out`: `model.safetensors` with
 /// transformers' names as `ty` (f32, f16 or bf16; vectors too, as transformers keeps one
 /// dtype), `config.json` (the base's, its dtype updated, or one written from the GGUF's
-/// metadata), and the base directory's tokenizer files (a GGUF base's tokenizer is not
-/// converted: `tokenizer` is false in the report). The directory is built under a temporary
+/// metadata), and the tokenizer: the base directory's files, or a GGUF's metadata as
+/// `tokenizer.json` and `tokenizer_config.json` (`tokenizer` is false in the report when there
+/// was none). The directory is built under a temporary
 /// name and renamed into place, replacing an existing `out` only once complete.
 pub fn merge_to_hf(
     base: &LlmBase,
@@ -512,13 +515,26 @@ pub fn merge_to_hf(
             .map_err(|e| Error::io(tmp.join("config.json"), e))?;
         bytes += text.len() as u64;
         files.push("config.json".to_string());
-        if let LlmBase::HuggingFace(dir) = base {
-            for name in HF_TOKENIZER_FILES {
-                let from = dir.join(name);
-                if from.is_file() {
-                    bytes +=
-                        std::fs::copy(&from, tmp.join(name)).map_err(|e| Error::io(&from, e))?;
-                    files.push(name.to_string());
+        match base {
+            LlmBase::HuggingFace(dir) => {
+                for name in HF_TOKENIZER_FILES {
+                    let from = dir.join(name);
+                    if from.is_file() {
+                        bytes += std::fs::copy(&from, tmp.join(name))
+                            .map_err(|e| Error::io(&from, e))?;
+                        files.push(name.to_string());
+                    }
+                }
+            }
+            LlmBase::Gguf(file) => {
+                // A GGUF without tokenizer metadata has none to convert.
+                if let Ok(tokenizer) = tokenizer_from_gguf(&GgufFile::open(file)?) {
+                    for (name, text) in hf_tokenizer_files(&tokenizer)? {
+                        let path = tmp.join(name);
+                        std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+                        bytes += text.len() as u64;
+                        files.push(name.to_string());
+                    }
                 }
             }
         }
@@ -534,6 +550,30 @@ pub fn merge_to_hf(
         tokenizer,
         adapted_matrices: adapted_matrices(model),
     })
+}
+
+/// A GGUF's tokenizer as transformers reads it from a directory: `tokenizer.json` (the
+/// `tokenizers` pipeline largo built from the metadata) and `tokenizer_config.json` (BOS, EOS,
+/// whether they are added, the chat template).
+fn hf_tokenizer_files(tokenizer: &LlmTokenizer) -> Result<Vec<(&'static str, String)>> {
+    let json = tokenizer
+        .tokenizer
+        .to_string(true)
+        .map_err(|e| Error::Invalid(format!("cannot write tokenizer.json: {e}")))?;
+    let config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tokenizer.bos_token(),
+        "eos_token": tokenizer.eos_token(),
+        "add_bos_token": tokenizer.add_bos,
+        "add_eos_token": tokenizer.add_eos,
+        "chat_template": tokenizer.chat_template,
+        "clean_up_tokenization_spaces": false,
+    });
+    let config = serde_json::to_string_pretty(&config).expect("a JSON value serialises") + "\n";
+    Ok(vec![
+        ("tokenizer.json", json),
+        ("tokenizer_config.json", config),
+    ])
 }
 
 /// A transformers `config.json` for a model loaded from `gguf`: the sizes of `config`, with
