@@ -61,9 +61,9 @@ impl Chat {
                 .map(|s| ChatMessage::new("system", s.clone()))
                 .collect();
             messages.extend(self.turns.iter().cloned());
-            let bos = self.tokenizer.bos_token().unwrap_or_default();
-            let eos = self.tokenizer.eos_token().unwrap_or_default();
-            let text = self.template.render(&messages, true, &bos, &eos)?;
+            let text = self
+                .tokenizer
+                .render_chat(&self.template, &messages, true)?;
             let ids = self.tokenizer.encode(&text, false)?;
             if ids.len() <= room {
                 return Ok(ids);

@@ -411,6 +411,10 @@ fn an_unmerged_adapter_gives_the_training_loss_and_the_merged_logits() {
     let (ids, targets) = (&ids[..t], &targets[..t]);
     let mut trained = adapted(base.clone(), "all");
     let want = trained.forward(ids, targets, 1, 0).unwrap() as f64;
+    // Validation's pass (no gradient, nothing kept) gives the same loss.
+    let (evaluated, counted) = trained.evaluate(ids, targets, 1).unwrap();
+    assert_eq!(evaluated as f64, want);
+    assert_eq!(counted, targets.iter().filter(|&&t| t >= 0).count());
 
     let unmerged = load_adapted(base.clone(), &fixtures().join("all")).unwrap();
     let v = unmerged.config.vocab_size;

@@ -172,12 +172,10 @@ pub fn chat_example(
     context: usize,
     path: &Path,
 ) -> Result<Example> {
-    let bos = tokenizer.bos_token().unwrap_or_default();
-    let eos = tokenizer.eos_token().unwrap_or_default();
     let bad = |msg: String| Error::format(path, format!("line {}: {msg}", conv.line));
     let render = |messages: &[ChatMessage], prompt: bool| {
-        template
-            .render(messages, prompt, &bos, &eos)
+        tokenizer
+            .render_chat(template, messages, prompt)
             .map_err(|e| bad(e.to_string()))
     };
     let full = render(&conv.messages, false)?;

@@ -157,6 +157,20 @@ impl LlmTokenizer {
         self.eos.and_then(|id| self.id_to_token(id))
     }
 
+    /// `messages` rendered with `template` and this vocabulary's BOS and EOS texts; with
+    /// `add_generation_prompt`, ending where the assistant's reply starts. Encode the result
+    /// without special tokens: the template places BOS itself.
+    pub fn render_chat(
+        &self,
+        template: &super::chat_template::ChatTemplate,
+        messages: &[super::chat_template::ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let bos = self.bos_token().unwrap_or_default();
+        let eos = self.eos_token().unwrap_or_default();
+        template.render(messages, add_generation_prompt, &bos, &eos)
+    }
+
     /// Whether generation should stop at this token.
     pub fn is_end_of_turn(&self, id: u32) -> bool {
         self.eot.contains(&id)

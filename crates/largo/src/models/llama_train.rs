@@ -410,7 +410,8 @@ fn layer_backward(
 /// The head and the loss, `chunk` rows at a time: each chunk's logits give its losses and
 /// their gradient, taken through the frozen head at once, so neither the logits nor their
 /// gradient [rows, vocab] are ever held whole. normed: [rows, C]; `valid` targets are not
-/// [`IGNORE_INDEX`]. Returns the mean loss and its gradient with respect to `normed`.
+/// [`IGNORE_INDEX`]. Returns the mean loss and, with `grad`, its gradient with respect to
+/// `normed` (else an empty vector: validation needs no gradient).
 fn loss_through_head(
     head: &Matrix,
     normed: &[f32],
@@ -418,19 +419,24 @@ fn loss_through_head(
     vocab: usize,
     valid: usize,
     chunk: usize,
+    grad: bool,
 ) -> Result<(f32, Vec<f32>)> {
     let (rows, c) = (targets.len(), head.cols);
     let chunk = chunk.clamp(1, rows.max(1));
     let mut logits = vec![0f32; chunk * vocab];
-    let mut dlogits = vec![0f32; chunk * vocab];
+    let mut dlogits = vec![0f32; if grad { chunk * vocab } else { 0 }];
     let mut row_losses = vec![0f32; rows];
-    let mut dnormed = vec![0f32; rows * c];
+    let mut dnormed = vec![0f32; if grad { rows * c } else { 0 }];
     for r0 in (0..rows).step_by(chunk) {
         let m = chunk.min(rows - r0);
         let tg = &targets[r0..r0 + m];
-        let (z, dz) = (&mut logits[..m * vocab], &mut dlogits[..m * vocab]);
+        let z = &mut logits[..m * vocab];
         head.forward_f32(&normed[r0 * c..(r0 + m) * c], m, z);
         cross_entropy_forward(z, tg, vocab, IGNORE_INDEX, 0.0, &mut row_losses[r0..r0 + m])?;
+        if !grad {
+            continue;
+        }
+        let dz = &mut dlogits[..m * vocab];
         // The kernel divides by the chunk's valid rows; the mean is over the batch's.
         let in_chunk = tg.iter().filter(|&&t| t != IGNORE_INDEX).count();
         let scale = in_chunk as f32 / valid.max(1) as f32;
@@ -580,6 +586,19 @@ impl LoraLlama {
         batch: usize,
         seed: u64,
     ) -> Result<f32> {
+        self.forward_pass(ids, targets, batch, seed, true)
+    }
+
+    /// [`forward`](Self::forward); with `train` false nothing is kept for backward and the
+    /// loss's gradient is not taken.
+    fn forward_pass(
+        &mut self,
+        ids: &[u32],
+        targets: &[i64],
+        batch: usize,
+        seed: u64,
+        train: bool,
+    ) -> Result<f32> {
         let cfg = &self.base.config;
         let (c, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let eps = cfg.rms_norm_eps as f32;
@@ -627,6 +646,9 @@ impl LoraLlama {
         let layers = self.base.layers.iter().zip(&mut self.layers);
         for (l, (layer, lora)) in layers.enumerate() {
             let acts = layer_forward(cfg, layer, lora, l, &pass, &mut x);
+            if !train {
+                continue;
+            }
             saved.push(if self.checkpoint_activations {
                 Saved::Input(acts.x)
             } else {
@@ -642,7 +664,11 @@ impl LoraLlama {
             .as_ref()
             .unwrap_or(&self.base.embed_tokens);
         let chunk = LOGITS_CHUNK_VALUES / vocab;
-        let (loss, dnormed) = loss_through_head(head, &normed, targets, vocab, valid, chunk)?;
+        let (loss, dnormed) =
+            loss_through_head(head, &normed, targets, vocab, valid, chunk, train)?;
+        if !train {
+            return Ok(loss);
+        }
         self.acts = Some(Acts {
             pass,
             layers: saved,
@@ -657,9 +683,8 @@ impl LoraLlama {
     /// targets it is the mean of.
     pub fn evaluate(&mut self, ids: &[u32], targets: &[i64], batch: usize) -> Result<(f32, usize)> {
         self.set_dropout(0.0);
-        let loss = self.forward(ids, targets, batch, 0);
+        let loss = self.forward_pass(ids, targets, batch, 0, false);
         self.set_dropout(self.lora.dropout);
-        self.acts = None;
         let counted = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
         Ok((loss?, counted))
     }
@@ -727,9 +752,9 @@ mod tests {
         let head = Matrix::new(vocab, c, values(vocab * c, 0.37)).unwrap();
         let normed = values(rows * c, 0.91);
         let targets = [3, IGNORE_INDEX, 0, 10, 4, IGNORE_INDEX, 7];
-        let whole = loss_through_head(&head, &normed, &targets, vocab, 5, rows).unwrap();
+        let whole = loss_through_head(&head, &normed, &targets, vocab, 5, rows, true).unwrap();
         for chunk in [1, 2, 3] {
-            let parts = loss_through_head(&head, &normed, &targets, vocab, 5, chunk).unwrap();
+            let parts = loss_through_head(&head, &normed, &targets, vocab, 5, chunk, true).unwrap();
             assert!(
                 (parts.0 - whole.0).abs() < 1e-6,
                 "{} vs {}",

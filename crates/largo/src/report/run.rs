@@ -734,16 +734,8 @@ fn pretrained_samples_section(model_dir: &Path, cfg: &Config) -> Result<Section>
                 .and_then(|c| c.messages.into_iter().find(|m| m.role == "user"))
                 .ok_or_else(|| Error::format(path, "no user message to ask"))?;
             let template = ChatTemplate::with_name("the chat template", source.clone())?;
-            let (bos, eos) = (
-                tokenizer.bos_token().unwrap_or_default(),
-                tokenizer.eos_token().unwrap_or_default(),
-            );
-            let text = template.render(
-                &[ChatMessage::new("user", &first.content)],
-                true,
-                &bos,
-                &eos,
-            )?;
+            let ask = [ChatMessage::new("user", &first.content)];
+            let text = tokenizer.render_chat(&template, &ask, true)?;
             (first.content, tokenizer.encode(&text, false)?)
         }
         _ => (

@@ -224,18 +224,18 @@ impl Task for FinetuneTask<'_> {
     /// (text), or every held-out conversation (chat).
     fn validate(&mut self, _dist: &Dist) -> Result<Validation> {
         let b = self.cfg.train.batch_size;
-        let examples = match &self.data {
-            FinetuneData::Text { val, .. } => spread_windows(
-                val,
-                self.cfg.data.context,
-                b * self.cfg.train.eval_batches.max(1),
-            ),
-            FinetuneData::Chat { val, .. } => val.clone(),
+        let windows;
+        let examples: Vec<&Example> = match &self.data {
+            FinetuneData::Text { val, .. } => {
+                let n = b * self.cfg.train.eval_batches.max(1);
+                windows = spread_windows(val, self.cfg.data.context, n);
+                windows.iter().collect()
+            }
+            FinetuneData::Chat { val, .. } => val.iter().collect(),
         };
         let (mut total, mut count) = (0f64, 0usize);
-        for chunk in examples.chunks(b) {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let (ids, targets, _) = pad_batch(&refs, self.pad);
+        for refs in examples.chunks(b) {
+            let (ids, targets, _) = pad_batch(refs, self.pad);
             let (loss, n) = self.model.evaluate(&ids, &targets, refs.len())?;
             total += loss as f64 * n as f64;
             count += n;
