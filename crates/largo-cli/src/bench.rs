@@ -95,6 +95,11 @@ pub struct Args {
     /// Vocabulary of the GPT benchmarks (73: the character set of the comparison corpus).
     #[arg(long, default_value_t = 73)]
     vocab: usize,
+    /// `bench gpt`: where a step's time goes instead of tokens/s: each op kind's milliseconds
+    /// per step (GEMMs by shape), GFLOP/s, and its parallel efficiency (time at 1 thread ÷
+    /// threads × time at all); this many steps are profiled at each thread count
+    #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "10")]
+    profile: Option<usize>,
     /// `embed`: the model directory (default ../shared/models/all-MiniLM-L6-v2). `serve`:
     /// [NAME=]DIR of a model for the bench to serve; repeat for several.
     #[arg(long = "model")]
@@ -152,6 +157,15 @@ pub fn run(a: Args) -> Result<()> {
                 a.batch_size,
                 largo::backend::active_provider().name()
             );
+        }
+        What::Gpt if a.profile.is_some() => {
+            let p = largo::bench::bench_gpt_profile(a.vocab.max(2), a.profile.unwrap_or(10))?;
+            println!(
+                "largo gpt train profile: {}; {threads} threads, matmul precision {precision}, {} steps of 16x128 at each thread count",
+                largo::bench::cpu_description(),
+                p.steps
+            );
+            print!("{}", largo::bench::render_profile(&p));
         }
         What::Gpt => {
             let (tps, rss) = largo::bench::bench_gpt_train(a.vocab.max(2))?;

@@ -107,6 +107,11 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    // A misspelt LARGO_ISA would otherwise leave the kernels at the CPU's best unnoticed.
+    if let Err(e) = largo::backend::cpu::isa::requested() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     largo::backend::set_matmul_precision(cli.matmul_precision);
     // Training and benchmarks print it in their own lines; elsewhere say it once on stderr
     // when it is not f32, since outputs then differ from f32 ones in the third digit.

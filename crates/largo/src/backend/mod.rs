@@ -18,5 +18,6 @@
 //! `cpu` is re-exported now.
 
 pub mod cpu;
+pub mod profile;
 
 pub use cpu::*;

@@ -239,36 +239,233 @@ pub fn bench_gpt_model(vocab: usize, block_size: usize) -> Result<crate::models:
     Ok(m)
 }
 
+/// The training loop of `bench gpt`: batches of 16 × 128 random tokens, AdamW.
+struct GptTrainer {
+    model: crate::models::TransformerLm,
+    opt: Optimizer,
+    rng: Rng,
+    rows: Vec<f32>,
+    dlogits: Vec<f32>,
+    vocab: usize,
+    step: usize,
+}
+
+impl GptTrainer {
+    const BATCH: usize = 16;
+    const T: usize = 128;
+
+    fn new(vocab: usize) -> Result<GptTrainer> {
+        let (b, t) = (Self::BATCH, Self::T);
+        Ok(GptTrainer {
+            model: bench_gpt_model(vocab, t)?,
+            opt: Optimizer::new(OptimConfig {
+                lr: 3e-4,
+                beta2: 0.95,
+                weight_decay: 0.1,
+                no_decay_1d: true,
+                ..OptimConfig::default()
+            }),
+            rng: Rng::new(1),
+            rows: vec![0f32; b * t],
+            dlogits: vec![0f32; b * t * vocab],
+            vocab,
+            step: 0,
+        })
+    }
+
+    /// One step (data drawn outside the timing) on a pool thread; returns its seconds.
+    fn step(&mut self) -> Result<f64> {
+        if std::env::var("LARGO_STEP_ON_CALLER").is_ok() {
+            return self.step_here();
+        }
+        let mut out = None;
+        rayon::scope(|_| out = Some(self.step_here()));
+        out.expect("the scope ran the step")
+    }
+
+    fn step_here(&mut self) -> Result<f64> {
+        let (b, t, vocab) = (Self::BATCH, Self::T, self.vocab);
+        let x: Vec<u32> = (0..b * t).map(|_| self.rng.below(vocab) as u32).collect();
+        let y: Vec<i64> = (0..b * t).map(|_| self.rng.below(vocab) as i64).collect();
+        let start = Instant::now();
+        let logits = self.model.forward(&x, Forward::train(b, t, self.step as u64))?;
+        cross_entropy_forward(logits, &y, vocab, -100, 0.0, &mut self.rows)?;
+        cross_entropy_backward(logits, &y, vocab, -100, 0.0, 1.0, &mut self.dlogits)?;
+        self.model.backward(&self.dlogits);
+        self.opt.step(self.model.params_mut(), 3e-4);
+        {
+            let _span = crate::backend::profile::span("zero grad");
+            self.model.zero_grad();
+        }
+        self.step += 1;
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
 /// GPT training tokens/s (median of steps 3–22 of 25, batch 16 × 128, AdamW) and peak RSS (MB).
 pub fn bench_gpt_train(vocab: usize) -> Result<(f64, f64)> {
-    let (b, t) = (16, 128);
-    let mut model = bench_gpt_model(vocab, t)?;
-    let mut opt = Optimizer::new(OptimConfig {
-        lr: 3e-4,
-        beta2: 0.95,
-        weight_decay: 0.1,
-        no_decay_1d: true,
-        ..OptimConfig::default()
-    });
-    let mut rng = Rng::new(1);
-    let mut rows = vec![0f32; b * t];
-    let mut dlogits = vec![0f32; b * t * vocab];
+    let mut trainer = GptTrainer::new(vocab)?;
     let mut times = Vec::new();
     for step in 0..25 {
-        let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
-        let y: Vec<i64> = (0..b * t).map(|_| rng.below(vocab) as i64).collect();
-        let start = Instant::now();
-        let logits = model.forward(&x, Forward::train(b, t, step))?;
-        cross_entropy_forward(logits, &y, vocab, -100, 0.0, &mut rows)?;
-        cross_entropy_backward(logits, &y, vocab, -100, 0.0, 1.0, &mut dlogits)?;
-        model.backward(&dlogits);
-        opt.step(model.params_mut(), 3e-4);
-        model.zero_grad();
+        let secs = trainer.step()?;
         if (3..23).contains(&step) {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(secs);
         }
     }
-    Ok(((b * t) as f64 / median(times), peak_rss_mb()))
+    let tokens = (GptTrainer::BATCH * GptTrainer::T) as f64;
+    Ok((tokens / median(times), peak_rss_mb()))
+}
+
+/// One op kind of a profiled step: per-step means at the pool's threads and at one thread.
+#[derive(Clone, Debug)]
+pub struct ProfileRow {
+    pub op: crate::backend::profile::Op,
+    pub calls_per_step: f64,
+    pub ms: f64,
+    pub ms_one_thread: f64,
+}
+
+impl ProfileRow {
+    /// GFLOP/s at the pool's threads (GEMMs only).
+    pub fn gflops(&self) -> Option<f64> {
+        let f = self.op.flops();
+        (f > 0.0).then(|| f * self.calls_per_step / (self.ms * 1e6))
+    }
+
+    /// Time at one thread ÷ (threads × time at all threads): 1.0 is perfect scaling.
+    pub fn efficiency(&self, threads: usize) -> f64 {
+        self.ms_one_thread / (threads as f64 * self.ms)
+    }
+}
+
+/// Where a training step's time goes, at the pool's threads and at one.
+#[derive(Clone, Debug)]
+pub struct StepProfile {
+    pub threads: usize,
+    pub steps: usize,
+    pub step_ms: f64,
+    pub step_ms_one_thread: f64,
+    /// Slowest first; GEMMs by shape, then kernels; time outside every span is not a row.
+    pub rows: Vec<ProfileRow>,
+}
+
+impl StepProfile {
+    /// Milliseconds per step outside every kernel span (glue, allocation, the model's own loops).
+    pub fn other_ms(&self) -> (f64, f64) {
+        let (a, b) = self.rows.iter().fold((0.0, 0.0), |(a, b), r| {
+            (a + r.ms, b + r.ms_one_thread)
+        });
+        (self.step_ms - a, self.step_ms_one_thread - b)
+    }
+}
+
+/// Profiles `steps` GPT training steps (after 3 warm-up steps) on the pool, then on one thread.
+pub fn bench_gpt_profile(vocab: usize, steps: usize) -> Result<StepProfile> {
+    use crate::backend::profile;
+    let run = |steps: usize| -> Result<(f64, std::collections::HashMap<profile::Op, profile::Tally>)> {
+        let mut trainer = GptTrainer::new(vocab)?;
+        for _ in 0..3 {
+            trainer.step()?;
+        }
+        // Profiled on the pool thread the steps run on (spans are timed on the thread that
+        // starts the profile).
+        let mut out = None;
+        rayon::scope(|_| {
+            profile::start();
+            let mut total = 0.0;
+            let mut failed = None;
+            for _ in 0..steps {
+                match trainer.step() {
+                    Ok(s) => total += s,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let tallies = profile::stop();
+            out = Some(match failed {
+                Some(e) => Err(e),
+                None => Ok((total, tallies)),
+            });
+        });
+        out.expect("the scope ran the steps")
+    };
+    let steps = steps.max(1);
+    let threads = threads();
+    let (total, all) = run(steps)?;
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| crate::Error::Invalid(format!("a one-thread pool: {e}")))?;
+    let (total1, single) = one.install(|| run(steps))?;
+    let per = |secs: f64| 1e3 * secs / steps as f64;
+    let mut rows: Vec<ProfileRow> = all
+        .iter()
+        .map(|(op, t)| ProfileRow {
+            op: *op,
+            calls_per_step: t.calls as f64 / steps as f64,
+            ms: per(t.seconds),
+            ms_one_thread: single.get(op).map_or(0.0, |t| per(t.seconds)),
+        })
+        .collect();
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(StepProfile {
+        threads,
+        steps,
+        step_ms: per(total),
+        step_ms_one_thread: per(total1),
+        rows,
+    })
+}
+
+/// The profile as a table: op, calls per step, ms per step, share of the step, GFLOP/s, ms at
+/// one thread, parallel efficiency.
+pub fn render_profile(p: &StepProfile) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>6} {:>9} {:>6} {:>8} {:>10} {:>6}",
+        "op", "calls", "ms/step", "share", "GFLOP/s", "1-thr ms", "eff"
+    );
+    let line = |out: &mut String, label: &str, calls: String, ms: f64, gf: String, ms1: f64| {
+        let eff = ms1 / (p.threads as f64 * ms);
+        let _ = writeln!(
+            out,
+            "{label:<34} {calls:>6} {ms:>9.2} {:>5.1}% {gf:>8} {ms1:>10.2} {eff:>6.2}",
+            100.0 * ms / p.step_ms
+        );
+    };
+    for r in &p.rows {
+        let gf = r.gflops().map_or(String::new(), |g| format!("{g:.1}"));
+        line(
+            &mut out,
+            &r.op.label(),
+            format!("{:.0}", r.calls_per_step),
+            r.ms,
+            gf,
+            r.ms_one_thread,
+        );
+    }
+    let (other, other1) = p.other_ms();
+    line(&mut out, "other (outside kernels)", String::new(), other, String::new(), other1);
+    let (gemm_ms, gemm_flops) = p.rows.iter().filter(|r| r.op.flops() > 0.0).fold(
+        (0.0, 0.0),
+        |(ms, f), r| (ms + r.ms, f + r.op.flops() * r.calls_per_step),
+    );
+    let _ = writeln!(
+        out,
+        "step: {:.1} ms at {} threads, {:.1} ms at 1 (efficiency {:.2}); GEMMs {:.1}% of the step at {:.1} GFLOP/s, their FLOPs over the whole step {:.1} GFLOP/s",
+        p.step_ms,
+        p.threads,
+        p.step_ms_one_thread,
+        p.step_ms_one_thread / (p.threads as f64 * p.step_ms),
+        100.0 * gemm_ms / p.step_ms,
+        gemm_flops / (gemm_ms * 1e6),
+        gemm_flops / (p.step_ms * 1e6),
+    );
+    out
 }
 
 /// Generation tokens/s: batch 1, a 1-token prompt, `n` new tokens greedily, with the KV cache.
@@ -605,5 +802,9 @@ pub fn cpu_description() -> String {
             }
         }
     }
-    format!("{name} ({})", isa.join(", "))
+    format!(
+        "{name} ({}; {})",
+        isa.join(", "),
+        crate::backend::cpu::isa::describe()
+    )
 }

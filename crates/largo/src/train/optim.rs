@@ -54,6 +54,7 @@ impl Optimizer {
 
     /// One update of every parameter with learning rate `lr` (the schedule's value this step).
     pub fn step(&mut self, params: Vec<(String, &mut Param)>, lr: f32) {
+        let _span = crate::backend::profile::span("optimizer step");
         let sizes: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
         self.ensure_slots(&sizes);
         self.step += 1;

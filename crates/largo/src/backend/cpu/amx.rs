@@ -45,7 +45,8 @@ pub fn available() -> bool {
         }
         let leaf7 = __cpuid_count(7, 0);
         let amx = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        amx && std::arch::is_x86_feature_detected!("avx512bf16")
+        amx && super::isa::avx512()
+            && std::arch::is_x86_feature_detected!("avx512bf16")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && request_tile_permission()
     })

@@ -44,6 +44,7 @@ impl AttnShape {
 
 /// [B,T,3C] → q, k, v [B,H,T,D].
 pub fn split_qkv_heads(qkv: &[f32], s: AttnShape, q: &mut [f32], k: &mut [f32], v: &mut [f32]) {
+    let _span = crate::backend::profile::span("split qkv heads");
     let (c, d, t) = (s.channels(), s.head_dim, s.t);
     let per_batch = s.heads * t * d;
     q.par_chunks_mut(per_batch)
@@ -64,6 +65,7 @@ pub fn split_qkv_heads(qkv: &[f32], s: AttnShape, q: &mut [f32], k: &mut [f32], 
 
 /// The inverse permutation, for gradients: dq, dk, dv [B,H,T,D] → dqkv [B,T,3C].
 pub fn merge_qkv_heads(dq: &[f32], dk: &[f32], dv: &[f32], s: AttnShape, dqkv: &mut [f32]) {
+    let _span = crate::backend::profile::span("merge qkv heads");
     let (c, d, t) = (s.channels(), s.head_dim, s.t);
     let per_batch = s.heads * t * d;
     dqkv.par_chunks_mut(t * 3 * c)
@@ -84,10 +86,12 @@ pub fn merge_qkv_heads(dq: &[f32], dk: &[f32], dv: &[f32], s: AttnShape, dqkv: &
 
 /// o [B,H,T,D] → y [B,T,C] (heads side by side), or back with `to_heads`.
 pub fn merge_heads(o: &[f32], s: AttnShape, y: &mut [f32]) {
+    let _span = crate::backend::profile::span("merge heads");
     permute_heads(o, s, y, false);
 }
 
 pub fn split_heads(y: &[f32], s: AttnShape, o: &mut [f32]) {
+    let _span = crate::backend::profile::span("split heads");
     permute_heads(y, s, o, true);
 }
 
@@ -214,13 +218,12 @@ pub fn attend_cached_group<E: KvElement>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has just been checked for AVX-512 F, the feature enabled.
+        if super::isa::avx512() {
+            // SAFETY: isa::avx512 checked the CPU for AVX-512 F, the feature enabled.
             return unsafe { attend_group_avx512(keys, values, head, q, scale, scratch, out) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has just been checked for AVX2 and FMA, the features enabled.
+        if super::isa::avx2() {
+            // SAFETY: isa::avx2 checked the CPU for AVX2 and FMA, the features enabled.
             return unsafe { attend_group_avx2(keys, values, head, q, scale, scratch, out) };
         }
     }
@@ -364,13 +367,12 @@ fn head_scores<E: KvElement, const G: usize>(
 fn block_scores<const G: usize>(qt: &[[f32; G]], kt: &[f32]) -> [[f32; KV_BLOCK_ROWS]; G] {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512 F was just detected; kt holds qt.len() rows of B (asserted).
+        if super::isa::avx512() {
+            // SAFETY: isa::avx512 checked the CPU for AVX-512 F; kt holds qt.len() rows of B (asserted).
             return unsafe { block_scores_avx512::<G>(qt, kt) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: AVX2 and FMA were just detected; kt as above.
+        if super::isa::avx2() {
+            // SAFETY: isa::avx2 checked the CPU for AVX2 and FMA; kt as above.
             return unsafe { block_scores_avx2::<G>(qt, kt) };
         }
     }
@@ -495,6 +497,7 @@ pub fn attention_forward(
     att: &mut [f32],
     o: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("attention forward");
     let (t, tk, d) = (s.t, s.tk, s.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
     let offset = tk - t;
@@ -540,6 +543,7 @@ pub fn attention_packed_forward(
     o: &mut [f32],
     keep_probs: bool,
 ) -> Vec<Vec<f32>> {
+    let _span = crate::backend::profile::span("attention packed forward");
     let c = o.len() / lens.iter().sum::<usize>().max(1);
     let d = c / heads;
     let scale = 1.0 / (d as f32).sqrt();
@@ -610,6 +614,7 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("attention backward");
     let (t, d) = (s.t, s.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
     datt.par_chunks_mut(t * t)
@@ -666,11 +671,13 @@ pub fn rope_tables(start: usize, t: usize, d: usize, base: f32) -> (Vec<f32>, Ve
 /// Rotary embedding (rotate-half convention, as Hugging Face's Llama), in place on x [B,H,T,D]:
 /// (x₁, x₂) → (x₁·cos − x₂·sin, x₂·cos + x₁·sin) for the two halves of each head.
 pub fn rope_forward(x: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let _span = crate::backend::profile::span("rope forward");
     rope_rotate(x, t, d, cos, sin, 1.0);
 }
 
 /// The rotation's transpose (rotation by the opposite angle), in place on dx.
 pub fn rope_backward(dx: &mut [f32], t: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let _span = crate::backend::profile::span("rope backward");
     rope_rotate(dx, t, d, cos, sin, -1.0);
 }
 

@@ -8,11 +8,13 @@ const CHUNK: usize = 16 * 1024;
 
 /// Scales kept elements by 1/(1−p) and zeroes the rest, in place.
 pub fn dropout_forward(x: &mut [f32], p: f32, seed: u64) {
+    let _span = crate::backend::profile::span("dropout forward");
     apply_mask(x, p, seed);
 }
 
 /// The gradient passes exactly where the forward kept the value, with the same scale.
 pub fn dropout_backward(dy: &mut [f32], p: f32, seed: u64) {
+    let _span = crate::backend::profile::span("dropout backward");
     apply_mask(dy, p, seed);
 }
 

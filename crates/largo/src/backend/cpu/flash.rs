@@ -146,6 +146,7 @@ pub fn flash_attention_forward(
     lse: &mut [f32],
     o: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("flash attention forward");
     let (t, tk, d) = (s.t, s.tk, s.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
     let (br, bc) = (tiles.q.max(1), tiles.k.max(1));
@@ -230,6 +231,7 @@ pub fn flash_attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("flash attention backward");
     let (t, d) = (s.t, s.head_dim);
     assert_eq!(s.tk, t, "flash attention backward needs Tk = T");
     let scale = 1.0 / (d as f32).sqrt();

@@ -1,6 +1,7 @@
 //! The GEMM provider: `c (+)= op(a) · op(b)`, row-major f32.
 //!
-//! Default: the pure-Rust `gemm` crate built with `x86-v4` (AVX-512 kernels on stable Rust).
+//! Default: the pure-Rust `gemm` crate, with its AVX-512 kernels (`x86-v4`) unless the
+//! `gemm-avx512` feature is off.
 //! With the `mkl` cargo feature, MKL's `cblas_sgemm` from its sequential layer. Either way the
 //! work is split over largo's one rayon pool here, so no library starts threads of its own.
 //!
@@ -38,7 +39,13 @@ pub enum GemmProvider {
 impl GemmProvider {
     pub fn name(self) -> &'static str {
         match self {
-            GemmProvider::GemmCrate => "gemm-crate (x86-v4)",
+            GemmProvider::GemmCrate => {
+                if cfg!(feature = "gemm-avx512") {
+                    "gemm-crate (x86-v4)"
+                } else {
+                    "gemm-crate (x86-v3)"
+                }
+            }
             #[cfg(feature = "mkl")]
             GemmProvider::Mkl => "mkl",
             #[cfg(target_arch = "x86_64")]
@@ -155,6 +162,9 @@ pub fn describe_matmul_precision() -> String {
         (MatmulPrecision::Highest, _) => "f32",
         (MatmulPrecision::High, false) => "bf16x3: three bf16 products on AMX, f32 sums",
         (MatmulPrecision::Medium, false) => "bf16 products on AMX, f32 sums",
+        (_, true) if super::isa::isa() < super::isa::detected() => {
+            "f32: LARGO_ISA leaves AMX-BF16 unused"
+        }
         (_, true) => "f32: this CPU has no AMX-BF16",
     };
     format!("matmul precision {} ({what})", p.name())
@@ -651,6 +661,7 @@ fn matmul_impl(
     c: &mut [f32],
     init: Start,
 ) {
+    let _span = crate::backend::profile::gemm_span(ta == Trans::T, tb == Trans::T, m, n, k);
     assert!(a.len() >= m * k, "matmul: a has {} < {m}x{k}", a.len());
     assert!(b.len() >= k * n, "matmul: b has {} < {k}x{n}", b.len());
     assert!(c.len() >= m * n, "matmul: c has {} < {m}x{n}", c.len());

@@ -55,8 +55,8 @@ pub fn f32_to_f16(x: f32) -> u16 {
 pub fn f16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "f16 → f32 over slices of one length");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has just been checked for F16C (AVX comes with it).
+    if super::isa::avx2() {
+        // SAFETY: isa::avx2 checked the CPU for F16C (and AVX, which comes with it).
         return unsafe { f16_slice_to_f32_f16c(src, dst) };
     }
     for (d, &h) in dst.iter_mut().zip(src) {
@@ -68,8 +68,8 @@ pub fn f16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
 pub fn f32_slice_to_f16(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len(), "f32 → f16 over slices of one length");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has just been checked for F16C (AVX comes with it).
+    if super::isa::avx2() {
+        // SAFETY: isa::avx2 checked the CPU for F16C (and AVX, which comes with it).
         return unsafe { f32_slice_to_f16_f16c(src, dst) };
     }
     for (d, &x) in dst.iter_mut().zip(src) {

@@ -16,14 +16,15 @@ pub fn layernorm_forward(
     mean: &mut [f32],
     rstd: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("layernorm forward");
     let rows = rows_per_task(c);
     y.par_chunks_mut(c * rows)
         .zip(x.par_chunks(c * rows))
         .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
         .for_each(|((y, x), (mean, rstd))| {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
+            if super::isa::avx512() {
+                // SAFETY: isa::avx512 checked the CPU for AVX-512F, the only feature enabled.
                 return unsafe { forward_rows_avx512(x, weight, bias, eps, c, y, mean, rstd) };
             }
             forward_rows(x, weight, bias, eps, c, y, mean, rstd)
@@ -93,14 +94,15 @@ pub fn layernorm_backward(
     dweight: &mut [f32],
     dbias: &mut [f32],
 ) {
+    let _span = crate::backend::profile::span("layernorm backward");
     let rows = rows_per_task(c);
     dx.par_chunks_mut(c * rows)
         .zip(x.par_chunks(c * rows).zip(dy.par_chunks(c * rows)))
         .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
         .for_each(|((dx, (x, dy)), (mean, rstd))| {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has just been checked for AVX-512F, the only feature enabled.
+            if super::isa::avx512() {
+                // SAFETY: isa::avx512 checked the CPU for AVX-512F, the only feature enabled.
                 return unsafe { backward_rows_avx512(x, weight, dy, mean, rstd, c, dx) };
             }
             backward_rows(x, weight, dy, mean, rstd, c, dx)

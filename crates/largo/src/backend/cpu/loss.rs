@@ -42,6 +42,7 @@ pub fn cross_entropy_forward(
     smoothing: f32,
     row_losses: &mut [f32],
 ) -> Result<f32> {
+    let _span = crate::backend::profile::span("cross entropy forward");
     let valid = check_targets(targets, classes, ignore_index)?;
     row_losses
         .par_iter_mut()
@@ -73,6 +74,7 @@ pub fn cross_entropy_backward(
     scale: f32,
     dlogits: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("cross entropy backward");
     let valid = check_targets(targets, classes, ignore_index)?;
     let g = if valid == 0 {
         0.0

@@ -1,7 +1,9 @@
 //! CPU kernels: each op's forward and backward side by side (llm.c's layout).
 
 /// `fn name(args) -> ret { body }` defines `name`, whose body runs compiled with AVX-512 F when
-/// the CPU has it (its plain slice loops then vectorise 16 lanes wide) and as is elsewhere.
+/// the kernels may use it (its plain slice loops then vectorise 16 lanes wide), with AVX2 + FMA
+/// on AVX2-only CPUs (8 lanes) and as is elsewhere. The compiler does not fuse a multiply and an
+/// add on its own, so every tier computes the same values.
 macro_rules! avx512_dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -14,10 +16,18 @@ macro_rules! avx512_dispatch {
                 fn wide($($arg: $ty),*) $(-> $ret)? {
                     plain($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has just been checked for AVX-512 F, the only feature
-                    // `wide` enables.
+                #[target_feature(enable = "avx2,fma")]
+                fn wide_avx2($($arg: $ty),*) $(-> $ret)? {
+                    plain($($arg),*)
+                }
+                if $crate::backend::cpu::isa::avx512() {
+                    // SAFETY: the CPU has AVX-512 F (isa::avx512 checked it), the only
+                    // feature `wide` enables.
                     return unsafe { wide($($arg),*) };
+                }
+                if $crate::backend::cpu::isa::avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (isa::avx2 checked them).
+                    return unsafe { wide_avx2($($arg),*) };
                 }
             }
             plain($($arg),*)
@@ -41,6 +51,7 @@ pub mod embedding;
 pub mod flash;
 pub mod gemm;
 pub mod half;
+pub mod isa;
 pub mod layernorm;
 pub mod loss;
 pub mod math;
@@ -85,6 +96,7 @@ pub(crate) fn add_column_sums(
 
 /// dbias += Σ over rows of dy [rows, cols].
 pub fn add_bias_grad(dy: &[f32], cols: usize, dbias: &mut [f32]) {
+    let _span = crate::backend::profile::span("add bias grad");
     add_column_sums(dbias, cols, dy.len() / cols, |r, range, out| {
         let row = &dy[r * cols..(r + 1) * cols];
         for (g, &d) in out.iter_mut().zip(&row[range]) {
@@ -95,6 +107,7 @@ pub fn add_bias_grad(dy: &[f32], cols: usize, dbias: &mut [f32]) {
 
 /// y += x, element-wise, over the thread pool (exact: no sum order to depend on).
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    let _span = crate::backend::profile::span("add assign");
     use rayon::prelude::*;
     const CHUNK: usize = 16 * 1024;
     y.par_chunks_mut(CHUNK)

@@ -443,28 +443,25 @@ impl QKernel {
         k
     }
 
-    /// The best this CPU supports (detected once), capped by the environment variable
-    /// `LARGO_QKERNEL` = `scalar` or `avx2` (to measure or test the lesser kernels).
+    /// The best the kernels may use (`isa::isa`, detected once), capped further by the
+    /// environment variable `LARGO_QKERNEL` = `scalar` or `avx2` (to measure or test the
+    /// lesser kernels).
     pub fn detect() -> QKernel {
         static K: std::sync::OnceLock<QKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| {
             let cap = std::env::var("LARGO_QKERNEL").unwrap_or_default();
-            if cap == "scalar" {
+            if cap == "scalar" || !super::isa::avx2() {
                 return QKernel::Scalar;
             }
             #[cfg(target_arch = "x86_64")]
-            if cap == "avx2" && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+            if cap != "avx2"
+                && super::isa::avx512()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
             {
-                return QKernel::Avx2;
+                return QKernel::Avx512Vnni;
             }
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                    return QKernel::Avx512Vnni;
-                }
-                return QKernel::Avx2;
-            }
-            QKernel::Scalar
+            QKernel::Avx2
         })
     }
 }

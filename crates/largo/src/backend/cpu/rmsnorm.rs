@@ -7,6 +7,7 @@ use rayon::prelude::*;
 /// x, y: [rows, w.len()]. Each row's mean of squares is summed in f32 in order, as Hugging
 /// Face's `LlamaRMSNorm` does in f32.
 pub fn rms_norm_forward(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
+    let _span = crate::backend::profile::span("rms norm forward");
     let c = weight.len();
     let rows = rows_per_task(c);
     y.par_chunks_mut(c * rows)
@@ -26,6 +27,7 @@ pub fn rms_norm_forward(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
 /// gradient). x, dy, dx: [rows, C]; with r = 1/√(mean(x²) + ε) recomputed per row,
 /// dx += r·(w ⊙ dy) − r³/C · x · Σ(x ⊙ w ⊙ dy).
 pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
+    let _span = crate::backend::profile::span("rms norm backward");
     let c = weight.len();
     let rows = rows_per_task(c);
     dx.par_chunks_mut(c * rows)
