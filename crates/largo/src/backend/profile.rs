@@ -149,7 +149,9 @@ mod tests {
         {
             let _outer = span("outer");
             let _inner = gemm_span(false, true, 2, 3, 4);
-            std::thread::spawn(|| drop(span("elsewhere"))).join().unwrap();
+            std::thread::spawn(|| drop(span("elsewhere")))
+                .join()
+                .unwrap();
         }
         drop(span("outer"));
         let t = stop();

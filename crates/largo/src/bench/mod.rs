@@ -288,7 +288,9 @@ impl GptTrainer {
         let x: Vec<u32> = (0..b * t).map(|_| self.rng.below(vocab) as u32).collect();
         let y: Vec<i64> = (0..b * t).map(|_| self.rng.below(vocab) as i64).collect();
         let start = Instant::now();
-        let logits = self.model.forward(&x, Forward::train(b, t, self.step as u64))?;
+        let logits = self
+            .model
+            .forward(&x, Forward::train(b, t, self.step as u64))?;
         cross_entropy_forward(logits, &y, vocab, -100, 0.0, &mut self.rows)?;
         cross_entropy_backward(logits, &y, vocab, -100, 0.0, 1.0, &mut self.dlogits)?;
         self.model.backward(&self.dlogits);
@@ -352,9 +354,10 @@ pub struct StepProfile {
 impl StepProfile {
     /// Milliseconds per step outside every kernel span (glue, allocation, the model's own loops).
     pub fn other_ms(&self) -> (f64, f64) {
-        let (a, b) = self.rows.iter().fold((0.0, 0.0), |(a, b), r| {
-            (a + r.ms, b + r.ms_one_thread)
-        });
+        let (a, b) = self
+            .rows
+            .iter()
+            .fold((0.0, 0.0), |(a, b), r| (a + r.ms, b + r.ms_one_thread));
         (self.step_ms - a, self.step_ms_one_thread - b)
     }
 }
@@ -362,35 +365,36 @@ impl StepProfile {
 /// Profiles `steps` GPT training steps (after 3 warm-up steps) on the pool, then on one thread.
 pub fn bench_gpt_profile(vocab: usize, steps: usize) -> Result<StepProfile> {
     use crate::backend::profile;
-    let run = |steps: usize| -> Result<(f64, std::collections::HashMap<profile::Op, profile::Tally>)> {
-        let mut trainer = GptTrainer::new(vocab)?;
-        for _ in 0..3 {
-            trainer.step()?;
-        }
-        // Profiled on the pool thread the steps run on (spans are timed on the thread that
-        // starts the profile).
-        let mut out = None;
-        rayon::scope(|_| {
-            profile::start();
-            let mut total = 0.0;
-            let mut failed = None;
-            for _ in 0..steps {
-                match trainer.step() {
-                    Ok(s) => total += s,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
+    let run =
+        |steps: usize| -> Result<(f64, std::collections::HashMap<profile::Op, profile::Tally>)> {
+            let mut trainer = GptTrainer::new(vocab)?;
+            for _ in 0..3 {
+                trainer.step()?;
+            }
+            // Profiled on the pool thread the steps run on (spans are timed on the thread that
+            // starts the profile).
+            let mut out = None;
+            rayon::scope(|_| {
+                profile::start();
+                let mut total = 0.0;
+                let mut failed = None;
+                for _ in 0..steps {
+                    match trainer.step() {
+                        Ok(s) => total += s,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
                 }
-            }
-            let tallies = profile::stop();
-            out = Some(match failed {
-                Some(e) => Err(e),
-                None => Ok((total, tallies)),
+                let tallies = profile::stop();
+                out = Some(match failed {
+                    Some(e) => Err(e),
+                    None => Ok((total, tallies)),
+                });
             });
-        });
-        out.expect("the scope ran the steps")
-    };
+            out.expect("the scope ran the steps")
+        };
     let steps = steps.max(1);
     let threads = threads();
     let (total, all) = run(steps)?;
@@ -449,11 +453,21 @@ pub fn render_profile(p: &StepProfile) -> String {
         );
     }
     let (other, other1) = p.other_ms();
-    line(&mut out, "other (outside kernels)", String::new(), other, String::new(), other1);
-    let (gemm_ms, gemm_flops) = p.rows.iter().filter(|r| r.op.flops() > 0.0).fold(
-        (0.0, 0.0),
-        |(ms, f), r| (ms + r.ms, f + r.op.flops() * r.calls_per_step),
+    line(
+        &mut out,
+        "other (outside kernels)",
+        String::new(),
+        other,
+        String::new(),
+        other1,
     );
+    let (gemm_ms, gemm_flops) = p
+        .rows
+        .iter()
+        .filter(|r| r.op.flops() > 0.0)
+        .fold((0.0, 0.0), |(ms, f), r| {
+            (ms + r.ms, f + r.op.flops() * r.calls_per_step)
+        });
     let _ = writeln!(
         out,
         "step: {:.1} ms at {} threads, {:.1} ms at 1 (efficiency {:.2}); GEMMs {:.1}% of the step at {:.1} GFLOP/s, their FLOPs over the whole step {:.1} GFLOP/s",

@@ -74,6 +74,37 @@ pub(crate) mod wide {
         };
     }
 
+    #[inline(always)]
+    fn for_each_row_plain(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
+        for r in rows {
+            f(r);
+        }
+    }
+
+    /// `f(r)` for each row r, its loops compiled for the widest tier (column sums' terms).
+    pub fn for_each_row(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn avx512(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
+                for_each_row_plain(rows, f)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
+                for_each_row_plain(rows, f)
+            }
+            if crate::backend::cpu::isa::avx512() {
+                // SAFETY: isa::avx512 checked the CPU for AVX-512 F, all `avx512` enables.
+                return unsafe { avx512(rows, f) };
+            }
+            if crate::backend::cpu::isa::avx2() {
+                // SAFETY: isa::avx2 checked the CPU for AVX2 and FMA, all `avx2` enables.
+                return unsafe { avx2(rows, f) };
+            }
+        }
+        for_each_row_plain(rows, f)
+    }
+
     tiered!(map_rows, map_rows_plain, (y: &mut [f32], cols: usize, stride: usize), impl Fn(f32) -> f32);
     tiered!(map, map_plain, (x: &[f32], y: &mut [f32]), impl Fn(f32) -> f32);
     tiered!(map2, map2_plain, (a: &[f32], b: &[f32], y: &mut [f32]), impl Fn(f32, f32) -> f32);

@@ -95,33 +95,49 @@ pub fn layernorm_backward(
     dbias: &mut [f32],
 ) {
     let _span = crate::backend::profile::span("layernorm backward");
+    // One pass per block of rows: dx, then the block's partial dweight | dbias while its rows
+    // are in cache; the partial sums are added in block order (blocks are a fixed number of
+    // rows, so the result does not depend on the thread count).
     let rows = rows_per_task(c);
+    let blocks = mean.len().min(x.len() / c).div_ceil(rows);
+    let mut partial = vec![0f32; blocks * 2 * c];
     dx.par_chunks_mut(c * rows)
         .zip(x.par_chunks(c * rows).zip(dy.par_chunks(c * rows)))
         .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
-        .for_each(|((dx, (x, dy)), (mean, rstd))| {
+        .zip(partial.par_chunks_mut(2 * c))
+        .for_each(|(((dx, (x, dy)), (mean, rstd)), partial)| {
             #[cfg(target_arch = "x86_64")]
             if super::isa::avx512() {
                 // SAFETY: isa::avx512 checked the CPU for AVX-512F, the only feature enabled.
-                return unsafe { backward_rows_avx512(x, weight, dy, mean, rstd, c, dx) };
+                return unsafe { backward_rows_avx512(x, weight, dy, mean, rstd, c, dx, partial) };
             }
-            backward_rows(x, weight, dy, mean, rstd, c, dx)
+            backward_rows(x, weight, dy, mean, rstd, c, dx);
+            param_grad_rows(x, dy, mean, rstd, c, partial);
         });
-    // Parameter gradients: column sums over rows (deterministic for any thread count).
-    let rows = mean.len().min(x.len() / c);
-    super::add_column_sums(dweight, c, rows, |r, cols, out| {
-        let (mu, s) = (mean[r], rstd[r]);
-        let base = r * c;
-        for (j, dw) in cols.zip(out.iter_mut()) {
-            *dw += dy[base + j] * (x[base + j] - mu) * s;
+    for block in partial.chunks(2 * c) {
+        let (dw, db) = block.split_at(c);
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// partial[..c] = Σ_rows dy·x̂ (dweight), partial[c..] = Σ_rows dy (dbias) over a block of rows.
+#[inline(always)]
+fn param_grad_rows(
+    x: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+    partial: &mut [f32],
+) {
+    let (dw, db) = partial.split_at_mut(c);
+    for ((x, dy), (&mu, &s)) in x.chunks(c).zip(dy.chunks(c)).zip(mean.iter().zip(rstd)) {
+        for (((dw, db), &x), &dy) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(dy) {
+            *dw += dy * (x - mu) * s;
+            *db += dy;
         }
-    });
-    super::add_column_sums(dbias, c, rows, |r, cols, out| {
-        let base = r * c;
-        for (j, db) in cols.zip(out.iter_mut()) {
-            *db += dy[base + j];
-        }
-    });
+    }
 }
 
 #[inline(always)]
@@ -198,6 +214,8 @@ fn backward_rows_avx512(
     rstd: &[f32],
     c: usize,
     dx: &mut [f32],
+    partial: &mut [f32],
 ) {
-    backward_rows(x, weight, dy, mean, rstd, c, dx)
+    backward_rows(x, weight, dy, mean, rstd, c, dx);
+    param_grad_rows(x, dy, mean, rstd, c, partial);
 }
