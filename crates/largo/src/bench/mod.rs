@@ -273,17 +273,8 @@ impl GptTrainer {
         })
     }
 
-    /// One step (data drawn outside the timing) on a pool thread; returns its seconds.
+    /// One step (data drawn outside the timing); returns its seconds.
     fn step(&mut self) -> Result<f64> {
-        if std::env::var("LARGO_STEP_ON_CALLER").is_ok() {
-            return self.step_here();
-        }
-        let mut out = None;
-        rayon::scope(|_| out = Some(self.step_here()));
-        out.expect("the scope ran the step")
-    }
-
-    fn step_here(&mut self) -> Result<f64> {
         let (b, t, vocab) = (Self::BATCH, Self::T, self.vocab);
         let x: Vec<u32> = (0..b * t).map(|_| self.rng.below(vocab) as u32).collect();
         let y: Vec<i64> = (0..b * t).map(|_| self.rng.below(vocab) as i64).collect();
@@ -371,29 +362,18 @@ pub fn bench_gpt_profile(vocab: usize, steps: usize) -> Result<StepProfile> {
             for _ in 0..3 {
                 trainer.step()?;
             }
-            // Profiled on the pool thread the steps run on (spans are timed on the thread that
-            // starts the profile).
-            let mut out = None;
-            rayon::scope(|_| {
-                profile::start();
-                let mut total = 0.0;
-                let mut failed = None;
-                for _ in 0..steps {
-                    match trainer.step() {
-                        Ok(s) => total += s,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+            profile::start();
+            let mut total = 0.0;
+            for _ in 0..steps {
+                match trainer.step() {
+                    Ok(s) => total += s,
+                    Err(e) => {
+                        profile::stop();
+                        return Err(e);
                     }
                 }
-                let tallies = profile::stop();
-                out = Some(match failed {
-                    Some(e) => Err(e),
-                    None => Ok((total, tallies)),
-                });
-            });
-            out.expect("the scope ran the steps")
+            }
+            Ok((total, profile::stop()))
         };
     let steps = steps.max(1);
     let threads = threads();

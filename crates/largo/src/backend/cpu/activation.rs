@@ -1,6 +1,6 @@
 //! Element-wise activations: ReLU and GELU (tanh approximation and exact erf form).
 
-use super::math::{erf_fast, exp_fast};
+use super::math::{erf_given_exp, exp_fast};
 use rayon::prelude::*;
 
 const CHUNK: usize = 16 * 1024;
@@ -202,9 +202,10 @@ pub fn gelu_erf_rows(y: &mut [f32], cols: usize, stride: usize) {
 
 pub fn gelu_erf_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let _span = crate::backend::profile::span("gelu erf backward");
-    // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+    // d/dx x·Φ(x) = Φ(x) + x·φ(x); Φ's erf(x/√2) and φ share the one exponential e^(−x²/2).
     map_backward(x, dy, dx, |x| {
-        0.5 * (1.0 + erf_fast(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp_fast(-0.5 * x * x)
+        let e = exp_fast(-0.5 * x * x);
+        0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e)) + x * INV_SQRT_2PI * e
     });
 }
 

@@ -51,12 +51,18 @@ pub fn exp_fast(x: f32) -> f32 {
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
 #[inline(always)]
 pub fn erf_fast(x: f32) -> f32 {
+    erf_given_exp(x, exp_fast(-x * x))
+}
+
+/// [`erf_fast`] with e^(−x²) already computed (GELU's backward needs that exponential too).
+#[inline(always)]
+pub fn erf_given_exp(x: f32, exp_neg_x2: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp_fast(-a * a);
+    let y = 1.0 - poly * exp_neg_x2;
     y.copysign(x)
 }
 
