@@ -569,3 +569,28 @@ fn the_mnist_test_files_are_scored_by_eval_and_after_training() {
     );
     assert!(!t.join("runs/bad").exists());
 }
+
+/// `bench gpt --profile`: where a training step's time goes, GEMMs by shape, kernels by name,
+/// with the time outside every kernel never negative (spans nest, so nothing counts twice).
+#[test]
+fn bench_gpt_profile_accounts_for_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&largo(tmp.path(), &["bench", "gpt", "--profile", "1"]));
+    for needle in [
+        "largo gpt train profile:",
+        "gemm NT 2048×768×256",
+        "gemm TN 1024×256×2048",
+        "flash attention backward",
+        "layernorm forward",
+        "optimizer step",
+        "step: ",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in\n{out}");
+    }
+    let other = out
+        .lines()
+        .find(|l| l.starts_with("other (outside kernels)"))
+        .unwrap_or_else(|| panic!("no other row in\n{out}"));
+    let ms: f64 = other.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(ms >= 0.0, "{other}");
+}

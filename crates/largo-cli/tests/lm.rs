@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails_with, largo, ok};
+use common::{fails_with, largo, largo_env, ok};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -814,4 +814,43 @@ fn an_unsupported_hugging_face_architecture_is_named() {
             "unsupported architecture \"MambaForCausalLM\" (architectures[0]): supported are LlamaForCausalLM (llama), Qwen2ForCausalLM (qwen2)",
         );
     }
+}
+
+/// LARGO_ISA caps the kernels' instruction set (to run, on one machine, the paths an AVX2-only
+/// or a portable build takes): every tier scores the same model alike, and a value that is not
+/// a tier is refused before anything runs.
+#[test]
+fn every_instruction_set_tier_scores_a_model_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let c = corpus(t);
+    ok(&train_tiny(t, c.to_str().unwrap(), "g", &[]));
+    let text = c.join("macbeth_gut.txt");
+    let args = [
+        "eval",
+        "--model",
+        "runs/g",
+        "--text",
+        text.to_str().unwrap(),
+        "--context",
+        "32",
+        "--json",
+    ];
+    let ppl = |isa: &str| {
+        let out = ok(&largo_env(t, &[("LARGO_ISA", isa)], &args));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    let best = ppl("");
+    for isa in ["portable", "avx2", "avx512"] {
+        let p = ppl(isa);
+        assert!(
+            (p - best).abs() <= 1e-4 * best,
+            "LARGO_ISA={isa}: {p} vs {best}"
+        );
+    }
+    fails_with(
+        &largo_env(t, &[("LARGO_ISA", "avx3")], &args),
+        "LARGO_ISA=`avx3`: expected `portable`, `avx2` or `avx512`",
+    );
 }

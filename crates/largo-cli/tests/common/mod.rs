@@ -22,6 +22,17 @@ pub fn largo(dir: &Path, args: &[&str]) -> Output {
         .expect("run largo")
 }
 
+/// `largo` with extra environment variables (`LARGO_ISA`, …).
+pub fn largo_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_largo"))
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run largo")
+}
+
 pub fn ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

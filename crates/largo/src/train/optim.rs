@@ -198,12 +198,35 @@ pub(crate) fn update(
     }
 }
 
-/// L2 norm over all gradients (f64 sum, serial: deterministic).
+/// Values per partial sum of the gradient norm: fixed, so the sum order (and the norm) does not
+/// depend on the thread count.
+const NORM_CHUNK: usize = 16 * 1024;
+
+/// L2 norm over all gradients: f64 sums of fixed chunks of each gradient, in parallel, added in
+/// order (deterministic for any thread count).
 pub fn grad_norm(params: &[(String, &mut Param)]) -> f64 {
+    let _span = crate::backend::profile::span("grad norm");
     params
         .iter()
-        .flat_map(|(_, p)| p.grad.iter())
-        .map(|&g| g as f64 * g as f64)
+        .map(|(_, p)| {
+            let partial: Vec<f64> = p
+                .grad
+                .par_chunks(NORM_CHUNK)
+                .map(|chunk| {
+                    // Eight running sums, so the adds do not wait on each other.
+                    let mut acc = [0f64; 8];
+                    let mut lanes = chunk.chunks_exact(8);
+                    for block in &mut lanes {
+                        for (a, &g) in acc.iter_mut().zip(block) {
+                            *a += g as f64 * g as f64;
+                        }
+                    }
+                    let tail: f64 = lanes.remainder().iter().map(|&g| g as f64 * g as f64).sum();
+                    acc.iter().sum::<f64>() + tail
+                })
+                .collect();
+            partial.iter().sum::<f64>()
+        })
         .sum::<f64>()
         .sqrt()
 }
@@ -216,7 +239,9 @@ pub fn clip_grad_norm(params: &mut [(String, &mut Param)], max_norm: f64) -> f64
     if coef < 1.0 {
         let coef = coef as f32;
         for (_, p) in params.iter_mut() {
-            p.grad.iter_mut().for_each(|g| *g *= coef);
+            p.grad
+                .par_chunks_mut(NORM_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
         }
     }
     norm
