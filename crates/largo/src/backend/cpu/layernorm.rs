@@ -206,6 +206,7 @@ fn forward_rows_avx512(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 fn backward_rows_avx512(
     x: &[f32],
     weight: &[f32],
