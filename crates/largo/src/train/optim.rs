@@ -246,3 +246,39 @@ pub fn clip_grad_norm(params: &mut [(String, &mut Param)], max_norm: f64) -> f64
     }
     norm
 }
+
+#[cfg(test)]
+mod norm_tests {
+    use super::*;
+
+    /// The gradient norm sums fixed chunks in order: the same bits on 1 and 3 threads.
+    #[test]
+    fn grad_norm_does_not_depend_on_the_thread_count() {
+        let mut a = Param::zeros(&[300, 200]);
+        let mut b = Param::zeros(&[7]);
+        for (i, g) in a.grad.iter_mut().chain(b.grad.iter_mut()).enumerate() {
+            *g = ((i * 104_729 % 2001) as f32 - 1000.0) * 1e-3;
+        }
+        let expected = a
+            .grad
+            .iter()
+            .chain(&b.grad)
+            .map(|&g| g as f64 * g as f64)
+            .sum::<f64>()
+            .sqrt();
+        let mut norm_on = |threads: usize| {
+            let params = vec![("a".to_string(), &mut a), ("b".to_string(), &mut b)];
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| grad_norm(&params))
+        };
+        let (one, three) = (norm_on(1), norm_on(3));
+        assert_eq!(one.to_bits(), three.to_bits());
+        assert!(
+            (one - expected).abs() < 1e-9 * expected,
+            "{one} vs {expected}"
+        );
+    }
+}

@@ -141,3 +141,42 @@ pub fn add_assign(y: &mut [f32], x: &[f32]) {
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     (16 * 1024 / cols.max(1)).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    /// Column sums add fixed blocks of rows in block order: the same bits on 1 and 3 threads,
+    /// and (to rounding) the plain row-by-row sum.
+    #[test]
+    fn column_sums_do_not_depend_on_the_thread_count() {
+        let (rows, cols) = (1000, 300);
+        let dy: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
+        let sums = |threads| {
+            on_threads(threads, || {
+                let mut db = vec![0.5f32; cols];
+                add_bias_grad(&dy, cols, &mut db);
+                db
+            })
+        };
+        let (one, three) = (sums(1), sums(3));
+        assert_eq!(one, three);
+        for (j, &s) in one.iter().enumerate() {
+            let plain: f64 = 0.5 + (0..rows).map(|r| dy[r * cols + j] as f64).sum::<f64>();
+            assert!(
+                (s as f64 - plain).abs() < 1e-4,
+                "column {j}: {s} vs {plain}"
+            );
+        }
+    }
+}
