@@ -324,11 +324,6 @@ impl ProfileRow {
         let f = self.op.flops();
         (f > 0.0).then(|| f * self.calls_per_step / (self.ms * 1e6))
     }
-
-    /// Time at one thread ÷ (threads × time at all threads): 1.0 is perfect scaling.
-    pub fn efficiency(&self, threads: usize) -> f64 {
-        self.ms_one_thread / (threads as f64 * self.ms)
-    }
 }
 
 /// Where a training step's time goes, at the pool's threads and at one.

@@ -18,96 +18,36 @@ fn map_backward(x: &[f32], dy: &[f32], dx: &mut [f32], df: impl Fn(f32) -> f32 +
         .for_each(|(dx, (x, dy))| wide::map2(x, dy, dx, &|x, dy| dy * df(x)));
 }
 
-/// The element-wise loops, compiled again for AVX-512 and for AVX2 + FMA and chosen at run time:
-/// the default x86-64 target vectorises 4 lanes wide, AVX2 8, AVX-512 16. Measured on 2 M
-/// values at 2 threads: exact GELU forward 3.0 → 1.5 ms, backward 4.5 → 2.4 ms with AVX-512.
+/// The element-wise loops, compiled for each tier by `avx512_dispatch!`: the default x86-64
+/// target vectorises 4 lanes wide, AVX2 8, AVX-512 16. Measured on 2 M values at 2 threads:
+/// exact GELU forward 3.0 → 1.5 ms, backward 4.5 → 2.4 ms with AVX-512.
 pub(crate) mod wide {
-    #[inline(always)]
-    fn map_plain(x: &[f32], y: &mut [f32], f: &impl Fn(f32) -> f32) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = f(x);
-        }
-    }
-
-    #[inline(always)]
-    fn map2_plain(a: &[f32], b: &[f32], y: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
-        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-            *y = f(a, b);
-        }
-    }
-
-    /// `y[r·stride + j] = f(…)` for j < cols: rows of a block inside a wider matrix.
-    #[inline(always)]
-    fn map_rows_plain(y: &mut [f32], cols: usize, stride: usize, f: &impl Fn(f32) -> f32) {
-        for row in y.chunks_mut(stride) {
-            for y in row[..cols].iter_mut() {
-                *y = f(*y);
+    avx512_dispatch! {
+        pub fn map(x: &[f32], y: &mut [f32], f: &impl Fn(f32) -> f32) {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = f(x);
             }
         }
     }
 
-    /// `pub fn $name` runs `$plain` compiled for the widest tier the kernels may use.
-    macro_rules! tiered {
-        ($name:ident, $plain:ident, ($($arg:ident: $ty:ty),*), $F:ty) => {
-            pub fn $name($($arg: $ty),*, f: &$F) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    fn avx512($($arg: $ty),*, f: &$F) {
-                        $plain($($arg),*, f)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*, f: &$F) {
-                        $plain($($arg),*, f)
-                    }
-                    if crate::backend::cpu::isa::avx512() {
-                        // SAFETY: isa::avx512 checked the CPU for AVX-512 F, all `avx512` enables.
-                        return unsafe { avx512($($arg),*, f) };
-                    }
-                    if crate::backend::cpu::isa::avx2() {
-                        // SAFETY: isa::avx2 checked the CPU for AVX2 and FMA, all `avx2` enables.
-                        return unsafe { avx2($($arg),*, f) };
-                    }
+    avx512_dispatch! {
+        pub fn map2(a: &[f32], b: &[f32], y: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        }
+    }
+
+    avx512_dispatch! {
+        /// `y[r·stride + j] = f(…)` for j < cols: rows of a block inside a wider matrix.
+        pub fn map_rows(y: &mut [f32], cols: usize, stride: usize, f: &impl Fn(f32) -> f32) {
+            for row in y.chunks_mut(stride) {
+                for y in row[..cols].iter_mut() {
+                    *y = f(*y);
                 }
-                $plain($($arg),*, f)
-            }
-        };
-    }
-
-    #[inline(always)]
-    fn for_each_row_plain(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
-        for r in rows {
-            f(r);
-        }
-    }
-
-    /// `f(r)` for each row r, its loops compiled for the widest tier (column sums' terms).
-    pub fn for_each_row(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
-                for_each_row_plain(rows, f)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(rows: std::ops::Range<usize>, f: &mut impl FnMut(usize)) {
-                for_each_row_plain(rows, f)
-            }
-            if crate::backend::cpu::isa::avx512() {
-                // SAFETY: isa::avx512 checked the CPU for AVX-512 F, all `avx512` enables.
-                return unsafe { avx512(rows, f) };
-            }
-            if crate::backend::cpu::isa::avx2() {
-                // SAFETY: isa::avx2 checked the CPU for AVX2 and FMA, all `avx2` enables.
-                return unsafe { avx2(rows, f) };
             }
         }
-        for_each_row_plain(rows, f)
     }
-
-    tiered!(map_rows, map_rows_plain, (y: &mut [f32], cols: usize, stride: usize), impl Fn(f32) -> f32);
-    tiered!(map, map_plain, (x: &[f32], y: &mut [f32]), impl Fn(f32) -> f32);
-    tiered!(map2, map2_plain, (a: &[f32], b: &[f32], y: &mut [f32]), impl Fn(f32, f32) -> f32);
 }
 
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {

@@ -77,54 +77,36 @@ pub use rmsnorm::*;
 /// thread count.
 const COLUMN_SUM_ROWS: usize = 64;
 
-/// acc[j] += Σ_rows f(row)[j] for rows of `cols` values. Blocks of [`COLUMN_SUM_ROWS`] rows are
-/// summed in parallel, each into its own row of partial sums that a thread reads and writes
-/// contiguously (splitting columns instead left each thread half of every row, slower at two
-/// threads than at one); the partial sums are then added in block order.
-pub(crate) fn add_column_sums(
-    acc: &mut [f32],
-    cols: usize,
-    rows: usize,
-    term: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
-) {
-    use rayon::prelude::*;
-    let blocks = rows.div_ceil(COLUMN_SUM_ROWS);
-    let sum_block = |b: usize, out: &mut [f32]| {
-        let rows = b * COLUMN_SUM_ROWS..rows.min((b + 1) * COLUMN_SUM_ROWS);
-        activation::wide::for_each_row(rows, &mut |r| term(r, 0..cols, out))
-    };
-    if blocks <= 1 {
-        sum_block(0, &mut acc[..cols]);
-        return;
-    }
-    let mut partial = vec![0f32; blocks * cols];
-    partial
-        .par_chunks_mut(cols)
-        .enumerate()
-        .for_each(|(b, out)| sum_block(b, out));
-    let per = cols.div_ceil(rayon::current_num_threads()).max(256);
-    acc[..cols]
-        .par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(part, out)| {
-            let range = part * per..part * per + out.len();
-            for block in partial.chunks(cols) {
-                for (a, &p) in out.iter_mut().zip(&block[range.clone()]) {
-                    *a += p;
-                }
+avx512_dispatch! {
+    /// out[j] += Σ_r rows[r·cols + j], whole rows in order.
+    fn add_rows(rows: &[f32], cols: usize, out: &mut [f32]) {
+        for row in rows.chunks_exact(cols) {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += v;
             }
-        });
+        }
+    }
 }
 
-/// dbias += Σ over rows of dy [rows, cols].
+/// dbias += Σ over rows of dy [rows, cols]. Blocks of [`COLUMN_SUM_ROWS`] rows are summed in
+/// parallel, each into its own row of partial sums that a thread reads and writes contiguously
+/// (splitting columns instead left each thread half of every row, slower at two threads than
+/// at one); the partial sums are then added in block order.
 pub fn add_bias_grad(dy: &[f32], cols: usize, dbias: &mut [f32]) {
+    use rayon::prelude::*;
     let _span = crate::backend::profile::span("add bias grad");
-    add_column_sums(dbias, cols, dy.len() / cols, |r, range, out| {
-        let row = &dy[r * cols..(r + 1) * cols];
-        for (g, &d) in out.iter_mut().zip(&row[range]) {
-            *g += d;
-        }
-    });
+    let dy = &dy[..dy.len() / cols * cols];
+    let block = COLUMN_SUM_ROWS * cols;
+    if dy.len() <= block {
+        add_rows(dy, cols, &mut dbias[..cols]);
+        return;
+    }
+    let mut partial = vec![0f32; dy.len().div_ceil(block) * cols];
+    partial
+        .par_chunks_mut(cols)
+        .zip(dy.par_chunks(block))
+        .for_each(|(out, rows)| add_rows(rows, cols, out));
+    add_rows(&partial, cols, &mut dbias[..cols]);
 }
 
 /// y += x, element-wise, over the thread pool (exact: no sum order to depend on).
