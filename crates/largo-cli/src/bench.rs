@@ -95,9 +95,10 @@ pub struct Args {
     /// Vocabulary of the GPT benchmarks (73: the character set of the comparison corpus).
     #[arg(long, default_value_t = 73)]
     vocab: usize,
-    /// `bench gpt`: where a step's time goes instead of tokens/s: each op kind's milliseconds
-    /// per step (GEMMs by shape), GFLOP/s, and its parallel efficiency (time at 1 thread ÷
-    /// threads × time at all); this many steps are profiled at each thread count
+    /// `bench gpt` and `bench cnn`: where a training step's time goes instead of the speed: each
+    /// op kind's milliseconds per step (GEMMs by shape), GFLOP/s, and its parallel efficiency
+    /// (time at 1 thread ÷ threads × time at all); this many steps are profiled at each thread
+    /// count
     #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "10")]
     profile: Option<usize>,
     /// `embed`: the model directory (default ../shared/models/all-MiniLM-L6-v2). `serve`:
@@ -171,6 +172,16 @@ pub fn run(a: Args) -> Result<()> {
             let (tps, rss) = largo::bench::bench_gpt_train(a.vocab.max(2))?;
             println!("largo gpt train: {tps:.0} tokens/s (median of steps 3-22, batch 16x128, {threads} threads, matmul precision {precision})");
             println!("peak RSS: {rss:.0} MB");
+        }
+        What::Cnn if a.profile.is_some() => {
+            let case = a.case.as_deref().unwrap_or("resnet18_32");
+            let (p, batch) = largo::bench::bench_cnn_profile(case, a.profile.unwrap_or(10))?;
+            println!(
+                "largo cnn {case} train profile: {}; {threads} threads, matmul precision {precision}, {} steps of batch {batch} at each thread count",
+                largo::bench::cpu_description(),
+                p.steps
+            );
+            print!("{}", largo::bench::render_profile(&p));
         }
         What::Cnn => {
             let cases: Vec<&str> = match &a.case {

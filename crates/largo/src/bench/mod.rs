@@ -153,60 +153,102 @@ pub struct CnnResult {
     pub infer_images_per_s: f64,
 }
 
-/// Training samples/s (AdamW steps) and inference images/s (eval forward) of one of
+/// The training loop of `bench cnn`: one of [`CNN_CASES`] on a fixed random batch, SGD with
+/// momentum as `tools/bench_cnn.py` trains.
+struct CnnTrainer {
+    case: &'static str,
+    batch: usize,
+    model: Box<dyn ImageClassifier>,
+    opt: Optimizer,
+    x: Vec<f32>,
+    y: Vec<i64>,
+    losses: Vec<f32>,
+    dlogits: Vec<f32>,
+    step: u64,
+}
+
+impl CnnTrainer {
+    fn new(case: &str) -> Result<CnnTrainer> {
+        let mut rng = Rng::new(1);
+        let (case, batch, model): (&'static str, usize, Box<dyn ImageClassifier>) = match case {
+            "mnist_net" => {
+                let mut m = Cnn::new(CnnConfig::default())?;
+                m.init(&mut rng);
+                ("mnist_net", 64, Box::new(m))
+            }
+            "resnet18_32" | "resnet18_224" => {
+                let small = case == "resnet18_32";
+                let mut cfg = ResNetConfig::depth(18, if small { 10 } else { 1000 })?;
+                if small {
+                    cfg.image_size = [32, 32];
+                }
+                let mut m = ResNet::new(cfg)?;
+                m.init(&mut rng);
+                (
+                    if small { "resnet18_32" } else { "resnet18_224" },
+                    16,
+                    Box::new(m),
+                )
+            }
+            other => crate::bail!(
+                "no CNN benchmark case '{other}': expected one of {}",
+                CNN_CASES.join(", ")
+            ),
+        };
+        let classes = model.classes();
+        let x: Vec<f32> = (0..batch * model.input_len())
+            .map(|_| rng.normal())
+            .collect();
+        let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
+        Ok(CnnTrainer {
+            case,
+            batch,
+            model,
+            // tools/bench_cnn.py's recipe: SGD, momentum 0.9, lr 0.01.
+            opt: Optimizer::new(OptimConfig {
+                kind: "sgd".into(),
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                ..OptimConfig::default()
+            }),
+            x,
+            y,
+            losses: vec![0f32; batch],
+            dlogits: vec![0f32; batch * classes],
+            step: 0,
+        })
+    }
+
+    /// One training step; returns its seconds.
+    fn step(&mut self) -> Result<f64> {
+        let (batch, classes) = (self.batch, self.model.classes());
+        let start = Instant::now();
+        self.step += 1;
+        self.model.zero_grad();
+        let logits = self
+            .model
+            .forward(&self.x, Forward::train(batch, 1, self.step))?;
+        cross_entropy_forward(logits, &self.y, classes, -100, 0.0, &mut self.losses)?;
+        cross_entropy_backward(logits, &self.y, classes, -100, 0.0, 1.0, &mut self.dlogits)?;
+        self.model.backward(&self.dlogits, true)?;
+        self.opt.step(self.model.params_mut(), 0.01);
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
+/// Training samples/s (SGD steps) and inference images/s (eval forward) of one of
 /// [`CNN_CASES`] on random data, each the median over about `seconds` of steps.
 pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
-    let mut rng = Rng::new(1);
-    let (case, batch, mut model): (&'static str, usize, Box<dyn ImageClassifier>) = match case {
-        "mnist_net" => {
-            let mut m = Cnn::new(CnnConfig::default())?;
-            m.init(&mut rng);
-            ("mnist_net", 64, Box::new(m))
-        }
-        "resnet18_32" | "resnet18_224" => {
-            let small = case == "resnet18_32";
-            let mut cfg = ResNetConfig::depth(18, if small { 10 } else { 1000 })?;
-            if small {
-                cfg.image_size = [32, 32];
-            }
-            let mut m = ResNet::new(cfg)?;
-            m.init(&mut rng);
-            (
-                if small { "resnet18_32" } else { "resnet18_224" },
-                16,
-                Box::new(m),
-            )
-        }
-        other => crate::bail!(
-            "no CNN benchmark case '{other}': expected one of {}",
-            CNN_CASES.join(", ")
-        ),
-    };
-    let classes = model.classes();
-    let x: Vec<f32> = (0..batch * model.input_len())
-        .map(|_| rng.normal())
-        .collect();
-    let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
-    let mut opt = Optimizer::new(OptimConfig::default());
-    let (mut losses, mut dlogits) = (vec![0f32; batch], vec![0f32; batch * classes]);
+    let mut t = CnnTrainer::new(case)?;
     let mut failed = None;
-    let mut step = 0u64;
     let train = time_median(seconds, 3, || {
-        step += 1;
-        let mut run = |model: &mut Box<dyn ImageClassifier>| -> Result<()> {
-            model.zero_grad();
-            let logits = model.forward(&x, Forward::train(batch, 1, step))?;
-            cross_entropy_forward(logits, &y, classes, -100, 0.0, &mut losses)?;
-            cross_entropy_backward(logits, &y, classes, -100, 0.0, 1.0, &mut dlogits)?;
-            model.backward(&dlogits, true)
-        };
-        if let Err(e) = run(&mut model) {
+        if let Err(e) = t.step() {
             failed.get_or_insert(e);
         }
-        opt.step(model.params_mut(), 1e-3);
     });
     let infer = time_median(seconds, 3, || {
-        if let Err(e) = model.forward(&x, Forward::eval(batch, 1)) {
+        if let Err(e) = t.model.forward(&t.x, Forward::eval(t.batch, 1)) {
             failed.get_or_insert(e);
         }
     });
@@ -214,12 +256,20 @@ pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
         return Err(e);
     }
     Ok(CnnResult {
-        case,
-        batch,
-        input: model.input(),
-        train_samples_per_s: batch as f64 / train,
-        infer_images_per_s: batch as f64 / infer,
+        case: t.case,
+        batch: t.batch,
+        input: t.model.input(),
+        train_samples_per_s: t.batch as f64 / train,
+        infer_images_per_s: t.batch as f64 / infer,
     })
+}
+
+/// Profiles `steps` training steps of a CNN case (after 3 warm-up steps), on the pool and on
+/// one thread; also returns the batch.
+pub fn bench_cnn_profile(case: &str, steps: usize) -> Result<(StepProfile, usize)> {
+    let batch = CnnTrainer::new(case)?.batch;
+    let p = profile_steps(steps, || CnnTrainer::new(case), CnnTrainer::step)?;
+    Ok((p, batch))
 }
 
 /// Threads in the pool the kernels run on.
@@ -350,17 +400,27 @@ impl StepProfile {
 
 /// Profiles `steps` GPT training steps (after 3 warm-up steps) on the pool, then on one thread.
 pub fn bench_gpt_profile(vocab: usize, steps: usize) -> Result<StepProfile> {
+    profile_steps(steps, || GptTrainer::new(vocab), GptTrainer::step)
+}
+
+/// Times `steps` steps of a fresh trainer (after 3 warm-up steps) with the profile on, on the
+/// pool and then on a one-thread pool; rows slowest first.
+fn profile_steps<T>(
+    steps: usize,
+    new: impl Fn() -> Result<T> + Sync,
+    step: impl Fn(&mut T) -> Result<f64> + Sync,
+) -> Result<StepProfile> {
     use crate::backend::profile;
     let run =
         |steps: usize| -> Result<(f64, std::collections::HashMap<profile::Op, profile::Tally>)> {
-            let mut trainer = GptTrainer::new(vocab)?;
+            let mut trainer = new()?;
             for _ in 0..3 {
-                trainer.step()?;
+                step(&mut trainer)?;
             }
             profile::start();
             let mut total = 0.0;
             for _ in 0..steps {
-                match trainer.step() {
+                match step(&mut trainer) {
                     Ok(s) => total += s,
                     Err(e) => {
                         profile::stop();

@@ -84,6 +84,7 @@ pub fn batch_norm2d_forward_train(
     mean: &mut [f32],
     rstd: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("batch norm forward");
     let op = "batch_norm2d";
     let lens = [
         ("the weight", weight.len()),
@@ -144,6 +145,7 @@ pub fn batch_norm2d_forward_eval(
     mean: &mut [f32],
     rstd: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("batch norm forward (eval)");
     let op = "batch_norm2d";
     let lens = [
         ("the weight", weight.len()),
@@ -179,6 +181,7 @@ pub fn batch_norm2d_backward(
     dweight: &mut [f32],
     dbias: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("batch norm backward");
     let op = "batch_norm2d backward";
     let lens = [
         ("the weight", weight.len()),

@@ -1,13 +1,14 @@
 //! 2-D convolution over NCHW images (PyTorch's `conv2d`: stride, padding, dilation, groups):
-//! im2col + the GEMM, one band of output rows at a time, so the im2col buffer is bounded
-//! (`COL_TILE_FLOATS`) whatever the image size, and lives in a per-thread scratch reused
-//! across calls. Images run in parallel, one per task, each GEMM on its own thread.
+//! im2col + the GEMM. Small images are batched, so one GEMM covers many images (ResNet's last
+//! stages at 32×32 are 4×4 or smaller: one image alone is a GEMM of 16 columns); an image whose
+//! im2col matrix exceeds `COL_TILE_FLOATS` goes a band of output rows at a time, so the buffer is
+//! bounded whatever the image size. Each GEMM runs on all threads; the buffers are reused
+//! across calls.
 
-use super::gemm::{matmul_strided_serial, Trans};
+use super::gemm::Gemm;
 use super::math::lanes_sum;
 use crate::{bail, Result};
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// An activation's shape: [n, c, h, w], row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,10 +180,34 @@ impl Conv2dShape {
     }
 }
 
-/// At most this many im2col values per band (1 MiB): large images go a band of rows at a time.
-const COL_TILE_FLOATS: usize = 1 << 18;
+/// At most this many values (4 MiB) in one GEMM's im2col matrix, or in its [C_out/g, columns]
+/// output: small images are batched up to it, one image that exceeds it goes a band of output
+/// rows at a time. (Measured on the MNIST net and ResNet-18 at 32×32: 1 MiB and 8 MiB were
+/// both slower.)
+const COL_TILE_FLOATS: usize = 1 << 20;
 
-/// What the kernels derive once per call: per-group sizes and the band height.
+/// The part of the batch one GEMM per group covers: whole images `img0..img0 + imgs`, or output
+/// rows `rows` of one image when a single image's im2col exceeds the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    img0: usize,
+    imgs: usize,
+    rows: (usize, usize),
+}
+
+impl Chunk {
+    /// Output positions of one image in the chunk: (rows.1 − rows.0) · OW.
+    fn seg(&self, ow: usize) -> usize {
+        (self.rows.1 - self.rows.0) * ow
+    }
+
+    /// The GEMM's n: imgs · seg.
+    fn cols(&self, ow: usize) -> usize {
+        self.imgs * self.seg(ow)
+    }
+}
+
+/// What the kernels derive once per call: per-group sizes and how the batch is chunked.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     s: Conv2dShape,
@@ -192,46 +217,99 @@ struct Geometry {
     cout_g: usize,
     /// The GEMM's k: C_in/groups · KH · KW.
     k: usize,
-    /// Output rows per band.
+    /// Whole images per chunk (1 when an image is banded).
+    imgs: usize,
+    /// Output rows per chunk (OH unless an image is banded).
     band: usize,
 }
 
 impl Geometry {
-    fn new(s: &Conv2dShape, out: Nchw, col_cap: usize) -> Self {
-        let k = s.col_rows();
-        let band = if s.is_pointwise() {
-            out.h
+    fn new(s: &Conv2dShape, out: Nchw, cap: usize) -> Self {
+        let (k, cout_g) = (s.col_rows(), s.out_channels / s.groups);
+        // The larger of the im2col matrix and the GEMM's output bounds a chunk.
+        let per_row = k.max(cout_g) * out.w;
+        let per_image = per_row * out.h;
+        let (imgs, band) = if per_image <= cap {
+            ((cap / per_image.max(1)).clamp(1, out.n.max(1)), out.h)
         } else {
-            (col_cap / (k * out.w).max(1)).clamp(1, out.h.max(1))
+            (1, (cap / per_row.max(1)).clamp(1, out.h.max(1)))
         };
         Geometry {
             s: *s,
             out,
             cin_g: s.input.c / s.groups,
-            cout_g: s.out_channels / s.groups,
+            cout_g,
             k,
+            imgs,
             band,
         }
     }
 
-    /// (first, end) output rows of each band.
-    fn bands(&self) -> impl Iterator<Item = (usize, usize)> {
-        let (h, band) = (self.out.h, self.band);
-        (0..h).step_by(band).map(move |r| (r, (r + band).min(h)))
+    /// The chunks in order: groups of whole images, or bands of one image.
+    fn chunks(&self) -> impl Iterator<Item = Chunk> {
+        let (n, h, imgs, band) = (self.out.n, self.out.h, self.imgs, self.band);
+        (0..n).step_by(imgs).flat_map(move |img0| {
+            (0..h).step_by(band).map(move |r| Chunk {
+                img0,
+                imgs: imgs.min(n - img0),
+                rows: (r, (r + band).min(h)),
+            })
+        })
     }
 
-    fn col_len(&self) -> usize {
-        self.k * self.band * self.out.w
+    /// Whether the chunk is one whole image: its group blocks of x and y are then contiguous
+    /// matrices ([C_in/g, H·W] and [C_out/g, OH·OW]) the GEMMs read and write in place.
+    fn whole_image(&self, ch: Chunk) -> bool {
+        ch.imgs == 1 && ch.rows == (0, self.out.h)
     }
+
+    /// A pointwise kernel on a whole image multiplies x's group block as it is: no im2col.
+    fn reads_x_in_place(&self, ch: Chunk) -> bool {
+        self.s.is_pointwise() && self.whole_image(ch)
+    }
+}
+
+/// Buffers reused across calls: the im2col matrix, its gradient, and a GEMM output (or dy)
+/// gathered as [C_out/g, columns].
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    dcol: Vec<f32>,
+    out: Vec<f32>,
 }
 
 thread_local! {
-    /// Each pool thread's im2col band and its gradient, kept between calls.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The calling thread's buffers, taken out while a call runs (so a nested call on the same
+    /// thread, from inside rayon, finds an empty one instead of a borrowed one).
+    static SCRATCH: std::cell::Cell<Scratch> = const {
+        std::cell::Cell::new(Scratch {
+            col: Vec::new(),
+            dcol: Vec::new(),
+            out: Vec::new(),
+        })
+    };
+}
+
+/// `buf[..len]`, growing the buffer when it is shorter.
+fn prefix(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Rows per parallel task so that each task handles at least ~16K values.
+fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
 }
 
 /// Output positions o in 0..out whose input index o·stride + offset falls in 0..input.
-fn valid_range(out: usize, input: usize, stride: usize, offset: isize) -> (usize, usize) {
+pub(crate) fn valid_range(
+    out: usize,
+    input: usize,
+    stride: usize,
+    offset: isize,
+) -> (usize, usize) {
     let lo = if offset >= 0 { 0 } else { (-offset) as usize }.div_ceil(stride);
     let room = input as isize - offset;
     let hi = if room <= 0 {
@@ -242,73 +320,200 @@ fn valid_range(out: usize, input: usize, stride: usize, offset: isize) -> (usize
     (lo.min(hi), hi)
 }
 
-/// col [C_g·KH·KW, (oh1−oh0)·OW] for one group's input x [C_g, H, W]: row (c, i, j) holds
-/// x[c, oh·sh − ph + i·dh, ow·sw − pw + j·dw] at column (oh−oh0, ow); zero in the padding.
-fn im2col_band(g: &Geometry, x: &[f32], (oh0, oh1): (usize, usize), col: &mut [f32]) {
-    let (s, ow_n) = (&g.s, g.out.w);
-    let (h, w) = (s.input.h, s.input.w);
-    let cols = (oh1 - oh0) * ow_n;
-    let mut rows = col[..g.k * cols].chunks_exact_mut(cols);
-    for plane in x.chunks_exact(h * w).take(g.cin_g) {
-        for i in 0..s.kernel[0] {
-            let off_h = (i * s.dilation[0]) as isize - s.padding[0] as isize;
-            for j in 0..s.kernel[1] {
-                let off_w = (j * s.dilation[1]) as isize - s.padding[1] as isize;
-                let (lo, hi) = valid_range(ow_n, w, s.stride[1], off_w);
-                let row = rows.next().expect("k rows");
-                for (oh, out) in (oh0..oh1).zip(row.chunks_exact_mut(ow_n)) {
-                    let ih = (oh * s.stride[0]) as isize + off_h;
-                    if ih < 0 || ih >= h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[ih as usize * w..][..w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let start = (lo * s.stride[1]) as isize + off_w;
-                    if s.stride[1] == 1 {
-                        out[lo..hi].copy_from_slice(&src[start as usize..][..hi - lo]);
-                    } else {
-                        let src = src[start as usize..].iter().step_by(s.stride[1]);
-                        out[lo..hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
-                    }
-                }
-            }
-        }
-    }
+/// One contiguous piece of a kernel tap's reads: `len` output positions from `dst` (in one
+/// image's segment of a chunk) read the inputs from `src` on (in one input plane), `stride`
+/// apart.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    src: usize,
+    dst: usize,
+    len: usize,
 }
 
-/// The adjoint of `im2col_band`: dx [C_g, H, W] += each value of dcol at the input position it
-/// was read from (positions read by several kernel taps sum their gradients).
-fn col2im_band(g: &Geometry, dcol: &[f32], (oh0, oh1): (usize, usize), dx: &mut [f32]) {
-    let (s, ow_n) = (&g.s, g.out.w);
-    let (h, w) = (s.input.h, s.input.w);
-    let cols = (oh1 - oh0) * ow_n;
-    let mut rows = dcol[..g.k * cols].chunks_exact(cols);
-    for plane in dx.chunks_exact_mut(h * w).take(g.cin_g) {
+/// Where every kernel tap (i, j) reads, for output rows `rows` of any image and channel: the
+/// same for all of them, so it is worked out once per chunk instead of once per image and
+/// channel (ResNet's 1×1 and 2×2 outputs make that overhead most of im2col's time otherwise).
+struct TapRuns {
+    runs: Vec<Run>,
+    /// Tap t's runs are `runs[first[t]..first[t + 1]]`.
+    first: Vec<usize>,
+    /// Whether tap t reads a value for every output position (no padding to zero).
+    full: Vec<bool>,
+    /// Input positions between a run's consecutive reads: the width stride.
+    stride: usize,
+    /// Output positions per image: (rows.1 − rows.0) · OW.
+    seg: usize,
+}
+
+impl TapRuns {
+    fn new(s: &Conv2dShape, ow_n: usize, (oh0, oh1): (usize, usize)) -> TapRuns {
+        let (h, w) = (s.input.h, s.input.w);
+        let seg = (oh1 - oh0) * ow_n;
+        let mut t = TapRuns {
+            runs: Vec::new(),
+            first: vec![0],
+            full: Vec::new(),
+            stride: s.stride[1],
+            seg,
+        };
         for i in 0..s.kernel[0] {
             let off_h = (i * s.dilation[0]) as isize - s.padding[0] as isize;
             for j in 0..s.kernel[1] {
                 let off_w = (j * s.dilation[1]) as isize - s.padding[1] as isize;
                 let (lo, hi) = valid_range(ow_n, w, s.stride[1], off_w);
-                let row = rows.next().expect("k rows");
-                for (oh, d) in (oh0..oh1).zip(row.chunks_exact(ow_n)) {
+                let mut covered = 0;
+                for oh in oh0..oh1 {
                     let ih = (oh * s.stride[0]) as isize + off_h;
                     if ih < 0 || ih >= h as isize || lo == hi {
                         continue;
                     }
-                    let dst = &mut plane[ih as usize * w..][..w];
-                    let start = ((lo * s.stride[1]) as isize + off_w) as usize;
-                    let dst = dst[start..].iter_mut().step_by(s.stride[1]);
-                    dst.zip(&d[lo..hi]).for_each(|(o, &v)| *o += v);
+                    t.runs.push(Run {
+                        src: ih as usize * w + ((lo * s.stride[1]) as isize + off_w) as usize,
+                        dst: (oh - oh0) * ow_n + lo,
+                        len: hi - lo,
+                    });
+                    covered += hi - lo;
+                }
+                t.first.push(t.runs.len());
+                t.full.push(covered == seg);
+            }
+        }
+        t
+    }
+
+    fn tap(&self, t: usize) -> &[Run] {
+        &self.runs[self.first[t]..self.first[t + 1]]
+    }
+
+    /// out [seg] = what tap t reads from one input plane, zero in the padding.
+    fn gather(&self, t: usize, plane: &[f32], out: &mut [f32]) {
+        if !self.full[t] {
+            out.fill(0.0);
+        }
+        for r in self.tap(t) {
+            let dst = &mut out[r.dst..][..r.len];
+            match (self.stride, r.len) {
+                (_, 1) => dst[0] = plane[r.src],
+                (1, _) => dst.copy_from_slice(&plane[r.src..][..r.len]),
+                (st, _) => {
+                    let src = plane[r.src..].iter().step_by(st);
+                    dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `gather`: plane[each position tap t read] += its value of d [seg].
+    fn scatter_add(&self, t: usize, d: &[f32], plane: &mut [f32]) {
+        for r in self.tap(t) {
+            let d = &d[r.dst..][..r.len];
+            match (self.stride, r.len) {
+                (_, 1) => plane[r.src] += d[0],
+                (1, _) => {
+                    let dst = &mut plane[r.src..][..r.len];
+                    dst.iter_mut().zip(d).for_each(|(o, &v)| *o += v);
+                }
+                (st, _) => {
+                    let dst = plane[r.src..].iter_mut().step_by(st);
+                    dst.zip(d).for_each(|(o, &v)| *o += v);
                 }
             }
         }
     }
 }
 
+/// col [C_g·KH·KW, imgs·seg] for group `gi` of the chunk's images: row (c, i, j), column
+/// (image, oh − oh0, ow) holds x[image, gi·C_g + c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]; zero
+/// in the padding. Rows are filled in parallel.
+fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32]) {
+    let _span = crate::backend::profile::span("im2col");
+    let (hw, in_img) = (g.s.input.plane(), g.s.input.image());
+    let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
+    let n_taps = g.s.kernel[0] * g.s.kernel[1];
+    let cols = ch.cols(g.out.w);
+    col[..g.k * cols]
+        .par_chunks_mut(cols)
+        .with_min_len(rows_per_task(cols))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, tap) = (r / n_taps, r % n_taps);
+            for (img, out) in row.chunks_exact_mut(taps.seg).enumerate() {
+                let plane = &x[(ch.img0 + img) * in_img + (gi * g.cin_g + c) * hw..][..hw];
+                taps.gather(tap, plane, out);
+            }
+        });
+}
+
+/// The adjoint of `im2col`: dx[image, gi·C_g + c] += each value of dcol's rows (c, ·, ·) at the
+/// position it was read from. One task per input plane.
+fn col2im(g: &Geometry, dcol: &[f32], ch: Chunk, gi: usize, dx: &mut [f32]) {
+    let _span = crate::backend::profile::span("col2im");
+    let (hw, in_img, cin) = (g.s.input.plane(), g.s.input.image(), g.s.input.c);
+    let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
+    let n_taps = g.s.kernel[0] * g.s.kernel[1];
+    let cols = ch.cols(g.out.w);
+    dx[ch.img0 * in_img..][..ch.imgs * in_img]
+        .par_chunks_mut(hw)
+        .with_min_len(rows_per_task(hw))
+        .enumerate()
+        .filter(|(p, _)| (p % cin) / g.cin_g == gi)
+        .for_each(|(p, plane)| {
+            let (img, c) = (p / cin, p % cin - gi * g.cin_g);
+            for tap in 0..n_taps {
+                let d = &dcol[(c * n_taps + tap) * cols + img * taps.seg..][..taps.seg];
+                taps.scatter_add(tap, d, plane);
+            }
+        });
+}
+
+/// y[image, gi·C_out/g + co, rows] = out[co, (image, ·)] (+ bias[co]): the chunk's GEMM output
+/// back into NCHW, one task per output plane.
+fn scatter_output(
+    g: &Geometry,
+    out: &[f32],
+    ch: Chunk,
+    gi: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let _span = crate::backend::profile::span("conv output to nchw");
+    let (ow, cout, out_img) = (g.out.w, g.out.c, g.out.image());
+    let (seg, cols) = (ch.seg(ow), ch.cols(ow));
+    y[ch.img0 * out_img..][..ch.imgs * out_img]
+        .par_chunks_mut(g.out.plane())
+        .with_min_len(rows_per_task(seg))
+        .enumerate()
+        .filter(|(p, _)| (p % cout) / g.cout_g == gi)
+        .for_each(|(p, plane)| {
+            let (img, co) = (p / cout, p % cout - gi * g.cout_g);
+            let src = &out[co * cols + img * seg..][..seg];
+            let dst = &mut plane[ch.rows.0 * ow..][..seg];
+            let b = bias.map_or(0.0, |b| b[gi * g.cout_g + co]);
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b);
+        });
+}
+
+/// out [C_out/g, imgs·seg] = dy[image, gi·C_out/g + co, rows]: the chunk's output gradient as
+/// the GEMMs' matrix, one task per row.
+fn gather_output_grad(g: &Geometry, dy: &[f32], ch: Chunk, gi: usize, out: &mut [f32]) {
+    let _span = crate::backend::profile::span("conv dy from nchw");
+    let (ow, ohw, out_img) = (g.out.w, g.out.plane(), g.out.image());
+    let (seg, cols) = (ch.seg(ow), ch.cols(ow));
+    out[..g.cout_g * cols]
+        .par_chunks_mut(cols)
+        .with_min_len(rows_per_task(cols))
+        .enumerate()
+        .for_each(|(co, row)| {
+            for (img, dst) in row.chunks_exact_mut(seg).enumerate() {
+                let plane = (ch.img0 + img) * out_img + (gi * g.cout_g + co) * ohw;
+                dst.copy_from_slice(&dy[plane + ch.rows.0 * ow..][..seg]);
+            }
+        });
+}
+
 /// x [N, C_in, H, W], weight [C_out, C_in/g, KH, KW], bias [C_out] → y [N, C_out, OH, OW].
-/// Per image, group and band: y_g[:, band] = W_g [C_out/g, k] · col [k, band] (+ bias).
+/// Per chunk of images and group: y_g[:, chunk] = W_g [C_out/g, k] · col [k, chunk] (+ bias),
+/// one GEMM over all threads.
 pub fn conv2d_forward(
     s: &Conv2dShape,
     x: &[f32],
@@ -328,68 +533,47 @@ fn conv2d_forward_tiled(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let (in_img, ohw) = (g.s.input.image(), g.out.plane());
-    let (hw, ow) = (g.s.input.plane(), g.out.w);
-    if g.out.is_empty() {
-        return;
-    }
-    y.par_chunks_mut(g.out.image())
-        .zip(x.par_chunks(in_img))
-        .for_each(|(y, x)| {
-            // The sums start from the bias (or zero) so every GEMM accumulates.
-            for (co, plane) in y.chunks_exact_mut(ohw).enumerate() {
-                plane.fill(bias.map_or(0.0, |b| b[co]));
-            }
-            SCRATCH.with_borrow_mut(|(col, _)| {
-                if !g.s.is_pointwise() && col.len() < g.col_len() {
-                    col.resize(g.col_len(), 0.0);
-                }
-                for gi in 0..g.s.groups {
-                    let xg = &x[gi * g.cin_g * hw..][..g.cin_g * hw];
-                    let wg = &weight[gi * g.cout_g * g.k..][..g.cout_g * g.k];
-                    let yg = &mut y[gi * g.cout_g * ohw..][..g.cout_g * ohw];
-                    for band in g.bands() {
-                        let cols = (band.1 - band.0) * ow;
-                        let (b, ldb) = if g.s.is_pointwise() {
-                            (&xg[band.0 * ow..], hw)
-                        } else {
-                            im2col_band(g, xg, band, col);
-                            (&col[..], cols)
-                        };
-                        let c = &mut yg[band.0 * ow..];
-                        let (m, k) = (g.cout_g, g.k);
-                        matmul_strided_serial(
-                            Trans::N,
-                            Trans::N,
-                            m,
-                            cols,
-                            k,
-                            wg,
-                            k,
-                            b,
-                            ldb,
-                            c,
-                            ohw,
-                            true,
-                        );
+    let (in_img, out_img, ohw, ow) = (g.s.input.image(), g.out.image(), g.out.plane(), g.out.w);
+    let (m, k, hw) = (g.cout_g, g.k, g.s.input.plane());
+    let mut sc = SCRATCH.take();
+    for ch in g.chunks() {
+        let cols = ch.cols(ow);
+        for gi in 0..g.s.groups {
+            let wg = &weight[gi * m * k..][..m * k];
+            let b: &[f32] = if g.reads_x_in_place(ch) {
+                &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
+            } else {
+                let col = prefix(&mut sc.col, k * cols);
+                im2col(g, x, ch, gi, col);
+                col
+            };
+            let product = Gemm::nn(m, cols, k);
+            if g.whole_image(ch) {
+                // y's group block is the product's [m, OH·OW] matrix: the sums start from the bias.
+                let yg = &mut y[ch.img0 * out_img + gi * m * ohw..][..m * ohw];
+                match bias {
+                    Some(bias) => {
+                        yg.par_chunks_mut(ohw)
+                            .zip(&bias[gi * m..][..m])
+                            .for_each(|(plane, &b)| plane.fill(b));
+                        product.accumulate().run(wg, b, yg);
                     }
+                    None => product.run(wg, b, yg),
                 }
-            });
-        });
-}
-
-/// Images per part of the weight gradient: parts are summed in a fixed order afterwards, so
-/// the result does not depend on the thread count. Their partial sums are bounded to about
-/// 16 MiB.
-fn weight_grad_parts(n: usize, weight_len: usize) -> usize {
-    let parts = n.min(8).min((1 << 22) / weight_len.max(1)).max(1);
-    n.div_ceil(parts).max(1)
+            } else {
+                let out = prefix(&mut sc.out, m * cols);
+                product.run(wg, b, out);
+                scatter_output(g, out, ch, gi, bias, y);
+            }
+        }
+    }
+    SCRATCH.set(sc);
 }
 
 /// Given dy [N, C_out, OH, OW] and the forward's x: dx = the input's gradient (overwritten; skip
 /// it with None, as for a network's first layer), dweight += Σ dy_g · colᵀ, dbias += Σ dy.
-/// Per image, group and band: dW_g += dy_g[:, band] · colᵀ and dcol = W_gᵀ · dy_g[:, band],
-/// which col2im adds into dx.
+/// Per chunk of images and group: dW_g += dy_g[:, chunk] · colᵀ and dcol = W_gᵀ · dy_g[:, chunk],
+/// which col2im adds into dx; the chunks run in order, so the sums do not depend on the threads.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     s: &Conv2dShape,
@@ -431,12 +615,14 @@ fn conv2d_backward_tiled(
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
-    dx: Option<&mut [f32]>,
+    mut dx: Option<&mut [f32]>,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
 ) {
-    let (in_img, out_img, ohw) = (g.s.input.image(), g.out.image(), g.out.plane());
+    let (ohw, ow, in_img, out_img) = (g.out.plane(), g.out.w, g.s.input.image(), g.out.image());
+    let (m, k, hw) = (g.cout_g, g.k, g.s.input.plane());
     if let Some(db) = dbias {
+        let _span = crate::backend::profile::span("conv bias grad");
         // dbias[co] += Σ_n Σ_p dy[n, co, p], one channel per task (a fixed sum order).
         db.par_iter_mut().enumerate().for_each(|(co, db)| {
             *db += dy
@@ -447,131 +633,52 @@ fn conv2d_backward_tiled(
                 .sum::<f32>();
         });
     }
+    if let Some(dx) = dx.as_deref_mut() {
+        dx.par_chunks_mut(1 << 16).for_each(|d| d.fill(0.0));
+    }
     if g.out.is_empty() {
         return;
     }
-    let n = g.s.input.n;
-    let per = weight_grad_parts(n, weight.len());
-    let parts = n.div_ceil(per);
-    let mut partial = vec![0.0f32; parts * weight.len()];
-    let dx_parts: Vec<Option<&mut [f32]>> = match dx {
-        Some(dx) => dx.chunks_mut(per * in_img).map(Some).collect(),
-        None => (0..parts).map(|_| None).collect(),
-    };
-    partial
-        .par_chunks_mut(weight.len())
-        .zip(x.par_chunks(per * in_img).zip(dy.par_chunks(per * out_img)))
-        .zip(dx_parts)
-        .for_each(|((dw, (x, dy)), mut dx)| {
-            SCRATCH.with_borrow_mut(|(col, dcol)| {
-                for buf in [&mut *col, &mut *dcol] {
-                    if buf.len() < g.col_len() {
-                        buf.resize(g.col_len(), 0.0);
-                    }
-                }
-                for (i, (x, dy)) in x
-                    .chunks_exact(in_img)
-                    .zip(dy.chunks_exact(out_img))
-                    .enumerate()
-                {
-                    let dx = dx.as_deref_mut().map(|d| &mut d[i * in_img..][..in_img]);
-                    conv2d_backward_image(g, x, weight, dy, dx, dw, col, dcol);
-                }
-            });
-        });
-    for p in partial.chunks_exact(weight.len()) {
-        dweight.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
-    }
-}
-
-/// One image: x [C_in, H, W], dy [C_out, OH, OW]; dw += its weight gradient; dx = its input's.
-#[allow(clippy::too_many_arguments)]
-fn conv2d_backward_image(
-    g: &Geometry,
-    x: &[f32],
-    weight: &[f32],
-    dy: &[f32],
-    mut dx: Option<&mut [f32]>,
-    dw: &mut [f32],
-    col: &mut [f32],
-    dcol: &mut [f32],
-) {
-    let (hw, ohw, ow, k, m) = (g.s.input.plane(), g.out.plane(), g.out.w, g.k, g.cout_g);
-    let pointwise = g.s.is_pointwise();
-    if let Some(dx) = dx.as_deref_mut() {
-        dx.fill(0.0);
-    }
-    for gi in 0..g.s.groups {
-        let xg = &x[gi * g.cin_g * hw..][..g.cin_g * hw];
-        let wg = &weight[gi * m * k..][..m * k];
-        let dwg = &mut dw[gi * m * k..][..m * k];
-        let dyg = &dy[gi * m * ohw..][..m * ohw];
-        let mut dxg = dx
-            .as_deref_mut()
-            .map(|d| &mut d[gi * g.cin_g * hw..][..g.cin_g * hw]);
-        for band in g.bands() {
-            let cols = (band.1 - band.0) * ow;
-            let dyb = &dyg[band.0 * ow..];
-            let (b, ldb) = if pointwise {
-                (&xg[band.0 * ow..], hw)
+    let mut sc = SCRATCH.take();
+    for ch in g.chunks() {
+        let cols = ch.cols(ow);
+        for gi in 0..g.s.groups {
+            let wg = &weight[gi * m * k..][..m * k];
+            let dwg = &mut dweight[gi * m * k..][..m * k];
+            // dy's block as the [m, cols] matrix.
+            let dyg: &[f32] = if g.whole_image(ch) {
+                &dy[ch.img0 * out_img + gi * m * ohw..][..m * ohw]
             } else {
-                im2col_band(g, xg, band, col);
-                (&col[..], cols)
+                let out = prefix(&mut sc.out, m * cols);
+                gather_output_grad(g, dy, ch, gi, out);
+                out
             };
-            // dW_g [m, k] += dy_band [m, cols] · colᵀ (col is [k, cols]).
-            matmul_strided_serial(
-                Trans::N,
-                Trans::T,
-                m,
-                k,
-                cols,
-                dyb,
-                ohw,
-                b,
-                ldb,
-                dwg,
-                k,
-                true,
-            );
-            let Some(dxg) = dxg.as_deref_mut() else {
+            let in_place = g.reads_x_in_place(ch);
+            let col: &[f32] = if in_place {
+                &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
+            } else {
+                let col = prefix(&mut sc.col, k * cols);
+                im2col(g, x, ch, gi, col);
+                col
+            };
+            // dW_g [m, k] += dy_g [m, cols] · colᵀ (col is [k, cols]).
+            Gemm::nt(m, k, cols).accumulate().run(dyg, col, dwg);
+            let Some(dx) = dx.as_deref_mut() else {
                 continue;
             };
-            // dcol [k, cols] = W_gᵀ (W_g is [m, k]) · dy_band [m, cols].
-            if pointwise {
-                let c = &mut dxg[band.0 * ow..];
-                matmul_strided_serial(
-                    Trans::T,
-                    Trans::N,
-                    k,
-                    cols,
-                    m,
-                    wg,
-                    k,
-                    dyb,
-                    ohw,
-                    c,
-                    hw,
-                    false,
-                );
+            // dcol [k, cols] = W_gᵀ (W_g is [m, k]) · dy_g [m, cols].
+            let dcol_product = Gemm::tn(k, cols, m);
+            if in_place {
+                let dxg = &mut dx[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw];
+                dcol_product.run(wg, dyg, dxg);
             } else {
-                matmul_strided_serial(
-                    Trans::T,
-                    Trans::N,
-                    k,
-                    cols,
-                    m,
-                    wg,
-                    k,
-                    dyb,
-                    ohw,
-                    dcol,
-                    cols,
-                    false,
-                );
-                col2im_band(g, dcol, band, dxg);
+                let dcol = prefix(&mut sc.dcol, k * cols);
+                dcol_product.run(wg, dyg, dcol);
+                col2im(g, dcol, ch, gi, dx);
             }
         }
     }
+    SCRATCH.set(sc);
 }
 
 #[cfg(test)]
@@ -623,7 +730,7 @@ pub(crate) mod tests {
 
     /// Runs every fixture case through forward and backward with im2col bands of at most
     /// `col_cap` values and compares outputs and all three gradients with PyTorch's.
-    fn check_cases(col_cap: usize) {
+    fn check_cases(cap_for: impl Fn(&Conv2dShape, Nchw) -> usize) {
         let f = fixtures("conv.safetensors");
         for (name, cout, kernel, stride, padding, dilation, groups) in CASES {
             let t = |what: &str| f.get(&format!("conv.{name}.{what}")).expect(what);
@@ -646,6 +753,7 @@ pub(crate) mod tests {
                 [out.n, out.c, out.h, out.w],
                 "{name}: output shape"
             );
+            let col_cap = cap_for(&s, out);
             let g = Geometry::new(&s, out, col_cap);
             let bias = f
                 .get(&format!("conv.{name}.bias"))
@@ -680,14 +788,53 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn conv2d_matches_pytorch_whole_images() {
-        check_cases(COL_TILE_FLOATS);
+    fn conv2d_matches_pytorch_with_the_batch_in_one_gemm() {
+        check_cases(|_, _| COL_TILE_FLOATS);
+    }
+
+    #[test]
+    fn conv2d_matches_pytorch_one_whole_image_per_gemm() {
+        // A cap of exactly one image: the GEMMs read x and write y in place.
+        check_cases(|s, out| {
+            let g = Geometry::new(s, out, usize::MAX);
+            let cap = g.k.max(g.cout_g) * out.plane();
+            let one = Geometry::new(s, out, cap);
+            assert_eq!((one.imgs, one.band), (1, out.h));
+            cap
+        });
     }
 
     #[test]
     fn conv2d_matches_pytorch_one_output_row_per_band() {
         // A cap below one row's im2col forces bands of one output row: the tiling path.
-        check_cases(1);
+        check_cases(|_, _| 1);
+    }
+
+    #[test]
+    fn chunks_cover_every_image_and_row_once() {
+        let s = Conv2dShape {
+            input: Nchw::new(5, 3, 9, 7),
+            out_channels: 4,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let out = s.output().unwrap();
+        let per_image = 27 * 63;
+        for cap in [1, 27 * 7 * 2, per_image, 2 * per_image + 5, usize::MAX] {
+            let g = Geometry::new(&s, out, cap);
+            let mut seen = vec![0; 5 * 9];
+            for ch in g.chunks() {
+                assert!(ch.imgs == 1 || ch.rows == (0, 9), "{cap}: {ch:?}");
+                assert!(g.k * ch.cols(7) <= cap.max(27 * 7), "{cap}: {ch:?}");
+                for img in ch.img0..ch.img0 + ch.imgs {
+                    (ch.rows.0..ch.rows.1).for_each(|r| seen[img * 9 + r] += 1);
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{cap}: {seen:?}");
+        }
     }
 
     #[test]

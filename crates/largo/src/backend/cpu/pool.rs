@@ -2,7 +2,7 @@
 //! indices saved for backward), `avg_pool2d` (count_include_pad=True), `adaptive_avg_pool2d`.
 //! Every (image, channel) plane is independent: one task per plane.
 
-use super::conv::{check_len, out_len, Nchw};
+use super::conv::{check_len, out_len, valid_range, Nchw};
 use crate::{bail, Result};
 use rayon::prelude::*;
 
@@ -66,9 +66,9 @@ impl Pool2dShape {
         Ok(out)
     }
 
-    /// The window of output (oh, ow) clipped to the input: rows h0..h1, columns w0..w1, and the
-    /// window's size within the padded input (avg_pool2d's count_include_pad divisor).
-    fn window(&self, oh: usize, ow: usize) -> (usize, usize, usize, usize, usize) {
+    /// Each output row's and each output column's window clipped to the input: (first, end,
+    /// size within the padded input), worked out once per call rather than per output.
+    fn windows(&self, out: Nchw) -> [Vec<(usize, usize, usize)>; 2] {
         let (i, k, s, p) = (&self.input, self.kernel, self.stride, self.padding);
         let clip = |o: usize, axis: usize, len: usize| {
             let start = (o * s[axis]) as isize - p[axis] as isize;
@@ -80,9 +80,16 @@ impl Pool2dShape {
                 padded,
             )
         };
-        let ((h0, h1, ph), (w0, w1, pw)) = (clip(oh, 0, i.h), clip(ow, 1, i.w));
-        (h0, h1, w0, w1, ph * pw)
+        [
+            (0..out.h).map(|o| clip(o, 0, i.h)).collect(),
+            (0..out.w).map(|o| clip(o, 1, i.w)).collect(),
+        ]
     }
+}
+
+/// Planes per parallel task, so that a task covers at least ~16K values.
+fn planes_per_task(plane: usize) -> usize {
+    (16_384 / plane.max(1)).max(1)
 }
 
 /// x [N, C, H, W] → y [N, C, OH, OW], each the maximum of its window; `indices` [N, C, OH, OW]
@@ -94,28 +101,79 @@ pub fn max_pool2d_forward(
     y: &mut [f32],
     indices: &mut [u32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("max pool forward");
     let op = "max_pool2d";
     let out = s.check(op, x.len(), y.len())?;
     check_len(op, "indices", indices.len(), y.len(), "the output's shape")?;
-    let (plane, w) = (s.input.plane(), s.input.w);
+    let (plane, w, sw) = (s.input.plane(), s.input.w, s.stride[1]);
+    let [rows, cols] = s.windows(out);
+    // Kernel column j reads input column ow·sw − pw + j for output columns in taps[j].
+    let taps: Vec<(isize, (usize, usize))> = (0..s.kernel[1])
+        .map(|j| {
+            let off = j as isize - s.padding[1] as isize;
+            (off, valid_range(out.w, w, sw, off))
+        })
+        .collect();
     y.par_chunks_mut(out.plane())
         .zip(indices.par_chunks_mut(out.plane()))
         .zip(x.par_chunks(plane))
-        .for_each(|((y, idx), x)| {
-            for (o, (y, idx)) in y.iter_mut().zip(idx).enumerate() {
-                let (h0, h1, w0, w1, _) = s.window(o / out.w, o % out.w);
-                let (mut best, mut at) = (f32::NEG_INFINITY, h0 * w + w0);
+        .with_min_len(planes_per_task(plane))
+        .for_each_with(vec![0f32; out.w], |tap_row, ((y, idx), x)| {
+            let y_rows = y.chunks_exact_mut(out.w).zip(idx.chunks_exact_mut(out.w));
+            for ((y, idx), &(h0, h1, _)) in y_rows.zip(&rows) {
+                y.fill(f32::NEG_INFINITY);
+                for (i, &(w0, _, _)) in idx.iter_mut().zip(&cols) {
+                    *i = (h0 * w + w0) as u32;
+                }
+                // Window positions in scan order (row, then column) for all the row's outputs
+                // at once: each output's comparisons are independent of its neighbours', so
+                // with the tap's inputs gathered into a contiguous row they vectorise.
                 for r in h0..h1 {
-                    for (c, &v) in x[r * w..][w0..w1].iter().enumerate() {
-                        if v > best || v.is_nan() {
-                            (best, at) = (v, r * w + w0 + c);
+                    let xr = &x[r * w..][..w];
+                    for &(off, (lo, hi)) in &taps {
+                        let tap = &mut tap_row[..hi - lo];
+                        for (t, ow) in tap.iter_mut().zip(lo..hi) {
+                            *t = xr[((ow * sw) as isize + off) as usize];
                         }
+                        let at0 = ((r * w + lo * sw) as isize + off) as u32;
+                        select_max(tap, &mut y[lo..hi], &mut idx[lo..hi], at0, sw as u32);
                     }
                 }
-                (*y, *idx) = (best, at as u32);
             }
         });
     Ok(())
+}
+
+/// y[o], idx[o] = v[o], at0 + o·step where v[o] > y[o] or is NaN (a NaN wins, the window's
+/// last, as in PyTorch's CPU kernel): one kernel tap's update of a row of max-pool outputs.
+/// Masks in lanes of 8 instead of branches: which input wins is data, random for activations,
+/// and mispredicted branches made the pool 2× slower.
+fn select_max(v: &[f32], y: &mut [f32], idx: &mut [u32], at0: u32, step: u32) {
+    const L: usize = 8;
+    let n = v.len();
+    let full = n - n % L;
+    let update = |v: &[f32], y: &mut [f32], idx: &mut [u32], at: u32| {
+        for l in 0..v.len() {
+            let take = ((v[l] > y[l]) | v[l].is_nan()) as u32;
+            let (new, old) = (take.wrapping_neg(), take.wrapping_sub(1));
+            idx[l] = ((at + l as u32 * step) & new) | (idx[l] & old);
+            y[l] = f32::from_bits((v[l].to_bits() & new) | (y[l].to_bits() & old));
+        }
+    };
+    for o in (0..full).step_by(L) {
+        update(
+            &v[o..o + L],
+            &mut y[o..o + L],
+            &mut idx[o..o + L],
+            at0 + o as u32 * step,
+        );
+    }
+    update(
+        &v[full..],
+        &mut y[full..n],
+        &mut idx[full..n],
+        at0 + full as u32 * step,
+    );
 }
 
 /// dx [N, C, H, W] = each dy routed to the input its maximum came from (summed where windows
@@ -126,6 +184,7 @@ pub fn max_pool2d_backward(
     indices: &[u32],
     dx: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("max pool backward");
     let op = "max_pool2d backward";
     let out = s.check(op, dx.len(), dy.len())?;
     check_len(op, "indices", indices.len(), dy.len(), "the output's shape")?;
@@ -142,6 +201,7 @@ pub fn max_pool2d_backward(
             dy.par_chunks(out.plane())
                 .zip(indices.par_chunks(out.plane())),
         )
+        .with_min_len(planes_per_task(plane))
         .for_each(|(dx, (dy, idx))| {
             dx.fill(0.0);
             for (&d, &i) in dy.iter().zip(idx) {
@@ -154,17 +214,21 @@ pub fn max_pool2d_backward(
 /// x [N, C, H, W] → y [N, C, OH, OW], each the mean of its window with padding counted as
 /// zeros (count_include_pad=True, PyTorch's default).
 pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let _span = crate::backend::profile::span("avg pool forward");
     let out = s.check("avg_pool2d", x.len(), y.len())?;
     let (plane, w) = (s.input.plane(), s.input.w);
+    let [rows, cols] = s.windows(out);
     y.par_chunks_mut(out.plane())
         .zip(x.par_chunks(plane))
+        .with_min_len(planes_per_task(plane))
         .for_each(|(y, x)| {
-            for (o, y) in y.iter_mut().enumerate() {
-                let (h0, h1, w0, w1, count) = s.window(o / out.w, o % out.w);
-                let sum: f32 = (h0..h1)
-                    .map(|r| x[r * w..][w0..w1].iter().sum::<f32>())
-                    .sum();
-                *y = sum / count as f32;
+            for (y, &(h0, h1, ph)) in y.chunks_exact_mut(out.w).zip(&rows) {
+                for (y, &(w0, w1, pw)) in y.iter_mut().zip(&cols) {
+                    let sum: f32 = (h0..h1)
+                        .map(|r| x[r * w..][w0..w1].iter().sum::<f32>())
+                        .sum();
+                    *y = sum / (ph * pw) as f32;
+                }
             }
         });
     Ok(())
@@ -172,17 +236,21 @@ pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<(
 
 /// dx [N, C, H, W] = Σ over the windows holding each input of dy / the window's count.
 pub fn avg_pool2d_backward(s: &Pool2dShape, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    let _span = crate::backend::profile::span("avg pool backward");
     let out = s.check("avg_pool2d backward", dx.len(), dy.len())?;
     let (plane, w) = (s.input.plane(), s.input.w);
+    let [rows, cols] = s.windows(out);
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out.plane()))
+        .with_min_len(planes_per_task(plane))
         .for_each(|(dx, dy)| {
             dx.fill(0.0);
-            for (o, &d) in dy.iter().enumerate() {
-                let (h0, h1, w0, w1, count) = s.window(o / out.w, o % out.w);
-                let g = d / count as f32;
-                for r in h0..h1 {
-                    dx[r * w..][w0..w1].iter_mut().for_each(|v| *v += g);
+            for (dy, &(h0, h1, ph)) in dy.chunks_exact(out.w).zip(&rows) {
+                for (&d, &(w0, w1, pw)) in dy.iter().zip(&cols) {
+                    let g = d / (ph * pw) as f32;
+                    for r in h0..h1 {
+                        dx[r * w..][w0..w1].iter_mut().for_each(|v| *v += g);
+                    }
                 }
             }
         });
@@ -219,6 +287,7 @@ pub fn adaptive_avg_pool2d_forward(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("adaptive avg pool forward");
     let out = adaptive_check("adaptive_avg_pool2d", input, output, x.len(), y.len())?;
     let w = input.w;
     y.par_chunks_mut(out.plane())
@@ -243,6 +312,7 @@ pub fn adaptive_avg_pool2d_backward(
     dy: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
+    let _span = crate::backend::profile::span("adaptive avg pool backward");
     let out = adaptive_check(
         "adaptive_avg_pool2d backward",
         input,
