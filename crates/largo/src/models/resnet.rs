@@ -14,7 +14,9 @@
 //! `num_batches_tracked`.
 
 use super::classifier::ImageClassifier;
-use crate::backend::{relu_backward, relu_forward, Nchw};
+use crate::backend::{
+    add_relu_forward, relu_backward, relu_backward_in_place, relu_in_place, Nchw,
+};
 use crate::nn::{
     params, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dOptions, Forward, Linear, MaxPool2d,
     Module,
@@ -111,10 +113,10 @@ struct ConvBn {
     bn: BatchNorm2d,
     input: Nchw,
     output: Nchw,
-    /// The convolution's output (the norm's input) and the norm's output.
+    /// The convolution's output (the norm's input) and the norm's output (after the ReLU, in
+    /// place, for stages a ReLU follows).
     conv_out: Vec<f32>,
     out: Vec<f32>,
-    d_conv_out: Vec<f32>,
 }
 
 impl ConvBn {
@@ -138,7 +140,6 @@ impl ConvBn {
             output: Nchw::new(0, 0, 0, 0),
             conv_out: Vec::new(),
             out: Vec::new(),
-            d_conv_out: Vec::new(),
         })
     }
 
@@ -153,44 +154,70 @@ impl ConvBn {
         }
     }
 
-    /// x: `input` → `self.out`, the returned shape.
-    fn forward(&mut self, x: &[f32], input: Nchw, train: bool) -> Result<Nchw> {
+    /// x: `input` → `self.out` (ReLU'd in place when `relu`), the returned shape.
+    fn forward(&mut self, x: &[f32], input: Nchw, train: bool, relu: bool) -> Result<Nchw> {
         let output = self.conv.output_shape(input)?;
         ensure_len(&mut self.conv_out, output.len());
         self.conv.forward(x, input, &mut self.conv_out)?;
         ensure_len(&mut self.out, output.len());
         self.bn
             .forward(&self.conv_out, output, train, &mut self.out)?;
+        if relu {
+            relu_in_place(&mut self.out);
+        }
         (self.input, self.output) = (input, output);
         Ok(output)
     }
 
-    /// `x`: the last forward's input; dy: the gradient of `out`.
-    fn backward(&mut self, x: &[f32], dy: &[f32], dx: Option<&mut [f32]>) -> Result<()> {
-        ensure_len(&mut self.d_conv_out, self.output.len());
+    /// `x`: the last forward's input; dy: the gradient of the norm's output (through the ReLU
+    /// already); `d_conv_out`: scratch.
+    fn backward(
+        &mut self,
+        x: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        d_conv_out: &mut Vec<f32>,
+    ) -> Result<()> {
+        ensure_len(d_conv_out, self.output.len());
         self.bn
-            .backward(&self.conv_out, self.output, dy, &mut self.d_conv_out)?;
-        self.conv.backward(x, self.input, &self.d_conv_out, dx)
+            .backward(&self.conv_out, self.output, dy, d_conv_out)?;
+        self.conv.backward(x, self.input, d_conv_out, dx)
     }
 }
 
-/// A BasicBlock (two stages) or a Bottleneck (three), with its shortcut.
-#[derive(Clone, Debug)]
-pub struct ResidualBlock {
-    /// conv1/bn1, conv2/bn2[, conv3/bn3]; a ReLU after each but the last.
-    stages: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
-    input: Nchw,
-    /// The block's input, and each inner ReLU's output (the next stage's input).
-    x: Vec<f32>,
-    relu_out: Vec<Vec<f32>>,
-    /// The last stage's output plus the shortcut: the final ReLU's input.
-    sum: Vec<f32>,
-    out: Vec<f32>,
-    /// Backward scratch.
+impl ConvBn {
+    /// `backward` with dy in `d`, overwritten by the norm's input gradient on the way.
+    fn backward_in_place(
+        &mut self,
+        x: &[f32],
+        d: &mut [f32],
+        dx: Option<&mut [f32]>,
+    ) -> Result<()> {
+        self.bn.backward_in_place(&self.conv_out, self.output, d)?;
+        self.conv.backward(x, self.input, d, dx)
+    }
+}
+
+/// Backward's gradient buffers: one set for the whole network, since each is live only inside
+/// one block's backward (per-block and per-layer copies held about a tensor per convolution).
+#[derive(Default, Debug, Clone)]
+struct Scratch {
     d_a: Vec<f32>,
     d_b: Vec<f32>,
     d_shortcut: Vec<f32>,
+    d_conv_out: Vec<f32>,
+}
+
+/// A BasicBlock (two stages) or a Bottleneck (three), with its shortcut. Its input is not
+/// copied: the caller passes it to forward and again to backward (the previous block's `out`).
+#[derive(Clone, Debug)]
+pub struct ResidualBlock {
+    /// conv1/bn1, conv2/bn2[, conv3/bn3]; a ReLU (in place) after each but the last.
+    stages: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+    input: Nchw,
+    /// ReLU(the last stage's output + the shortcut).
+    out: Vec<f32>,
 }
 
 impl ResidualBlock {
@@ -215,45 +242,30 @@ impl ResidualBlock {
             None
         };
         Ok(ResidualBlock {
-            relu_out: vec![Vec::new(); stages.len() - 1],
             stages,
             downsample,
             input: Nchw::new(0, 0, 0, 0),
-            x: Vec::new(),
-            sum: Vec::new(),
             out: Vec::new(),
-            d_a: Vec::new(),
-            d_b: Vec::new(),
-            d_shortcut: Vec::new(),
         })
     }
 
     /// x: `input` → `self.out`, the returned shape.
     fn forward(&mut self, x: &[f32], input: Nchw, train: bool) -> Result<Nchw> {
         self.input = input;
-        self.x.clear();
-        self.x.extend_from_slice(&x[..input.len()]);
+        let x = &x[..input.len()];
         let last = self.stages.len() - 1;
         let mut shape = input;
         for k in 0..=last {
-            let x: &[f32] = if k == 0 {
-                &self.x
-            } else {
-                &self.relu_out[k - 1]
-            };
-            shape = self.stages[k].forward(x, shape, train)?;
-            if k < last {
-                let r = &mut self.relu_out[k];
-                ensure_len(r, shape.len());
-                relu_forward(&self.stages[k].out, r);
-            }
+            let (before, after) = self.stages.split_at_mut(k);
+            let stage_in: &[f32] = if k == 0 { x } else { &before[k - 1].out };
+            shape = after[0].forward(stage_in, shape, train, k < last)?;
         }
         let shortcut: &[f32] = match &mut self.downsample {
             Some(ds) => {
-                ds.forward(&self.x, input, train)?;
+                ds.forward(x, input, train, false)?;
                 &ds.out
             }
-            None => &self.x,
+            None => x,
         };
         if shortcut.len() != shape.len() {
             bail!(
@@ -262,42 +274,39 @@ impl ResidualBlock {
                 shape.len()
             );
         }
-        let residual = &self.stages[last].out;
-        self.sum.clear();
-        self.sum
-            .extend(residual.iter().zip(shortcut).map(|(r, s)| r + s));
         ensure_len(&mut self.out, shape.len());
-        relu_forward(&self.sum, &mut self.out);
+        add_relu_forward(&self.stages[last].out, shortcut, &mut self.out);
         Ok(shape)
     }
 
-    /// dy: the gradient of `out`; writes the input's gradient into dx (`input`'s length).
-    fn backward(&mut self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    /// x: the last forward's input; dy: the gradient of `out`; writes the input's gradient into
+    /// dx (`input`'s length).
+    fn backward(&mut self, x: &[f32], dy: &[f32], dx: &mut [f32], s: &mut Scratch) -> Result<()> {
+        let x = &x[..self.input.len()];
         let last = self.stages.len() - 1;
-        // d(sum) in d_a: it flows to both the last stage and the shortcut.
-        ensure_len(&mut self.d_a, self.sum.len());
-        relu_backward(&self.sum, dy, &mut self.d_a);
+        // d(sum) in d_a (ReLU(sum) > 0 exactly where sum > 0): it flows to both the last stage
+        // and the shortcut.
+        ensure_len(&mut s.d_a, self.out.len());
+        relu_backward(&self.out, dy, &mut s.d_a);
         match &mut self.downsample {
             Some(ds) => {
-                ensure_len(&mut self.d_shortcut, self.input.len());
-                ds.backward(&self.x, &self.d_a, Some(&mut self.d_shortcut))?;
+                ensure_len(&mut s.d_shortcut, self.input.len());
+                ds.backward(x, &s.d_a, Some(&mut s.d_shortcut), &mut s.d_conv_out)?;
             }
-            None => self.d_shortcut.clone_from(&self.d_a),
+            None => s.d_shortcut.clone_from(&s.d_a),
         }
-        for k in (0..=last).rev() {
-            if k == 0 {
-                self.stages[0].backward(&self.x, &self.d_a, Some(dx))?;
-                break;
-            }
-            // d(relu_out[k−1]) in d_b, then through the ReLU into d_a.
-            ensure_len(&mut self.d_b, self.relu_out[k - 1].len());
-            let x = &self.relu_out[k - 1];
-            self.stages[k].backward(x, &self.d_a, Some(&mut self.d_b))?;
-            ensure_len(&mut self.d_a, self.d_b.len());
-            relu_backward(&self.stages[k - 1].out, &self.d_b, &mut self.d_a);
+        for k in (1..=last).rev() {
+            // d(stage k−1's output) in d_b, then through its ReLU into d_a.
+            let (before, after) = self.stages.split_at_mut(k);
+            let prev = &before[k - 1].out;
+            ensure_len(&mut s.d_b, prev.len());
+            after[0].backward(prev, &s.d_a, Some(&mut s.d_b), &mut s.d_conv_out)?;
+            ensure_len(&mut s.d_a, s.d_b.len());
+            relu_backward(prev, &s.d_b, &mut s.d_a);
         }
-        for (d, s) in dx.iter_mut().zip(&self.d_shortcut) {
-            *d += s;
+        self.stages[0].backward(x, &s.d_a, Some(&mut *dx), &mut s.d_conv_out)?;
+        for (d, sc) in dx.iter_mut().zip(&s.d_shortcut) {
+            *d += sc;
         }
         Ok(())
     }
@@ -322,19 +331,20 @@ impl Module for ResidualBlock {
 struct Activations {
     input: Option<Nchw>,
     x: Vec<f32>,
-    /// The stem's ReLU output (the max pool's input) and its shape.
-    stem_relu: Vec<f32>,
+    /// The stem's output shape (its ReLU'd output is the stem's `out`, the max pool's input).
     stem_shape: Option<Nchw>,
     /// Each block's input shape; the last block's output shape.
     block_in: Vec<Nchw>,
     features_shape: Option<Nchw>,
-    /// The current block input / output, passed along the blocks.
-    current: Vec<f32>,
+    /// The max pool's output: the first block's input.
+    pooled_stem: Vec<f32>,
     /// [N, C] after global average pooling: fc's input.
     pooled: Vec<f32>,
     logits: Vec<f32>,
+    /// The gradients of consecutive blocks' outputs, and the blocks' own scratch.
     d_a: Vec<f32>,
     d_b: Vec<f32>,
+    scratch: Scratch,
 }
 
 #[derive(Clone, Debug)]
@@ -404,25 +414,26 @@ impl ResNet {
         a.x.extend_from_slice(&x[..input.len()]);
         a.input = Some(input);
         // stem: [N, C, H, W] → [N, width, H/2, W/2] → max pool → [N, width, H/4, W/4]
-        let s = self.stem.forward(&a.x, input, train)?;
-        ensure_len(&mut a.stem_relu, s.len());
-        relu_forward(&self.stem.out, &mut a.stem_relu);
+        let s = self.stem.forward(&a.x, input, train, true)?;
         a.stem_shape = Some(s);
         let mut shape = self.maxpool.output_shape(s)?;
-        ensure_len(&mut a.current, shape.len());
-        self.maxpool.forward(&a.stem_relu, s, &mut a.current)?;
-        // layer1 … layer4: each block's output is the next one's input.
+        ensure_len(&mut a.pooled_stem, shape.len());
+        self.maxpool
+            .forward(&self.stem.out, s, &mut a.pooled_stem)?;
+        // layer1 … layer4: each block reads the previous one's output in place.
         a.block_in.clear();
+        let mut prev: &[f32] = &a.pooled_stem;
         for block in self.layers.iter_mut().flatten() {
             a.block_in.push(shape);
-            shape = block.forward(&a.current, shape, train)?;
-            std::mem::swap(&mut a.current, &mut block.out);
+            shape = block.forward(prev, shape, train)?;
+            let done: &ResidualBlock = block;
+            prev = &done.out;
         }
         a.features_shape = Some(shape);
         // global average pool and flatten: [N, C, h, w] → [N, C]
         let pooled = self.avgpool.output_shape(shape);
         ensure_len(&mut a.pooled, pooled.len());
-        self.avgpool.forward(&a.current, shape, &mut a.pooled)?;
+        self.avgpool.forward(prev, shape, &mut a.pooled)?;
         ensure_len(&mut a.logits, n * self.config.classes);
         self.fc.forward(&a.pooled, n, &mut a.logits);
         Ok(())
@@ -445,17 +456,24 @@ impl ResNet {
         ensure_len(&mut a.d_b, features.len());
         self.avgpool.backward(features, &a.d_a, &mut a.d_b)?;
         // d_b: the gradient of the current block's output.
-        let blocks: Vec<&mut ResidualBlock> = self.layers.iter_mut().flatten().collect();
-        for (block, &shape) in blocks.into_iter().zip(&a.block_in).rev() {
-            ensure_len(&mut a.d_a, shape.len());
-            block.backward(&a.d_b, &mut a.d_a)?;
+        let mut blocks: Vec<&mut ResidualBlock> = self.layers.iter_mut().flatten().collect();
+        for j in (0..blocks.len()).rev() {
+            let (before, rest) = blocks.split_at_mut(j);
+            let x: &[f32] = if j == 0 {
+                &a.pooled_stem
+            } else {
+                &before[j - 1].out
+            };
+            ensure_len(&mut a.d_a, a.block_in[j].len());
+            rest[0].backward(x, &a.d_b, &mut a.d_a, &mut a.scratch)?;
             std::mem::swap(&mut a.d_a, &mut a.d_b);
         }
+        // The stem's output is the largest activation: its gradient goes through the max pool,
+        // the ReLU and the norm in one buffer.
         ensure_len(&mut a.d_a, stem.len());
         self.maxpool.backward(stem, &a.d_b, &mut a.d_a)?;
-        ensure_len(&mut a.d_b, stem.len());
-        relu_backward(&self.stem.out, &a.d_a, &mut a.d_b);
-        self.stem.backward(&a.x, &a.d_b, dx)
+        relu_backward_in_place(&self.stem.out, &mut a.d_a);
+        self.stem.backward_in_place(&a.x, &mut a.d_a, dx)
     }
 }
 

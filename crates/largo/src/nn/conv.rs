@@ -5,9 +5,9 @@
 use super::{params, Module, Param};
 use crate::backend::{
     adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
-    avg_pool2d_forward, batch_norm2d_backward, batch_norm2d_forward_eval,
-    batch_norm2d_forward_train, conv2d_backward, conv2d_forward, max_pool2d_backward,
-    max_pool2d_forward, Conv2dShape, Nchw, Pool2dShape,
+    avg_pool2d_forward, batch_norm2d_backward, batch_norm2d_backward_in_place,
+    batch_norm2d_forward_eval, batch_norm2d_forward_train, conv2d_backward, conv2d_forward,
+    max_pool2d_backward, max_pool2d_forward, Conv2dShape, Nchw, Pool2dShape,
 };
 use crate::rng::Rng;
 use crate::{bail, Result};
@@ -230,6 +230,21 @@ impl BatchNorm2d {
         }
         self.batch_stats = train;
         Ok(())
+    }
+
+    /// `backward` with dy in `d`, overwritten with dx.
+    pub fn backward_in_place(&mut self, x: &[f32], input: Nchw, d: &mut [f32]) -> Result<()> {
+        batch_norm2d_backward_in_place(
+            input,
+            x,
+            &self.weight.value.data,
+            &self.mean,
+            &self.rstd,
+            d,
+            self.batch_stats,
+            &mut self.weight.grad,
+            &mut self.bias.grad,
+        )
     }
 
     /// Adds dweight and dbias, writes dx; `x` is the input the last forward saw.

@@ -55,6 +55,29 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
     map_forward(x, y, relu);
 }
 
+/// x = max(x, 0) in place: for a ReLU whose input is not needed afterwards (its backward can
+/// take the mask from the output, which is positive exactly where the input was).
+pub fn relu_in_place(x: &mut [f32]) {
+    let _span = crate::backend::profile::span("relu forward");
+    x.par_chunks_mut(CHUNK).for_each(|x| {
+        for v in x {
+            *v = relu(*v);
+        }
+    });
+}
+
+/// y = max(a + b, 0): a residual connection and its ReLU in one pass.
+pub fn add_relu_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
+    let _span = crate::backend::profile::span("add + relu forward");
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = relu(a + b);
+            }
+        });
+}
+
 #[inline(always)]
 fn relu(x: f32) -> f32 {
     x.max(0.0)
@@ -64,6 +87,18 @@ fn relu(x: f32) -> f32 {
 pub fn relu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let _span = crate::backend::profile::span("relu backward");
     map_backward(x, dy, dx, |x| if x > 0.0 { 1.0 } else { 0.0 });
+}
+
+/// d = d · [y > 0] in place, y being the ReLU's output (or input: the same mask).
+pub fn relu_backward_in_place(y: &[f32], d: &mut [f32]) {
+    let _span = crate::backend::profile::span("relu backward");
+    d.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK))
+        .for_each(|(d, y)| {
+            for (d, &y) in d.iter_mut().zip(y) {
+                *d = if y > 0.0 { *d } else { 0.0 };
+            }
+        });
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;

@@ -181,6 +181,29 @@ pub fn batch_norm2d_backward(
     dweight: &mut [f32],
     dbias: &mut [f32],
 ) -> Result<()> {
+    let op = "batch_norm2d backward";
+    check_len(op, "dy", dy.len(), x.len(), "the input's shape")?;
+    check_len(op, "dx", dx.len(), x.len(), "the input's shape")?;
+    dx.par_chunks_mut(1 << 16)
+        .zip(dy.par_chunks(1 << 16))
+        .for_each(|(dx, dy)| dx.copy_from_slice(dy));
+    batch_norm2d_backward_in_place(s, x, weight, mean, rstd, dx, train, dweight, dbias)
+}
+
+/// `batch_norm2d_backward` with dy given in `d` and dx written over it: for the largest
+/// activations, where a second buffer of their size would be most of the peak memory.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_backward_in_place(
+    s: Nchw,
+    x: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    d: &mut [f32],
+    train: bool,
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+) -> Result<()> {
     let _span = crate::backend::profile::span("batch norm backward");
     let op = "batch_norm2d backward";
     let lens = [
@@ -191,10 +214,11 @@ pub fn batch_norm2d_backward(
         ("dbias", dbias.len()),
     ];
     check(op, s, x.len(), &lens)?;
-    check_len(op, "dy", dy.len(), x.len(), "the input's shape")?;
-    check_len(op, "dx", dx.len(), x.len(), "the input's shape")?;
-    // Per channel: Σ dy and Σ dy·x̂ (centred before multiplying: no cancellation when |μ| ≫ σ).
+    check_len(op, "dy", d.len(), x.len(), "the input's shape")?;
+    // Per channel: Σ dy and Σ dy·x̂ (centred before multiplying: no cancellation when |μ| ≫ σ),
+    // all read before any dx is written.
     let mut sums = vec![(0f32, 0f32); s.c];
+    let dy: &[f32] = d;
     sums.par_iter_mut().enumerate().for_each(|(c, out)| {
         let (mu, mut sdy, mut sdyx) = (mean[c], 0f64, 0f64);
         for (x, dy) in channel_planes(x, s, c).zip(channel_planes(dy, s, c)) {
@@ -208,19 +232,19 @@ pub fn batch_norm2d_backward(
         dbias[c] += sdy;
     }
     let m = (s.n * s.plane()) as f32;
-    dx.par_chunks_mut(s.plane())
-        .zip(x.par_chunks(s.plane()).zip(dy.par_chunks(s.plane())))
+    d.par_chunks_mut(s.plane())
+        .zip(x.par_chunks(s.plane()))
         .enumerate()
-        .for_each(|(i, (dx, (x, dy)))| {
+        .for_each(|(i, (d, x))| {
             let c = i % s.c;
             let (mu, r, k) = (mean[c], rstd[c], weight[c] * rstd[c]);
             if !train {
-                dx.iter_mut().zip(dy).for_each(|(dx, &dy)| *dx = k * dy);
+                d.iter_mut().for_each(|d| *d *= k);
                 return;
             }
             let (mean_dy, mean_dy_xhat) = (sums[c].0 / m, sums[c].1 / m);
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = k * (dy - mean_dy - (x - mu) * r * mean_dy_xhat);
+            for (d, &x) in d.iter_mut().zip(x) {
+                *d = k * (*d - mean_dy - (x - mu) * r * mean_dy_xhat);
             }
         });
     Ok(())
