@@ -186,6 +186,12 @@ impl Conv2dShape {
 /// both slower.)
 const COL_TILE_FLOATS: usize = 1 << 20;
 
+/// Images with at least this many output positions, and an im2col matrix within
+/// `BATCH_FLOATS`, run one per task, each GEMM on its own thread (the MNIST net's 24×24 and
+/// 26×26): batching them adds copies into and out of NCHW and a wait for both threads at every
+/// chunk, and measured slower and less steady on this shared 2-core machine.
+const PER_IMAGE_MIN_POSITIONS: usize = 512;
+
 /// The part of the batch one GEMM per group covers: whole images `img0..img0 + imgs`, or output
 /// rows `rows` of one image when a single image's im2col exceeds the cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +227,8 @@ struct Geometry {
     imgs: usize,
     /// Output rows per chunk (OH unless an image is banded).
     band: usize,
+    /// Images run one per task with serial GEMMs instead of in batched chunks.
+    per_image: bool,
 }
 
 impl Geometry {
@@ -234,6 +242,9 @@ impl Geometry {
         } else {
             (1, (cap / per_row.max(1)).clamp(1, out.h.max(1)))
         };
+        let per_image = out.plane() >= PER_IMAGE_MIN_POSITIONS
+            && imgs > 1
+            && out.n >= rayon::current_num_threads();
         Geometry {
             s: *s,
             out,
@@ -242,6 +253,7 @@ impl Geometry {
             k,
             imgs,
             band,
+            per_image,
         }
     }
 
@@ -261,6 +273,15 @@ impl Geometry {
     /// matrices ([C_in/g, H·W] and [C_out/g, OH·OW]) the GEMMs read and write in place.
     fn whole_image(&self, ch: Chunk) -> bool {
         ch.imgs == 1 && ch.rows == (0, self.out.h)
+    }
+
+    /// One whole image as a chunk.
+    fn image(&self, i: usize) -> Chunk {
+        Chunk {
+            img0: i,
+            imgs: 1,
+            rows: (0, self.out.h),
+        }
     }
 
     /// A pointwise kernel on a whole image multiplies x's group block as it is: no im2col.
@@ -422,48 +443,61 @@ impl TapRuns {
     }
 }
 
+/// Runs `f(i, row)` over the rows of `buf` (`len` values each), on all threads or on this one.
+fn for_each_row(
+    buf: &mut [f32],
+    len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    if parallel {
+        buf.par_chunks_mut(len)
+            .with_min_len(rows_per_task(len))
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    } else {
+        buf.chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}
+
 /// col [C_g·KH·KW, imgs·seg] for group `gi` of the chunk's images: row (c, i, j), column
 /// (image, oh − oh0, ow) holds x[image, gi·C_g + c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]; zero
-/// in the padding. Rows are filled in parallel.
-fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32]) {
+/// in the padding. Rows in parallel when `parallel`.
+fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32], parallel: bool) {
     let _span = crate::backend::profile::span("im2col");
     let (hw, in_img) = (g.s.input.plane(), g.s.input.image());
     let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
     let n_taps = g.s.kernel[0] * g.s.kernel[1];
     let cols = ch.cols(g.out.w);
-    col[..g.k * cols]
-        .par_chunks_mut(cols)
-        .with_min_len(rows_per_task(cols))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, tap) = (r / n_taps, r % n_taps);
-            for (img, out) in row.chunks_exact_mut(taps.seg).enumerate() {
-                let plane = &x[(ch.img0 + img) * in_img + (gi * g.cin_g + c) * hw..][..hw];
-                taps.gather(tap, plane, out);
-            }
-        });
+    for_each_row(&mut col[..g.k * cols], cols, parallel, |r, row| {
+        let (c, tap) = (r / n_taps, r % n_taps);
+        for (img, out) in row.chunks_exact_mut(taps.seg).enumerate() {
+            let plane = &x[(ch.img0 + img) * in_img + (gi * g.cin_g + c) * hw..][..hw];
+            taps.gather(tap, plane, out);
+        }
+    });
 }
 
 /// The adjoint of `im2col`: dx[image, gi·C_g + c] += each value of dcol's rows (c, ·, ·) at the
-/// position it was read from. One task per input plane.
-fn col2im(g: &Geometry, dcol: &[f32], ch: Chunk, gi: usize, dx: &mut [f32]) {
+/// position it was read from; `dx` holds the chunk's images. Planes in parallel when `parallel`.
+fn col2im(g: &Geometry, dcol: &[f32], ch: Chunk, gi: usize, dx: &mut [f32], parallel: bool) {
     let _span = crate::backend::profile::span("col2im");
     let (hw, in_img, cin) = (g.s.input.plane(), g.s.input.image(), g.s.input.c);
     let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
     let n_taps = g.s.kernel[0] * g.s.kernel[1];
     let cols = ch.cols(g.out.w);
-    dx[ch.img0 * in_img..][..ch.imgs * in_img]
-        .par_chunks_mut(hw)
-        .with_min_len(rows_per_task(hw))
-        .enumerate()
-        .filter(|(p, _)| (p % cin) / g.cin_g == gi)
-        .for_each(|(p, plane)| {
-            let (img, c) = (p / cin, p % cin - gi * g.cin_g);
-            for tap in 0..n_taps {
-                let d = &dcol[(c * n_taps + tap) * cols + img * taps.seg..][..taps.seg];
-                taps.scatter_add(tap, d, plane);
-            }
-        });
+    for_each_row(&mut dx[..ch.imgs * in_img], hw, parallel, |p, plane| {
+        if (p % cin) / g.cin_g != gi {
+            return;
+        }
+        let (img, c) = (p / cin, p % cin - gi * g.cin_g);
+        for tap in 0..n_taps {
+            let d = &dcol[(c * n_taps + tap) * cols + img * taps.seg..][..taps.seg];
+            taps.scatter_add(tap, d, plane);
+        }
+    });
 }
 
 /// y[image, gi·C_out/g + co, rows] = out[co, (image, ·)] (+ bias[co]): the chunk's GEMM output
@@ -533,6 +567,9 @@ fn conv2d_forward_tiled(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    if g.per_image {
+        return conv2d_forward_per_image(g, x, weight, bias, y);
+    }
     let (in_img, out_img, ohw, ow) = (g.s.input.image(), g.out.image(), g.out.plane(), g.out.w);
     let (m, k, hw) = (g.cout_g, g.k, g.s.input.plane());
     let mut sc = SCRATCH.take();
@@ -544,7 +581,7 @@ fn conv2d_forward_tiled(
                 &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
             } else {
                 let col = prefix(&mut sc.col, k * cols);
-                im2col(g, x, ch, gi, col);
+                im2col(g, x, ch, gi, col, true);
                 col
             };
             let product = Gemm::nn(m, cols, k);
@@ -568,6 +605,123 @@ fn conv2d_forward_tiled(
         }
     }
     SCRATCH.set(sc);
+}
+
+/// The forward with one task per image: im2col and the GEMMs on that task's thread, the
+/// product written into y in place.
+fn conv2d_forward_per_image(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (in_img, ohw, hw) = (g.s.input.image(), g.out.plane(), g.s.input.plane());
+    let (m, k) = (g.cout_g, g.k);
+    y.par_chunks_mut(g.out.image())
+        .enumerate()
+        .for_each(|(i, y)| {
+            let mut sc = SCRATCH.take();
+            let ch = g.image(i);
+            for gi in 0..g.s.groups {
+                let wg = &weight[gi * m * k..][..m * k];
+                let b: &[f32] = if g.reads_x_in_place(ch) {
+                    &x[i * in_img + gi * g.cin_g * hw..][..k * hw]
+                } else {
+                    let col = prefix(&mut sc.col, k * ohw);
+                    im2col(g, x, ch, gi, col, false);
+                    col
+                };
+                let yg = &mut y[gi * m * ohw..][..m * ohw];
+                match bias {
+                    Some(bias) => {
+                        yg.chunks_exact_mut(ohw)
+                            .zip(&bias[gi * m..][..m])
+                            .for_each(|(plane, &b)| plane.fill(b));
+                        Gemm::nn(m, ohw, k).accumulate().run_serial(wg, b, yg);
+                    }
+                    None => Gemm::nn(m, ohw, k).run_serial(wg, b, yg),
+                }
+            }
+            SCRATCH.set(sc);
+        });
+}
+
+/// Images per part of the per-image backward's weight gradient: parts are summed in a fixed
+/// order afterwards, so the result does not depend on the thread count. Their partial sums are
+/// bounded to about 16 MiB.
+fn weight_grad_parts(n: usize, weight_len: usize) -> usize {
+    let parts = n.min(8).min((1 << 22) / weight_len.max(1)).max(1);
+    n.div_ceil(parts).max(1)
+}
+
+/// The backward with one task per part of the batch (`weight_grad_parts`), its images one at a
+/// time on that task's thread: dW into the part's own partial sums, dx into its images.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_backward_per_image(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+) {
+    let (in_img, out_img, ohw, hw) = (
+        g.s.input.image(),
+        g.out.image(),
+        g.out.plane(),
+        g.s.input.plane(),
+    );
+    let (m, k, n) = (g.cout_g, g.k, g.out.n);
+    let per = weight_grad_parts(n, weight.len());
+    let parts = n.div_ceil(per);
+    let mut partial = vec![0.0f32; parts * weight.len()];
+    let dx_parts: Vec<Option<&mut [f32]>> = match dx {
+        Some(dx) => dx.chunks_mut(per * in_img).map(Some).collect(),
+        None => (0..parts).map(|_| None).collect(),
+    };
+    partial
+        .par_chunks_mut(weight.len())
+        .zip(dx_parts)
+        .enumerate()
+        .for_each(|(part, (dw, mut dx))| {
+            let mut sc = SCRATCH.take();
+            for i in part * per..((part + 1) * per).min(n) {
+                let ch = g.image(i);
+                let mut dx_img = dx
+                    .as_deref_mut()
+                    .map(|d| &mut d[(i - part * per) * in_img..][..in_img]);
+                for gi in 0..g.s.groups {
+                    let wg = &weight[gi * m * k..][..m * k];
+                    let dwg = &mut dw[gi * m * k..][..m * k];
+                    let dyg = &dy[i * out_img + gi * m * ohw..][..m * ohw];
+                    let in_place = g.reads_x_in_place(ch);
+                    let col: &[f32] = if in_place {
+                        &x[i * in_img + gi * g.cin_g * hw..][..k * hw]
+                    } else {
+                        let col = prefix(&mut sc.col, k * ohw);
+                        im2col(g, x, ch, gi, col, false);
+                        col
+                    };
+                    Gemm::nt(m, k, ohw).accumulate().run_serial(dyg, col, dwg);
+                    let Some(dx) = dx_img.as_deref_mut() else {
+                        continue;
+                    };
+                    if in_place {
+                        let dxg = &mut dx[gi * g.cin_g * hw..][..k * hw];
+                        Gemm::tn(k, ohw, m).run_serial(wg, dyg, dxg);
+                    } else {
+                        let dcol = prefix(&mut sc.dcol, k * ohw);
+                        Gemm::tn(k, ohw, m).run_serial(wg, dyg, dcol);
+                        col2im(g, dcol, ch, gi, dx, false);
+                    }
+                }
+            }
+            SCRATCH.set(sc);
+        });
+    for p in partial.chunks_exact(weight.len()) {
+        dweight.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
+    }
 }
 
 /// Given dy [N, C_out, OH, OW] and the forward's x: dx = the input's gradient (overwritten; skip
@@ -639,6 +793,9 @@ fn conv2d_backward_tiled(
     if g.out.is_empty() {
         return;
     }
+    if g.per_image {
+        return conv2d_backward_per_image(g, x, weight, dy, dx, dweight);
+    }
     let mut sc = SCRATCH.take();
     for ch in g.chunks() {
         let cols = ch.cols(ow);
@@ -658,7 +815,7 @@ fn conv2d_backward_tiled(
                 &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
             } else {
                 let col = prefix(&mut sc.col, k * cols);
-                im2col(g, x, ch, gi, col);
+                im2col(g, x, ch, gi, col, true);
                 col
             };
             // dW_g [m, k] += dy_g [m, cols] · colᵀ (col is [k, cols]).
@@ -674,7 +831,7 @@ fn conv2d_backward_tiled(
             } else {
                 let dcol = prefix(&mut sc.dcol, k * cols);
                 dcol_product.run(wg, dyg, dcol);
-                col2im(g, dcol, ch, gi, dx);
+                col2im(g, dcol, ch, gi, &mut dx[ch.img0 * in_img..], true);
             }
         }
     }
@@ -731,6 +888,11 @@ pub(crate) mod tests {
     /// Runs every fixture case through forward and backward with im2col bands of at most
     /// `col_cap` values and compares outputs and all three gradients with PyTorch's.
     fn check_cases(cap_for: impl Fn(&Conv2dShape, Nchw) -> usize) {
+        check_cases_with(cap_for, false);
+    }
+
+    /// `check_cases`, with the per-image path forced on when `per_image`.
+    fn check_cases_with(cap_for: impl Fn(&Conv2dShape, Nchw) -> usize, per_image: bool) {
         let f = fixtures("conv.safetensors");
         for (name, cout, kernel, stride, padding, dilation, groups) in CASES {
             let t = |what: &str| f.get(&format!("conv.{name}.{what}")).expect(what);
@@ -754,7 +916,10 @@ pub(crate) mod tests {
                 "{name}: output shape"
             );
             let col_cap = cap_for(&s, out);
-            let g = Geometry::new(&s, out, col_cap);
+            let mut g = Geometry::new(&s, out, col_cap);
+            if per_image {
+                g.per_image = true;
+            }
             let bias = f
                 .get(&format!("conv.{name}.bias"))
                 .ok()
@@ -802,6 +967,11 @@ pub(crate) mod tests {
             assert_eq!((one.imgs, one.band), (1, out.h));
             cap
         });
+    }
+
+    #[test]
+    fn conv2d_matches_pytorch_one_image_per_task() {
+        check_cases_with(|_, _| COL_TILE_FLOATS, true);
     }
 
     #[test]
