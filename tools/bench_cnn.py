@@ -3,8 +3,8 @@
 MNIST example net (batch 64, 1x28x28) and torchvision's ResNet-18 at 32x32 (10 classes) and
 224x224 (1000 classes), batch 16, random data, f32, on the CPU with a fixed thread count.
 
-Each case: warm-up steps, then timed steps (SGD with momentum, the recipe does not change the
-cost); inference in eval mode under torch.inference_mode. One JSON object per case on stdout,
+Each case: warm-up steps, then timed steps (SGD with momentum 0.9, as `largo bench cnn`
+trains); inference in eval mode under torch.inference_mode. One JSON object per case on stdout,
 with the process's peak RSS after the case (ru_maxrss; cases run in separate processes with
 --case so each RSS is its own).
 
