@@ -480,6 +480,26 @@ fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32], parall
     });
 }
 
+/// The GEMM's [k, columns] operand for group `gi` of the chunk: x's group block itself for a
+/// pointwise kernel on a whole image, else its im2col, built in `col`.
+fn im2col_or_x<'a>(
+    g: &Geometry,
+    x: &'a [f32],
+    ch: Chunk,
+    gi: usize,
+    col: &'a mut Vec<f32>,
+    parallel: bool,
+) -> &'a [f32] {
+    if g.reads_x_in_place(ch) {
+        let hw = g.s.input.plane();
+        &x[ch.img0 * g.s.input.image() + gi * g.cin_g * hw..][..g.k * hw]
+    } else {
+        let col = prefix(col, g.k * ch.cols(g.out.w));
+        im2col(g, x, ch, gi, col, parallel);
+        col
+    }
+}
+
 /// The adjoint of `im2col`: dx[image, gi·C_g + c] += each value of dcol's rows (c, ·, ·) at the
 /// position it was read from; `dx` holds the chunk's images. Planes in parallel when `parallel`.
 fn col2im(g: &Geometry, dcol: &[f32], ch: Chunk, gi: usize, dx: &mut [f32], parallel: bool) {
@@ -570,20 +590,14 @@ fn conv2d_forward_tiled(
     if g.per_image {
         return conv2d_forward_per_image(g, x, weight, bias, y);
     }
-    let (in_img, out_img, ohw, ow) = (g.s.input.image(), g.out.image(), g.out.plane(), g.out.w);
-    let (m, k, hw) = (g.cout_g, g.k, g.s.input.plane());
+    let (out_img, ohw, ow) = (g.out.image(), g.out.plane(), g.out.w);
+    let (m, k) = (g.cout_g, g.k);
     let mut sc = SCRATCH.take();
     for ch in g.chunks() {
         let cols = ch.cols(ow);
         for gi in 0..g.s.groups {
             let wg = &weight[gi * m * k..][..m * k];
-            let b: &[f32] = if g.reads_x_in_place(ch) {
-                &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
-            } else {
-                let col = prefix(&mut sc.col, k * cols);
-                im2col(g, x, ch, gi, col, true);
-                col
-            };
+            let b = im2col_or_x(g, x, ch, gi, &mut sc.col, true);
             let product = Gemm::nn(m, cols, k);
             if g.whole_image(ch) {
                 // y's group block is the product's [m, OH·OW] matrix: the sums start from the bias.
@@ -616,7 +630,7 @@ fn conv2d_forward_per_image(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let (in_img, ohw, hw) = (g.s.input.image(), g.out.plane(), g.s.input.plane());
+    let ohw = g.out.plane();
     let (m, k) = (g.cout_g, g.k);
     y.par_chunks_mut(g.out.image())
         .enumerate()
@@ -625,13 +639,7 @@ fn conv2d_forward_per_image(
             let ch = g.image(i);
             for gi in 0..g.s.groups {
                 let wg = &weight[gi * m * k..][..m * k];
-                let b: &[f32] = if g.reads_x_in_place(ch) {
-                    &x[i * in_img + gi * g.cin_g * hw..][..k * hw]
-                } else {
-                    let col = prefix(&mut sc.col, k * ohw);
-                    im2col(g, x, ch, gi, col, false);
-                    col
-                };
+                let b = im2col_or_x(g, x, ch, gi, &mut sc.col, false);
                 let yg = &mut y[gi * m * ohw..][..m * ohw];
                 match bias {
                     Some(bias) => {
@@ -696,13 +704,7 @@ fn conv2d_backward_per_image(
                     let dwg = &mut dw[gi * m * k..][..m * k];
                     let dyg = &dy[i * out_img + gi * m * ohw..][..m * ohw];
                     let in_place = g.reads_x_in_place(ch);
-                    let col: &[f32] = if in_place {
-                        &x[i * in_img + gi * g.cin_g * hw..][..k * hw]
-                    } else {
-                        let col = prefix(&mut sc.col, k * ohw);
-                        im2col(g, x, ch, gi, col, false);
-                        col
-                    };
+                    let col = im2col_or_x(g, x, ch, gi, &mut sc.col, false);
                     Gemm::nt(m, k, ohw).accumulate().run_serial(dyg, col, dwg);
                     let Some(dx) = dx_img.as_deref_mut() else {
                         continue;
@@ -811,13 +813,7 @@ fn conv2d_backward_tiled(
                 out
             };
             let in_place = g.reads_x_in_place(ch);
-            let col: &[f32] = if in_place {
-                &x[ch.img0 * in_img + gi * g.cin_g * hw..][..k * hw]
-            } else {
-                let col = prefix(&mut sc.col, k * cols);
-                im2col(g, x, ch, gi, col, true);
-                col
-            };
+            let col = im2col_or_x(g, x, ch, gi, &mut sc.col, true);
             // dW_g [m, k] += dy_g [m, cols] · colᵀ (col is [k, cols]).
             Gemm::nt(m, k, cols).accumulate().run(dyg, col, dwg);
             let Some(dx) = dx.as_deref_mut() else {
@@ -980,17 +976,22 @@ pub(crate) mod tests {
         check_cases(|_, _| 1);
     }
 
-    #[test]
-    fn chunks_cover_every_image_and_row_once() {
-        let s = Conv2dShape {
-            input: Nchw::new(5, 3, 9, 7),
-            out_channels: 4,
+    /// A 3×3 convolution with stride 1 and padding 1 (the output keeps the input's size).
+    fn same_3x3(input: Nchw, out_channels: usize) -> Conv2dShape {
+        Conv2dShape {
+            input,
+            out_channels,
             kernel: [3, 3],
             stride: [1, 1],
             padding: [1, 1],
             dilation: [1, 1],
             groups: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_image_and_row_once() {
+        let s = same_3x3(Nchw::new(5, 3, 9, 7), 4);
         let out = s.output().unwrap();
         let per_image = 27 * 63;
         for cap in [1, 27 * 7 * 2, per_image, 2 * per_image + 5, usize::MAX] {
@@ -1011,15 +1012,7 @@ pub(crate) mod tests {
     fn conv2d_backward_without_dx_still_gives_weight_grads() {
         let f = fixtures("conv.safetensors");
         let t = |what: &str| &f.get(&format!("conv.basic.{what}")).expect(what).data;
-        let s = Conv2dShape {
-            input: Nchw::new(2, 3, 7, 9),
-            out_channels: 4,
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let s = same_3x3(Nchw::new(2, 3, 7, 9), 4);
         let mut dw = vec![0.0; s.weight_len()];
         conv2d_backward(&s, t("x"), t("weight"), t("dy"), None, &mut dw, None).unwrap();
         assert_close("dweight", &dw, t("dweight"), 1e-5);
@@ -1028,13 +1021,8 @@ pub(crate) mod tests {
     #[test]
     fn conv2d_rejects_bad_shapes_with_clear_errors() {
         let base = Conv2dShape {
-            input: Nchw::new(1, 4, 5, 5),
-            out_channels: 6,
-            kernel: [3, 3],
-            stride: [1, 1],
             padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
+            ..same_3x3(Nchw::new(1, 4, 5, 5), 6)
         };
         let err = |s: Conv2dShape| s.output().unwrap_err().to_string();
         let e = err(Conv2dShape { groups: 3, ..base });
