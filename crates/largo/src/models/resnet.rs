@@ -156,14 +156,28 @@ impl ConvBn {
 
     /// x: `input` → `self.out` (ReLU'd in place when `relu`), the returned shape.
     fn forward(&mut self, x: &[f32], input: Nchw, train: bool, relu: bool) -> Result<Nchw> {
+        let mut out = std::mem::take(&mut self.out);
+        let result = self.forward_into(x, input, train, relu, &mut out);
+        self.out = out;
+        result
+    }
+
+    /// `forward` into a buffer of the caller's instead of `self.out`.
+    fn forward_into(
+        &mut self,
+        x: &[f32],
+        input: Nchw,
+        train: bool,
+        relu: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<Nchw> {
         let output = self.conv.output_shape(input)?;
         ensure_len(&mut self.conv_out, output.len());
         self.conv.forward(x, input, &mut self.conv_out)?;
-        ensure_len(&mut self.out, output.len());
-        self.bn
-            .forward(&self.conv_out, output, train, &mut self.out)?;
+        ensure_len(out, output.len());
+        self.bn.forward(&self.conv_out, output, train, out)?;
         if relu {
-            relu_in_place(&mut self.out);
+            relu_in_place(out);
         }
         (self.input, self.output) = (input, output);
         Ok(output)
@@ -414,12 +428,17 @@ impl ResNet {
         a.x.extend_from_slice(&x[..input.len()]);
         a.input = Some(input);
         // stem: [N, C, H, W] → [N, width, H/2, W/2] → max pool → [N, width, H/4, W/4]
-        let s = self.stem.forward(&a.x, input, train, true)?;
+        // The stem's output, the largest activation, is needed only by the max pool: it lives
+        // in the buffer backward later fills with its gradient (the ReLU's mask is taken from
+        // the pooled values instead: a max pool's maximum is positive exactly where the ReLU
+        // passed the input it came from).
+        let s = self
+            .stem
+            .forward_into(&a.x, input, train, true, &mut a.d_a)?;
         a.stem_shape = Some(s);
         let mut shape = self.maxpool.output_shape(s)?;
         ensure_len(&mut a.pooled_stem, shape.len());
-        self.maxpool
-            .forward(&self.stem.out, s, &mut a.pooled_stem)?;
+        self.maxpool.forward(&a.d_a, s, &mut a.pooled_stem)?;
         // layer1 … layer4: each block reads the previous one's output in place.
         a.block_in.clear();
         let mut prev: &[f32] = &a.pooled_stem;
@@ -468,11 +487,11 @@ impl ResNet {
             rest[0].backward(x, &a.d_b, &mut a.d_a, &mut a.scratch)?;
             std::mem::swap(&mut a.d_a, &mut a.d_b);
         }
-        // The stem's output is the largest activation: its gradient goes through the max pool,
-        // the ReLU and the norm in one buffer.
+        // The ReLU's mask from the pooled values (see forward), then the max pool; the stem's
+        // gradient goes through its norm in the same buffer.
+        relu_backward_in_place(&a.pooled_stem, &mut a.d_b);
         ensure_len(&mut a.d_a, stem.len());
         self.maxpool.backward(stem, &a.d_b, &mut a.d_a)?;
-        relu_backward_in_place(&self.stem.out, &mut a.d_a);
         self.stem.backward_in_place(&a.x, &mut a.d_a, dx)
     }
 }
