@@ -573,6 +573,27 @@ fn the_mnist_test_files_are_scored_by_eval_and_after_training() {
 /// `bench gpt --profile`: where a training step's time goes, GEMMs by shape, kernels by name,
 /// with the time outside every kernel never negative (spans nest, so nothing counts twice).
 #[test]
+fn bench_cnn_profile_shows_the_convolutions_and_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["bench", "cnn", "--profile", "1", "--case", "mnist_net"];
+    let out = ok(&largo(tmp.path(), &args));
+    for needle in [
+        "largo cnn mnist_net train profile:",
+        "steps of batch 64",
+        "conv2d forward (an image per task)",
+        "conv2d backward (an image per task)",
+        "max pool forward",
+        "gemm NT 64×128×9216",
+        "optimizer step",
+        "step: ",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in\n{out}");
+    }
+    let bad = ["bench", "cnn", "--profile", "1", "--case", "lenet"];
+    fails_with(&largo(tmp.path(), &bad), "no CNN benchmark case 'lenet'");
+}
+
+#[test]
 fn bench_gpt_profile_accounts_for_a_step() {
     let tmp = tempfile::tempdir().unwrap();
     let out = ok(&largo(tmp.path(), &["bench", "gpt", "--profile", "1"]));

@@ -631,6 +631,7 @@ fn conv2d_forward_per_image(
     y: &mut [f32],
 ) {
     let ohw = g.out.plane();
+    let _span = crate::backend::profile::span("conv2d forward (an image per task)");
     let (m, k) = (g.cout_g, g.k);
     y.par_chunks_mut(g.out.image())
         .enumerate()
@@ -680,6 +681,7 @@ fn conv2d_backward_per_image(
         g.out.plane(),
         g.s.input.plane(),
     );
+    let _span = crate::backend::profile::span("conv2d backward (an image per task)");
     let (m, k, n) = (g.cout_g, g.k, g.out.n);
     let per = weight_grad_parts(n, weight.len());
     let parts = n.div_ceil(per);
