@@ -1,9 +1,10 @@
 //! 2-D convolution over NCHW images (PyTorch's `conv2d`: stride, padding, dilation, groups):
-//! im2col + the GEMM. Small images are batched, so one GEMM covers many images (ResNet's last
-//! stages at 32×32 are 4×4 or smaller: one image alone is a GEMM of 16 columns); an image whose
-//! im2col matrix exceeds `COL_TILE_FLOATS` goes a band of output rows at a time, so the buffer is
-//! bounded whatever the image size. Each GEMM runs on all threads; the buffers are reused
-//! across calls.
+//! im2col + the GEMM. Small images are batched, so one GEMM on all threads covers many images
+//! (ResNet's last stages at 32×32 are 4×4 or smaller: one image alone is a GEMM of 16 columns
+//! or fewer); an image whose im2col matrix exceeds `COL_TILE_FLOATS` goes a band of output rows
+//! at a time, so the buffer is bounded whatever the image size; images with enough output
+//! positions for a GEMM of their own run one per task (`PER_IMAGE_MIN_POSITIONS`). The buffers
+//! are reused across calls.
 
 use super::gemm::Gemm;
 use super::math::lanes_sum;
