@@ -22,6 +22,24 @@ pub enum Trans {
     T,
 }
 
+impl Trans {
+    /// (column stride, row stride) of op(x) for x stored with its rows `ld` apart.
+    fn strides(self, ld: usize) -> (isize, isize) {
+        match self {
+            Trans::N => (1, ld as isize),
+            Trans::T => (ld as isize, 1),
+        }
+    }
+
+    /// The stored row length of a contiguous operand whose op is [rows, cols].
+    fn stored_row(self, rows: usize, cols: usize) -> usize {
+        match self {
+            Trans::N => cols,
+            Trans::T => rows,
+        }
+    }
+}
+
 /// A library that multiplies one block on one thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmProvider {
@@ -558,14 +576,8 @@ pub fn matmul_strided_serial(
     );
     assert!(c.len() >= (m - 1) * ldc + n, "matmul_strided: c too short");
     // (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
-    let (a_cs, a_rs) = match ta {
-        Trans::N => (1, lda as isize),
-        Trans::T => (lda as isize, 1),
-    };
-    let (b_cs, b_rs) = match tb {
-        Trans::N => (1, ldb as isize),
-        Trans::T => (ldb as isize, 1),
-    };
+    let (a_cs, a_rs) = ta.strides(lda);
+    let (b_cs, b_rs) = tb.strides(ldb);
     // SAFETY: the asserts above bound every element the strides reach in a, b and c; c is
     // borrowed mutably, a and b are only read.
     unsafe {
@@ -696,14 +708,8 @@ fn matmul_impl(
         provider
     };
     // Row-major strides (column stride, row stride) of op(a) [m,k] and op(b) [k,n].
-    let (a_cs, a_rs) = match ta {
-        Trans::N => (1, k as isize),
-        Trans::T => (m as isize, 1),
-    };
-    let (b_cs, b_rs) = match tb {
-        Trans::N => (1, n as isize),
-        Trans::T => (k as isize, 1),
-    };
+    let (a_cs, a_rs) = ta.strides(ta.stored_row(m, k));
+    let (b_cs, b_rs) = tb.strides(tb.stored_row(k, n));
     if provider.is_f32() && threads > 1 && m * n <= K_SPLIT_MAX_C && k >= 2 * K_PART {
         // SAFETY: the asserts above bound a, b and c to their extents.
         unsafe { matmul_k_split(provider, ta, tb, m, n, k, a, b, c, init) };
@@ -826,10 +832,7 @@ unsafe fn matmul_k_split(
     let mut partial = vec![0f32; parts * m * n];
     // (column stride, row stride) of op(a) [m,k] and op(b) [k,n]; part p starts at column
     // p·K_PART of op(a) and row p·K_PART of op(b).
-    let (a_cs, a_rs) = match ta {
-        Trans::N => (1, k as isize),
-        Trans::T => (m as isize, 1),
-    };
+    let (a_cs, a_rs) = ta.strides(ta.stored_row(m, k));
     partial
         .par_chunks_mut(m * n)
         .enumerate()
