@@ -153,6 +153,19 @@ pub struct CnnResult {
     pub infer_images_per_s: f64,
 }
 
+/// The batch of a [`CNN_CASES`] case: 64 for the MNIST net, 16 for ResNet-18 (as
+/// `tools/bench_cnn.py`).
+fn cnn_case_batch(case: &str) -> Result<usize> {
+    match case {
+        "mnist_net" => Ok(64),
+        "resnet18_32" | "resnet18_224" => Ok(16),
+        other => crate::bail!(
+            "no CNN benchmark case '{other}': expected one of {}",
+            CNN_CASES.join(", ")
+        ),
+    }
+}
+
 /// The training loop of `bench cnn`: one of [`CNN_CASES`] on a fixed random batch, SGD with
 /// momentum as `tools/bench_cnn.py` trains.
 struct CnnTrainer {
@@ -170,11 +183,12 @@ struct CnnTrainer {
 impl CnnTrainer {
     fn new(case: &str) -> Result<CnnTrainer> {
         let mut rng = Rng::new(1);
-        let (case, batch, model): (&'static str, usize, Box<dyn ImageClassifier>) = match case {
+        let batch = cnn_case_batch(case)?;
+        let (case, model): (&'static str, Box<dyn ImageClassifier>) = match case {
             "mnist_net" => {
                 let mut m = Cnn::new(CnnConfig::default())?;
                 m.init(&mut rng);
-                ("mnist_net", 64, Box::new(m))
+                ("mnist_net", Box::new(m))
             }
             "resnet18_32" | "resnet18_224" => {
                 let small = case == "resnet18_32";
@@ -186,14 +200,10 @@ impl CnnTrainer {
                 m.init(&mut rng);
                 (
                     if small { "resnet18_32" } else { "resnet18_224" },
-                    16,
                     Box::new(m),
                 )
             }
-            other => crate::bail!(
-                "no CNN benchmark case '{other}': expected one of {}",
-                CNN_CASES.join(", ")
-            ),
+            other => unreachable!("cnn_case_batch accepted '{other}'"),
         };
         let classes = model.classes();
         let x: Vec<f32> = (0..batch * model.input_len())
@@ -267,7 +277,7 @@ pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
 /// Profiles `steps` training steps of a CNN case (after 3 warm-up steps), on the pool and on
 /// one thread; also returns the batch.
 pub fn bench_cnn_profile(case: &str, steps: usize) -> Result<(StepProfile, usize)> {
-    let batch = CnnTrainer::new(case)?.batch;
+    let batch = cnn_case_batch(case)?;
     let p = profile_steps(steps, || CnnTrainer::new(case), CnnTrainer::step)?;
     Ok((p, batch))
 }

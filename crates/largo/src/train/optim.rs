@@ -189,12 +189,14 @@ pub(crate) fn update(
                 // One loop per case, with no branch inside, so each vectorises; the arithmetic
                 // is the same in every case: d = g + wd·w, buf = μ·buf + (1 − dampening)·d
                 // (d on the first step), w −= lr·(d + μ·buf if Nesterov, else buf).
-                let items = w.iter_mut().zip(g).zip(buf);
                 if mu == 0.0 {
                     for (w, &g) in w.iter_mut().zip(g) {
                         *w -= lr * (g + wd * *w);
                     }
-                } else if first {
+                    return;
+                }
+                let items = w.iter_mut().zip(g).zip(buf);
+                if first {
                     for ((w, &g), b) in items {
                         let d = g + wd * *w;
                         *b = d;

@@ -8,6 +8,7 @@
 
 use super::gemm::Gemm;
 use super::math::lanes_sum;
+use super::rows_per_task;
 use crate::{bail, Result};
 use rayon::prelude::*;
 
@@ -320,11 +321,6 @@ fn prefix(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// Rows per parallel task so that each task handles at least ~16K values.
-fn rows_per_task(row_len: usize) -> usize {
-    (16_384 / row_len.max(1)).max(1)
-}
-
 /// Output positions o in 0..out whose input index o·stride + offset falls in 0..input.
 pub(crate) fn valid_range(
     out: usize,
@@ -466,10 +462,17 @@ fn for_each_row(
 /// col [C_g·KH·KW, imgs·seg] for group `gi` of the chunk's images: row (c, i, j), column
 /// (image, oh − oh0, ow) holds x[image, gi·C_g + c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]; zero
 /// in the padding. Rows in parallel when `parallel`.
-fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32], parallel: bool) {
+fn im2col(
+    g: &Geometry,
+    x: &[f32],
+    ch: Chunk,
+    gi: usize,
+    taps: &TapRuns,
+    col: &mut [f32],
+    parallel: bool,
+) {
     let _span = crate::backend::profile::span("im2col");
     let (hw, in_img) = (g.s.input.plane(), g.s.input.image());
-    let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
     let n_taps = g.s.kernel[0] * g.s.kernel[1];
     let cols = ch.cols(g.out.w);
     for_each_row(&mut col[..g.k * cols], cols, parallel, |r, row| {
@@ -483,11 +486,13 @@ fn im2col(g: &Geometry, x: &[f32], ch: Chunk, gi: usize, col: &mut [f32], parall
 
 /// The GEMM's [k, columns] operand for group `gi` of the chunk: x's group block itself for a
 /// pointwise kernel on a whole image, else its im2col, built in `col`.
+#[allow(clippy::too_many_arguments)]
 fn im2col_or_x<'a>(
     g: &Geometry,
     x: &'a [f32],
     ch: Chunk,
     gi: usize,
+    taps: &TapRuns,
     col: &'a mut Vec<f32>,
     parallel: bool,
 ) -> &'a [f32] {
@@ -496,17 +501,25 @@ fn im2col_or_x<'a>(
         &x[ch.img0 * g.s.input.image() + gi * g.cin_g * hw..][..g.k * hw]
     } else {
         let col = prefix(col, g.k * ch.cols(g.out.w));
-        im2col(g, x, ch, gi, col, parallel);
+        im2col(g, x, ch, gi, taps, col, parallel);
         col
     }
 }
 
 /// The adjoint of `im2col`: dx[image, gi·C_g + c] += each value of dcol's rows (c, ·, ·) at the
 /// position it was read from; `dx` holds the chunk's images. Planes in parallel when `parallel`.
-fn col2im(g: &Geometry, dcol: &[f32], ch: Chunk, gi: usize, dx: &mut [f32], parallel: bool) {
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    g: &Geometry,
+    dcol: &[f32],
+    ch: Chunk,
+    gi: usize,
+    taps: &TapRuns,
+    dx: &mut [f32],
+    parallel: bool,
+) {
     let _span = crate::backend::profile::span("col2im");
     let (hw, in_img, cin) = (g.s.input.plane(), g.s.input.image(), g.s.input.c);
-    let taps = TapRuns::new(&g.s, g.out.w, ch.rows);
     let n_taps = g.s.kernel[0] * g.s.kernel[1];
     let cols = ch.cols(g.out.w);
     for_each_row(&mut dx[..ch.imgs * in_img], hw, parallel, |p, plane| {
@@ -596,9 +609,11 @@ fn conv2d_forward_tiled(
     let mut sc = SCRATCH.take();
     for ch in g.chunks() {
         let cols = ch.cols(ow);
+        // Where each kernel tap reads: the same for every group of the chunk.
+        let taps = TapRuns::new(&g.s, ow, ch.rows);
         for gi in 0..g.s.groups {
             let wg = &weight[gi * m * k..][..m * k];
-            let b = im2col_or_x(g, x, ch, gi, &mut sc.col, true);
+            let b = im2col_or_x(g, x, ch, gi, &taps, &mut sc.col, true);
             let product = Gemm::nn(m, cols, k);
             if g.whole_image(ch) {
                 // y's group block is the product's [m, OH·OW] matrix: the sums start from the bias.
@@ -634,6 +649,7 @@ fn conv2d_forward_per_image(
     let ohw = g.out.plane();
     let _span = crate::backend::profile::span("conv2d forward (an image per task)");
     let (m, k) = (g.cout_g, g.k);
+    let taps = TapRuns::new(&g.s, g.out.w, (0, g.out.h));
     y.par_chunks_mut(g.out.image())
         .enumerate()
         .for_each(|(i, y)| {
@@ -641,7 +657,7 @@ fn conv2d_forward_per_image(
             let ch = g.image(i);
             for gi in 0..g.s.groups {
                 let wg = &weight[gi * m * k..][..m * k];
-                let b = im2col_or_x(g, x, ch, gi, &mut sc.col, false);
+                let b = im2col_or_x(g, x, ch, gi, &taps, &mut sc.col, false);
                 let yg = &mut y[gi * m * ohw..][..m * ohw];
                 match bias {
                     Some(bias) => {
@@ -684,6 +700,7 @@ fn conv2d_backward_per_image(
     );
     let _span = crate::backend::profile::span("conv2d backward (an image per task)");
     let (m, k, n) = (g.cout_g, g.k, g.out.n);
+    let taps = TapRuns::new(&g.s, g.out.w, (0, g.out.h));
     let per = weight_grad_parts(n, weight.len());
     let parts = n.div_ceil(per);
     let mut partial = vec![0.0f32; parts * weight.len()];
@@ -707,7 +724,7 @@ fn conv2d_backward_per_image(
                     let dwg = &mut dw[gi * m * k..][..m * k];
                     let dyg = &dy[i * out_img + gi * m * ohw..][..m * ohw];
                     let in_place = g.reads_x_in_place(ch);
-                    let col = im2col_or_x(g, x, ch, gi, &mut sc.col, false);
+                    let col = im2col_or_x(g, x, ch, gi, &taps, &mut sc.col, false);
                     Gemm::nt(m, k, ohw).accumulate().run_serial(dyg, col, dwg);
                     let Some(dx) = dx_img.as_deref_mut() else {
                         continue;
@@ -718,7 +735,7 @@ fn conv2d_backward_per_image(
                     } else {
                         let dcol = prefix(&mut sc.dcol, k * ohw);
                         Gemm::tn(k, ohw, m).run_serial(wg, dyg, dcol);
-                        col2im(g, dcol, ch, gi, dx, false);
+                        col2im(g, dcol, ch, gi, &taps, dx, false);
                     }
                 }
             }
@@ -804,6 +821,8 @@ fn conv2d_backward_tiled(
     let mut sc = SCRATCH.take();
     for ch in g.chunks() {
         let cols = ch.cols(ow);
+        // Where each kernel tap reads: the same for every group of the chunk.
+        let taps = TapRuns::new(&g.s, ow, ch.rows);
         for gi in 0..g.s.groups {
             let wg = &weight[gi * m * k..][..m * k];
             let dwg = &mut dweight[gi * m * k..][..m * k];
@@ -816,7 +835,7 @@ fn conv2d_backward_tiled(
                 out
             };
             let in_place = g.reads_x_in_place(ch);
-            let col = im2col_or_x(g, x, ch, gi, &mut sc.col, true);
+            let col = im2col_or_x(g, x, ch, gi, &taps, &mut sc.col, true);
             // dW_g [m, k] += dy_g [m, cols] · colᵀ (col is [k, cols]).
             Gemm::nt(m, k, cols).accumulate().run(dyg, col, dwg);
             let Some(dx) = dx.as_deref_mut() else {
@@ -830,7 +849,7 @@ fn conv2d_backward_tiled(
             } else {
                 let dcol = prefix(&mut sc.dcol, k * cols);
                 dcol_product.run(wg, dyg, dcol);
-                col2im(g, dcol, ch, gi, &mut dx[ch.img0 * in_img..], true);
+                col2im(g, dcol, ch, gi, &taps, &mut dx[ch.img0 * in_img..], true);
             }
         }
     }

@@ -657,6 +657,18 @@ impl Start<'_> {
             Start::Zero
         }
     }
+
+    /// Writes the start into c [m, n] (zeros, or the bias in every row), so that the product
+    /// can be added into it.
+    fn write(self, c: &mut [f32], n: usize) {
+        match self {
+            Start::Zero => c.fill(0.0),
+            Start::C => {}
+            Start::Bias(bias) => c
+                .chunks_exact_mut(n)
+                .for_each(|row| row.copy_from_slice(&bias[..n])),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -681,22 +693,9 @@ fn matmul_impl(
         return;
     }
     if m <= SMALL_M && ta == Trans::N || k == 0 {
-        let accumulate = match init {
-            Start::Zero => false,
-            Start::C => true,
-            Start::Bias(bias) => {
-                c[..m * n]
-                    .chunks_exact_mut(n)
-                    .for_each(|r| r.copy_from_slice(&bias[..n]));
-                true
-            }
-        };
-        if k == 0 {
-            if !accumulate {
-                c[..m * n].fill(0.0);
-            }
-        } else {
-            small_m(tb, m, n, k, a, b, c, accumulate);
+        init.write(&mut c[..m * n], n);
+        if k > 0 {
+            small_m(tb, m, n, k, a, b, c);
         }
         return;
     }
@@ -878,13 +877,7 @@ unsafe fn matmul_k_split(
             }
         });
     let c = &mut c[..m * n];
-    match init {
-        Start::Zero => c.fill(0.0),
-        Start::C => {}
-        Start::Bias(bias) => c
-            .chunks_exact_mut(n)
-            .for_each(|row| row.copy_from_slice(&bias[..n])),
-    }
+    init.write(c, n);
     for part in partial.chunks_exact(m * n) {
         c.iter_mut().zip(part).for_each(|(c, &p)| *c += p);
     }
@@ -911,23 +904,10 @@ fn transpose_block(b: &[f32], k: usize, n: usize, k0: usize, kk: usize) -> Vec<f
 /// At most this many rows of C go through `small_m` (decoding one token at a time).
 const SMALL_M: usize = 4;
 
-/// C for a few rows without packing: the GEMM libraries pack B on every call, which costs more
-/// than the arithmetic when A is a single row (measured with `largo bench generate`).
-#[allow(clippy::too_many_arguments)]
-fn small_m(
-    tb: Trans,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    accumulate: bool,
-) {
+/// C += a · op(b) for a few rows without packing: the GEMM libraries pack B on every call, which
+/// costs more than the arithmetic when A is a single row (measured with `largo bench generate`).
+fn small_m(tb: Trans, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     for (a_row, c_row) in a.chunks_exact(k).zip(c.chunks_exact_mut(n)).take(m) {
-        if !accumulate {
-            c_row.fill(0.0);
-        }
         match tb {
             // b is [n,k]: each output is a dot product of two contiguous rows.
             Trans::T => {

@@ -3,6 +3,7 @@
 //! Every (image, channel) plane is independent: one task per plane.
 
 use super::conv::{check_len, out_len, valid_range, Nchw};
+use super::rows_per_task;
 use crate::{bail, Result};
 use rayon::prelude::*;
 
@@ -87,11 +88,6 @@ impl Pool2dShape {
     }
 }
 
-/// Planes per parallel task, so that a task covers at least ~16K values.
-fn planes_per_task(plane: usize) -> usize {
-    (16_384 / plane.max(1)).max(1)
-}
-
 /// x [N, C, H, W] → y [N, C, OH, OW], each the maximum of its window; `indices` [N, C, OH, OW]
 /// keeps where it came from as h·W + w in its plane (PyTorch's `return_indices`). A NaN wins
 /// (the window's last), as in PyTorch's CPU kernel.
@@ -117,7 +113,7 @@ pub fn max_pool2d_forward(
     y.par_chunks_mut(out.plane())
         .zip(indices.par_chunks_mut(out.plane()))
         .zip(x.par_chunks(plane))
-        .with_min_len(planes_per_task(plane))
+        .with_min_len(rows_per_task(plane))
         .for_each_with(vec![0f32; out.w], |tap_row, ((y, idx), x)| {
             let y_rows = y.chunks_exact_mut(out.w).zip(idx.chunks_exact_mut(out.w));
             for ((y, idx), &(h0, h1, _)) in y_rows.zip(&rows) {
@@ -201,7 +197,7 @@ pub fn max_pool2d_backward(
             dy.par_chunks(out.plane())
                 .zip(indices.par_chunks(out.plane())),
         )
-        .with_min_len(planes_per_task(plane))
+        .with_min_len(rows_per_task(plane))
         .for_each(|(dx, (dy, idx))| {
             dx.fill(0.0);
             for (&d, &i) in dy.iter().zip(idx) {
@@ -220,7 +216,7 @@ pub fn avg_pool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32]) -> Result<(
     let [rows, cols] = s.windows(out);
     y.par_chunks_mut(out.plane())
         .zip(x.par_chunks(plane))
-        .with_min_len(planes_per_task(plane))
+        .with_min_len(rows_per_task(plane))
         .for_each(|(y, x)| {
             for (y, &(h0, h1, ph)) in y.chunks_exact_mut(out.w).zip(&rows) {
                 for (y, &(w0, w1, pw)) in y.iter_mut().zip(&cols) {
@@ -242,7 +238,7 @@ pub fn avg_pool2d_backward(s: &Pool2dShape, dy: &[f32], dx: &mut [f32]) -> Resul
     let [rows, cols] = s.windows(out);
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out.plane()))
-        .with_min_len(planes_per_task(plane))
+        .with_min_len(rows_per_task(plane))
         .for_each(|(dx, dy)| {
             dx.fill(0.0);
             for (dy, &(h0, h1, ph)) in dy.chunks_exact(out.w).zip(&rows) {
