@@ -589,8 +589,24 @@ pub fn conv2d_forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    let (g, _) = s.check(x.len(), weight.len(), bias.map(<[f32]>::len), y.len())?;
-    conv2d_forward_tiled(&g, x, weight, bias, y);
+    conv2d_forward_with(s, x, weight, bias, y, super::winograd::enabled())
+}
+
+/// `conv2d_forward`, by Winograd where `winograd` and the shape allow, else by im2col.
+pub(crate) fn conv2d_forward_with(
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    winograd: bool,
+) -> Result<()> {
+    let (g, out) = s.check(x.len(), weight.len(), bias.map(<[f32]>::len), y.len())?;
+    if winograd && super::winograd::applies(s, &out) {
+        super::winograd::forward(s, out, x, weight, bias, y);
+    } else {
+        conv2d_forward_tiled(&g, x, weight, bias, y);
+    }
     Ok(())
 }
 
@@ -760,6 +776,22 @@ pub fn conv2d_backward(
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
 ) -> Result<()> {
+    let winograd = super::winograd::enabled();
+    conv2d_backward_with(s, x, weight, dy, dx, dweight, dbias, winograd)
+}
+
+/// `conv2d_backward`, by Winograd where `winograd` and the shape allow, else by im2col.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_backward_with(
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    winograd: bool,
+) -> Result<()> {
     let (g, _) = s.check(
         x.len(),
         weight.len(),
@@ -782,10 +814,11 @@ pub fn conv2d_backward(
             "the input's shape",
         )?;
     }
-    conv2d_backward_tiled(&g, x, weight, dy, dx, dweight, dbias);
+    conv2d_backward_tiled(&g, x, weight, dy, dx, dweight, dbias, winograd);
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv2d_backward_tiled(
     g: &Geometry,
     x: &[f32],
@@ -794,6 +827,7 @@ fn conv2d_backward_tiled(
     mut dx: Option<&mut [f32]>,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
+    winograd: bool,
 ) {
     let (ohw, ow, in_img, out_img) = (g.out.plane(), g.out.w, g.s.input.image(), g.out.image());
     let (m, k, hw) = (g.cout_g, g.k, g.s.input.plane());
@@ -814,6 +848,9 @@ fn conv2d_backward_tiled(
     }
     if g.out.is_empty() {
         return;
+    }
+    if winograd && super::winograd::applies(&g.s, &g.out) {
+        return super::winograd::backward(&g.s, g.out, x, weight, dy, dx, dweight);
     }
     if g.per_image {
         return conv2d_backward_per_image(g, x, weight, dy, dx, dweight);
@@ -959,6 +996,7 @@ pub(crate) mod tests {
                 Some(&mut dx),
                 &mut dw,
                 dbias,
+                false,
             );
             assert_close(&format!("{name} dx"), &dx, &t("dx").data, 1e-5);
             let want: Vec<f32> = t("dweight").data.iter().map(|v| v + 0.5).collect();
