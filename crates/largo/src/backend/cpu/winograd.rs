@@ -388,15 +388,36 @@ avx512_dispatch! {
     }
 }
 
-/// The j in 0..len whose column `start + 2·j` falls inside a row of `w`.
-fn inside(start: isize, w: usize, len: usize) -> std::ops::Range<usize> {
-    let lo = ((-start).max(0) as usize).div_ceil(2);
-    let hi = ((w as isize - start).max(0) as usize).div_ceil(2);
-    lo.min(len)..hi.min(len).max(lo.min(len))
+/// `dst[..n] = src[..n]` for n ≤ `TB`: a whole block as one fixed-size copy (a few vector
+/// moves, where `copy_from_slice` of a run-time length calls memmove).
+#[inline(always)]
+fn copy_n(dst: &mut [f32], src: &[f32], n: usize) {
+    if n == TB {
+        dst[..TB].copy_from_slice(&src[..TB]);
+    } else {
+        dst[..n]
+            .iter_mut()
+            .zip(&src[..n])
+            .for_each(|(d, &v)| *d = v);
+    }
+}
+
+/// `dst = src` for a few dozen values: a loop, where `copy_from_slice` calls memmove.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+}
+
+/// Where a block's window of columns `first..first + len` of a patch or output row meets a
+/// row of `w` columns: window positions `lo..hi` are row columns `first + lo..first + hi`.
+fn overlap(first: isize, len: usize, w: usize) -> (usize, usize) {
+    let lo = (-first).clamp(0, len as isize) as usize;
+    let hi = (w as isize - first).clamp(lo as isize, len as isize) as usize;
+    (lo, hi)
 }
 
 /// Patch row `r` of tile row `tr` of an input plane, tiles t0..t0 + n: its even and odd
-/// columns (from column −pad), zeros in the padding.
+/// columns (from column −pad), zeros in the padding and past the last tile.
 #[allow(clippy::too_many_arguments)]
 fn split_patch_row(
     t: &Tiling,
@@ -408,21 +429,18 @@ fn split_patch_row(
     even: &mut [f32; TB + 1],
     odd: &mut [f32; TB + 1],
 ) {
-    let Some(i) = t.input_row(tr, r) else {
-        even.fill(0.0);
-        odd.fill(0.0);
-        return;
-    };
-    let row = &xc[i * t.input.w..][..t.input.w];
-    for (half, dst) in [(0, even), (1, odd)] {
-        // dst[j] is input column 2·(t0 + j) + half − pad.
-        let start = (2 * t0 + half) as isize - t.pad[1] as isize;
-        let ok = inside(start, row.len(), n + 1);
-        dst[..ok.start].fill(0.0);
-        dst[ok.end..].fill(0.0);
-        for j in ok {
-            dst[j] = row[(start + 2 * j as isize) as usize];
-        }
+    let mut window = [0f32; 2 * TB + 2];
+    if let Some(i) = t.input_row(tr, r) {
+        let row = &xc[i * t.input.w..][..t.input.w];
+        let first = (2 * t0) as isize - t.pad[1] as isize;
+        let (lo, hi) = overlap(first, 2 * n + 2, row.len());
+        let at = (first + lo as isize) as usize;
+        copy_short(&mut window[lo..hi], &row[at..at + hi - lo]);
+    }
+    // A fixed-length pass: it vectorises as a split of even and odd lanes.
+    for (j, pair) in window.chunks_exact(2).enumerate() {
+        even[j] = pair[0];
+        odd[j] = pair[1];
     }
 }
 
@@ -444,7 +462,7 @@ fn input_transform(t: &Tiling, x: &[f32], ch: Chunk, c: usize, v: &mut [f32]) {
                 }
                 input_tiles(&even, &odd, &mut out);
                 for (xi, o) in out.iter().enumerate() {
-                    v[xi * stride + p..][..n].copy_from_slice(&o[..n]);
+                    copy_n(&mut v[xi * stride + p..], o, n);
                 }
                 p += n;
             }
@@ -465,24 +483,29 @@ fn input_transform_adjoint(t: &Tiling, dv: &[f32], ch: Chunk, i: usize, c: usize
         for t0 in (0..tw).step_by(TB) {
             let n = TB.min(tw - t0);
             for (xi, b) in block.iter_mut().enumerate() {
-                b[..n].copy_from_slice(&dv[xi * stride + p..][..n]);
+                copy_n(b, &dv[xi * stride + p..], n);
                 b[n..].fill(0.0);
             }
             even.iter_mut()
                 .chain(odd.iter_mut())
                 .for_each(|r| r.fill(0.0));
             input_tiles_adjoint(&block, &mut even, &mut odd);
+            let first = (2 * t0) as isize - pw as isize;
+            let (lo, hi) = overlap(first, 2 * n + 2, w);
+            let at = (first + lo as isize) as usize;
             for r in 0..4 {
                 let Some(ih) = t.input_row(tr, r) else {
                     continue;
                 };
-                let row = &mut dxc[ih * w..][..w];
-                for (half, src) in [(0, &even[r]), (1, &odd[r])] {
-                    let start = (2 * t0 + half) as isize - pw as isize;
-                    for j in inside(start, w, n + 1) {
-                        row[(start + 2 * j as isize) as usize] += src[j];
-                    }
+                let mut window = [0f32; 2 * TB + 2];
+                for (j, pair) in window.chunks_exact_mut(2).enumerate() {
+                    pair[0] = even[r][j];
+                    pair[1] = odd[r][j];
                 }
+                let row = &mut dxc[ih * w + at..][..hi - lo];
+                row.iter_mut()
+                    .zip(&window[lo..hi])
+                    .for_each(|(d, &g)| *d += g);
             }
             p += n;
         }
@@ -509,7 +532,7 @@ fn output_transform(
         for t0 in (0..tw).step_by(TB) {
             let n = TB.min(tw - t0);
             for (xi, b) in block.iter_mut().enumerate() {
-                b[..n].copy_from_slice(&m[xi * stride + p..][..n]);
+                copy_n(b, &m[xi * stride + p..], n);
             }
             output_tiles(&block, &mut y);
             for (r, yr) in y.iter().enumerate() {
@@ -517,11 +540,13 @@ fn output_transform(
                 if oh >= t.out.h {
                     break;
                 }
-                let row = &mut yk[oh * ow..][..ow];
-                let cols = &mut row[2 * t0..(2 * (t0 + n)).min(ow)];
-                for (j, o) in cols.iter_mut().enumerate() {
-                    *o = yr[j % 2][j / 2] + bias;
+                let mut window = [0f32; 2 * TB];
+                for (j, pair) in window.chunks_exact_mut(2).enumerate() {
+                    pair[0] = yr[0][j] + bias;
+                    pair[1] = yr[1][j] + bias;
                 }
+                let cols = (2 * n).min(ow - 2 * t0);
+                copy_short(&mut yk[oh * ow + 2 * t0..][..cols], &window[..cols]);
             }
             p += n;
         }
@@ -542,20 +567,22 @@ fn output_transform_adjoint(t: &Tiling, dy: &[f32], ch: Chunk, k: usize, dm: &mu
             for t0 in (0..tw).step_by(TB) {
                 let n = TB.min(tw - t0);
                 for (r, dr) in d.iter_mut().enumerate() {
-                    dr.iter_mut().for_each(|c| c.fill(0.0));
                     let oh = 2 * tr + r;
                     if oh >= t.out.h {
+                        dr.iter_mut().for_each(|c| c.fill(0.0));
                         continue;
                     }
-                    let row = &dyk[oh * ow..][..ow];
-                    let cols = &row[2 * t0..(2 * (t0 + n)).min(ow)];
-                    for (j, &g) in cols.iter().enumerate() {
-                        dr[j % 2][j / 2] = g;
+                    let mut window = [0f32; 2 * TB];
+                    let cols = (2 * n).min(ow - 2 * t0);
+                    copy_short(&mut window[..cols], &dyk[oh * ow + 2 * t0..][..cols]);
+                    for (j, pair) in window.chunks_exact(2).enumerate() {
+                        dr[0][j] = pair[0];
+                        dr[1][j] = pair[1];
                     }
                 }
                 output_tiles_adjoint(&d, &mut block);
                 for (xi, b) in block.iter().enumerate() {
-                    dm[xi * stride + p..][..n].copy_from_slice(&b[..n]);
+                    copy_n(&mut dm[xi * stride + p..], b, n);
                 }
                 p += n;
             }
