@@ -579,6 +579,96 @@ fn gather_output_grad(g: &Geometry, dy: &[f32], ch: Chunk, gi: usize, out: &mut 
         });
 }
 
+/// The kernel taps that read the input somewhere, when some read only padding: on maps smaller
+/// than the kernel's reach (ResNet-18's 1×1 maps at 32×32, where a 3×3 kernel with padding 1
+/// reads only its centre) the convolution is the one with the kernel cut to these taps and the
+/// padding reduced to match, which skips products with zeros (8 of 9 there).
+struct LiveTaps {
+    /// The convolution with the cut kernel.
+    shape: Conv2dShape,
+    /// The live kernel rows and columns.
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl LiveTaps {
+    fn of(s: &Conv2dShape, out: &Nchw) -> Option<LiveTaps> {
+        // (first live tap, end, padding of the cut kernel) along one axis.
+        let axis = |a: usize, input: usize, outputs: usize| {
+            let (k, stride, pad, dil) = (s.kernel[a], s.stride[a], s.padding[a], s.dilation[a]);
+            // Tap t reads input rows t·dil − pad + o·stride for o in 0..outputs.
+            let live = |t: &usize| {
+                let first = (t * dil) as isize - pad as isize;
+                first + ((outputs - 1) * stride) as isize >= 0 && first < input as isize
+            };
+            let lo = (0..k).find(live)?;
+            let hi = (0..k).rfind(live)? + 1;
+            Some((lo, hi, pad.checked_sub(lo * dil)?))
+        };
+        if out.is_empty() {
+            return None;
+        }
+        let (r0, r1, ph) = axis(0, s.input.h, out.h)?;
+        let (c0, c1, pw) = axis(1, s.input.w, out.w)?;
+        if (r0, r1, c0, c1) == (0, s.kernel[0], 0, s.kernel[1]) {
+            return None;
+        }
+        let shape = Conv2dShape {
+            kernel: [r1 - r0, c1 - c0],
+            padding: [ph, pw],
+            ..*s
+        };
+        let same = shape.output().ok()? == *out;
+        same.then_some(LiveTaps {
+            shape,
+            rows: r0..r1,
+            cols: c0..c1,
+        })
+    }
+
+    /// The weight [C_out, C_in/g, KH, KW] cut to the live taps, one output channel per task.
+    fn cut(&self, s: &Conv2dShape, weight: &[f32]) -> Vec<f32> {
+        let (full, cut) = (s.kernel[0] * s.kernel[1], self.rows.len() * self.cols.len());
+        let per_channel = s.input.c / s.groups;
+        let mut out = vec![0f32; self.shape.weight_len()];
+        out.par_chunks_mut(per_channel * cut)
+            .zip(weight.par_chunks(per_channel * full))
+            .for_each(|(out, w)| {
+                for (dst, filter) in out.chunks_exact_mut(cut).zip(w.chunks_exact(full)) {
+                    for (t, d) in self.taps(s).zip(dst.iter_mut()) {
+                        *d = filter[t];
+                    }
+                }
+            });
+        out
+    }
+
+    /// Positions of the live taps in a full filter, in the cut filter's order.
+    fn taps<'a>(&'a self, s: &Conv2dShape) -> impl Iterator<Item = usize> + 'a {
+        let kw = s.kernel[1];
+        self.rows
+            .clone()
+            .flat_map(move |r| self.cols.clone().map(move |c| r * kw + c))
+    }
+
+    /// dweight += the cut kernel's gradient at the live taps (the others' gradient is 0: they
+    /// multiply padding).
+    fn add_gradient(&self, s: &Conv2dShape, dcut: &[f32], dweight: &mut [f32]) {
+        let (full, cut) = (s.kernel[0] * s.kernel[1], self.rows.len() * self.cols.len());
+        let per_channel = s.input.c / s.groups;
+        dweight
+            .par_chunks_mut(per_channel * full)
+            .zip(dcut.par_chunks(per_channel * cut))
+            .for_each(|(dw, d)| {
+                for (filter, g) in dw.chunks_exact_mut(full).zip(d.chunks_exact(cut)) {
+                    for (t, &g) in self.taps(s).zip(g) {
+                        filter[t] += g;
+                    }
+                }
+            });
+    }
+}
+
 /// x [N, C_in, H, W], weight [C_out, C_in/g, KH, KW], bias [C_out] → y [N, C_out, OH, OW].
 /// Per chunk of images and group: y_g[:, chunk] = W_g [C_out/g, k] · col [k, chunk] (+ bias),
 /// one GEMM over all threads.
@@ -602,6 +692,10 @@ pub(crate) fn conv2d_forward_with(
     winograd: bool,
 ) -> Result<()> {
     let (g, out) = s.check(x.len(), weight.len(), bias.map(<[f32]>::len), y.len())?;
+    if let Some(live) = LiveTaps::of(s, &out) {
+        let weight = live.cut(s, weight);
+        return conv2d_forward_with(&live.shape, x, &weight, bias, y, winograd);
+    }
     if winograd && super::winograd::applies(s, &out) {
         super::winograd::forward(s, out, x, weight, bias, y);
     } else {
@@ -792,7 +886,7 @@ pub(crate) fn conv2d_backward_with(
     dbias: Option<&mut [f32]>,
     winograd: bool,
 ) -> Result<()> {
-    let (g, _) = s.check(
+    let (g, out) = s.check(
         x.len(),
         weight.len(),
         dbias.as_ref().map(|b| b.len()),
@@ -813,6 +907,14 @@ pub(crate) fn conv2d_backward_with(
             x.len(),
             "the input's shape",
         )?;
+    }
+    if let Some(live) = LiveTaps::of(s, &out) {
+        let cut = live.cut(s, weight);
+        let mut dcut = vec![0f32; cut.len()];
+        let shape = &live.shape;
+        conv2d_backward_with(shape, x, &cut, dy, dx, &mut dcut, dbias, winograd)?;
+        live.add_gradient(s, &dcut, dweight);
+        return Ok(());
     }
     conv2d_backward_tiled(&g, x, weight, dy, dx, dweight, dbias, winograd);
     Ok(())
@@ -1006,6 +1108,60 @@ pub(crate) mod tests {
                 assert_close(&format!("{name} dbias"), &db, &want, 1e-5);
             }
         }
+    }
+
+    /// Kernels that reach past small maps: the convolution by the cut kernel (and its
+    /// gradients, the dead taps' 0) against the full kernel's im2col.
+    #[test]
+    fn a_kernel_cut_to_its_live_taps_gives_the_full_kernels_results() {
+        let mut rng = crate::rng::Rng::new(5);
+        let shape = |n, c, h, w, stride, pad, out_channels| Conv2dShape {
+            input: Nchw::new(n, c, h, w),
+            out_channels,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [pad, pad],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        // A 1×1 map (the centre tap alone), 2×2 with stride 2 (a 2×2 corner), one row.
+        let cases = [
+            (shape(2, 6, 1, 1, 1, 1, 5), [1, 1]),
+            (shape(2, 6, 2, 2, 2, 1, 4), [2, 2]),
+            (shape(3, 4, 1, 4, 1, 1, 3), [1, 3]),
+        ];
+        for (s, cut) in cases {
+            let out = s.output().unwrap();
+            let live = LiveTaps::of(&s, &out).expect("dead taps");
+            assert_eq!(live.shape.kernel, cut, "{s:?}");
+            let mut random = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
+            let (x, w, b, dy) = (
+                random(s.input.len()),
+                random(s.weight_len()),
+                random(s.out_channels),
+                random(out.len()),
+            );
+            let g = Geometry::new(&s, out, COL_TILE_FLOATS);
+            let mut want = vec![0f32; out.len()];
+            conv2d_forward_tiled(&g, &x, &w, Some(&b), &mut want);
+            let mut got = vec![f32::NAN; out.len()];
+            conv2d_forward(&s, &x, &w, Some(&b), &mut got).unwrap();
+            assert_close(&format!("{s:?} y"), &got, &want, 1e-6);
+
+            let (mut dx_want, mut dw_want) = (vec![0f32; x.len()], vec![0.5f32; w.len()]);
+            let mut db_want = vec![0f32; b.len()];
+            let (dxw, dbw) = (Some(dx_want.as_mut_slice()), Some(db_want.as_mut_slice()));
+            conv2d_backward_tiled(&g, &x, &w, &dy, dxw, &mut dw_want, dbw, false);
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5f32; w.len()]);
+            let mut db = vec![0f32; b.len()];
+            let (dxg, dbg) = (Some(dx.as_mut_slice()), Some(db.as_mut_slice()));
+            conv2d_backward(&s, &x, &w, &dy, dxg, &mut dw, dbg).unwrap();
+            assert_close(&format!("{s:?} dx"), &dx, &dx_want, 1e-6);
+            assert_close(&format!("{s:?} dweight"), &dw, &dw_want, 1e-6);
+            assert_close(&format!("{s:?} dbias"), &db, &db_want, 1e-6);
+        }
+        let full = shape(1, 2, 5, 5, 1, 1, 2);
+        assert!(LiveTaps::of(&full, &full.output().unwrap()).is_none());
     }
 
     #[test]

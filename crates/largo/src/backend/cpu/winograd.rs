@@ -28,10 +28,12 @@ const CHUNK_FLOATS: usize = 1 << 20;
 /// faster).
 const MIN_CHANNELS: usize = 32;
 
-/// Nor below this many tiles in the whole batch: the filter transforms (16 values per filter
-/// and direction) then cost more than the products save (ResNet-18's 2×2 maps at 32×32, 16
-/// tiles in a batch of 16, ran 1.3× slower; its 4×4 maps, 64 tiles, 1.4× faster).
-const MIN_TILES: usize = 64;
+/// Batches of small images (fewer than `PER_IMAGE_MIN_TILES` tiles each, or fewer images than
+/// threads) go by Winograd only when tiles × channels reach this: below it the transforms and
+/// the per-chunk hand-offs between threads cost more than the products save (measured:
+/// ResNet-18 at 32×32, whose 8×8 and 4×4 maps with 64 and 128 channels make 16 K and 8 K, ran
+/// 2–5 % slower; its 14×14 and 7×7 maps at 224×224, 200 K and 130 K, 2.2× and 1.5× faster).
+const BATCHED_MIN_WORK: usize = 1 << 15;
 
 /// Whether `conv2d` may use Winograd at all: yes unless `LARGO_WINOGRAD=off` (im2col for every
 /// shape, to compare the two), read once.
@@ -41,18 +43,19 @@ pub fn enabled() -> bool {
 }
 
 /// Whether a convolution goes by Winograd: a 3×3 kernel, stride 1, no dilation, one group,
-/// at least `MIN_CHANNELS` each way, `MIN_TILES` in the batch, and outputs that fill at least
-/// 2/3 of their tiles (a 3×3 output in 2×2 tiles computes 16 values for 9; 1×1, 4 for 1).
+/// at least `MIN_CHANNELS` each way, outputs that fill at least 2/3 of their tiles (a 3×3
+/// output in 2×2 tiles computes 16 values for 9; 1×1, 4 for 1), and either images large
+/// enough to go one per task or enough work in the batch (`BATCHED_MIN_WORK`).
 pub(crate) fn applies(s: &Conv2dShape, out: &Nchw) -> bool {
     let tiles = out.h.div_ceil(2) * out.w.div_ceil(2);
+    let channels = s.input.c.min(s.out_channels);
     s.kernel == [3, 3]
         && s.stride == [1, 1]
         && s.dilation == [1, 1]
         && s.groups == 1
-        && s.input.c >= MIN_CHANNELS
-        && s.out_channels >= MIN_CHANNELS
-        && out.n * tiles >= MIN_TILES
+        && channels >= MIN_CHANNELS
         && 3 * out.plane() >= 8 * tiles
+        && (per_image(out) || out.n * tiles * channels >= BATCHED_MIN_WORK)
 }
 
 /// How the output splits into tiles and the batch into chunks.
@@ -968,7 +971,6 @@ mod tests {
     /// dweight and dbias, for chunks of the given size.
     fn check(s: Conv2dShape, cap_floats: usize) {
         let out = s.output().unwrap();
-        assert!(applies(&s, &out), "{s:?} should go by Winograd");
         let mut rng = Rng::new(7);
         let x = random(&mut rng, s.input.len());
         let w: Vec<f32> = random(&mut rng, s.weight_len())
@@ -1096,8 +1098,16 @@ mod tests {
         assert!(!applies(&one, &one.output().unwrap()), "1×1 outputs");
         let few = shape(1, 16, 64, 28, 28, [1, 1]);
         assert!(!applies(&few, &few.output().unwrap()), "16 input channels");
-        let small = shape(15, 64, 64, 2, 2, [1, 1]);
-        assert!(!applies(&small, &small.output().unwrap()), "15 tiles");
+        let small = shape(16, 64, 64, 8, 8, [1, 1]);
+        assert!(
+            !applies(&small, &small.output().unwrap()),
+            "16 K tile-channels"
+        );
+        let large = shape(16, 256, 256, 14, 14, [1, 1]);
+        assert!(
+            applies(&large, &large.output().unwrap()),
+            "200 K tile-channels"
+        );
         let strided = Conv2dShape {
             stride: [2, 2],
             ..s
