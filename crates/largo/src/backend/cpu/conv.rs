@@ -406,13 +406,13 @@ impl TapRuns {
     /// out [seg] = what tap t reads from one input plane, zero in the padding.
     fn gather(&self, t: usize, plane: &[f32], out: &mut [f32]) {
         if !self.full[t] {
-            out.fill(0.0);
+            fill_run(out, 0.0);
         }
         for r in self.tap(t) {
             let dst = &mut out[r.dst..][..r.len];
             match (self.stride, r.len) {
                 (_, 1) => dst[0] = plane[r.src],
-                (1, _) => dst.copy_from_slice(&plane[r.src..][..r.len]),
+                (1, _) => copy_run(dst, &plane[r.src..][..r.len]),
                 (st, _) => {
                     let src = plane[r.src..].iter().step_by(st);
                     dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
@@ -437,6 +437,48 @@ impl TapRuns {
                 }
             }
         }
+    }
+}
+
+/// Runs longer than this are copied or filled by the library (memmove, memset); shorter ones, the
+/// rows of small maps (ResNet-18's 8×8 down to 1×1 at 32×32), by fixed-size moves: a call per
+/// run of a few values made those calls a sixth of a step there.
+const SHORT_RUN: usize = 64;
+
+/// `dst = src`, for runs of any length.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    if n > SHORT_RUN {
+        return dst.copy_from_slice(&src[..n]);
+    }
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src[..n].chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    let (d, s) = (d.into_remainder(), s.remainder());
+    let mut i = 0;
+    if d.len() >= 4 {
+        d[..4].copy_from_slice(&s[..4]);
+        i = 4;
+    }
+    for (d, &s) in d[i..].iter_mut().zip(&s[i..]) {
+        *d = s;
+    }
+}
+
+/// `dst = [v; len]`, for runs of any length.
+#[inline(always)]
+fn fill_run(dst: &mut [f32], v: f32) {
+    if dst.len() > SHORT_RUN {
+        return dst.fill(v);
+    }
+    let mut d = dst.chunks_exact_mut(8);
+    for d in &mut d {
+        d.copy_from_slice(&[v; 8]);
+    }
+    for d in d.into_remainder() {
+        *d = v;
     }
 }
 
