@@ -13,7 +13,7 @@
 //! has a fixed order, so results do not depend on the thread count.
 
 use super::conv::{Conv2dShape, Nchw};
-use super::gemm::{matmul_strided_serial, Trans};
+use super::gemm::{matmul_strided_serial, Gemm};
 use rayon::prelude::*;
 
 /// Transformed values per tile and channel: a 4×4 patch.
@@ -653,6 +653,54 @@ fn per_image(out: &Nchw) -> bool {
         && out.n >= rayon::current_num_threads()
 }
 
+/// The chunk's input patches through Bᵀ·d·B, into `v` laid out [C_in][16][tiles].
+fn transformed_input<'a>(
+    t: &Tiling,
+    ch: Chunk,
+    x: &[f32],
+    v: &'a mut Vec<f32>,
+    parallel: bool,
+) -> &'a [f32] {
+    let _span = crate::backend::profile::span("winograd input transform");
+    let tiles = t.tiles(ch);
+    let v = prefix(v, t.input.c * XI * tiles);
+    each(v, XI * tiles, parallel, |c, v| {
+        input_transform(t, x, ch, c, v)
+    });
+    v
+}
+
+/// The 16 products of a chunk, one ξ per task: c_ξ (+)= op(a_ξ) · op(b_ξ) as `g` describes
+/// them, with c_ξ the ξ-th of 16 equal blocks of c and operand ξ of a at `a[ξ·step..]`, its
+/// rows `ld` apart (`(a, step, ld)`; b likewise).
+fn products(
+    g: Gemm,
+    (a, a_step, lda): (&[f32], usize, usize),
+    (b, b_step, ldb): (&[f32], usize, usize),
+    c: &mut [f32],
+    parallel: bool,
+) {
+    let _span = crate::backend::profile::span("winograd gemms");
+    each(&mut c[..XI * g.m * g.n], g.m * g.n, parallel, |xi, c| {
+        let (a, b) = (&a[xi * a_step..], &b[xi * b_step..]);
+        let ldc = g.n;
+        matmul_strided_serial(
+            g.ta,
+            g.tb,
+            g.m,
+            g.n,
+            g.k,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+            g.accumulate,
+        )
+    });
+}
+
 /// One chunk of the forward, into `y` (the chunk's images): transforms, then
 /// M[ξ] [C_out, tiles] = U[ξ] [C_out, C_in] · V[ξ] [C_in, tiles], then Aᵀ·M·A.
 #[allow(clippy::too_many_arguments)]
@@ -667,33 +715,17 @@ fn forward_chunk(
     parallel: bool,
 ) {
     let (cin, cout, tiles) = (t.input.c, t.out.c, t.tiles(ch));
-    let v = prefix(&mut buf.v, cin * XI * tiles);
-    {
-        let _span = crate::backend::profile::span("winograd input transform");
-        each(v, XI * tiles, parallel, |c, v| {
-            input_transform(t, x, ch, c, v)
-        });
-    }
+    let v = transformed_input(t, ch, x, &mut buf.v, parallel);
     let m = prefix(&mut buf.m, XI * cout * tiles);
-    {
-        let _span = crate::backend::profile::span("winograd gemms");
-        each(m, cout * tiles, parallel, |xi, m| {
-            matmul_strided_serial(
-                Trans::N,
-                Trans::N,
-                cout,
-                tiles,
-                cin,
-                &u[xi * cin..],
-                XI * cin,
-                &v[xi * tiles..],
-                XI * tiles,
-                m,
-                tiles,
-                false,
-            )
-        });
-    }
+    // M[ξ] [C_out, tiles] = U[ξ] [C_out, C_in] · V[ξ] [C_in, tiles].
+    let product = Gemm::nn(cout, tiles, cin);
+    products(
+        product,
+        (u, cin, XI * cin),
+        (v, tiles, XI * tiles),
+        m,
+        parallel,
+    );
     let _span = crate::backend::profile::span("winograd output transform");
     let m = &*m;
     each(y, t.out.plane(), parallel, |q, yk| {
@@ -717,13 +749,7 @@ fn backward_chunk(
     parallel: bool,
 ) {
     let (cin, cout, tiles) = (t.input.c, t.out.c, t.tiles(ch));
-    let v = prefix(&mut buf.v, cin * XI * tiles);
-    {
-        let _span = crate::backend::profile::span("winograd input transform");
-        each(v, XI * tiles, parallel, |c, v| {
-            input_transform(t, x, ch, c, v)
-        });
-    }
+    let v = transformed_input(t, ch, x, &mut buf.v, parallel);
     let dm = prefix(&mut buf.m, cout * XI * tiles);
     {
         let _span = crate::backend::profile::span("winograd output gradient transform");
@@ -731,51 +757,29 @@ fn backward_chunk(
             output_transform_adjoint(t, dy, ch, k, dm)
         });
     }
-    let (v, dm) = (&*v, &*dm);
-    {
-        // dU[ξ] [C_out, C_in] += dM[ξ] [C_out, tiles] · V[ξ]ᵀ [tiles, C_in].
-        let _span = crate::backend::profile::span("winograd gemms");
-        each(du, cout * cin, parallel, |xi, du| {
-            matmul_strided_serial(
-                Trans::N,
-                Trans::T,
-                cout,
-                cin,
-                tiles,
-                &dm[xi * tiles..],
-                XI * tiles,
-                &v[xi * tiles..],
-                XI * tiles,
-                du,
-                cin,
-                true,
-            )
-        });
-    }
+    let dm = &*dm;
+    // dU[ξ] [C_out, C_in] += dM[ξ] [C_out, tiles] · V[ξ]ᵀ [tiles, C_in].
+    let product = Gemm::nt(cout, cin, tiles).accumulate();
+    products(
+        product,
+        (dm, tiles, XI * tiles),
+        (v, tiles, XI * tiles),
+        du,
+        parallel,
+    );
     let Some(dx) = dx else {
         return;
     };
     let dv = prefix(&mut buf.dv, XI * cin * tiles);
-    {
-        // dV[ξ] [C_in, tiles] = U[ξ]ᵀ [C_in, C_out] · dM[ξ] [C_out, tiles].
-        let _span = crate::backend::profile::span("winograd gemms");
-        each(dv, cin * tiles, parallel, |xi, dv| {
-            matmul_strided_serial(
-                Trans::T,
-                Trans::N,
-                cin,
-                tiles,
-                cout,
-                &u[xi * cin..],
-                XI * cin,
-                &dm[xi * tiles..],
-                XI * tiles,
-                dv,
-                tiles,
-                false,
-            )
-        });
-    }
+    // dV[ξ] [C_in, tiles] = U[ξ]ᵀ [C_in, C_out] · dM[ξ] [C_out, tiles].
+    let product = Gemm::tn(cin, tiles, cout);
+    products(
+        product,
+        (u, cin, XI * cin),
+        (dm, tiles, XI * tiles),
+        dv,
+        parallel,
+    );
     let _span = crate::backend::profile::span("winograd input gradient transform");
     let dv = &*dv;
     each(dx, t.input.plane(), parallel, |q, dxc| {
