@@ -59,6 +59,7 @@ pub mod pool;
 pub mod qmatmul;
 pub mod quant;
 pub mod rmsnorm;
+pub mod shape;
 pub mod winograd;
 
 pub use activation::*;

@@ -12,8 +12,8 @@
 //! one channel per task and the GEMMs one ξ (of the 16) per task, each on its thread. Every sum
 //! has a fixed order, so results do not depend on the thread count.
 
-use super::conv::{Conv2dShape, Nchw};
 use super::gemm::{matmul_strided_serial, Gemm};
+use super::shape::{Conv2dShape, Nchw};
 use rayon::prelude::*;
 
 /// Transformed values per tile and channel: a 4×4 patch.
