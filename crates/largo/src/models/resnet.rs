@@ -14,9 +14,7 @@
 //! `num_batches_tracked`.
 
 use super::classifier::ImageClassifier;
-use crate::backend::{
-    add_relu_forward, relu_backward, relu_backward_in_place, relu_in_place, Nchw,
-};
+use crate::backend::{add_relu_forward, relu_backward, relu_backward_in_place, Nchw};
 use crate::nn::{
     params, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dOptions, Forward, Linear, MaxPool2d,
     Module,
@@ -175,10 +173,8 @@ impl ConvBn {
         ensure_len(&mut self.conv_out, output.len());
         self.conv.forward(x, input, &mut self.conv_out)?;
         ensure_len(out, output.len());
-        self.bn.forward(&self.conv_out, output, train, out)?;
-        if relu {
-            relu_in_place(out);
-        }
+        self.bn
+            .forward_then(&self.conv_out, output, train, relu, out)?;
         (self.input, self.output) = (input, output);
         Ok(output)
     }

@@ -207,6 +207,18 @@ impl BatchNorm2d {
     /// Training normalises with the batch's statistics and moves the running ones; evaluation
     /// uses the running ones. x and y: `input`'s shape.
     pub fn forward(&mut self, x: &[f32], input: Nchw, train: bool, y: &mut [f32]) -> Result<()> {
+        self.forward_then(x, input, train, false, y)
+    }
+
+    /// `forward` followed by a ReLU when `relu`, in the same pass over y.
+    pub fn forward_then(
+        &mut self,
+        x: &[f32],
+        input: Nchw,
+        train: bool,
+        relu: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
         let c = self.channels();
         if input.c != c {
             bail!(
@@ -222,11 +234,13 @@ impl BatchNorm2d {
             let tracked = self.num_batches_tracked + 1;
             let factor = self.momentum.unwrap_or(1.0 / tracked as f32);
             let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
-            batch_norm2d_forward_train(input, x, w, b, self.eps, factor, rm, rv, y, mean, rstd)?;
+            batch_norm2d_forward_train(
+                input, x, w, b, self.eps, factor, rm, rv, y, mean, rstd, relu,
+            )?;
             self.num_batches_tracked = tracked;
         } else {
             let (rm, rv) = (&self.running_mean, &self.running_var);
-            batch_norm2d_forward_eval(input, x, w, b, self.eps, rm, rv, y, mean, rstd)?;
+            batch_norm2d_forward_eval(input, x, w, b, self.eps, rm, rv, y, mean, rstd, relu)?;
         }
         self.batch_stats = train;
         Ok(())
@@ -475,6 +489,12 @@ mod tests {
         bn.running_var = t("running_var_in").data.clone();
         let input = Nchw::new(3, 4, 5, 6);
         let mut y = vec![0.0; input.len()];
+        let mut y_relu = vec![f32::NAN; input.len()];
+        bn.clone()
+            .forward_then(&t("x").data, input, true, true, &mut y_relu)
+            .unwrap();
+        let want: Vec<f32> = t("y").data.iter().map(|v| v.max(0.0)).collect();
+        assert_close("y, ReLU'd", &y_relu, &want, 1e-5);
         bn.forward(&t("x").data, input, true, &mut y).unwrap();
         assert_eq!(bn.num_batches_tracked, 3);
         assert_close("y", &y, &t("y").data, 1e-5);
@@ -499,6 +519,13 @@ mod tests {
         bn.forward(&t("x").data, input, false, &mut y).unwrap();
         assert_eq!(bn.num_batches_tracked, 0);
         assert_close("eval y", &y, &t("y").data, 1e-5);
+        // With the ReLU in the same pass: PyTorch's y through max(0, ·).
+        let mut y_relu = vec![f32::NAN; input.len()];
+        bn.forward_then(&t("x").data, input, false, true, &mut y_relu)
+            .unwrap();
+        let want: Vec<f32> = t("y").data.iter().map(|v| v.max(0.0)).collect();
+        assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+        assert_close("eval y, ReLU'd", &y_relu, &want, 1e-5);
         bn.backward(&t("x").data, input, &t("dy").data, &mut dx)
             .unwrap();
         assert_close("eval dx", &dx, &t("dx").data, 1e-5);

@@ -55,17 +55,6 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
     map_forward(x, y, relu);
 }
 
-/// x = max(x, 0) in place: for a ReLU whose input is not needed afterwards (its backward can
-/// take the mask from the output, which is positive exactly where the input was).
-pub fn relu_in_place(x: &mut [f32]) {
-    let _span = crate::backend::profile::span("relu forward");
-    x.par_chunks_mut(CHUNK).for_each(|x| {
-        for v in x {
-            *v = relu(*v);
-        }
-    });
-}
-
 /// y = max(a + b, 0): a residual connection and its ReLU in one pass.
 pub fn add_relu_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
     let _span = crate::backend::profile::span("add + relu forward");

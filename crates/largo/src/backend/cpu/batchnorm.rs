@@ -44,6 +44,7 @@ fn check(op: &str, s: Nchw, x: usize, per_channel: &[(&str, usize)]) -> Result<(
 }
 
 /// y = (x − μ)·rstd·w + b per channel, x, y [N, C, H, W]; mean and rstd [C].
+#[allow(clippy::too_many_arguments)]
 fn normalize(
     s: Nchw,
     x: &[f32],
@@ -52,6 +53,7 @@ fn normalize(
     mean: &[f32],
     rstd: &[f32],
     y: &mut [f32],
+    relu: bool,
 ) {
     y.par_chunks_mut(s.plane())
         .zip(x.par_chunks(s.plane()))
@@ -60,9 +62,12 @@ fn normalize(
             let c = i % s.c;
             let scale = rstd[c] * weight[c];
             let shift = bias[c] - mean[c] * scale;
-            y.iter_mut()
-                .zip(x)
-                .for_each(|(y, &x)| *y = x * scale + shift);
+            let pairs = y.iter_mut().zip(x);
+            if relu {
+                pairs.for_each(|(y, &x)| *y = (x * scale + shift).max(0.0));
+            } else {
+                pairs.for_each(|(y, &x)| *y = x * scale + shift);
+            }
         });
 }
 
@@ -70,6 +75,7 @@ fn normalize(
 /// variance; saves mean and rstd = 1/√(var + ε) [C] for backward, and moves the running
 /// statistics: r ← (1 − f)·r + f·batch stat, the variance unbiased (×M/(M−1), M = N·H·W), as
 /// PyTorch. `factor` is the momentum, or 1/num_batches_tracked for PyTorch's `momentum=None`.
+/// `relu`: y = max(0, ·) in the same pass (the ReLU after a ResNet norm).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm2d_forward_train(
     s: Nchw,
@@ -83,6 +89,7 @@ pub fn batch_norm2d_forward_train(
     y: &mut [f32],
     mean: &mut [f32],
     rstd: &mut [f32],
+    relu: bool,
 ) -> Result<()> {
     let _span = crate::backend::profile::span("batch norm forward");
     let op = "batch_norm2d";
@@ -126,12 +133,13 @@ pub fn batch_norm2d_forward_train(
             let unbiased = var * m as f64 / (m - 1) as f64;
             *rv = ((1.0 - factor as f64) * *rv as f64 + factor as f64 * unbiased) as f32;
         });
-    normalize(s, x, weight, bias, mean, rstd, y);
+    normalize(s, x, weight, bias, mean, rstd, y, relu);
     Ok(())
 }
 
 /// Evaluation: y = (x − running_mean)/√(running_var + ε)·w + b. Writes the mean and rstd it
 /// used into `mean` and `rstd` [C], so backward (a saliency map's input gradient) can follow.
+/// `relu`: y = max(0, ·) in the same pass.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm2d_forward_eval(
     s: Nchw,
@@ -144,6 +152,7 @@ pub fn batch_norm2d_forward_eval(
     y: &mut [f32],
     mean: &mut [f32],
     rstd: &mut [f32],
+    relu: bool,
 ) -> Result<()> {
     let _span = crate::backend::profile::span("batch norm forward (eval)");
     let op = "batch_norm2d";
@@ -161,7 +170,7 @@ pub fn batch_norm2d_forward_eval(
     for (r, &v) in rstd.iter_mut().zip(running_var) {
         *r = 1.0 / (v + eps).sqrt();
     }
-    normalize(s, x, weight, bias, mean, rstd, y);
+    normalize(s, x, weight, bias, mean, rstd, y, relu);
     Ok(())
 }
 
@@ -272,6 +281,7 @@ mod tests {
             let (mut y, mut mean, mut rstd) = (vec![f32::NAN; x.len()], vec![0.0; c], vec![0.0; c]);
             batch_norm2d_forward_train(
                 s, x, weight, bias, 1e-5, factor, &mut rm, &mut rv, &mut y, &mut mean, &mut rstd,
+                false,
             )
             .unwrap();
             assert_close(&format!("{name} y"), &y, &t("y").data, 1e-5);
@@ -331,7 +341,7 @@ mod tests {
         let (rm, rv) = (&t("running_mean").data, &t("running_var").data);
         let (mut y, mut mean, mut rstd) = (vec![f32::NAN; x.len()], vec![0.0; c], vec![0.0; c]);
         batch_norm2d_forward_eval(
-            s, x, weight, bias, 1e-5, rm, rv, &mut y, &mut mean, &mut rstd,
+            s, x, weight, bias, 1e-5, rm, rv, &mut y, &mut mean, &mut rstd, false,
         )
         .unwrap();
         assert_close("eval y", &y, &t("y").data, 1e-5);
@@ -362,7 +372,7 @@ mod tests {
         let (mut rm, mut rv, mut y, mut m, mut r) =
             (p.clone(), p.clone(), x.clone(), p.clone(), p.clone());
         let e = batch_norm2d_forward_train(
-            s, &x, &p, &p, 1e-5, 0.1, &mut rm, &mut rv, &mut y, &mut m, &mut r,
+            s, &x, &p, &p, 1e-5, 0.1, &mut rm, &mut rv, &mut y, &mut m, &mut r, false,
         )
         .unwrap_err();
         assert!(
@@ -371,7 +381,7 @@ mod tests {
         );
         let s = Nchw::new(2, 2, 1, 1);
         let e = batch_norm2d_forward_train(
-            s, &x, &p, &p, 1e-5, 0.1, &mut rm, &mut rv, &mut y, &mut m, &mut r,
+            s, &x, &p, &p, 1e-5, 0.1, &mut rm, &mut rv, &mut y, &mut m, &mut r, false,
         )
         .unwrap_err();
         assert!(
@@ -379,8 +389,9 @@ mod tests {
             "{e}"
         );
         let s = Nchw::new(1, 1, 2, 1);
-        let e = batch_norm2d_forward_eval(s, &x, &p, &p, 1e-5, &p, &p, &mut y, &mut m, &mut r)
-            .unwrap_err();
+        let e =
+            batch_norm2d_forward_eval(s, &x, &p, &p, 1e-5, &p, &p, &mut y, &mut m, &mut r, false)
+                .unwrap_err();
         assert!(
             e.to_string()
                 .contains("the weight has 2 values, expected 1"),

@@ -101,11 +101,22 @@ pub fn max_pool2d_forward(
     let op = "max_pool2d";
     let out = s.check(op, x.len(), y.len())?;
     check_len(op, "indices", indices.len(), y.len(), "the output's shape")?;
-    let (plane, w, sw) = (s.input.plane(), s.input.w, s.stride[1]);
     if s.kernel == [2, 2] && s.stride == [2, 2] && s.padding == [0, 0] {
         max_pool_2x2(s.input, out, x, y, indices);
         return Ok(());
     }
+    if s.kernel == [3, 3] && s.stride == [2, 2] && s.padding == [1, 1] {
+        max_pool_3x3_s2(s.input, out, x, y, indices);
+        return Ok(());
+    }
+    max_pool_general(s, out, x, y, indices);
+    Ok(())
+}
+
+/// Any window, stride and padding: per output row, each kernel tap's inputs gathered into a row
+/// and compared in lanes.
+fn max_pool_general(s: &Pool2dShape, out: Nchw, x: &[f32], y: &mut [f32], indices: &mut [u32]) {
+    let (plane, w, sw) = (s.input.plane(), s.input.w, s.stride[1]);
     let [rows, cols] = s.windows(out);
     // Kernel column j reads input column ow·sw − pw + j for output columns in taps[j].
     let taps: Vec<(isize, (usize, usize))> = (0..s.kernel[1])
@@ -141,7 +152,6 @@ pub fn max_pool2d_forward(
                 }
             }
         });
-    Ok(())
 }
 
 /// The 2×2 windows of stride 2 without padding (the MNIST net's, VGG's): each output's four
@@ -162,6 +172,48 @@ fn max_pool_2x2(input: Nchw, out: Nchw, x: &[f32], y: &mut [f32], indices: &mut 
                 max_of_pairs(r0, r1, top as u32, bottom as u32, y, idx);
             }
         });
+}
+
+/// The 3×3 windows of stride 2 with padding 1 (ResNet's stem pool): each input row split once
+/// into its even and odd columns, so that output j's three taps in that row, columns 2j − 1, 2j
+/// and 2j + 1, are odd[j − 1], even[j] and odd[j]: rows of values `select_max` compares in
+/// lanes, in the window's scan order.
+fn max_pool_3x3_s2(input: Nchw, out: Nchw, x: &[f32], y: &mut [f32], indices: &mut [u32]) {
+    let (plane, h, w, ow) = (input.plane(), input.h, input.w, out.w);
+    // Outputs whose column 2j + 1 is inside the row.
+    let right = (w / 2).min(ow);
+    y.par_chunks_mut(out.plane())
+        .zip(indices.par_chunks_mut(out.plane()))
+        .zip(x.par_chunks(plane))
+        .with_min_len(rows_per_task(plane))
+        .for_each_init(
+            || (vec![0f32; w.div_ceil(2)], vec![0f32; w / 2]),
+            |(even, odd), ((y, idx), x)| {
+                let rows = y.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow));
+                for (i, (y, idx)) in rows.enumerate() {
+                    // The window's first position inside the input, as the general path starts.
+                    let top = (2 * i).saturating_sub(1) * w;
+                    y.fill(f32::NEG_INFINITY);
+                    for (j, at) in idx.iter_mut().enumerate() {
+                        *at = (top + (2 * j).saturating_sub(1)) as u32;
+                    }
+                    for ih in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
+                        let row = &x[ih * w..][..w];
+                        for (j, pair) in row.chunks_exact(2).enumerate() {
+                            even[j] = pair[0];
+                            odd[j] = pair[1];
+                        }
+                        if w % 2 == 1 {
+                            even[w / 2] = row[w - 1];
+                        }
+                        let at = (ih * w) as u32;
+                        select_max(&odd[..ow - 1], &mut y[1..], &mut idx[1..], at + 1, 2);
+                        select_max(&even[..ow], y, idx, at, 2);
+                        select_max(&odd[..right], &mut y[..right], &mut idx[..right], at + 1, 2);
+                    }
+                }
+            },
+        );
 }
 
 avx512_dispatch! {
@@ -514,6 +566,35 @@ mod tests {
         max_pool2d_forward(&s, &x, &mut y, &mut idx).unwrap();
         assert!(y[0].is_nan() && idx[0] == 6, "{y:?} {idx:?}");
         assert_eq!((y[1], idx[1]), (7.0, 7));
+    }
+
+    /// The 3×3 stride-2 path against the general one, on odd and even sizes with NaNs and ties.
+    #[test]
+    fn max_pool_3x3_stride_2_matches_the_general_path() {
+        let mut rng = crate::rng::Rng::new(9);
+        for (h, w) in [(7, 7), (8, 6), (5, 9), (2, 3), (1, 1)] {
+            let s = Pool2dShape {
+                input: Nchw::new(2, 3, h, w),
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 1],
+            };
+            let out = s.output("max_pool2d").unwrap();
+            let x: Vec<f32> = (0..s.input.len())
+                .map(|i| match i % 11 {
+                    3 => f32::NAN,
+                    5 | 6 => 1.0,
+                    _ => rng.normal(),
+                })
+                .collect();
+            let (mut y, mut idx) = (vec![0f32; out.len()], vec![0u32; out.len()]);
+            max_pool_3x3_s2(s.input, out, &x, &mut y, &mut idx);
+            let (mut y2, mut idx2) = (vec![0f32; out.len()], vec![0u32; out.len()]);
+            max_pool_general(&s, out, &x, &mut y2, &mut idx2);
+            assert_eq!(idx, idx2, "{h}×{w} indices");
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&y2), "{h}×{w} values");
+        }
     }
 
     #[test]
