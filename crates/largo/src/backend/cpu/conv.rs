@@ -5,6 +5,10 @@
 //! at a time, so the buffer is bounded whatever the image size; images with enough output
 //! positions for a GEMM of their own run one per task (`PER_IMAGE_MIN_POSITIONS`). The buffers
 //! are reused across calls.
+//!
+//! `conv2d_forward` and `conv2d_backward` are the entry points for every algorithm: a kernel
+//! that reaches past a small map is first cut to its live taps (`LiveTaps`), then 3×3 stride-1
+//! convolutions that gain from it go by Winograd (`winograd.rs`), the rest by im2col here.
 
 use super::gemm::Gemm;
 use super::math::lanes_sum;
