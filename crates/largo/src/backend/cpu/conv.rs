@@ -12,7 +12,9 @@
 
 use super::gemm::Gemm;
 use super::math::lanes_sum;
-use super::rows_per_task;
+use super::{
+    add_parts, copy_run, fill_run, for_each_row, prefix, rows_per_task, weight_grad_parts,
+};
 use crate::Result;
 use rayon::prelude::*;
 
@@ -177,14 +179,6 @@ thread_local! {
     };
 }
 
-/// `buf[..len]`, growing the buffer when it is shorter.
-fn prefix(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 /// Output positions o in 0..out whose input index o·stride + offset falls in 0..input.
 pub(crate) fn valid_range(
     out: usize,
@@ -301,67 +295,6 @@ impl TapRuns {
                 }
             }
         }
-    }
-}
-
-/// Runs longer than this are copied or filled by the library (memmove, memset); shorter ones, the
-/// rows of small maps (ResNet-18's 8×8 down to 1×1 at 32×32), by fixed-size moves: a call per
-/// run of a few values made those calls a sixth of a step there.
-const SHORT_RUN: usize = 64;
-
-/// `dst = src`, for runs of any length.
-#[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    if n > SHORT_RUN {
-        return dst.copy_from_slice(&src[..n]);
-    }
-    let (mut d, mut s) = (dst.chunks_exact_mut(8), src[..n].chunks_exact(8));
-    for (d, s) in (&mut d).zip(&mut s) {
-        d.copy_from_slice(s);
-    }
-    let (d, s) = (d.into_remainder(), s.remainder());
-    let mut i = 0;
-    if d.len() >= 4 {
-        d[..4].copy_from_slice(&s[..4]);
-        i = 4;
-    }
-    for (d, &s) in d[i..].iter_mut().zip(&s[i..]) {
-        *d = s;
-    }
-}
-
-/// `dst = [v; len]`, for runs of any length.
-#[inline(always)]
-fn fill_run(dst: &mut [f32], v: f32) {
-    if dst.len() > SHORT_RUN {
-        return dst.fill(v);
-    }
-    let mut d = dst.chunks_exact_mut(8);
-    for d in &mut d {
-        d.copy_from_slice(&[v; 8]);
-    }
-    for d in d.into_remainder() {
-        *d = v;
-    }
-}
-
-/// Runs `f(i, row)` over the rows of `buf` (`len` values each), on all threads or on this one.
-fn for_each_row(
-    buf: &mut [f32],
-    len: usize,
-    parallel: bool,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
-    if parallel {
-        buf.par_chunks_mut(len)
-            .with_min_len(rows_per_task(len))
-            .enumerate()
-            .for_each(|(i, row)| f(i, row));
-    } else {
-        buf.chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, row)| f(i, row));
     }
 }
 
@@ -689,14 +622,6 @@ fn conv2d_forward_per_image(
         });
 }
 
-/// Images per part of the per-image backward's weight gradient: parts are summed in a fixed
-/// order afterwards, so the result does not depend on the thread count. Their partial sums are
-/// bounded to about 16 MiB.
-fn weight_grad_parts(n: usize, weight_len: usize) -> usize {
-    let parts = n.min(8).min((1 << 22) / weight_len.max(1)).max(1);
-    n.div_ceil(parts).max(1)
-}
-
 /// The backward with one task per part of the batch (`weight_grad_parts`), its images one at a
 /// time on that task's thread: dW into the part's own partial sums, dx into its images.
 #[allow(clippy::too_many_arguments)]
@@ -757,9 +682,7 @@ fn conv2d_backward_per_image(
             }
             SCRATCH.set(sc);
         });
-    for p in partial.chunks_exact(weight.len()) {
-        dweight.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
-    }
+    add_parts(&partial, dweight);
 }
 
 /// Given dy [N, C_out, OH, OW] and the forward's x: dx = the input's gradient (overwritten; skip

@@ -126,6 +126,93 @@ pub(crate) fn rows_per_task(cols: usize) -> usize {
     (16 * 1024 / cols.max(1)).max(1)
 }
 
+// ---- Helpers shared by the convolution algorithms (`conv.rs`, `winograd.rs`). ----
+
+/// `buf[..len]`, growing the buffer when it is shorter.
+pub(crate) fn prefix(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Runs longer than this are copied or filled by the library (memmove, memset); shorter ones, the
+/// rows of small maps (ResNet-18's 8×8 down to 1×1 at 32×32), by fixed-size moves: a call per
+/// run of a few values made those calls a sixth of a step there.
+const SHORT_RUN: usize = 64;
+
+/// `dst = src`, for runs of any length.
+#[inline(always)]
+pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    if n > SHORT_RUN {
+        return dst.copy_from_slice(&src[..n]);
+    }
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src[..n].chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    let (d, s) = (d.into_remainder(), s.remainder());
+    let mut i = 0;
+    if d.len() >= 4 {
+        d[..4].copy_from_slice(&s[..4]);
+        i = 4;
+    }
+    for (d, &s) in d[i..].iter_mut().zip(&s[i..]) {
+        *d = s;
+    }
+}
+
+/// `dst = [v; len]`, for runs of any length.
+#[inline(always)]
+pub(crate) fn fill_run(dst: &mut [f32], v: f32) {
+    if dst.len() > SHORT_RUN {
+        return dst.fill(v);
+    }
+    let mut d = dst.chunks_exact_mut(8);
+    for d in &mut d {
+        d.copy_from_slice(&[v; 8]);
+    }
+    for d in d.into_remainder() {
+        *d = v;
+    }
+}
+
+/// Runs `f(i, row)` over the rows of `buf` (`len` values each), on all threads or on this one.
+pub(crate) fn for_each_row(
+    buf: &mut [f32],
+    len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if parallel {
+        buf.par_chunks_mut(len)
+            .with_min_len(rows_per_task(len))
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    } else {
+        buf.chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// Images per part of a batch whose parts sum their own weight gradients (the one-image-per-task
+/// backwards): parts are summed in a fixed order afterwards (`add_parts`), so the result does not depend on the thread count. Their partial sums are
+/// bounded to about 16 MiB.
+pub(crate) fn weight_grad_parts(n: usize, weight_len: usize) -> usize {
+    let parts = n.min(8).min((1 << 22) / weight_len.max(1)).max(1);
+    n.div_ceil(parts).max(1)
+}
+
+/// into += each `into.len()`-long part of `partial`, in order.
+pub(crate) fn add_parts(partial: &[f32], into: &mut [f32]) {
+    for p in partial.chunks_exact(into.len()) {
+        into.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

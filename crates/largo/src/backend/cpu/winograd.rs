@@ -14,6 +14,7 @@
 
 use super::gemm::{matmul_strided_serial, Gemm};
 use super::shape::{Conv2dShape, Nchw};
+use super::{add_parts, copy_run, for_each_row, prefix, weight_grad_parts};
 use rayon::prelude::*;
 
 /// Transformed values per tile and channel: a 4×4 patch.
@@ -392,26 +393,6 @@ avx512_dispatch! {
     }
 }
 
-/// `dst[..n] = src[..n]` for n ≤ `TB`: a whole block as one fixed-size copy (a few vector
-/// moves, where `copy_from_slice` of a run-time length calls memmove).
-#[inline(always)]
-fn copy_n(dst: &mut [f32], src: &[f32], n: usize) {
-    if n == TB {
-        dst[..TB].copy_from_slice(&src[..TB]);
-    } else {
-        dst[..n]
-            .iter_mut()
-            .zip(&src[..n])
-            .for_each(|(d, &v)| *d = v);
-    }
-}
-
-/// `dst = src` for a few dozen values: a loop, where `copy_from_slice` calls memmove.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v);
-}
-
 /// Where a block's window of columns `first..first + len` of a patch or output row meets a
 /// row of `w` columns: window positions `lo..hi` are row columns `first + lo..first + hi`.
 fn overlap(first: isize, len: usize, w: usize) -> (usize, usize) {
@@ -439,7 +420,7 @@ fn split_patch_row(
         let first = (2 * t0) as isize - t.pad[1] as isize;
         let (lo, hi) = overlap(first, 2 * n + 2, row.len());
         let at = (first + lo as isize) as usize;
-        copy_short(&mut window[lo..hi], &row[at..at + hi - lo]);
+        copy_run(&mut window[lo..hi], &row[at..at + hi - lo]);
     }
     // A fixed-length pass: it vectorises as a split of even and odd lanes.
     for (j, pair) in window.chunks_exact(2).enumerate() {
@@ -466,7 +447,7 @@ fn input_transform(t: &Tiling, x: &[f32], ch: Chunk, c: usize, v: &mut [f32]) {
                 }
                 input_tiles(&even, &odd, &mut out);
                 for (xi, o) in out.iter().enumerate() {
-                    copy_n(&mut v[xi * stride + p..], o, n);
+                    copy_run(&mut v[xi * stride + p..][..n], &o[..n]);
                 }
                 p += n;
             }
@@ -487,7 +468,7 @@ fn input_transform_adjoint(t: &Tiling, dv: &[f32], ch: Chunk, i: usize, c: usize
         for t0 in (0..tw).step_by(TB) {
             let n = TB.min(tw - t0);
             for (xi, b) in block.iter_mut().enumerate() {
-                copy_n(b, &dv[xi * stride + p..], n);
+                copy_run(&mut b[..n], &dv[xi * stride + p..][..n]);
                 b[n..].fill(0.0);
             }
             even.iter_mut()
@@ -536,7 +517,7 @@ fn output_transform(
         for t0 in (0..tw).step_by(TB) {
             let n = TB.min(tw - t0);
             for (xi, b) in block.iter_mut().enumerate() {
-                copy_n(b, &m[xi * stride + p..], n);
+                copy_run(&mut b[..n], &m[xi * stride + p..][..n]);
             }
             output_tiles(&block, &mut y);
             for (r, yr) in y.iter().enumerate() {
@@ -550,7 +531,7 @@ fn output_transform(
                     pair[1] = yr[1][j] + bias;
                 }
                 let cols = (2 * n).min(ow - 2 * t0);
-                copy_short(&mut yk[oh * ow + 2 * t0..][..cols], &window[..cols]);
+                copy_run(&mut yk[oh * ow + 2 * t0..][..cols], &window[..cols]);
             }
             p += n;
         }
@@ -578,7 +559,7 @@ fn output_transform_adjoint(t: &Tiling, dy: &[f32], ch: Chunk, k: usize, dm: &mu
                     }
                     let mut window = [0f32; 2 * TB];
                     let cols = (2 * n).min(ow - 2 * t0);
-                    copy_short(&mut window[..cols], &dyk[oh * ow + 2 * t0..][..cols]);
+                    copy_run(&mut window[..cols], &dyk[oh * ow + 2 * t0..][..cols]);
                     for (j, pair) in window.chunks_exact(2).enumerate() {
                         dr[0][j] = pair[0];
                         dr[1][j] = pair[1];
@@ -586,23 +567,11 @@ fn output_transform_adjoint(t: &Tiling, dy: &[f32], ch: Chunk, k: usize, dm: &mu
                 }
                 output_tiles_adjoint(&d, &mut block);
                 for (xi, b) in block.iter().enumerate() {
-                    copy_n(&mut dm[xi * stride + p..], b, n);
+                    copy_run(&mut dm[xi * stride + p..][..n], &b[..n]);
                 }
                 p += n;
             }
         }
-    }
-}
-
-/// Runs `f(i, block)` over the blocks of `len` values of `buf`: on all threads, or on the
-/// calling one (inside a task that already has a thread of its own).
-fn each(buf: &mut [f32], len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if parallel {
-        buf.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, b)| f(i, b));
-    } else {
-        buf.chunks_mut(len).enumerate().for_each(|(i, b)| f(i, b));
     }
 }
 
@@ -631,13 +600,6 @@ thread_local! {
     };
 }
 
-fn prefix(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 /// Images whose tiles fill at least this many GEMM columns run one per task, chunk after chunk
 /// on that task's thread (their transformed buffers then stay in its L2); smaller images are
 /// batched into chunks that all threads work on together.
@@ -664,7 +626,7 @@ fn transformed_input<'a>(
     let _span = crate::backend::profile::span("winograd input transform");
     let tiles = t.tiles(ch);
     let v = prefix(v, t.input.c * XI * tiles);
-    each(v, XI * tiles, parallel, |c, v| {
+    for_each_row(v, XI * tiles, parallel, |c, v| {
         input_transform(t, x, ch, c, v)
     });
     v
@@ -681,7 +643,7 @@ fn products(
     parallel: bool,
 ) {
     let _span = crate::backend::profile::span("winograd gemms");
-    each(&mut c[..XI * g.m * g.n], g.m * g.n, parallel, |xi, c| {
+    for_each_row(&mut c[..XI * g.m * g.n], g.m * g.n, parallel, |xi, c| {
         let (a, b) = (&a[xi * a_step..], &b[xi * b_step..]);
         let ldc = g.n;
         matmul_strided_serial(
@@ -728,7 +690,7 @@ fn forward_chunk(
     );
     let _span = crate::backend::profile::span("winograd output transform");
     let m = &*m;
-    each(y, t.out.plane(), parallel, |q, yk| {
+    for_each_row(y, t.out.plane(), parallel, |q, yk| {
         let (i, k) = (q / cout, q % cout);
         output_transform(t, m, ch, i, k, bias.map_or(0.0, |b| b[k]), yk);
     });
@@ -753,7 +715,7 @@ fn backward_chunk(
     let dm = prefix(&mut buf.m, cout * XI * tiles);
     {
         let _span = crate::backend::profile::span("winograd output gradient transform");
-        each(dm, XI * tiles, parallel, |k, dm| {
+        for_each_row(dm, XI * tiles, parallel, |k, dm| {
             output_transform_adjoint(t, dy, ch, k, dm)
         });
     }
@@ -782,7 +744,7 @@ fn backward_chunk(
     );
     let _span = crate::backend::profile::span("winograd input gradient transform");
     let dv = &*dv;
-    each(dx, t.input.plane(), parallel, |q, dxc| {
+    for_each_row(dx, t.input.plane(), parallel, |q, dxc| {
         input_transform_adjoint(t, dv, ch, q / cin, q % cin, dxc)
     });
 }
@@ -907,8 +869,7 @@ fn backward_per_image(
     let t = Tiling::new(s, Nchw { n: 1, ..out }, PER_IMAGE_CHUNK_FLOATS);
     let len = XI * out.c * s.input.c;
     // Parts fixed by the batch and the sizes alone, so the sums do not depend on the threads.
-    let parts = out.n.min(8).min((1 << 22) / len).max(1);
-    let per = out.n.div_ceil(parts);
+    let per = weight_grad_parts(out.n, len);
     let parts = out.n.div_ceil(per);
     let img = s.input.image();
     let mut partial = vec![0f32; parts * len];
@@ -933,11 +894,8 @@ fn backward_per_image(
             }
             BUFFERS.set(buf);
         });
-    let mut parts = partial.chunks_exact(len);
-    let mut du = parts.next().expect("at least one part").to_vec();
-    for p in parts {
-        du.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
-    }
+    let mut du = vec![0f32; len];
+    add_parts(&partial, &mut du);
     du
 }
 
