@@ -32,6 +32,16 @@ pub use error::{Error, Result};
 pub fn init_threads(threads: usize) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        // The size of a main thread's stack: `on_pool` runs whole commands on these threads.
+        .stack_size(8 << 20)
         .build_global()
         .map_err(|e| Error::Invalid(format!("cannot set up {threads} threads: {e}")))
+}
+
+/// Runs `work` on one of the pool's threads and waits for it. Kernels called from a pool thread
+/// share their work with the other pool threads directly; called from outside, each hands its
+/// work over to the pool and sleeps until it is done, a wake-up and a sleep per kernel, and the
+/// caller is one more thread competing for the cores.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
 }
