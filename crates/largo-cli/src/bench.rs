@@ -101,6 +101,10 @@ pub struct Args {
     /// count
     #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "10")]
     profile: Option<usize>,
+    /// `bench cnn --profile`: profile inference (eval-mode forwards of the batch) instead of
+    /// training steps.
+    #[arg(long, requires = "profile")]
+    inference: bool,
     /// `embed`: the model directory (default ../shared/models/all-MiniLM-L6-v2). `serve`:
     /// [NAME=]DIR of a model for the bench to serve; repeat for several.
     #[arg(long = "model")]
@@ -175,9 +179,15 @@ pub fn run(a: Args) -> Result<()> {
         }
         What::Cnn if a.profile.is_some() => {
             let case = a.case.as_deref().unwrap_or("resnet18_32");
-            let (p, batch) = largo::bench::bench_cnn_profile(case, a.profile.unwrap_or(10))?;
+            let (p, batch) =
+                largo::bench::bench_cnn_profile(case, a.profile.unwrap_or(10), a.inference)?;
+            let (what, steps) = if a.inference {
+                ("inference", "forwards")
+            } else {
+                ("train", "steps")
+            };
             println!(
-                "largo cnn {case} train profile: {}; {threads} threads, matmul precision {precision}, {} steps of batch {batch} at each thread count",
+                "largo cnn {case} {what} profile: {}; {threads} threads, matmul precision {precision}, {} {steps} of batch {batch} at each thread count",
                 largo::bench::cpu_description(),
                 p.steps
             );

@@ -589,6 +589,32 @@ fn bench_cnn_profile_shows_the_convolutions_and_the_step() {
     ] {
         assert!(out.contains(needle), "no {needle:?} in\n{out}");
     }
+    // Inference: eval-mode forwards only, nothing of the backward or the optimizer.
+    let args = [
+        "bench",
+        "cnn",
+        "--profile",
+        "1",
+        "--inference",
+        "--case",
+        "mnist_net",
+    ];
+    let out = ok(&largo(tmp.path(), &args));
+    for needle in [
+        "largo cnn mnist_net inference profile:",
+        "forwards of batch 64",
+        "conv2d forward",
+        "max pool forward",
+        "step: ",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in\n{out}");
+    }
+    for absent in ["backward", "optimizer step"] {
+        assert!(
+            !out.contains(absent),
+            "{absent:?} in an inference profile\n{out}"
+        );
+    }
     let bad = ["bench", "cnn", "--profile", "1", "--case", "lenet"];
     fails_with(&largo(tmp.path(), &bad), "no CNN benchmark case 'lenet'");
 }

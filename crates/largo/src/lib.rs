@@ -45,3 +45,16 @@ pub fn init_threads(threads: usize) -> Result<()> {
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The work runs on a thread of the pool the kernels use (not on the caller's), and its
+    /// result comes back.
+    #[test]
+    fn on_pool_runs_the_work_on_a_pool_thread() {
+        assert_eq!(rayon::current_thread_index(), None);
+        let (index, answer) = super::on_pool(|| (rayon::current_thread_index(), 6 * 7));
+        assert!(index.is_some_and(|i| i < rayon::current_num_threads()));
+        assert_eq!(answer, 42);
+    }
+}

@@ -245,6 +245,13 @@ impl CnnTrainer {
         self.opt.step(self.model.params_mut(), 0.01);
         Ok(start.elapsed().as_secs_f64())
     }
+
+    /// One eval-mode forward of the batch; returns its seconds.
+    fn infer(&mut self) -> Result<f64> {
+        let start = Instant::now();
+        self.model.forward(&self.x, Forward::eval(self.batch, 1))?;
+        Ok(start.elapsed().as_secs_f64())
+    }
 }
 
 /// Training samples/s (SGD steps) and inference images/s (eval forward) of one of
@@ -258,7 +265,7 @@ pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
         }
     });
     let infer = time_median(seconds, 3, || {
-        if let Err(e) = t.model.forward(&t.x, Forward::eval(t.batch, 1)) {
+        if let Err(e) = t.infer() {
             failed.get_or_insert(e);
         }
     });
@@ -274,11 +281,19 @@ pub fn bench_cnn(case: &str, seconds: f64) -> Result<CnnResult> {
     })
 }
 
-/// Profiles `steps` training steps of a CNN case (after 3 warm-up steps), on the pool and on
-/// one thread; also returns the batch.
-pub fn bench_cnn_profile(case: &str, steps: usize) -> Result<(StepProfile, usize)> {
+/// Profiles `steps` training steps of a CNN case, or eval-mode forwards of its batch where
+/// `inference` (after 3 warm-up ones), on the pool and on one thread; also returns the batch.
+pub fn bench_cnn_profile(
+    case: &str,
+    steps: usize,
+    inference: bool,
+) -> Result<(StepProfile, usize)> {
     let batch = cnn_case_batch(case)?;
-    let p = profile_steps(steps, || CnnTrainer::new(case), CnnTrainer::step)?;
+    let p = if inference {
+        profile_steps(steps, || CnnTrainer::new(case), CnnTrainer::infer)?
+    } else {
+        profile_steps(steps, || CnnTrainer::new(case), CnnTrainer::step)?
+    };
     Ok((p, batch))
 }
 
