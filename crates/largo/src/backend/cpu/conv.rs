@@ -262,6 +262,7 @@ impl TapRuns {
     }
 
     /// out [seg] = what tap t reads from one input plane, zero in the padding.
+    #[inline(always)]
     fn gather(&self, t: usize, plane: &[f32], out: &mut [f32]) {
         if !self.full[t] {
             fill_run(out, 0.0);
@@ -271,6 +272,12 @@ impl TapRuns {
             match (self.stride, r.len) {
                 (_, 1) => dst[0] = plane[r.src],
                 (1, _) => copy_run(dst, &plane[r.src..][..r.len]),
+                // Stride 2 (ResNet's stem and its downsampling convolutions) as pairs: a
+                // loop the compiler turns into vector shuffles.
+                (2, _) => {
+                    let src = plane[r.src..][..2 * r.len - 1].chunks(2);
+                    dst.iter_mut().zip(src).for_each(|(o, pair)| *o = pair[0]);
+                }
                 (st, _) => {
                     let src = plane[r.src..].iter().step_by(st);
                     dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
@@ -298,6 +305,14 @@ impl TapRuns {
     }
 }
 
+avx512_dispatch! {
+    /// `TapRuns::gather` compiled for the wide instruction sets as well: its copies, fills and
+    /// strided reads are most of im2col's time.
+    fn gather_tap(taps: &TapRuns, t: usize, plane: &[f32], out: &mut [f32]) {
+        taps.gather(t, plane, out)
+    }
+}
+
 /// col [C_g·KH·KW, imgs·seg] for group `gi` of the chunk's images: row (c, i, j), column
 /// (image, oh − oh0, ow) holds x[image, gi·C_g + c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]; zero
 /// in the padding. Rows in parallel when `parallel`.
@@ -318,7 +333,7 @@ fn im2col(
         let (c, tap) = (r / n_taps, r % n_taps);
         for (img, out) in row.chunks_exact_mut(taps.seg).enumerate() {
             let plane = &x[(ch.img0 + img) * in_img + (gi * g.cin_g + c) * hw..][..hw];
-            taps.gather(tap, plane, out);
+            gather_tap(taps, tap, plane, out);
         }
     });
 }
