@@ -217,7 +217,7 @@ impl Cnn {
         a.conv_in_shape.push(input);
         ensure_len(&mut a.conv_in[0], input.len());
         a.conv_in[0].copy_from_slice(&x[..input.len()]);
-        for (i, (conv, pool)) in self.convs.iter().zip(&mut self.pools).enumerate() {
+        for (i, (conv, pool)) in self.convs.iter_mut().zip(&mut self.pools).enumerate() {
             let s = a.conv_in_shape[i];
             // [N, C_in, H, W] → [N, C_out, H−k+1, W−k+1]
             let out = conv.output_shape(s)?;

@@ -147,7 +147,7 @@ impl ConvBn {
         let [kh, kw] = self.conv.kernel;
         let fan_out = self.conv.out_channels * kh * kw;
         let std = (2.0 / fan_out as f32).sqrt();
-        for v in self.conv.weight.value.data.iter_mut() {
+        for v in self.conv.weight_mut().value.data.iter_mut() {
             *v = rng.normal() * std;
         }
     }

@@ -6,8 +6,9 @@ use super::{params, Module, Param};
 use crate::backend::{
     adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
     avg_pool2d_forward, batch_norm2d_backward, batch_norm2d_backward_in_place,
-    batch_norm2d_forward_eval, batch_norm2d_forward_train, conv2d_backward, conv2d_forward,
-    max_pool2d_backward, max_pool2d_forward, Conv2dShape, Nchw, Pool2dShape,
+    batch_norm2d_forward_eval, batch_norm2d_forward_train, conv2d_backward,
+    conv2d_forward_prepared, max_pool2d_backward, max_pool2d_forward, Conv2dShape, Nchw,
+    Pool2dShape, PreparedWeight,
 };
 use crate::rng::Rng;
 use crate::{bail, Result};
@@ -37,12 +38,16 @@ impl Default for Conv2dOptions {
 /// y = W ⋆ x + b with W: [C_out, C_in/groups, KH, KW] (PyTorch's `nn.Conv2d`).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    pub weight: Param,
+    /// Read with `weight()`, written with `weight_mut()` or the parameter walk, both of which
+    /// drop `prepared`.
+    weight: Param,
     pub bias: Option<Param>,
     pub in_channels: usize,
     pub out_channels: usize,
     pub kernel: [usize; 2],
     pub options: Conv2dOptions,
+    /// The kernel cut to its live taps on small maps, kept while the weight is unchanged.
+    prepared: PreparedWeight,
 }
 
 impl Conv2d {
@@ -81,7 +86,18 @@ impl Conv2d {
             out_channels,
             kernel,
             options,
+            prepared: PreparedWeight::default(),
         })
+    }
+
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+
+    /// The weight for writing; what the forward kept of the old one is dropped.
+    pub fn weight_mut(&mut self) -> &mut Param {
+        self.prepared.clear();
+        &mut self.weight
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√fan_in, fan_in = C_in/groups·KH·KW
@@ -89,6 +105,7 @@ impl Conv2d {
     pub fn init_pytorch(&mut self, rng: &mut Rng) {
         let fan_in = self.in_channels / self.options.groups * self.kernel[0] * self.kernel[1];
         let bound = 1.0 / (fan_in as f32).sqrt();
+        self.prepared.clear();
         let params = std::iter::once(&mut self.weight).chain(self.bias.as_mut());
         for v in params.flat_map(|p| p.value.data.iter_mut()) {
             *v = (2.0 * rng.uniform() - 1.0) * bound;
@@ -123,10 +140,11 @@ impl Conv2d {
     }
 
     /// x: `input` → y: the returned shape.
-    pub fn forward(&self, x: &[f32], input: Nchw, y: &mut [f32]) -> Result<Nchw> {
+    pub fn forward(&mut self, x: &[f32], input: Nchw, y: &mut [f32]) -> Result<Nchw> {
         let s = self.shape(input)?;
         let bias = self.bias.as_ref().map(|b| b.value.data.as_slice());
-        conv2d_forward(&s, x, &self.weight.value.data, bias, y)?;
+        let w = &self.weight.value.data;
+        conv2d_forward_prepared(&s, x, w, bias, y, &mut self.prepared)?;
         s.output()
     }
 
@@ -153,12 +171,22 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
-    params!(Self { weight, bias, .. }, v => {
-        v.param("weight", weight);
-        if let Some(b) = bias {
+    fn walk_params<'a>(&'a self, v: &mut super::Params<'a, '_>) {
+        v.param("weight", &self.weight);
+        if let Some(b) = &self.bias {
             v.param("bias", b);
         }
-    });
+    }
+
+    /// Whoever walks with mutable access may change the weight (an optimizer step, loading a
+    /// checkpoint): the kept cut kernel goes.
+    fn walk_params_mut<'a>(&'a mut self, v: &mut super::ParamsMut<'a, '_>) {
+        self.prepared.clear();
+        v.param("weight", &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            v.param("bias", b);
+        }
+    }
 }
 
 /// Batch norm over the channels of NCHW activations (PyTorch's `nn.BatchNorm2d`, affine, with
@@ -405,6 +433,63 @@ impl AdaptiveAvgPool2d {
 mod tests {
     use super::*;
     use crate::backend::cpu::conv::tests::{assert_close, fixtures};
+
+    /// On a 1×1 map the layer keeps its 3×3 kernel cut to the centre between forwards, and
+    /// every way of writing the weight drops it: the next forward sees the new weight.
+    #[test]
+    fn conv2d_keeps_the_cut_kernel_only_while_the_weight_is_unchanged() {
+        let opts = Conv2dOptions {
+            padding: [1, 1],
+            ..Conv2dOptions::default()
+        };
+        let mut conv = Conv2d::new(3, 4, [3, 3], opts).unwrap();
+        conv.init_pytorch(&mut Rng::new(7));
+        let input = Nchw::new(2, 3, 1, 1);
+        let x = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let fresh = |conv: &Conv2d| {
+            let s = conv.shape(input).unwrap();
+            let bias = conv.bias.as_ref().map(|b| b.value.data.as_slice());
+            let mut y = vec![0f32; 8];
+            crate::backend::conv2d_forward(&s, &x, &conv.weight().value.data, bias, &mut y)
+                .unwrap();
+            y
+        };
+        let mut y = vec![0f32; 8];
+        conv.forward(&x, input, &mut y).unwrap();
+        assert!(!conv.prepared.is_empty(), "the cut kernel is kept");
+        assert_eq!(y, fresh(&conv));
+        // Written through weight_mut: the centre taps change.
+        conv.weight_mut()
+            .value
+            .data
+            .iter_mut()
+            .for_each(|w| *w *= -2.0);
+        assert!(conv.prepared.is_empty());
+        conv.forward(&x, input, &mut y).unwrap();
+        assert_eq!(y, fresh(&conv));
+        // Written through the parameter walk, as an optimizer step or a checkpoint load does.
+        conv.forward(&x, input, &mut y).unwrap();
+        conv.visit_params_mut(&mut |name, p| {
+            if name == "weight" {
+                p.value.data.iter_mut().for_each(|w| *w += 0.5);
+            }
+        });
+        assert!(conv.prepared.is_empty());
+        conv.forward(&x, input, &mut y).unwrap();
+        assert_eq!(y, fresh(&conv));
+        // A map the kernel covers whole needs no cut; the 1×1 map's cut still serves after it.
+        let wide = Nchw::new(1, 3, 4, 4);
+        let mut y_wide = vec![0f32; 64];
+        conv.forward(&[0.1; 48], wide, &mut y_wide).unwrap();
+        let s = conv.shape(wide).unwrap();
+        let mut want = vec![0f32; 64];
+        let bias = conv.bias.as_ref().map(|b| b.value.data.as_slice());
+        crate::backend::conv2d_forward(&s, &[0.1; 48], &conv.weight().value.data, bias, &mut want)
+            .unwrap();
+        assert_eq!(y_wide, want);
+        conv.forward(&x, input, &mut y).unwrap();
+        assert_eq!(y, fresh(&conv));
+    }
 
     #[test]
     fn conv2d_layer_runs_the_groups_fixture_and_names_its_parameters() {
