@@ -6,7 +6,7 @@ use super::{params, Module, Param};
 use crate::backend::{
     adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
     avg_pool2d_forward, batch_norm2d_backward, batch_norm2d_backward_in_place,
-    batch_norm2d_forward_eval, batch_norm2d_forward_train, conv2d_backward,
+    batch_norm2d_forward_eval, batch_norm2d_forward_train, conv2d_backward_prepared,
     conv2d_forward_prepared, max_pool2d_backward, max_pool2d_forward, Conv2dShape, Nchw,
     Pool2dShape, PreparedWeight,
 };
@@ -158,7 +158,8 @@ impl Conv2d {
     ) -> Result<()> {
         let s = self.shape(input)?;
         let dbias = self.bias.as_mut().map(|b| b.grad.as_mut_slice());
-        conv2d_backward(
+        // The forward's cut kernel, when it made one: the weight has not changed since.
+        conv2d_backward_prepared(
             &s,
             x,
             &self.weight.value.data,
@@ -166,6 +167,7 @@ impl Conv2d {
             dx,
             &mut self.weight.grad,
             dbias,
+            &self.prepared,
         )
     }
 }
@@ -477,6 +479,27 @@ mod tests {
         assert!(conv.prepared.is_empty());
         conv.forward(&x, input, &mut y).unwrap();
         assert_eq!(y, fresh(&conv));
+        // The backward takes the forward's cut: the gradients of a fresh backward.
+        let s = conv.shape(input).unwrap();
+        let dy = [1.0, -0.5, 0.25, 2.0, -1.5, 0.75, 0.5, -0.25];
+        let (mut dx, mut dx_want) = (vec![0f32; 6], vec![0f32; 6]);
+        let mut dw_want = vec![0f32; conv.weight().grad.len()];
+        let mut db_want = vec![0f32; 4];
+        let w = conv.weight().value.data.clone();
+        crate::backend::conv2d_backward(
+            &s,
+            &x,
+            &w,
+            &dy,
+            Some(&mut dx_want),
+            &mut dw_want,
+            Some(&mut db_want),
+        )
+        .unwrap();
+        conv.backward(&x, input, &dy, Some(&mut dx)).unwrap();
+        assert_eq!(dx, dx_want);
+        assert_eq!(conv.weight().grad, dw_want);
+        assert_eq!(conv.bias.as_ref().unwrap().grad, db_want);
         // A map the kernel covers whole needs no cut; the 1×1 map's cut still serves after it.
         let wide = Nchw::new(1, 3, 4, 4);
         let mut y_wide = vec![0f32; 64];

@@ -578,6 +578,13 @@ impl PreparedWeight {
     pub fn is_empty(&self) -> bool {
         self.cut.is_none()
     }
+
+    /// The kept cut kernel, if it was cut for `s`.
+    fn cut_for(&self, s: &Conv2dShape) -> Option<&[f32]> {
+        (self.shape == Some(*s))
+            .then_some(self.cut.as_deref())
+            .flatten()
+    }
 }
 
 /// `conv2d_forward` with the kernel cut to its live taps taken from `prepared`, or cut and kept
@@ -763,7 +770,34 @@ pub fn conv2d_backward(
     dbias: Option<&mut [f32]>,
 ) -> Result<()> {
     let winograd = super::winograd::enabled();
-    conv2d_backward_with(s, x, weight, dy, dx, dweight, dbias, winograd)
+    conv2d_backward_with(s, x, weight, dy, dx, dweight, dbias, winograd, None)
+}
+
+/// `conv2d_backward` with the kernel cut to its live taps taken from `prepared` when it holds
+/// one for this shape (the forward's, for the same weight, as `conv2d_forward_prepared` asks).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_prepared(
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    prepared: &PreparedWeight,
+) -> Result<()> {
+    let winograd = super::winograd::enabled();
+    conv2d_backward_with(
+        s,
+        x,
+        weight,
+        dy,
+        dx,
+        dweight,
+        dbias,
+        winograd,
+        Some(prepared),
+    )
 }
 
 /// `conv2d_backward`, by Winograd where `winograd` and the shape allow, else by im2col.
@@ -777,6 +811,7 @@ pub(crate) fn conv2d_backward_with(
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
     winograd: bool,
+    prepared: Option<&PreparedWeight>,
 ) -> Result<()> {
     let (g, out) = s.check(
         x.len(),
@@ -801,10 +836,17 @@ pub(crate) fn conv2d_backward_with(
         )?;
     }
     if let Some(live) = LiveTaps::of(s, &out) {
-        let cut = live.cut(s, weight);
+        let fresh;
+        let cut = match prepared.and_then(|p| p.cut_for(s)) {
+            Some(cut) => cut,
+            None => {
+                fresh = live.cut(s, weight);
+                &fresh
+            }
+        };
         let mut dcut = vec![0f32; cut.len()];
         let shape = &live.shape;
-        conv2d_backward_with(shape, x, &cut, dy, dx, &mut dcut, dbias, winograd)?;
+        conv2d_backward_with(shape, x, cut, dy, dx, &mut dcut, dbias, winograd, None)?;
         live.add_gradient(s, &dcut, dweight);
         return Ok(());
     }

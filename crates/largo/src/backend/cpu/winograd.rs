@@ -967,6 +967,7 @@ mod tests {
             &mut dw_want,
             Some(&mut db_want),
             false,
+            None,
         )
         .unwrap();
         let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0.5f32; w.len()]);
@@ -977,7 +978,7 @@ mod tests {
 
         // Through the public entry points: the same dbias, and no dx when none is asked for.
         let (mut dw2, mut db) = (vec![0.5f32; w.len()], vec![0f32; b.len()]);
-        conv2d_backward_with(&s, &x, &w, &dy, None, &mut dw2, Some(&mut db), true).unwrap();
+        conv2d_backward_with(&s, &x, &w, &dy, None, &mut dw2, Some(&mut db), true, None).unwrap();
         assert_close(
             &format!("dweight without dx of {what}"),
             &dw2,
@@ -1027,7 +1028,7 @@ mod tests {
                 let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5f32; w.len()]);
                 let mut db = vec![0f32; b.len()];
                 let (dx_, db_) = (Some(dx.as_mut_slice()), Some(db.as_mut_slice()));
-                conv2d_backward_with(&s, &x, &w, &dy, dx_, &mut dw, db_, winograd).unwrap();
+                conv2d_backward_with(&s, &x, &w, &dy, dx_, &mut dw, db_, winograd, None).unwrap();
                 [y, dx, dw, db]
             })
         };
