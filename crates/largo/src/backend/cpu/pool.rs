@@ -179,41 +179,59 @@ fn max_pool_2x2(input: Nchw, out: Nchw, x: &[f32], y: &mut [f32], indices: &mut 
 /// and 2j + 1, are odd[j − 1], even[j] and odd[j]: rows of values `select_max` compares in
 /// lanes, in the window's scan order.
 fn max_pool_3x3_s2(input: Nchw, out: Nchw, x: &[f32], y: &mut [f32], indices: &mut [u32]) {
-    let (plane, h, w, ow) = (input.plane(), input.h, input.w, out.w);
-    // Outputs whose column 2j + 1 is inside the row.
-    let right = (w / 2).min(ow);
+    let plane = input.plane();
     y.par_chunks_mut(out.plane())
         .zip(indices.par_chunks_mut(out.plane()))
         .zip(x.par_chunks(plane))
         .with_min_len(rows_per_task(plane))
         .for_each_init(
-            || (vec![0f32; w.div_ceil(2)], vec![0f32; w / 2]),
+            || (vec![0f32; input.w.div_ceil(2)], vec![0f32; input.w / 2]),
             |(even, odd), ((y, idx), x)| {
-                let rows = y.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow));
-                for (i, (y, idx)) in rows.enumerate() {
-                    // The window's first position inside the input, as the general path starts.
-                    let top = (2 * i).saturating_sub(1) * w;
-                    y.fill(f32::NEG_INFINITY);
-                    for (j, at) in idx.iter_mut().enumerate() {
-                        *at = (top + (2 * j).saturating_sub(1)) as u32;
-                    }
-                    for ih in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
-                        let row = &x[ih * w..][..w];
-                        for (j, pair) in row.chunks_exact(2).enumerate() {
-                            even[j] = pair[0];
-                            odd[j] = pair[1];
-                        }
-                        if w % 2 == 1 {
-                            even[w / 2] = row[w - 1];
-                        }
-                        let at = (ih * w) as u32;
-                        select_max(&odd[..ow - 1], &mut y[1..], &mut idx[1..], at + 1, 2);
-                        select_max(&even[..ow], y, idx, at, 2);
-                        select_max(&odd[..right], &mut y[..right], &mut idx[..right], at + 1, 2);
-                    }
-                }
+                max_pool_3x3_s2_plane(x, [input.h, input.w], out.w, even, odd, y, idx)
             },
         );
+}
+
+avx512_dispatch! {
+    /// One plane of `max_pool_3x3_s2`: x [h, w] → y, idx [⌈h/2⌉, ow]; `even` and `odd` hold
+    /// ⌈w/2⌉ and ⌊w/2⌋ values. One call per plane, so the selects of small maps (ResNet-18's
+    /// 16×16 stem output at 32×32: rows of 8) are not a call each.
+    fn max_pool_3x3_s2_plane(
+        x: &[f32],
+        hw: [usize; 2],
+        ow: usize,
+        even: &mut [f32],
+        odd: &mut [f32],
+        y: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        let [h, w] = hw;
+        // Outputs whose column 2j + 1 is inside the row.
+        let right = (w / 2).min(ow);
+        let rows = y.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow));
+        for (i, (y, idx)) in rows.enumerate() {
+            // The window's first position inside the input, as the general path starts.
+            let top = (2 * i).saturating_sub(1) * w;
+            y.fill(f32::NEG_INFINITY);
+            for (j, at) in idx.iter_mut().enumerate() {
+                *at = (top + (2 * j).saturating_sub(1)) as u32;
+            }
+            for ih in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
+                let row = &x[ih * w..][..w];
+                for (j, pair) in row.chunks_exact(2).enumerate() {
+                    even[j] = pair[0];
+                    odd[j] = pair[1];
+                }
+                if w % 2 == 1 {
+                    even[w / 2] = row[w - 1];
+                }
+                let at = (ih * w) as u32;
+                select_max_lanes(&odd[..ow - 1], &mut y[1..], &mut idx[1..], at + 1, 2);
+                select_max_lanes(&even[..ow], y, idx, at, 2);
+                select_max_lanes(&odd[..right], &mut y[..right], &mut idx[..right], at + 1, 2);
+            }
+        }
+    }
 }
 
 avx512_dispatch! {
@@ -260,11 +278,17 @@ avx512_dispatch! {
     /// Compiled for the wide instruction sets, the selects become masked blends: which input
     /// wins is data, random for activations, and branches on it made the pool 3× slower.
     fn select_max(v: &[f32], y: &mut [f32], idx: &mut [u32], at0: u32, step: u32) {
-        for (o, ((&v, y), idx)) in v.iter().zip(y.iter_mut()).zip(idx.iter_mut()).enumerate() {
-            let take = (v > *y) | v.is_nan();
-            *y = if take { v } else { *y };
-            *idx = if take { at0 + o as u32 * step } else { *idx };
-        }
+        select_max_lanes(v, y, idx, at0, step)
+    }
+}
+
+/// `select_max`'s loop, inlined into the kernels that call it many times a plane.
+#[inline(always)]
+fn select_max_lanes(v: &[f32], y: &mut [f32], idx: &mut [u32], at0: u32, step: u32) {
+    for (o, ((&v, y), idx)) in v.iter().zip(y.iter_mut()).zip(idx.iter_mut()).enumerate() {
+        let take = (v > *y) | v.is_nan();
+        *y = if take { v } else { *y };
+        *idx = if take { at0 + o as u32 * step } else { *idx };
     }
 }
 
