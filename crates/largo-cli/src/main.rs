@@ -92,7 +92,7 @@ fn parse_precision(s: &str) -> Result<largo::backend::MatmulPrecision, String> {
 /// for the next allocation instead of handing them back to the kernel. A training or inference
 /// step frees and allocates the same buffers every step; handed back, each new one is faulted in
 /// again page by page, and with two threads every first write to a page costs a TLB shootdown
-/// (ResNet-18 at 32×32: 152,000 page faults in a 3-second `bench cnn` by default, 42,000 with
+/// (ResNet-18 at 32×32: 152,000 page faults in a 3-second `bench cnn` by default, 43,000 with
 /// this, the first touches of its 165 MB).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -173,22 +173,12 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
-    fn walk_params<'a>(&'a self, v: &mut super::Params<'a, '_>) {
-        v.param("weight", &self.weight);
-        if let Some(b) = &self.bias {
+    params!(Self { weight, bias, .. }, v => {
+        v.param("weight", weight);
+        if let Some(b) = bias {
             v.param("bias", b);
         }
-    }
-
-    /// Whoever walks with mutable access may change the weight (an optimizer step, loading a
-    /// checkpoint): the kept cut kernel goes.
-    fn walk_params_mut<'a>(&'a mut self, v: &mut super::ParamsMut<'a, '_>) {
-        self.prepared.clear();
-        v.param("weight", &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            v.param("bias", b);
-        }
-    }
+    }, before_mut: |conv| conv.prepared.clear());
 }
 
 /// Batch norm over the channels of NCHW activations (PyTorch's `nn.BatchNorm2d`, affine, with

@@ -193,13 +193,21 @@ pub enum BufferMut<'a> {
 ///
 /// The pattern binds `&Param` in `walk_params` and `&mut Param` in `walk_params_mut`, so the
 /// body must only pass the bindings on (to `v.param`, `v.child`, `v.derived`, or a pattern).
+/// A layer that keeps something derived from its parameters names, after the body,
+/// `before_mut: f` with `f(&mut Self)` dropping it: the mutable walk calls it first, since
+/// whoever walks with mutable access (an optimizer step, a checkpoint load) may change them.
 macro_rules! params {
     ($this:pat, $v:ident => $body:block) => {
+        $crate::nn::params!($this, $v => $body, before_mut: |_| {});
+    };
+    ($this:pat, $v:ident => $body:block, before_mut: $before_mut:expr) => {
         fn walk_params<'a>(&'a self, $v: &mut $crate::nn::Params<'a, '_>) {
             let $this = self;
             $body
         }
         fn walk_params_mut<'a>(&'a mut self, $v: &mut $crate::nn::ParamsMut<'a, '_>) {
+            let before_mut: fn(&mut Self) = $before_mut;
+            before_mut(self);
             let $this = self;
             $body
         }

@@ -533,10 +533,11 @@ pub fn conv2d_forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    conv2d_forward_with(s, x, weight, bias, y, super::winograd::enabled())
+    conv2d_forward_with(s, x, weight, bias, y, super::winograd::enabled(), None)
 }
 
-/// `conv2d_forward`, by Winograd where `winograd` and the shape allow, else by im2col.
+/// `conv2d_forward`, by Winograd where `winograd` and the shape allow, else by im2col; a kernel
+/// cut to its live taps is taken from `prepared` (or cut and kept there) when one is given.
 pub(crate) fn conv2d_forward_with(
     s: &Conv2dShape,
     x: &[f32],
@@ -544,11 +545,19 @@ pub(crate) fn conv2d_forward_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
     winograd: bool,
+    prepared: Option<&mut PreparedWeight>,
 ) -> Result<()> {
     let (g, out) = s.check(x.len(), weight.len(), bias.map(<[f32]>::len), y.len())?;
     if let Some(live) = LiveTaps::of(s, &out) {
-        let weight = live.cut(s, weight);
-        return conv2d_forward_with(&live.shape, x, &weight, bias, y, winograd);
+        let fresh;
+        let cut = match prepared {
+            Some(prepared) => prepared.cut(s, &live, weight),
+            None => {
+                fresh = live.cut(s, weight);
+                &fresh
+            }
+        };
+        return conv2d_forward_with(&live.shape, x, cut, bias, y, winograd, None);
     }
     if winograd && super::winograd::applies(s, &out) {
         super::winograd::forward(s, out, x, weight, bias, y);
@@ -585,6 +594,18 @@ impl PreparedWeight {
             .then_some(self.cut.as_deref())
             .flatten()
     }
+
+    /// The kernel cut for `s`: the kept one, or `weight` cut now and kept (replacing a cut for
+    /// another shape).
+    fn cut(&mut self, s: &Conv2dShape, live: &LiveTaps, weight: &[f32]) -> &[f32] {
+        if self.shape != Some(*s) {
+            *self = PreparedWeight {
+                shape: Some(*s),
+                cut: None,
+            };
+        }
+        self.cut.get_or_insert_with(|| live.cut(s, weight))
+    }
 }
 
 /// `conv2d_forward` with the kernel cut to its live taps taken from `prepared`, or cut and kept
@@ -598,19 +619,8 @@ pub fn conv2d_forward_prepared(
     y: &mut [f32],
     prepared: &mut PreparedWeight,
 ) -> Result<()> {
-    let (_, out) = s.check(x.len(), weight.len(), bias.map(<[f32]>::len), y.len())?;
     let winograd = super::winograd::enabled();
-    let Some(live) = LiveTaps::of(s, &out) else {
-        return conv2d_forward_with(s, x, weight, bias, y, winograd);
-    };
-    if prepared.shape != Some(*s) {
-        *prepared = PreparedWeight {
-            shape: Some(*s),
-            cut: Some(live.cut(s, weight)),
-        };
-    }
-    let cut = prepared.cut.get_or_insert_with(|| live.cut(s, weight));
-    conv2d_forward_with(&live.shape, x, cut, bias, y, winograd)
+    conv2d_forward_with(s, x, weight, bias, y, winograd, Some(prepared))
 }
 
 fn conv2d_forward_tiled(

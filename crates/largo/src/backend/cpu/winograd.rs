@@ -951,7 +951,7 @@ mod tests {
         let what = format!("{s:?} in chunks of {cap_floats}");
 
         let mut want = vec![0f32; out.len()];
-        conv2d_forward_with(&s, &x, &w, Some(&b), &mut want, false).unwrap();
+        conv2d_forward_with(&s, &x, &w, Some(&b), &mut want, false, None).unwrap();
         let mut got = vec![f32::NAN; out.len()];
         forward_batched(&t, &x, u, Some(&b), &mut got, &mut buf);
         assert_close(&format!("y of {what}"), &got, &want, 1e-5);
@@ -1024,7 +1024,7 @@ mod tests {
         let run = |winograd: bool| {
             pool.install(|| {
                 let mut y = vec![f32::NAN; out.len()];
-                conv2d_forward_with(&s, &x, &w, Some(&b), &mut y, winograd).unwrap();
+                conv2d_forward_with(&s, &x, &w, Some(&b), &mut y, winograd, None).unwrap();
                 let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5f32; w.len()]);
                 let mut db = vec![0f32; b.len()];
                 let (dx_, db_) = (Some(dx.as_mut_slice()), Some(db.as_mut_slice()));
